@@ -1,0 +1,31 @@
+"""infernb: a Jupyter-first research library for LLM attention kernels.
+
+``import infernb`` is cheap and works with or without a GPU: it imports torch, never CuPy, plotly or
+ipywidgets (those load inside the functions that need them). ``infernb.device_info()`` says which
+device and CUDA architecture kernels target.
+
+Layers (imports point down): ops -> jit -> reference; see DESIGN.md.
+"""
+from __future__ import annotations
+
+from . import errors, reference, testing
+from .device import DeviceInfo, device_info, has_gpu
+from .errors import CompileError, DeviceError, InfernbError, InputError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CompileError", "DeviceError", "DeviceInfo", "InfernbError", "InputError", "device_info", "errors",
+    "has_gpu", "jit", "ops", "reference", "testing", "merge_state", "merge_states", "__version__",
+]
+
+
+def __getattr__(name: str):
+    # Lazy subpackages: jit/ops pull in more machinery; keep `import infernb` light.
+    import importlib
+
+    if name in ("jit", "ops"):
+        return importlib.import_module(f".{name}", __name__)
+    if name in ("merge_state", "merge_states"):
+        return getattr(importlib.import_module(".ops", __name__), name)
+    raise AttributeError(f"module 'infernb' has no attribute {name!r}")

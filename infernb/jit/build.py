@@ -1,0 +1,152 @@
+"""compile-or-load: the one entry point ops use to get a kernel."""
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+
+import numpy as np
+
+from ..device import device_info
+from ..errors import DeviceError
+from . import cache, toolchain
+from .compiler import compile_options, compile_spec
+from .report import CompileReport, KernelResources, parse_ptxas_log
+from .spec import KernelSpec, kernels_digest
+
+_memo: dict[str, "Kernel"] = {}
+_lock = threading.Lock()
+
+
+class Kernel:
+    """A compiled specialization: its cubin, its report, and (on a GPU) its loaded functions."""
+
+    def __init__(self, spec: KernelSpec, arch: str, cubin: bytes, lowered: dict[str, str], report: CompileReport):
+        self.spec, self.arch, self.cubin, self.lowered, self.report = spec, arch, cubin, lowered, report
+        self._modules: dict[int, object] = {}
+        self._functions: dict[tuple[int, str], object] = {}
+
+    def __repr__(self) -> str:
+        return f"<infernb Kernel {self.spec.name} [{self.arch}] kernels={list(self.lowered)}>"
+
+    def _repr_html_(self) -> str:
+        return self.report._repr_html_()
+
+    def function(self, short_name: str, device_index: int = 0):
+        """The CuPy ``Function`` for entry point ``short_name`` on GPU ``device_index`` (loaded once)."""
+        if short_name not in self.lowered:
+            raise KeyError(f"{self.spec.name} has no kernel {short_name!r}; it has {list(self.lowered)}")
+        key = (device_index, short_name)
+        fn = self._functions.get(key)
+        if fn is None:
+            cp = _cupy()
+            with cp.cuda.Device(device_index):
+                mod = self._modules.get(device_index)
+                if mod is None:
+                    mod = cp.cuda.function.Module()
+                    mod.load(self.cubin)
+                    self._modules[device_index] = mod
+                fn = self._functions[key] = mod.get_function(self.lowered[short_name])
+        return fn
+
+    def launch(self, short_name: str, grid, block, args, *, shared_mem: int = 0, device_index: int | None = None):
+        """Launch ``short_name`` on torch's current stream. ``args``: torch tensors (passed as device
+        pointers, zero copy) and NumPy scalars (passed by value; Python ints become int32, floats float32)."""
+        import torch
+
+        kargs = tuple(_kernel_arg(a) for a in args)
+        if not torch.cuda.is_available():
+            raise DeviceError(f"cannot launch {self.spec.name}/{short_name}: no CUDA GPU is available "
+                              "(kernels compile without one, but run only on a GPU)")
+        if device_index is None:
+            device_index = torch.cuda.current_device()
+        fn = self.function(short_name, device_index)
+        cp = _cupy()
+        stream = cp.cuda.ExternalStream(torch.cuda.current_stream(device_index).cuda_stream, device_index)
+        with cp.cuda.Device(device_index):
+            if shared_mem > 48 * 1024:
+                fn.max_dynamic_shared_size_bytes = shared_mem
+            fn(tuple(grid), tuple(block), kargs, shared_mem=shared_mem, stream=stream)
+
+
+def _kernel_arg(a):
+    import torch
+
+    if isinstance(a, torch.Tensor):
+        if not a.is_cuda:
+            raise DeviceError(f"kernel argument is a {a.device} tensor; kernels need CUDA tensors")
+        return np.uint64(a.data_ptr())
+    if isinstance(a, (bool, np.bool_)):
+        return np.int32(bool(a))
+    if isinstance(a, int):
+        return np.int32(a)
+    if isinstance(a, float):
+        return np.float32(a)
+    if isinstance(a, np.generic):
+        return a
+    raise TypeError(f"unsupported kernel argument type {type(a).__name__}")
+
+
+def _cupy():
+    try:
+        import cupy
+    except ImportError as e:
+        raise DeviceError("running kernels needs CuPy: pip install 'infernb[cu13]'") from e
+    return cupy
+
+
+def build(spec: KernelSpec, arch: str | None = None, *, extra_options: tuple[str, ...] = (),
+          force: bool = False) -> Kernel:
+    """Compile ``spec`` for ``arch`` (default: the device's, see :func:`infernb.device_info`), or load it
+    from the disk cache. Works without a GPU. Raises :class:`infernb.CompileError` with the offending lines.
+
+    The returned kernel's ``report`` has registers, spills, shared memory, compile time, cache hit/miss.
+    """
+    arch = toolchain.normalize_arch(arch or device_info().arch)
+    t0 = time.perf_counter()
+    options = compile_options(arch, extra_options)
+    source = spec.render()
+    key = cache.cache_key(source, arch, options, toolchain.nvrtc_version(), kernels_digest())
+    if not force and (k := _memo.get(key)) is not None:
+        return k
+    with _lock:
+        if not force and (k := _memo.get(key)) is not None:
+            return k
+        path = cache.entry_path(spec.name, key)
+        note, entry = "", None
+        if not force:
+            try:
+                entry = cache.read_entry(path)
+            except cache.CorruptEntry as e:
+                note = f"rebuilt: corrupt cache entry ({e})"
+                warnings.warn(f"infernb: cache entry {path} is damaged ({e}); recompiling", stacklevel=2)
+        if entry is not None:
+            meta, cubin = entry
+            hit = True
+        else:
+            res = compile_spec(spec, arch, extra_options)
+            cubin = res["cubin"]
+            meta = dict(name=spec.name, arch=arch, lowered=res["lowered"], log=res["log"],
+                        compile_seconds=res["seconds"], nvrtc_version=list(toolchain.nvrtc_version()))
+            cache.write_entry(path, meta, cubin)
+            hit = False
+        resources = parse_ptxas_log(meta["log"])
+        kernels = []
+        for short, lowered in meta["lowered"].items():
+            r = resources.get(lowered, {})
+            kernels.append(KernelResources(name=short, lowered_name=lowered, **{
+                f: r.get(f, 0) for f in ("registers", "spill_stores", "spill_loads", "stack_frame",
+                                         "smem_static", "barriers")}))
+        report = CompileReport(spec_name=spec.name, arch=arch, cache_key=key, kernels=tuple(kernels),
+                               compile_seconds=meta["compile_seconds"], cache_hit=hit,
+                               load_seconds=time.perf_counter() - t0,
+                               nvrtc_version=tuple(meta["nvrtc_version"]), cubin_bytes=len(cubin), note=note)
+        k = Kernel(spec, arch, cubin, dict(meta["lowered"]), report)
+        _memo[key] = k
+        return k
+
+
+def clear_memory_cache() -> None:
+    """Forget kernels built in this process (the disk cache stays); next :func:`build` reads the disk."""
+    with _lock:
+        _memo.clear()

@@ -1,0 +1,14 @@
+"""Public entry points. Each op runs a CUDA kernel on CUDA tensors and the reference / emulator on CPU ones."""
+from __future__ import annotations
+
+from ..jit import KernelSpec
+from . import merge
+from .merge import merge_state, merge_states
+
+
+def kernel_specializations() -> list[KernelSpec]:
+    """Every kernel specialization the library can generate today (CI compiles them all without a GPU)."""
+    return [*merge.specializations()]
+
+
+__all__ = ["kernel_specializations", "merge_state", "merge_states"]

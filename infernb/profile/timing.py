@@ -1,0 +1,52 @@
+"""Honest GPU timing: warm up first, flush L2 between runs, time each run with CUDA events, report the
+median and spread (the DESIGN.md rule 9; Triton's ``do_bench`` and llm.c's ``benchmark_kernel`` do the same)."""
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from typing import Callable
+
+import torch
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    """Milliseconds per call: median, 10th and 90th percentile over ``runs`` timed calls."""
+
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    runs: int
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def device_name() -> str:
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
+def cuda_time(fn: Callable[[], object], *, warmup: int = 10, runs: int = 50, flush_l2: bool = True) -> Timing:
+    """Time ``fn()`` on the current CUDA stream.
+
+    Each timed call is preceded (outside the events) by a write of 256 MiB so that inputs are not served
+    from L2 (50 MiB on H100) unless ``flush_l2=False``.
+    """
+    if not torch.cuda.is_available():
+        raise RuntimeError("cuda_time needs a CUDA device")
+    flush = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda") if flush_l2 else None
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(runs)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(runs)]
+    for i in range(runs):
+        if flush is not None:
+            flush.zero_()
+        starts[i].record()
+        fn()
+        ends[i].record()
+    torch.cuda.synchronize()
+    ms = sorted(s.elapsed_time(e) for s, e in zip(starts, ends))
+    q = statistics.quantiles(ms, n=10) if len(ms) >= 2 else [ms[0]] * 9
+    return Timing(statistics.median(ms), q[0], q[-1], runs)

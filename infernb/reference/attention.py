@@ -1,0 +1,195 @@
+"""Reference attention over ragged batches: the ground truth every kernel is checked against.
+
+One request ``b`` has ``qo_len`` queries and ``kv_len`` keys. Conventions (FlashInfer's, so results compare):
+
+- **positions** (append convention): query ``i`` of a request sits at position ``kv_len - qo_len + i``;
+  key ``j`` at position ``j``. Decode is ``qo_len = 1``, prefill ``qo_len = kv_len``.
+- **causal**: query at position ``p`` sees keys ``j <= p`` (bottom-right aligned).
+- **sliding window** ``window_left = w >= 0``: query at ``p`` sees keys ``j >= p - w`` (``-1`` = off).
+- **logits**: ``s = sm_scale * q.k``; then soft-cap ``s = cap * tanh(s / cap)`` if ``logits_soft_cap > 0``;
+  then ALiBi ``s += slope[h] * (j - p)``; then the user's ``score_mod``; then masks.
+- **score_mod / mask_mod** (FlexAttention signatures) receive index tensors that broadcast to
+  ``[num_qo_heads, qo_len, kv_len]``: ``b`` (0-d), ``h`` ``[H, 1, 1]``, ``q_idx`` ``[1, L, 1]`` (the query's
+  *position* ``kv_len - qo_len + i``) and ``kv_idx`` ``[1, 1, S]``.
+- **GQA**: query head ``h`` reads KV head ``h // (num_qo_heads // num_kv_heads)``.
+- **LSE** is the natural log of the softmax denominator. A row that sees no key has output 0 and
+  LSE ``-inf`` (never NaN).
+- **RoPE** (if given) rotates q and k before the dot product, at positions ``rope_offsets[b] + position``.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Sequence
+
+import torch
+
+from ..errors import InputError
+from ._checks import check_indptr, check_tensor
+from .rope import RoPE, apply_rope
+
+ScoreMod = Callable[..., torch.Tensor]
+MaskMod = Callable[..., torch.Tensor]
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    qo_indptr: torch.Tensor | Sequence[int] | None = None,
+    kv_indptr: torch.Tensor | Sequence[int] | None = None,
+    *,
+    causal: bool = False,
+    sm_scale: float | None = None,
+    window_left: int = -1,
+    logits_soft_cap: float = 0.0,
+    alibi_slopes: torch.Tensor | None = None,
+    custom_mask: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    score_mod: ScoreMod | None = None,
+    mask_mod: MaskMod | None = None,
+    rope: RoPE | None = None,
+    rope_offsets: torch.Tensor | Sequence[int] | None = None,
+    compute_dtype: torch.dtype = torch.float64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention over a ragged batch of requests, computed densely per request in ``compute_dtype``.
+
+    Args:
+        q: ``[total_qo, num_qo_heads, head_dim]`` queries of all requests, concatenated.
+        k: ``[total_kv, num_kv_heads, head_dim]`` keys, concatenated.
+        v: ``[total_kv, num_kv_heads, head_dim_v]`` values, concatenated.
+        qo_indptr: ``[batch_size + 1]`` int; request ``b``'s queries are ``q[qo_indptr[b]:qo_indptr[b+1]]``.
+            ``None``: one request holding all of ``q``.
+        kv_indptr: ``[batch_size + 1]`` int, likewise for ``k``/``v``.
+        causal: bottom-right aligned causal mask (see the module docstring).
+        sm_scale: softmax scale; default ``1 / sqrt(head_dim)``.
+        window_left: sliding window; a query at ``p`` sees keys ``>= p - window_left``; ``-1`` disables.
+        logits_soft_cap: ``cap * tanh(s / cap)`` when ``> 0``.
+        alibi_slopes: ``[num_qo_heads]`` float; adds ``slope[h] * (j - p)`` to the logits.
+        custom_mask: boolean, ``True`` = keep. Either FlashInfer's flat layout ``[sum_b qo_len_b * kv_len_b]``
+            (row-major per request) or a sequence of ``[qo_len_b, kv_len_b]`` tensors.
+        score_mod: ``score_mod(score, b, h, q_idx, kv_idx) -> score`` (FlexAttention signature).
+        mask_mod: ``mask_mod(b, h, q_idx, kv_idx) -> bool`` (``True`` = keep).
+        rope: apply RoPE to q and k first (positions as described above).
+        rope_offsets: ``[batch_size]`` int; position of each request's key 0 for RoPE (default 0).
+        compute_dtype: ``torch.float64`` (default) or ``torch.float32``.
+    Returns:
+        ``(out, lse)``: ``out`` ``[total_qo, num_qo_heads, head_dim_v]`` and ``lse`` ``[total_qo, num_qo_heads]``,
+        both in ``compute_dtype`` on ``q.device``.
+    """
+    check_tensor("q", q, ndim=3, dims="[total_qo, num_qo_heads, head_dim]", floating=True)
+    check_tensor("k", k, ndim=3, dims="[total_kv, num_kv_heads, head_dim]", floating=True)
+    check_tensor("v", v, ndim=3, dims="[total_kv, num_kv_heads, head_dim_v]", floating=True)
+    total_qo, hq, d = q.shape
+    total_kv, hkv, dk = k.shape
+    if dk != d:
+        raise InputError(f"k: head_dim {dk} differs from q's head_dim {d}")
+    if v.shape[:2] != k.shape[:2]:
+        raise InputError(f"v: expected shape [{total_kv}, {hkv}, head_dim_v] to match k, got {tuple(v.shape)}")
+    if hkv == 0 or hq % hkv:
+        raise InputError(f"num_qo_heads ({hq}) must be a positive multiple of num_kv_heads ({hkv}) for GQA")
+    if len({q.device, k.device, v.device}) != 1:
+        raise InputError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if compute_dtype not in (torch.float32, torch.float64):
+        raise InputError(f"compute_dtype: expected torch.float32 or torch.float64, got {compute_dtype}")
+    qo = check_indptr("qo_indptr", [0, total_qo] if qo_indptr is None else qo_indptr, total_qo,
+                      total_name="q.shape[0]")
+    kv = check_indptr("kv_indptr", [0, total_kv] if kv_indptr is None else kv_indptr, total_kv,
+                      total_name="k.shape[0]")
+    if len(qo) != len(kv):
+        raise InputError(f"qo_indptr has {len(qo) - 1} requests but kv_indptr has {len(kv) - 1}")
+    batch = len(qo) - 1
+    if window_left < -1:
+        raise InputError(f"window_left: expected -1 (off) or >= 0, got {window_left}")
+    if logits_soft_cap < 0:
+        raise InputError(f"logits_soft_cap: expected >= 0 (0 = off), got {logits_soft_cap}")
+    if alibi_slopes is not None:
+        alibi_slopes = torch.as_tensor(alibi_slopes)
+        if alibi_slopes.shape != (hq,):
+            raise InputError(f"alibi_slopes: expected shape [{hq}] (num_qo_heads), got {tuple(alibi_slopes.shape)}")
+        alibi_slopes = alibi_slopes.to(q.device, compute_dtype)
+    masks = _split_custom_mask(custom_mask, qo, kv, q.device)
+    offsets = [0] * batch if rope_offsets is None else [int(x) for x in torch.as_tensor(rope_offsets).tolist()]
+    if len(offsets) != batch:
+        raise InputError(f"rope_offsets: expected {batch} entries (one per request), got {len(offsets)}")
+    scale = d ** -0.5 if sm_scale is None else float(sm_scale)
+    group = hq // hkv
+
+    out = torch.zeros(total_qo, hq, v.shape[2], dtype=compute_dtype, device=q.device)
+    lse = torch.full((total_qo, hq), float("-inf"), dtype=compute_dtype, device=q.device)
+    for b in range(batch):
+        qo_len, kv_len = qo[b + 1] - qo[b], kv[b + 1] - kv[b]
+        if qo_len == 0:
+            continue
+        qb = q[qo[b]:qo[b + 1]].to(compute_dtype)
+        kb = k[kv[b]:kv[b + 1]].to(compute_dtype)
+        vb = v[kv[b]:kv[b + 1]].to(compute_dtype)
+        q_pos = torch.arange(kv_len - qo_len, kv_len, device=q.device)     # [L]
+        kv_pos = torch.arange(kv_len, device=q.device)                       # [S]
+        if rope is not None:
+            qb = apply_rope(qb, q_pos + offsets[b], rope, compute_dtype=compute_dtype)
+            kb = apply_rope(kb, kv_pos + offsets[b], rope, compute_dtype=compute_dtype)
+        kb = kb.repeat_interleave(group, dim=1)                              # [S, Hq, D]
+        vb = vb.repeat_interleave(group, dim=1)                              # [S, Hq, Dv]
+        s = torch.einsum("lhd,shd->hls", qb, kb) * scale                     # [Hq, L, S]
+        if logits_soft_cap > 0:
+            s = logits_soft_cap * torch.tanh(s / logits_soft_cap)
+        h_idx = torch.arange(hq, device=q.device)[:, None, None]
+        qi, ki = q_pos[None, :, None], kv_pos[None, None, :]
+        if alibi_slopes is not None:
+            s = s + alibi_slopes[:, None, None] * (ki - qi).to(compute_dtype)
+        b_idx = torch.tensor(b, device=q.device)
+        if score_mod is not None:
+            with _default_dtype(compute_dtype):  # int index tensor * Python float stays in compute_dtype
+                s = torch.as_tensor(score_mod(s, b_idx, h_idx, qi, ki), dtype=compute_dtype, device=q.device)
+            s = s.expand(hq, qo_len, kv_len)
+        keep = torch.ones(1, qo_len, kv_len, dtype=torch.bool, device=q.device)
+        if causal:
+            keep = keep & (ki <= qi)
+        if window_left >= 0:
+            keep = keep & (ki >= qi - window_left)
+        if masks is not None:
+            keep = keep & masks[b][None]
+        if mask_mod is not None:
+            with _default_dtype(compute_dtype):
+                keep = keep & torch.as_tensor(mask_mod(b_idx, h_idx, qi, ki), device=q.device).bool()
+        s = s.masked_fill(~keep, float("-inf"))
+        row_lse = torch.logsumexp(s, dim=-1)                                  # [Hq, L]
+        p = torch.exp(s - torch.where(torch.isinf(row_lse), 0.0, row_lse)[..., None])
+        p = torch.where(torch.isinf(row_lse)[..., None], 0.0, p)
+        out[qo[b]:qo[b + 1]] = torch.einsum("hls,shd->lhd", p, vb)
+        lse[qo[b]:qo[b + 1]] = row_lse.transpose(0, 1)
+    return out, lse
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def _split_custom_mask(custom_mask, qo: list[int], kv: list[int], device) -> list[torch.Tensor] | None:
+    if custom_mask is None:
+        return None
+    batch = len(qo) - 1
+    shapes = [(qo[b + 1] - qo[b], kv[b + 1] - kv[b]) for b in range(batch)]
+    if isinstance(custom_mask, torch.Tensor):
+        want = sum(a * c for a, c in shapes)
+        if custom_mask.dim() != 1 or custom_mask.numel() != want:
+            raise InputError(f"custom_mask: expected the flat layout [sum(qo_len * kv_len)] = [{want}], "
+                             f"got shape {tuple(custom_mask.shape)}")
+        parts, start = [], 0
+        for a, c in shapes:
+            parts.append(custom_mask[start:start + a * c].reshape(a, c))
+            start += a * c
+    else:
+        parts = list(custom_mask)
+        if len(parts) != batch:
+            raise InputError(f"custom_mask: expected {batch} per-request masks, got {len(parts)}")
+        for b, (m, shp) in enumerate(zip(parts, shapes)):
+            if tuple(m.shape) != shp:
+                raise InputError(f"custom_mask[{b}]: expected shape [qo_len, kv_len] = {list(shp)}, "
+                                 f"got {tuple(m.shape)}")
+    return [m.to(device=device, dtype=torch.bool) for m in parts]

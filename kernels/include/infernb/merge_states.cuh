@@ -1,0 +1,119 @@
+// infernb: merge partial attention states by their log-sum-exp (the split-KV merge).
+//
+// A row (token, head) computed over disjoint key parts k = 0..K-1 has partial outputs v_k (normalized
+// within the part) and LSEs s_k (natural log). The merged result is
+//   m = max_k s_k,  w_k = exp(s_k - m),  v = sum_k w_k v_k / sum_k w_k,  s = m + log(sum_k w_k).
+// A part with s_k = -inf has weight 0; if all are -inf the row is v = 0, s = -inf (never NaN).
+//
+// Thread mapping: THREADS_PER_ROW = HEAD_DIM / VEC threads cooperate on one row, each owning VEC
+// consecutive elements (one 16-byte load per state); a CTA of NUM_THREADS covers NUM_THREADS /
+// THREADS_PER_ROW rows. Accumulation in fp32.
+#pragma once
+#include <infernb/common.cuh>
+
+namespace infernb {
+
+template <typename T, int HEAD_DIM, int NUM_THREADS>
+struct merge_cfg_t {
+  static constexpr int VEC = vec16_size<T>();
+  static constexpr int THREADS_PER_ROW = HEAD_DIM / VEC;
+  static constexpr int ROWS_PER_CTA = NUM_THREADS / THREADS_PER_ROW;
+  static_assert(HEAD_DIM % VEC == 0, "HEAD_DIM must be a multiple of the 16-byte vector width");
+  static_assert(NUM_THREADS % THREADS_PER_ROW == 0, "rows must tile the CTA");
+};
+
+// Write v = acc / denom (or 0) and s = m + log(denom) (or -inf) for one row.
+template <typename T, int VEC>
+__device__ __forceinline__ void merge_write(const float (&acc)[VEC], float m, float denom, T* v_out_row,
+                                            float* s_out, int lane) {
+  vec_t<T, VEC> o;
+  const bool empty = !(denom > 0.f);
+  const float inv = empty ? 0.f : 1.f / denom;
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) o.elt[i] = from_float<T>(acc[i] * inv);
+  o.store(v_out_row + lane * VEC);
+  if (lane == 0) *s_out = empty ? -INFERNB_INF : m + logf(denom);
+}
+
+// v:     [seq_len, num_states, num_heads, HEAD_DIM] T       s:     [seq_len, num_states, num_heads] fp32
+// v_out: [seq_len, num_heads, HEAD_DIM] T                   s_out: [seq_len, num_heads] fp32
+template <typename T, int HEAD_DIM, int NUM_THREADS>
+__global__ void __launch_bounds__(NUM_THREADS)
+merge_states_kernel(const T* __restrict__ v, const float* __restrict__ s, T* __restrict__ v_out,
+                    float* __restrict__ s_out, int seq_len, int num_states, int num_heads) {
+  using cfg = merge_cfg_t<T, HEAD_DIM, NUM_THREADS>;
+  constexpr int VEC = cfg::VEC;
+  const int lane = threadIdx.x % cfg::THREADS_PER_ROW;
+  const long long row = (long long)blockIdx.x * cfg::ROWS_PER_CTA + threadIdx.x / cfg::THREADS_PER_ROW;
+  if (row >= (long long)seq_len * num_heads) return;
+  const long long n = row / num_heads, h = row % num_heads;
+  const float* s_row = s + n * num_states * num_heads + h;           // stride num_heads between states
+  const T* v_row = v + (n * num_states * num_heads + h) * HEAD_DIM + lane * VEC;
+  const long long v_stride = (long long)num_heads * HEAD_DIM;
+
+  float m = -INFERNB_INF;
+  for (int k = 0; k < num_states; ++k) m = fmaxf(m, s_row[(long long)k * num_heads]);
+  float acc[VEC];
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) acc[i] = 0.f;
+  float denom = 0.f;
+  if (m != -INFERNB_INF) {
+    int k = 0;
+    // Four states in flight per iteration: independent 16-byte loads before the first use.
+    for (; k + 4 <= num_states; k += 4) {
+      vec_t<T, VEC> x[4];
+      float w[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        x[j].load_stream(v_row + (k + j) * v_stride);
+        w[j] = __expf(s_row[(long long)(k + j) * num_heads] - m);
+      }
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        denom += w[j];
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) acc[i] += w[j] * to_float(x[j].elt[i]);
+      }
+    }
+    for (; k < num_states; ++k) {
+      vec_t<T, VEC> x;
+      x.load_stream(v_row + k * v_stride);
+      const float w = __expf(s_row[(long long)k * num_heads] - m);
+      denom += w;
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) acc[i] += w * to_float(x.elt[i]);
+    }
+  }
+  merge_write<T, VEC>(acc, m, denom, v_out + row * HEAD_DIM, s_out + row, lane);
+}
+
+// Two-way form, separate tensors. v_a, v_b, v_out: [num_rows, HEAD_DIM] T; s_a, s_b, s_out: [num_rows] fp32
+// (num_rows = seq_len * num_heads, contiguous).
+template <typename T, int HEAD_DIM, int NUM_THREADS>
+__global__ void __launch_bounds__(NUM_THREADS)
+merge_state_kernel(const T* __restrict__ v_a, const float* __restrict__ s_a, const T* __restrict__ v_b,
+                   const float* __restrict__ s_b, T* __restrict__ v_out, float* __restrict__ s_out,
+                   long long num_rows) {
+  using cfg = merge_cfg_t<T, HEAD_DIM, NUM_THREADS>;
+  constexpr int VEC = cfg::VEC;
+  const int lane = threadIdx.x % cfg::THREADS_PER_ROW;
+  const long long row = (long long)blockIdx.x * cfg::ROWS_PER_CTA + threadIdx.x / cfg::THREADS_PER_ROW;
+  if (row >= num_rows) return;
+  vec_t<T, VEC> xa, xb;
+  xa.load_stream(v_a + row * HEAD_DIM + lane * VEC);
+  xb.load_stream(v_b + row * HEAD_DIM + lane * VEC);
+  const float sa = s_a[row], sb = s_b[row];
+  const float m = fmaxf(sa, sb);
+  float acc[VEC], denom = 0.f;
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) acc[i] = 0.f;
+  if (m != -INFERNB_INF) {
+    const float wa = __expf(sa - m), wb = __expf(sb - m);
+    denom = wa + wb;
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) acc[i] = wa * to_float(xa.elt[i]) + wb * to_float(xb.elt[i]);
+  }
+  merge_write<T, VEC>(acc, m, denom, v_out + row * HEAD_DIM, s_out + row, lane);
+}
+
+}  // namespace infernb

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Everything that needs the GPU, in one go (for the lent H100; see ../shared/GPU.md):
+#   GPU tests, compute-sanitizer memcheck/racecheck on the kernel tests, the benchmarks, the notebooks.
+# Usage on the GPU machine, from the repo root:  bash scripts/gpu_check.sh [OUT_DIR]
+# Wheels the GPU image lacks (notebook stack, FlashInfer) are taken from .whl/ if present.
+set -uo pipefail
+OUT=${1:-${OUT:-/tmp/infernb-gpu-out}}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 INFERNB_CACHE_DIR=$(mktemp -d)
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=$PWD:/tmp/site PATH=/tmp/site/bin:$PATH
+  python3 -m ipykernel install --user --name python3 >/dev/null 2>&1
+else
+  export PYTHONPATH=$PWD
+fi
+status=0
+step() { echo; echo "=== $1"; shift; "$@" || { echo "!!! FAILED ($?): $*"; status=1; }; }
+
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
+python3 -c "import torch, cupy, infernb; print(torch.__version__, cupy.__version__, infernb.device_info())"
+step "GPU tests" python3 -m pytest -q -m gpu tests -p no:cacheprovider -o addopts="" -x
+step "compute-sanitizer memcheck" compute-sanitizer --tool memcheck --error-exitcode 1 \
+  python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/ops/test_merge.py -k "gpu and (two_way or split or 13-128)"
+step "compute-sanitizer racecheck" compute-sanitizer --tool racecheck --error-exitcode 1 \
+  python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/ops/test_merge.py -k "gpu_merge_states and 5-128"
+step "benchmark: jit latency" python3 benchmarks/bench_jit.py --out "$OUT"
+step "benchmark: merge" python3 benchmarks/bench_merge.py --out "$OUT"
+step "notebooks (nbval)" python3 -m pytest -q -p no:cacheprovider -o addopts="" --nbval-lax notebooks/
+exit $status

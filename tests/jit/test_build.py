@@ -1,0 +1,159 @@
+"""infernb.jit: every specialization compiles without a GPU and without spills; the cache is robust."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import infernb
+from infernb import CompileError, jit
+from infernb.jit import cache as jcache
+from infernb.jit.spec import KernelSpec, kernels_digest
+from infernb.ops import kernel_specializations
+from infernb.ops.build_all import build_all
+from infernb.ops.merge import merge_spec
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("INFERNB_CACHE_DIR", str(tmp_path / "cache"))
+    jit.clear_memory_cache()
+    yield tmp_path / "cache"
+    jit.clear_memory_cache()
+
+
+def test_every_specialization_compiles_for_ci_archs_without_spills():
+    reports = build_all(jit.CI_ARCHS, progress=False)
+    assert len(reports) == len(kernel_specializations()) * len(jit.CI_ARCHS) > 0
+    for r in reports:
+        assert r.kernels, r.spec_name
+        for k in r.kernels:
+            assert k.registers > 0, (r.spec_name, k.name)
+            assert not k.spills, f"{r.spec_name}/{k.name} on {r.arch} spills: {k}"
+            assert k.stack_frame == 0, f"{r.spec_name}/{k.name} on {r.arch} uses a stack frame"
+
+
+def test_specialization_names_are_unique_and_readable():
+    names = [s.name for s in kernel_specializations()]
+    assert len(names) == len(set(names))
+    assert "merge_states_bf16_hd128" in names
+
+
+def test_cache_miss_then_hit(fresh_cache):
+    spec = merge_spec(torch.bfloat16, 64)
+    k1 = jit.build(spec, "sm_90a")
+    assert not k1.report.cache_hit and k1.report.compile_seconds > 0
+    assert jit.build(spec, "sm_90a") is k1                 # in-process memo
+    jit.clear_memory_cache()
+    k2 = jit.build(spec, "sm_90a")
+    assert k2.report.cache_hit and k2.cubin == k1.cubin   # the bytes that were written
+    assert k2.report.compile_seconds == k1.report.compile_seconds  # kept from the original compile
+    assert len(list(fresh_cache.glob("*.ibk"))) == 1
+    assert "cache hit" in str(k2.report) and "merge_states" in k2.report._repr_html_()
+    k3 = jit.build(spec, "sm_80")                          # another arch is another entry
+    assert not k3.report.cache_hit and k3.cubin != k1.cubin
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage"])
+def test_corrupt_entry_is_rebuilt(fresh_cache, damage):
+    spec = merge_spec(torch.float16, 128)
+    good = jit.build(spec, "sm_80")
+    (path,) = fresh_cache.glob("*.ibk")
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":
+        path.write_bytes(data[:-10] + bytes([data[-10] ^ 0xFF]) + data[-9:])
+    else:
+        path.write_bytes(b"not a cache entry")
+    jit.clear_memory_cache()
+    with pytest.warns(UserWarning, match="damaged"):
+        k = jit.build(spec, "sm_80")
+    assert not k.report.cache_hit and "corrupt" in k.report.note
+    # NVRTC names internal-linkage symbols with a per-compile hash, so compare structure, not bytes
+    assert len(k.cubin) == len(good.cubin) and k.lowered == good.lowered
+    jit.clear_memory_cache()
+    assert jit.build(spec, "sm_80").report.cache_hit      # the rebuilt entry is sound
+
+
+def test_two_processes_compiling_at_once_both_succeed(fresh_cache):
+    code = textwrap.dedent("""
+        import sys, torch, infernb
+        from infernb.ops.merge import merge_spec
+        k = infernb.jit.build(merge_spec(torch.float32, 256), "sm_90a")
+        print(len(k.cubin), k.report.cache_hit)
+    """)
+    env = dict(os.environ, INFERNB_CACHE_DIR=str(fresh_cache))
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    sizes = {o[0].split()[0] for o in outs}
+    assert len(sizes) == 1
+    (path,) = fresh_cache.glob("*.ibk")
+    assert jcache.read_entry(path) is not None
+    assert not list(fresh_cache.glob("*.tmp"))
+
+
+def test_compile_error_shows_generated_lines_and_origin(fresh_cache):
+    spec = KernelSpec(family="merge_states", name="broken_demo", kernels=(),
+                      preamble="constexpr float ok = 1.f;\nconstexpr float bad = not_defined * 2.f;\n",
+                      preamble_origin=((2, "my_variant.py:12  return score * not_defined"),))
+    with pytest.raises(CompileError) as ei:
+        jit.build(spec, "sm_90a")
+    msg = str(ei.value)
+    assert "broken_demo" in msg and "sm_90a" in msg
+    assert 'identifier "not_defined" is undefined' in msg
+    assert "> " in msg and "constexpr float bad = not_defined * 2.f;" in msg   # the offending line, marked
+    assert "constexpr float ok = 1.f;" in msg                                   # with context
+    assert "generated from: my_variant.py:12" in msg
+    assert ei.value.log and ei.value.source.startswith("// infernb generated")
+    assert not list(fresh_cache.glob("*.ibk"))                                  # nothing cached
+
+
+def test_compile_error_in_a_header_points_at_the_header(fresh_cache, tmp_path):
+    spec = KernelSpec(family="merge_states", name="bad_inst",
+                      kernels=(("k", "infernb::merge_states_kernel<float, 96, 100>"),))  # 100 threads: no tiling
+    with pytest.raises(CompileError, match=r"kernels/include/infernb/merge_states.cuh:\d+: error"):
+        jit.build(spec, "sm_80")
+
+
+def test_cache_key_covers_every_kernel_header(tmp_path, monkeypatch):
+    import shutil
+
+    import infernb.jit.spec as jspec
+
+    shutil.copytree(jspec.KERNELS_DIR, tmp_path / "kernels")
+    monkeypatch.setattr(jspec, "KERNELS_DIR", tmp_path / "kernels")
+    d1 = kernels_digest()
+    hdr = tmp_path / "kernels" / "include" / "infernb" / "common.cuh"
+    hdr.write_text(hdr.read_text() + "\n// an edit in an included header\n")
+    d2 = kernels_digest()
+    assert d1 != d2
+    keys = {jcache.cache_key("src", "sm_90a", ["-O3"], (13, 0), d) for d in (d1, d2)}
+    assert len(keys) == 2
+    assert jcache.cache_key("src", "sm_90a", ["-O3"], (13, 0), d1) != jcache.cache_key("src", "sm_90a", ["-O3"], (13, 1), d1)
+
+
+def test_arch_normalization():
+    assert jit.normalize_arch("90a") == "sm_90a" and jit.normalize_arch("8.0") == "sm_80"
+    assert jit.normalize_arch("compute_90") == "sm_90"
+    with pytest.raises(ValueError, match="arch"):
+        jit.normalize_arch("hopper")
+
+
+def test_build_all_cli_runs():
+    out = subprocess.run([sys.executable, "-m", "infernb.ops.build_all", "--arch", "sm_90a"], capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr
+    assert "0 kernel(s) spill" in out.stdout and "merge_states_bf16_hd128" in out.stdout
+
+
+def test_launch_without_gpu_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("has a GPU")
+    k = jit.build(merge_spec(torch.bfloat16, 128), "sm_90a")
+    with pytest.raises(infernb.DeviceError, match="CUDA tensors"):
+        k.launch("merge_state", (1, 1, 1), (128, 1, 1), (torch.zeros(1),))

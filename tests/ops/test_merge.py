@@ -1,0 +1,121 @@
+"""infernb.ops.merge_state / merge_states: the CUDA kernel (GPU) and the CPU path against the reference."""
+import math
+
+import pytest
+import torch
+
+import infernb
+from infernb import InputError, reference
+from infernb.testing import assert_close, poison_
+
+DTYPES = [torch.float16, torch.bfloat16, torch.float32]
+
+
+def states(gen, n, k, h, d, dtype, device, empty_rows=True):
+    """Partial results as a real split produces them: random values and LSEs, some parts and rows empty."""
+    v = torch.randn(n, k, h, d, generator=gen).to(dtype)
+    s = torch.randn(n, k, h, generator=gen) * 4
+    if empty_rows and n > 2:
+        s[0, 0] = -math.inf                    # one empty part
+        s[1] = -math.inf                       # a row that saw no key at all
+    return v.to(device), s.to(device)
+
+
+def check_merge_states(v, s, out_v, out_s):
+    ref_v, ref_s = reference.merge_states(v.cpu(), s.cpu())
+    assert out_v.dtype == v.dtype and out_s.dtype == torch.float32
+    assert_close(out_v.cpu(), ref_v, v.dtype, name="merged v")
+    assert_close(out_s.cpu(), ref_s, torch.float32, name="merged lse")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cpu_path_matches_reference(gen, dtype):
+    v, s = states(gen, 5, 3, 2, 64, dtype, "cpu")
+    check_merge_states(v, s, *infernb.merge_states(v, s))
+    va, vb = v[:, 0], v[:, 1]
+    sa, sb = s[:, 0], s[:, 1]
+    ov, os_ = infernb.merge_state(va, sa, vb, sb)
+    rv, rs = reference.merge_state(va, sa, vb, sb)
+    assert_close(ov, rv, dtype)
+    assert_close(os_, rs, torch.float32)
+
+
+def test_input_errors(gen):
+    v, s = states(gen, 4, 2, 3, 64, torch.bfloat16, "cpu")
+    with pytest.raises(InputError, match="s: expected dtype"):
+        infernb.merge_states(v, s.double())
+    with pytest.raises(InputError, match=r"s: expected shape \[4, 2, 3\]"):
+        infernb.merge_states(v, s[:, :1])
+    with pytest.raises(InputError, match="v: expected dtype"):
+        infernb.merge_states(v.to(torch.int32), s)
+    with pytest.raises(InputError, match="v_b: expected dtype"):
+        infernb.merge_state(v[:, 0], s[:, 0], v[:, 1].half(), s[:, 1])
+    with pytest.raises(InputError, match="v_b: expected shape"):
+        infernb.merge_state(v[:, 0], s[:, 0], v[:2, 1], s[:, 1])
+    with pytest.raises(InputError, match="out\\[0\\]"):
+        infernb.merge_states(v, s, out=(torch.empty(4, 3, 64), torch.empty(4, 3)))
+
+
+# ---------------------------------------------------------------- GPU: the compiled kernels
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("num_states", [1, 2, 3, 5, 8, 13])
+def test_gpu_merge_states(gen, dtype, head_dim, num_states):
+    v, s = states(gen, 37, num_states, 8, head_dim, dtype, "cuda")
+    out = (poison_(torch.empty(37, 8, head_dim, dtype=dtype, device="cuda")),
+           poison_(torch.empty(37, 8, device="cuda")))
+    ov, os_ = infernb.merge_states(v, s, out=out)
+    torch.cuda.synchronize()
+    assert ov.data_ptr() == out[0].data_ptr()
+    check_merge_states(v, s, ov, os_)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_gpu_merge_state_two_way(gen, dtype, head_dim):
+    v, s = states(gen, 300, 2, 32, head_dim, dtype, "cuda")
+    va, vb, sa, sb = v[:, 0].contiguous(), v[:, 1].contiguous(), s[:, 0].contiguous(), s[:, 1].contiguous()
+    out = (poison_(torch.empty_like(va)), poison_(torch.empty_like(sa)))
+    ov, os_ = infernb.merge_state(va, sa, vb, sb, out=out)
+    torch.cuda.synchronize()
+    check_merge_states(v, s, ov, os_)
+    assert not torch.isnan(ov).any()
+
+
+@pytest.mark.gpu
+def test_gpu_split_attention_merge_equals_whole(gen):
+    """End to end: attention over two halves of the keys (reference, then cast to bf16), merged on the GPU."""
+    q = torch.randn(64, 32, 128, generator=gen)
+    k = torch.randn(1000, 8, 128, generator=gen)
+    v = torch.randn(1000, 8, 128, generator=gen)
+    whole, whole_lse = reference.attention(q, k, v)
+    a = reference.attention(q, k[:613], v[:613])
+    b = reference.attention(q, k[613:], v[613:])
+    ov, os_ = infernb.merge_state(a[0].bfloat16().cuda(), a[1].float().cuda(), b[0].bfloat16().cuda(),
+                                  b[1].float().cuda())
+    assert_close(ov.cpu(), whole, torch.bfloat16)
+    assert_close(os_.cpu(), whole_lse, torch.float32)
+
+
+@pytest.mark.gpu
+def test_gpu_runs_on_torch_current_stream(gen):
+    v, s = states(gen, 4096, 4, 32, 128, torch.bfloat16, "cuda", empty_rows=False)
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        out = infernb.merge_states(v, s)
+        result = out[0].float().sum()   # ordered after the kernel on the same stream
+    stream.synchronize()
+    ref_v, _ = reference.merge_states(v.cpu(), s.cpu())
+    assert math.isclose(float(result), float(ref_v.sum()), rel_tol=1e-2, abs_tol=1.0)
+
+
+@pytest.mark.gpu
+def test_gpu_empty_and_unsupported(gen):
+    v, s = states(gen, 0, 2, 4, 128, torch.bfloat16, "cuda", empty_rows=False)
+    ov, os_ = infernb.merge_states(v, s)
+    assert ov.shape == (0, 4, 128) and os_.shape == (0, 4)
+    v, s = states(gen, 3, 2, 4, 96, torch.bfloat16, "cuda", empty_rows=False)
+    with pytest.raises(InputError, match="head_dim 96 is not supported"):
+        infernb.merge_states(v, s)
