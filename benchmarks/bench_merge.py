@@ -16,7 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-CASES = [  # (seq_len, num_states, num_heads, head_dim)
+CASES = [  # (seq_len, num_states, num_heads, head_dim); the first is latency-bound (launch overhead shows)
+    (1, 2, 32, 128),
     (8192, 2, 32, 128),
     (8192, 4, 32, 128),
     (2048, 16, 32, 128),
@@ -77,7 +78,7 @@ def main(argv=None) -> int:
           ("  infernb/flashinfer" if "flashinfer" in names else ""))
     for r in rows:
         line = f"{str((r['seq_len'], r['num_states'], r['num_heads'], r['head_dim'])):<24}"
-        line += "".join(f"{r[p + '_TBps']:>22.2f}" for p in names)
+        line += "".join(f"{r[p + '_TBps']:>13.2f} {r[p + '_ms'] * 1e3:>6.1f}us" for p in names)
         if "flashinfer" in names:
             line += f"  {r['flashinfer_ms'] / r['infernb_ms']:>8.2f}x"
         print(line)

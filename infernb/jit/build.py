@@ -14,7 +14,9 @@ from .compiler import compile_options, compile_spec
 from .report import CompileReport, KernelResources, parse_ptxas_log
 from .spec import KernelSpec, kernels_digest
 
-_memo: dict[str, "Kernel"] = {}
+_memo: dict[str, "Kernel"] = {}          # cache key -> kernel
+_by_spec: dict[tuple, "Kernel"] = {}     # (spec, arch, options) -> kernel: the per-launch fast path
+_streams: dict[tuple[int, int], object] = {}
 _lock = threading.Lock()
 
 
@@ -60,13 +62,28 @@ class Kernel:
                               "(kernels compile without one, but run only on a GPU)")
         if device_index is None:
             device_index = torch.cuda.current_device()
-        fn = self.function(short_name, device_index)
+        fn = self._functions.get((device_index, short_name)) or self.function(short_name, device_index)
+        if shared_mem > 48 * 1024 and fn.max_dynamic_shared_size_bytes < shared_mem:
+            fn.max_dynamic_shared_size_bytes = shared_mem
+        fn(tuple(grid), tuple(block), kargs, shared_mem=shared_mem, stream=_stream(device_index))
+
+
+def _stream(device_index: int):
+    """CuPy view of torch's current stream on ``device_index`` (cached per raw stream handle)."""
+    import torch
+
+    ts = torch.cuda.current_stream(device_index)
+    handle = ts.cuda_stream
+    st = _streams.get((device_index, handle))
+    if st is None:
         cp = _cupy()
-        stream = cp.cuda.ExternalStream(torch.cuda.current_stream(device_index).cuda_stream, device_index)
         with cp.cuda.Device(device_index):
-            if shared_mem > 48 * 1024:
-                fn.max_dynamic_shared_size_bytes = shared_mem
-            fn(tuple(grid), tuple(block), kargs, shared_mem=shared_mem, stream=stream)
+            if hasattr(ts, "__cuda_stream__") and hasattr(cp.cuda.Stream, "from_external"):
+                st = cp.cuda.Stream.from_external(ts)
+            else:
+                st = cp.cuda.ExternalStream(handle, device_index)
+        _streams[(device_index, handle)] = st
+    return st
 
 
 def _kernel_arg(a):
@@ -102,12 +119,16 @@ def build(spec: KernelSpec, arch: str | None = None, *, extra_options: tuple[str
 
     The returned kernel's ``report`` has registers, spills, shared memory, compile time, cache hit/miss.
     """
+    fast = (spec, arch, extra_options)
+    if not force and (k := _by_spec.get(fast)) is not None:
+        return k
     arch = toolchain.normalize_arch(arch or device_info().arch)
     t0 = time.perf_counter()
     options = compile_options(arch, extra_options)
     source = spec.render()
     key = cache.cache_key(source, arch, options, toolchain.nvrtc_version(), kernels_digest())
     if not force and (k := _memo.get(key)) is not None:
+        _by_spec[fast] = k
         return k
     with _lock:
         if not force and (k := _memo.get(key)) is not None:
@@ -143,10 +164,14 @@ def build(spec: KernelSpec, arch: str | None = None, *, extra_options: tuple[str
                                nvrtc_version=tuple(meta["nvrtc_version"]), cubin_bytes=len(cubin), note=note)
         k = Kernel(spec, arch, cubin, dict(meta["lowered"]), report)
         _memo[key] = k
+        _by_spec[fast] = k
         return k
 
 
 def clear_memory_cache() -> None:
-    """Forget kernels built in this process (the disk cache stays); next :func:`build` reads the disk."""
+    """Forget kernels built in this process (the disk cache stays); the next :func:`build` re-hashes the
+    sources and reads the disk or recompiles. Call it after editing a file under ``kernels/`` in a live
+    session: within a process, a specialization already built is reused without re-reading the sources."""
     with _lock:
         _memo.clear()
+        _by_spec.clear()

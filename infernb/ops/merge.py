@@ -29,7 +29,7 @@ def specializations() -> list[KernelSpec]:
 
 
 def _rows_per_cta(dtype: torch.dtype, head_dim: int) -> int:
-    vec = 16 // torch.tensor([], dtype=dtype).element_size()
+    vec = 16 // dtype.itemsize
     return NUM_THREADS // (head_dim // vec)
 
 
