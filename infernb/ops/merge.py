@@ -1,6 +1,8 @@
 """Merge partial attention states by LSE: CUDA kernel on GPU tensors, the reference on CPU tensors."""
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .. import reference
@@ -11,6 +13,7 @@ from ._common import CUDA_TYPES, DTYPE_NAMES, HEAD_DIMS, check_dtype, check_head
 NUM_THREADS = 128
 
 
+@functools.lru_cache(maxsize=None)
 def merge_spec(dtype: torch.dtype, head_dim: int) -> KernelSpec:
     """The merge kernels (2-way and n-way) for one value dtype and head dim."""
     t = CUDA_TYPES[dtype]
