@@ -8,13 +8,15 @@ Layers (imports point down): ops -> jit -> reference; see DESIGN.md.
 """
 from __future__ import annotations
 
-from . import errors, reference, testing
+from . import errors, layout, reference, testing
 from .device import DeviceInfo, device_info, has_gpu
-from .errors import CompileError, DeviceError, InfernbError, InputError
+from .errors import CompileError, DeviceError, InfernbError, InputError, OutOfPagesError
+from .layout import BlockSparse, PagedKVCache, PageTable
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BlockSparse", "OutOfPagesError", "PageTable", "PagedKVCache", "layout", "viz", "widgets",
     "CompileError", "DeviceError", "DeviceInfo", "InfernbError", "InputError", "device_info", "errors",
     "has_gpu", "jit", "ops", "reference", "testing", "merge_state", "merge_states", "__version__",
 ]
@@ -24,7 +26,7 @@ def __getattr__(name: str):
     # Lazy subpackages: jit/ops pull in more machinery; keep `import infernb` light.
     import importlib
 
-    if name in ("jit", "ops"):
+    if name in ("jit", "ops", "viz", "widgets", "profile"):
         return importlib.import_module(f".{name}", __name__)
     if name in ("merge_state", "merge_states"):
         return getattr(importlib.import_module(".ops", __name__), name)

@@ -22,3 +22,7 @@ class CompileError(InfernbError):
 
 class DeviceError(InfernbError, RuntimeError):
     """A GPU-only operation was asked for where no usable CUDA device (or CuPy) is present."""
+
+
+class OutOfPagesError(InfernbError, RuntimeError):
+    """The page pool has too few free pages for an append or fork; nothing was changed."""

@@ -1,0 +1,8 @@
+"""Data layouts every kernel consumes: the paged KV cache, its page table, and block-sparse (BSR) masks.
+CPU-only bookkeeping (NumPy) plus vectorized torch data movement; no GPU library needed."""
+from .block_sparse import BlockSparse
+from .convert import LAYOUTS, convert_pool_layout
+from .page_table import PageTable
+from .paged_cache import PagedKVCache, PoolSnapshot
+
+__all__ = ["BlockSparse", "LAYOUTS", "PageTable", "PagedKVCache", "PoolSnapshot", "convert_pool_layout"]

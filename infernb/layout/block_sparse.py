@@ -1,0 +1,217 @@
+"""``BlockSparse``: a block-sparse row (BSR) matrix over (query tokens x key tokens).
+
+Rows are cut into blocks of ``R`` query tokens, columns into blocks of ``C`` key tokens. Block row ``i``
+lists its non-empty block columns in ``indices[indptr[i]:indptr[i+1]]``; each listed block is *full* (every
+in-range element visible: kernels skip mask evaluation there) or *partial* (some elements masked: the
+kernel evaluates the mask; ``partial_masks`` keeps the exact elements). Unlisted blocks are empty and
+skipped. The same structure represents a paged KV cache (a page is a block column, the partly filled
+last page a partial block) and a sparse attention mask.
+
+Positions: a mask evaluated here sees ``q_idx = q_offset + row`` (default ``q_offset = N - M``, the append
+convention of :mod:`infernb.reference`) and ``kv_idx = column``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+
+#: Elements evaluated per chunk by :meth:`BlockSparse.from_mask_mod` (bounds memory, not work).
+CHUNK_ELEMENTS = 1 << 24
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class BlockSparse:
+    """BSR structure.
+
+    Attributes:
+        shape: ``(M, N)`` query and key tokens.
+        block: ``(R, C)`` block size.
+        indptr: ``[num_block_rows + 1]`` int32.
+        indices: ``[nnz_blocks]`` int32 block-column ids, increasing within a row.
+        is_full: ``[nnz_blocks]`` bool.
+        partial_masks: ``[num_partial, R, C]`` bool: the elements of each partial block, in the order the
+            partial blocks appear in ``indices`` (out-of-range elements of edge blocks are False).
+    """
+
+    shape: tuple[int, int]
+    block: tuple[int, int]
+    indptr: torch.Tensor
+    indices: torch.Tensor
+    is_full: torch.Tensor
+    partial_masks: torch.Tensor
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_dense(cls, mask: torch.Tensor, block: tuple[int, int]) -> "BlockSparse":
+        """From a dense boolean ``[M, N]`` mask (``True`` = visible)."""
+        if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
+            raise InputError(f"mask: expected a 2-D boolean tensor [M, N], got "
+                             f"{list(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__}")
+        mask = mask.bool().cpu()
+        return cls._build(lambda r0, r1, c0, c1: mask[r0:r1, c0:c1], tuple(mask.shape), _check_block(block))
+
+    @classmethod
+    def from_mask_mod(cls, mask_mod: Callable, M: int, N: int, block: tuple[int, int], *, b: int = 0, h: int = 0,
+                      q_offset: int | None = None) -> "BlockSparse":
+        """Evaluate ``mask_mod(b, h, q_idx, kv_idx)`` block row by block row, at most ``CHUNK_ELEMENTS``
+        elements at a time: the dense ``[M, N]`` mask is never materialized. ``q_idx`` is ``q_offset + row``
+        (default ``N - M``, the append convention)."""
+        R, C = _check_block(block)
+        if M < 0 or N < 0:
+            raise InputError(f"M, N: expected non-negative sizes, got {M}, {N}")
+        off = N - M if q_offset is None else q_offset
+        bt, ht = torch.tensor(b), torch.tensor(h)
+
+        def ev(r0, r1, c0, c1):
+            q_idx = torch.arange(r0, r1)[:, None] + off
+            kv_idx = torch.arange(c0, c1)[None, :]
+            return torch.as_tensor(mask_mod(bt, ht, q_idx, kv_idx)).bool().expand(r1 - r0, c1 - c0)
+
+        return cls._build(ev, (M, N), (R, C))
+
+    @classmethod
+    def from_page_table(cls, table, *, rows_per_request: int = 1) -> "BlockSparse":
+        """The paged KV cache as BSR: block row ``b`` = request ``b`` (``rows_per_request`` query tokens),
+        block column = page id (``C = page_size``, ``N = num_pages * page_size``). A request's last page is a
+        partial block when it holds fewer than ``page_size`` tokens."""
+        from .page_table import PageTable
+
+        if not isinstance(table, PageTable):
+            raise InputError(f"table: expected a PageTable, got {type(table).__name__}")
+        P, R = table.page_size, int(rows_per_request)
+        num_pages = table.num_pages if table.num_pages is not None else int(table.indices.max()) + 1 if table.num_used_pages else 0
+        ptr = table.indptr.cpu().numpy().astype(np.int64)
+        idx = table.indices.cpu().numpy().astype(np.int64)
+        last = table.last_page_len.cpu().numpy()
+        indptr, indices, full, partial = [0], [], [], []
+        for bi in range(table.batch_size):
+            pages = idx[ptr[bi]:ptr[bi + 1]]
+            # BSR needs increasing columns within a row: sort pages (a permutation of the logical order)
+            order = np.argsort(pages, kind="stable")
+            for j in order:
+                is_last = j == len(pages) - 1
+                indices.append(pages[j])
+                f = not is_last or last[bi] == P
+                full.append(f)
+                if not f:
+                    pm = torch.zeros(R, P, dtype=torch.bool)
+                    pm[:, :last[bi]] = True
+                    partial.append(pm)
+            indptr.append(len(indices))
+        return cls((table.batch_size * R, num_pages * P), (R, P), torch.tensor(indptr, dtype=torch.int32),
+                   torch.tensor(indices, dtype=torch.int32), torch.tensor(full, dtype=torch.bool),
+                   torch.stack(partial) if partial else torch.zeros(0, R, P, dtype=torch.bool))
+
+    @classmethod
+    def _build(cls, ev, shape, block) -> "BlockSparse":
+        """Classify every block using ``ev(r0, r1, c0, c1) -> bool [r1 - r0, c1 - c0]``, one block row at a time
+        and at most ``CHUNK_ELEMENTS`` elements per call."""
+        M, N = shape
+        R, C = block
+        nbc = -(-N // C)
+        cols_per_call = max(C, (CHUNK_ELEMENTS // R) // C * C)
+        indptr, indices, full, partial, count = [0], [], [], [], 0
+        for r0 in range(0, M, R):
+            r1 = min(M, r0 + R)
+            for c0 in range(0, nbc * C, cols_per_call):
+                c1 = min(N, c0 + cols_per_call)
+                nb = -(-(c1 - c0) // C)                                            # blocks in this call
+                pad = torch.zeros(R, nb * C, dtype=torch.bool)
+                pad[:r1 - r0, :c1 - c0] = ev(r0, r1, c0, c1)
+                valid = torch.zeros(R, nb * C, dtype=torch.bool)
+                valid[:r1 - r0, :c1 - c0] = True
+                blocks = pad.reshape(R, nb, C).transpose(0, 1)                     # [nb, R, C]
+                valid = valid.reshape(R, nb, C).transpose(0, 1)
+                nonempty = blocks.flatten(1).any(1)
+                is_full = (blocks | ~valid).flatten(1).all(1) & nonempty
+                cols = torch.nonzero(nonempty).flatten()
+                indices.append(cols + c0 // C)
+                count += cols.numel()
+                full.append(is_full[cols])
+                part = cols[~is_full[cols]]
+                if part.numel():
+                    partial.append(blocks[part])
+            indptr.append(count)
+        cat = lambda xs, dt: torch.cat(xs).to(dt) if xs else torch.zeros(0, dtype=dt)  # noqa: E731
+        return cls((M, N), (R, C), torch.tensor(indptr, dtype=torch.int32), cat(indices, torch.int32),
+                   cat(full, torch.bool), torch.cat(partial) if partial else torch.zeros(0, R, C, dtype=torch.bool))
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def num_block_rows(self) -> int:
+        return self.indptr.numel() - 1
+
+    @property
+    def num_block_cols(self) -> int:
+        return -(-self.shape[1] // self.block[1])
+
+    @property
+    def nnz_blocks(self) -> int:
+        return self.indices.numel()
+
+    def to_dense(self) -> torch.Tensor:
+        """The ``[M, N]`` boolean mask this structure represents."""
+        M, N = self.shape
+        R, C = self.block
+        out = torch.zeros(self.num_block_rows * R, self.num_block_cols * C, dtype=torch.bool)
+        ptr = self.indptr.tolist()
+        idx = self.indices.tolist()
+        full = self.is_full.tolist()
+        k = 0
+        for i in range(self.num_block_rows):
+            for j in range(ptr[i], ptr[i + 1]):
+                c = idx[j]
+                if full[j]:
+                    out[i * R:(i + 1) * R, c * C:(c + 1) * C] = True
+                else:
+                    out[i * R:(i + 1) * R, c * C:(c + 1) * C] = self.partial_masks[k]
+                    k += 1
+        return out[:M, :N]
+
+    def block_grid(self) -> torch.Tensor:
+        """``[num_block_rows, num_block_cols]`` int8: 0 empty, 1 partial, 2 full (for pictures)."""
+        g = torch.zeros(self.num_block_rows, self.num_block_cols, dtype=torch.int8)
+        rows = torch.repeat_interleave(torch.arange(self.num_block_rows), torch.diff(self.indptr.long()))
+        g[rows, self.indices.long()] = torch.where(self.is_full, 2, 1).to(torch.int8)
+        return g
+
+    def stats(self) -> dict:
+        """Block counts and densities: ``block_density`` = listed blocks / all blocks; ``density`` = visible
+        elements / (M * N); ``sparsity`` = 1 - density; ``work_saved`` = 1 - listed blocks / all blocks."""
+        M, N = self.shape
+        total_blocks = self.num_block_rows * self.num_block_cols
+        R, C = self.block
+        visible = 0
+        # full blocks count their in-range area; partial blocks their True elements
+        rows = torch.repeat_interleave(torch.arange(self.num_block_rows), torch.diff(self.indptr.long()))
+        h = torch.clamp(M - rows * R, max=R)
+        w = torch.clamp(N - self.indices.long() * C, max=C)
+        visible = int((h * w)[self.is_full].sum()) + int(self.partial_masks.sum())
+        return dict(shape=self.shape, block=self.block, blocks=total_blocks, nnz_blocks=self.nnz_blocks,
+                    full_blocks=int(self.is_full.sum()), partial_blocks=int((~self.is_full).sum()),
+                    block_density=self.nnz_blocks / total_blocks if total_blocks else 0.0,
+                    density=visible / (M * N) if M * N else 0.0,
+                    sparsity=1 - visible / (M * N) if M * N else 1.0,
+                    work_saved=1 - self.nnz_blocks / total_blocks if total_blocks else 0.0)
+
+    def __str__(self) -> str:
+        s = self.stats()
+        return (f"BlockSparse(shape={self.shape}, block={self.block}, {s['nnz_blocks']}/{s['blocks']} blocks "
+                f"({s['full_blocks']} full, {s['partial_blocks']} partial), density {s['density']:.3f})")
+
+    __repr__ = __str__
+
+
+def _check_block(block) -> tuple[int, int]:
+    try:
+        R, C = (int(x) for x in block)
+    except Exception:
+        raise InputError(f"block: expected (R, C), got {block!r}") from None
+    if R < 1 or C < 1:
+        raise InputError(f"block: expected positive sizes, got {(R, C)}")
+    return R, C

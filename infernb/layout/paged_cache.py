@@ -1,0 +1,329 @@
+"""``PagedKVCache``: a page pool of K/V on any device, with the bookkeeping of a serving engine.
+
+The pool is one tensor (FlashInfer's layout): ``[num_pages, 2, page_size, num_kv_heads, head_dim]`` for
+``NHD`` or ``[num_pages, 2, num_kv_heads, page_size, head_dim]`` for ``HND`` (index 0 = K, 1 = V).
+Bookkeeping (which pages a sequence owns, reference counts for shared prefixes, the free list) lives on
+the CPU in NumPy; data movement is vectorized torch indexing on the pool's device, never a Python loop
+over tokens.
+
+Invariants: a page with reference count > 1 (shared after :meth:`fork`) is always full, so no write ever
+lands in a shared page; a page is free iff its reference count is 0.
+"""
+from __future__ import annotations
+
+import dataclasses
+import heapq
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import InputError, OutOfPagesError
+from .convert import LAYOUTS, convert_pool_layout
+from .page_table import PageTable
+
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@dataclasses.dataclass
+class _Seq:
+    pages: list[int]
+    length: int
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolSnapshot:
+    """A picture-ready copy of the pool's bookkeeping (what :func:`infernb.viz.page_pool` draws).
+
+    Attributes:
+        owner: ``[num_pages]`` id of the first sequence holding each page, ``-1`` if free.
+        refcount: ``[num_pages]`` number of sequences holding each page.
+        fill: ``[num_pages]`` tokens stored in each page.
+        seq_pages: ``{seq_id: [page ids in logical order]}``.
+        seq_lens: ``{seq_id: tokens}``.
+        page_size: tokens per page.
+    """
+
+    owner: np.ndarray
+    refcount: np.ndarray
+    fill: np.ndarray
+    seq_pages: dict[int, list[int]]
+    seq_lens: dict[int, int]
+    page_size: int
+
+    @property
+    def num_pages(self) -> int:
+        return self.owner.size
+
+    def stats(self) -> dict:
+        """Occupancy and fragmentation figures.
+
+        - ``pages_used`` / ``pages_free`` / ``pages_shared`` (held by more than one sequence);
+        - ``tokens``: tokens stored, counting a shared page once;
+        - ``slot_utilization``: tokens / (pages_used * page_size);
+        - ``internal_fragmentation``: empty slots in used pages / (pages_used * page_size);
+        - ``free_runs``: number of maximal runs of consecutive free page ids (1 = one contiguous hole);
+        - ``sharing_saved_pages``: pages a copy-per-sequence layout would need in addition.
+        """
+        used = self.refcount > 0
+        n_used = int(used.sum())
+        tokens = int(self.fill[used].sum())
+        slots = n_used * self.page_size
+        free = ~used
+        runs = int(free[0]) + int(np.sum(free[1:] & ~free[:-1])) if free.size else 0
+        return dict(pages_total=self.num_pages, pages_used=n_used, pages_free=self.num_pages - n_used,
+                    pages_shared=int((self.refcount > 1).sum()), sequences=len(self.seq_lens), tokens=tokens,
+                    slot_utilization=tokens / slots if slots else 0.0,
+                    internal_fragmentation=(slots - tokens) / slots if slots else 0.0, free_runs=runs,
+                    sharing_saved_pages=int((self.refcount[used] - 1).sum()))
+
+
+class PagedKVCache:
+    """A paged K/V cache.
+
+    Args:
+        num_pages: pages in the pool.
+        page_size: tokens per page (1..any; kernels support 1..64).
+        num_kv_heads, head_dim: K/V shape per token.
+        dtype: ``torch.float16``, ``torch.bfloat16`` or ``torch.float32``.
+        device: where the pool lives.
+        layout: ``"NHD"`` (``[pages, 2, page_size, heads, dim]``) or ``"HND"`` (``[pages, 2, heads, page_size, dim]``).
+
+    Example::
+
+        cache = PagedKVCache(num_pages=64, page_size=16, num_kv_heads=2, head_dim=64)
+        ids = cache.add_sequences(3)
+        cache.append(ids, k, v, lengths=[40, 3, 17])     # k, v: [60, 2, 64]
+        table = cache.page_table(ids)                     # PageTable for the kernels
+    """
+
+    def __init__(self, num_pages: int, page_size: int, num_kv_heads: int, head_dim: int, *,
+                 dtype: torch.dtype = torch.float16, device="cpu", layout: str = "NHD"):
+        for name, val in (("num_pages", num_pages), ("page_size", page_size), ("num_kv_heads", num_kv_heads),
+                          ("head_dim", head_dim)):
+            if not isinstance(val, (int, np.integer)) or val < 1:
+                raise InputError(f"{name}: expected a positive integer, got {val!r}")
+        if layout not in LAYOUTS:
+            raise InputError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
+        if dtype not in DTYPES:
+            raise InputError(f"dtype: expected one of {[str(d) for d in DTYPES]}, got {dtype}")
+        self.num_pages, self.page_size = int(num_pages), int(page_size)
+        self.num_kv_heads, self.head_dim = int(num_kv_heads), int(head_dim)
+        self.dtype, self.layout = dtype, layout
+        shape = ((num_pages, 2, page_size, num_kv_heads, head_dim) if layout == "NHD"
+                 else (num_pages, 2, num_kv_heads, page_size, head_dim))
+        self.pool = torch.zeros(shape, dtype=dtype, device=device)
+        self._refcount = np.zeros(num_pages, dtype=np.int32)
+        self._free: list[int] = list(range(num_pages))          # min-heap: lowest free id first
+        self._seqs: dict[int, _Seq] = {}
+        self._freed: set[int] = set()
+        self._next_id = 0
+
+    # ------------------------------------------------------------------ introspection
+    @property
+    def device(self) -> torch.device:
+        return self.pool.device
+
+    @property
+    def num_free_pages(self) -> int:
+        return len(self._free)
+
+    @property
+    def seq_ids(self) -> list[int]:
+        """Live sequence ids, in creation order."""
+        return list(self._seqs)
+
+    def lengths(self, seq_ids: Iterable[int] | None = None) -> list[int]:
+        """Token counts of ``seq_ids`` (default: all live sequences)."""
+        return [self._seq(i).length for i in (self.seq_ids if seq_ids is None else seq_ids)]
+
+    def pages(self, seq_id: int) -> list[int]:
+        """Page ids of a sequence, in logical order."""
+        return list(self._seq(seq_id).pages)
+
+    def snapshot(self) -> PoolSnapshot:
+        """Copy of the bookkeeping for pictures and statistics."""
+        owner = np.full(self.num_pages, -1, dtype=np.int64)
+        fill = np.zeros(self.num_pages, dtype=np.int64)
+        for sid, s in self._seqs.items():
+            for j, p in enumerate(s.pages):
+                if owner[p] < 0:
+                    owner[p] = sid
+                fill[p] = min(self.page_size, s.length - j * self.page_size)
+        return PoolSnapshot(owner, self._refcount.copy(), fill, {i: list(s.pages) for i, s in self._seqs.items()},
+                            {i: s.length for i, s in self._seqs.items()}, self.page_size)
+
+    def stats(self) -> dict:
+        """See :meth:`PoolSnapshot.stats`."""
+        return self.snapshot().stats()
+
+    def __repr__(self) -> str:
+        s = self.stats()
+        return (f"PagedKVCache({self.layout}, pool {list(self.pool.shape)} {self.dtype} on {self.device}; "
+                f"{s['sequences']} sequences, {s['tokens']} tokens, {s['pages_used']}/{self.num_pages} pages used, "
+                f"{s['pages_shared']} shared)")
+
+    # ------------------------------------------------------------------ lifecycle
+    def add_sequences(self, num: int = 1) -> list[int]:
+        """Create ``num`` empty sequences; return their ids (never reused)."""
+        if not isinstance(num, (int, np.integer)) or num < 0:
+            raise InputError(f"num: expected a non-negative integer, got {num!r}")
+        ids = list(range(self._next_id, self._next_id + num))
+        self._next_id += num
+        for i in ids:
+            self._seqs[i] = _Seq([], 0)
+        return ids
+
+    def free(self, seq_ids: int | Iterable[int]) -> None:
+        """Release sequences; pages no other sequence shares return to the pool. Freeing twice is an error."""
+        ids = [seq_ids] if isinstance(seq_ids, (int, np.integer)) else list(seq_ids)
+        self._check_ids(ids, "seq_ids")
+        for i in ids:
+            for p in self._seqs.pop(i).pages:
+                self._refcount[p] -= 1
+                if self._refcount[p] == 0:
+                    heapq.heappush(self._free, p)
+            self._freed.add(i)
+
+    def fork(self, seq_id: int) -> int:
+        """New sequence sharing ``seq_id``'s full pages (shared prefix); a partly filled last page is copied
+        into a page of its own. Returns the child's id. Raises :class:`OutOfPagesError` (changing nothing)
+        if that copy needs a page and none is free."""
+        parent = self._seq(seq_id)
+        partial = parent.length % self.page_size != 0
+        if partial and not self._free:
+            raise OutOfPagesError(f"fork({seq_id}): the partly filled last page must be copied, but the pool "
+                                  f"has no free page (0 of {self.num_pages}); nothing was changed")
+        pages = list(parent.pages)
+        if partial:
+            new = heapq.heappop(self._free)
+            self.pool[new] = self.pool[pages[-1]]
+            pages[-1] = new
+        for p in pages:
+            self._refcount[p] += 1
+        (child,) = self.add_sequences(1)
+        self._seqs[child] = _Seq(pages, parent.length)
+        return child
+
+    # ------------------------------------------------------------------ data
+    def append(self, seq_ids: Sequence[int], k: torch.Tensor, v: torch.Tensor,
+               lengths: Sequence[int] | None = None) -> None:
+        """Append new tokens' K/V to several sequences in one call.
+
+        Args:
+            seq_ids: distinct live sequence ids.
+            k, v: ``[total_new_tokens, num_kv_heads, head_dim]``, the new tokens of ``seq_ids[0]`` first, then
+                ``seq_ids[1]``'s, ...; cast to the pool dtype; moved to the pool's device if needed.
+            lengths: new tokens per sequence; default one token each (decode).
+
+        All-or-nothing: if the pool lacks the pages, :class:`OutOfPagesError` is raised before anything changes.
+        The write is two vectorized ``index_put`` calls on the pool (no loop over tokens).
+        """
+        ids = list(seq_ids)
+        self._check_ids(ids, "seq_ids")
+        if len(set(ids)) != len(ids):
+            raise InputError(f"seq_ids: each sequence may appear once per append, got {ids}")
+        if lengths is None:
+            lengths = [1] * len(ids)
+        lengths = [int(x) for x in lengths]
+        if len(lengths) != len(ids):
+            raise InputError(f"lengths: expected {len(ids)} entries (one per sequence), got {len(lengths)}")
+        if any(n < 0 for n in lengths):
+            raise InputError(f"lengths: expected non-negative counts, got {lengths}")
+        total = sum(lengths)
+        want = (total, self.num_kv_heads, self.head_dim)
+        for name, t in (("k", k), ("v", v)):
+            if not isinstance(t, torch.Tensor) or tuple(t.shape) != want:
+                raise InputError(f"{name}: expected shape {list(want)} [sum(lengths), num_kv_heads, head_dim], got "
+                                 f"{list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+            if not t.is_floating_point():
+                raise InputError(f"{name}: expected a floating dtype, got {t.dtype}")
+
+        # 1. plan the pages (CPU, one pass over sequences) and check capacity before touching anything
+        P = self.page_size
+        needs = []
+        for i, n in zip(ids, lengths):
+            s = self._seqs[i]
+            needs.append(max(0, -(-(s.length + n) // P) - len(s.pages)) if n else 0)
+        if sum(needs) > len(self._free):
+            raise OutOfPagesError(f"append needs {sum(needs)} new pages for {total} tokens but only "
+                                  f"{len(self._free)} of {self.num_pages} are free; nothing was changed")
+        # 2. commit the bookkeeping
+        old_len = np.array([self._seqs[i].length for i in ids], dtype=np.int64)
+        first_page = old_len // P                           # logical page of each sequence's first new token
+        tail_pages, tail_ptr = [], [0]
+        for i, n, need, fp in zip(ids, lengths, needs, first_page):
+            s = self._seqs[i]
+            for _ in range(need):
+                p = heapq.heappop(self._free)
+                self._refcount[p] = 1
+                s.pages.append(p)
+            if n and self._refcount[s.pages[fp]] > 1:        # never write into a shared page (invariant)
+                raise AssertionError(f"internal: sequence {i} would write into shared page {s.pages[fp]}")
+            s.length += n
+            tail = s.pages[fp:] if n else []
+            tail_pages.extend(tail)
+            tail_ptr.append(tail_ptr[-1] + len(tail))
+        if total == 0:
+            return
+        # 3. destination (page, slot) of every new token, vectorized
+        lens = np.array(lengths, dtype=np.int64)
+        seq_of_tok = np.repeat(np.arange(len(ids)), lens)
+        starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+        pos = old_len[seq_of_tok] + (np.arange(total) - starts[seq_of_tok])       # position in its sequence
+        page = np.asarray(tail_pages, dtype=np.int64)[np.asarray(tail_ptr[:-1])[seq_of_tok] + pos // P
+                                                      - first_page[seq_of_tok]]
+        dest = torch.from_numpy(np.stack([page, pos % P])).to(self.device, non_blocking=True)
+        kk, vv = k.to(self.device, self.dtype), v.to(self.device, self.dtype)
+        if self.layout == "NHD":
+            self.pool[dest[0], 0, dest[1]] = kk
+            self.pool[dest[0], 1, dest[1]] = vv
+        else:
+            self.pool[dest[0], 0, :, dest[1]] = kk
+            self.pool[dest[0], 1, :, dest[1]] = vv
+
+    def gather(self, seq_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A sequence's K and V as contiguous ``[length, num_kv_heads, head_dim]`` tensors (copies)."""
+        s = self._seq(seq_id)
+        pages = torch.tensor(s.pages, dtype=torch.long, device=self.device)
+        kv = self.pool[pages]                                                # [n, 2, P, H, D] or [n, 2, H, P, D]
+        if self.layout == "HND":
+            kv = kv.transpose(2, 3)
+        kv = kv.transpose(0, 1).reshape(2, -1, self.num_kv_heads, self.head_dim)[:, :s.length]
+        return kv[0].contiguous(), kv[1].contiguous()
+
+    def page_table(self, seq_ids: Sequence[int] | None = None) -> PageTable:
+        """The :class:`PageTable` of ``seq_ids`` (default: all live sequences), int32 on the pool's device."""
+        ids = self.seq_ids if seq_ids is None else list(seq_ids)
+        self._check_ids(ids, "seq_ids")
+        return PageTable.from_lists([self._seqs[i].pages for i in ids], [self._seqs[i].length for i in ids],
+                                    self.page_size, num_pages=self.num_pages, device=self.device)
+
+    def to_layout(self, layout: str) -> "PagedKVCache":
+        """A copy of this cache (pool and bookkeeping) in ``layout``."""
+        if layout not in LAYOUTS:
+            raise InputError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
+        new = PagedKVCache.__new__(PagedKVCache)
+        new.__dict__.update({k: v for k, v in self.__dict__.items() if k != "pool"})
+        new._refcount, new._free, new._freed = self._refcount.copy(), list(self._free), set(self._freed)
+        new._seqs = {i: _Seq(list(s.pages), s.length) for i, s in self._seqs.items()}
+        new.layout = layout
+        new.pool = convert_pool_layout(self.pool, self.layout, layout)
+        return new
+
+    # ------------------------------------------------------------------ helpers
+    def _seq(self, seq_id: int) -> _Seq:
+        try:
+            return self._seqs[seq_id]
+        except KeyError:
+            raise InputError(self._unknown(seq_id)) from None
+
+    def _check_ids(self, ids: list[int], name: str) -> None:
+        for i in ids:
+            if i not in self._seqs:
+                raise InputError(f"{name}: {self._unknown(i)}")
+
+    def _unknown(self, i) -> str:
+        if i in self._freed:
+            return f"sequence {i} was already freed"
+        return f"sequence {i} does not exist (live ids: {self.seq_ids[:16]}{'...' if len(self._seqs) > 16 else ''})"
