@@ -56,14 +56,44 @@ def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return num / den if den > 0 else num
 
 
+def max_row_error(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, int]:
+    """Worst :func:`rel_error` over rows (all dims but the last), and that row's flat index. A whole-tensor
+    norm can hide one bad row among many good ones; this cannot. Same NaN/infinity rules as :func:`rel_error`."""
+    if out.shape != ref.shape:
+        raise ValueError(f"shape mismatch: out {tuple(out.shape)} vs ref {tuple(ref.shape)}")
+    width = out.shape[-1] if out.dim() else 1
+    o = out.detach().to("cpu", torch.float64).reshape(-1, width)
+    r = ref.detach().to("cpu", torch.float64).reshape(-1, width)
+    if o.shape[0] == 0:
+        return 0.0, 0
+    same_inf = torch.isinf(o) & torch.isinf(r) & (torch.sign(o) == torch.sign(r))
+    broken = (torch.isnan(o) | torch.isnan(r) | ((torch.isinf(o) | torch.isinf(r)) & ~same_inf)).any(1)
+    o, r = torch.where(same_inf, 0.0, o), torch.where(same_inf, 0.0, r)
+    num = torch.linalg.vector_norm(o - r, dim=1)
+    den = torch.linalg.vector_norm(r, dim=1)
+    err = torch.where(den > 0, num / torch.where(den > 0, den, 1.0), num)
+    err = torch.where(broken, math.inf, err)
+    worst = int(torch.argmax(err))
+    return float(err[worst]), worst
+
+
 def assert_close(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype | None = None, *,
-                 tol: float | None = None, name: str = "output") -> float:
-    """Assert ``rel_error(out, ref) <= tol`` (default: ``tolerance(dtype or out.dtype)``); return the error."""
+                 tol: float | None = None, name: str = "output", rowwise: bool = False) -> float:
+    """Assert ``rel_error(out, ref) <= tol`` (default: ``tolerance(dtype or out.dtype)``); return the error.
+
+    ``rowwise=True`` also asserts it for every row on its own (:func:`max_row_error`), so a single wrong
+    row (one token/head) cannot hide in the whole-tensor norm.
+    """
     tol = tolerance(dtype or out.dtype) if tol is None else tol
     err = rel_error(out, ref)
     if not err <= tol:
         raise AssertionError(f"{name}: relative error {err:.3e} > tolerance {tol:.1e} "
                              f"(shape {tuple(out.shape)}, dtype {dtype or out.dtype})")
+    if rowwise:
+        row_err, row = max_row_error(out, ref)
+        if not row_err <= tol:
+            raise AssertionError(f"{name}: row {row} has relative error {row_err:.3e} > tolerance {tol:.1e} "
+                                 f"(whole tensor {err:.3e}; shape {tuple(out.shape)})")
     return err
 
 

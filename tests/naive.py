@@ -6,7 +6,8 @@ import torch
 
 
 def naive_attention(q, k, v, qo_indptr, kv_indptr, *, causal=False, sm_scale=None, window_left=-1,
-                    soft_cap=0.0, alibi=None, keep=None, score_mod=None, rope=None):
+                    soft_cap=0.0, alibi=None, keep=None, score_mod=None, rope=None, q_rope_pos=None,
+                    k_rope_off=None):
     q, k, v = q.double(), k.double(), v.double()
     hq, d = q.shape[1], q.shape[2]
     hkv = k.shape[1]
@@ -22,12 +23,12 @@ def naive_attention(q, k, v, qo_indptr, kv_indptr, *, causal=False, sm_scale=Non
                 pos = S - L + i
                 qi = q[qo_indptr[b] + i, h]
                 if rope is not None:
-                    qi = rope(qi, pos)
+                    qi = rope(qi, pos if q_rope_pos is None else q_rope_pos[qo_indptr[b] + i])
                 scores = []
                 for j in range(S):
                     kj = k[kv_indptr[b] + j, hk]
                     if rope is not None:
-                        kj = rope(kj, j)
+                        kj = rope(kj, j + (0 if k_rope_off is None else k_rope_off[b]))
                     visible = True
                     if causal and j > pos:
                         visible = False
@@ -38,10 +39,10 @@ def naive_attention(q, k, v, qo_indptr, kv_indptr, *, causal=False, sm_scale=Non
                     if not visible:
                         continue
                     s = scale * float(torch.dot(qi, kj))
+                    if alibi is not None:                     # FlashInfer's order: ALiBi, then the cap
+                        s += float(alibi[h]) * (j - pos)
                     if soft_cap > 0:
                         s = soft_cap * math.tanh(s / soft_cap)
-                    if alibi is not None:
-                        s += float(alibi[h]) * (j - pos)
                     if score_mod is not None:
                         s = score_mod(s, b, h, pos, j)
                     scores.append((j, s))
@@ -57,10 +58,10 @@ def naive_attention(q, k, v, qo_indptr, kv_indptr, *, causal=False, sm_scale=Non
     return out, lse
 
 
-def naive_rope(theta=1e4, scale=1.0, interleave=False):
+def naive_rope(theta=1e4, scale=1.0, interleave=False, rotary_dim=None):
     """RoPE as a rotation of complex numbers, one vector at a time."""
     def f(x, pos):
-        d = x.shape[0]
+        d = rotary_dim or x.shape[0]
         half = d // 2
         y = x.clone()
         for i in range(half):

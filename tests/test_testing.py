@@ -32,3 +32,18 @@ def test_poison():
     t = poison_(torch.zeros(3))
     assert torch.isnan(t).all()
     assert (poison_(torch.zeros(3, dtype=torch.int32)) == -1).all()
+
+
+def test_rowwise_catches_one_bad_row():
+    ref = torch.randn(500, 64, dtype=torch.float64)
+    out = ref.clone()
+    out[123] = ref[123] * 1.2                       # one row 20% off: invisible in the whole-tensor norm
+    assert rel_error(out, ref) < 1e-2
+    assert_close(out, ref, tol=1e-2)
+    with pytest.raises(AssertionError, match="row 123"):
+        assert_close(out, ref, tol=1e-2, rowwise=True)
+    big = torch.randn(10000, 8, dtype=torch.float64)
+    bad = big.clone()
+    bad[7777, 3] += 5
+    from infernb.testing import max_row_error
+    assert max_row_error(bad, big)[1] == 7777

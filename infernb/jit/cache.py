@@ -30,10 +30,13 @@ def cache_dir() -> Path:
     return Path(d) if d else Path.home() / ".cache" / "infernb" / "kernels"
 
 
-def cache_key(source: str, arch: str, options: list[str], nvrtc_version, kernels_digest: str) -> str:
+def cache_key(source: str, arch: str, options: list[str], nvrtc_version, kernels_digest: str,
+              toolchain: str = "") -> str:
+    """SHA-256 over everything that decides the cubin: the generated unit, arch, options, NVRTC version,
+    every file under ``kernels/`` and the toolchain fingerprint (NVRTC build, CUDA headers)."""
     h = hashlib.sha256()
     for part in (f"format={FORMAT_VERSION}", source, arch, "\0".join(options), repr(tuple(nvrtc_version)),
-                 kernels_digest):
+                 kernels_digest, toolchain):
         h.update(part.encode())
         h.update(b"\x00\x01")
     return h.hexdigest()
@@ -66,7 +69,7 @@ def read_entry(path: Path) -> tuple[dict, bytes] | None:
     """``(meta, cubin)``; ``None`` if absent; :class:`CorruptEntry` if present but damaged."""
     try:
         data = path.read_bytes()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     try:
         if data[:8] != MAGIC:

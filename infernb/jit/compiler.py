@@ -47,13 +47,16 @@ _DIAG = re.compile(r"^(?P<file>[^\s(][^(]*)\((?P<line>\d+)\): (?P<kind>error|cat
 def format_compile_error(spec: KernelSpec, arch: str, log: str, source: str, context: int = 2,
                          max_errors: int = 8) -> str:
     """Turn an NVRTC log into a message that shows each error's lines with ``context`` lines around them."""
-    errors = []
+    errors = []   # (file, line, message, ["detected during ..." lines naming the template instantiation])
     for line in log.splitlines():
         m = _DIAG.match(line.strip())
         if m and "error" in m.group("kind"):
-            errors.append((m.group("file"), int(m.group("line")), m.group("msg")))
+            errors.append((m.group("file"), int(m.group("line")), m.group("msg"), []))
+        elif errors and m is None and line.strip() and ("detected during" in line or "instantiation of" in line
+                                                         or line.startswith(" " * 10)):
+            errors[-1][3].append(line.strip())
     parts = [f"NVRTC could not compile {spec.name} for {arch}: {len(errors) or 'unparsed'} error(s)"]
-    for file, lineno, msg in errors[:max_errors]:
+    for file, lineno, msg, during in errors[:max_errors]:
         if file == spec.filename:
             text, shown = source.splitlines(), f"{spec.filename} (generated)"
         else:
@@ -66,6 +69,7 @@ def format_compile_error(spec: KernelSpec, arch: str, log: str, source: str, con
             parts.append(f"{'>' if i == lineno else ' '} {i:4d} | {text[i - 1]}")
         if file == spec.filename and (origin := spec.origin_of_line(lineno)):
             parts.append(f"         generated from: {origin}")
+        parts.extend(f"         {d}" for d in during[:6])
     if len(errors) > max_errors:
         parts.append(f"\n... and {len(errors) - max_errors} more error(s); the full log is in err.log")
     if not errors:

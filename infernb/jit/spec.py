@@ -68,12 +68,19 @@ def _kernels_digest(stamp: tuple) -> str:
     return h.hexdigest()
 
 
+def kernels_stamp() -> tuple:
+    """Cheap (path, mtime, size) listing of every file under ``kernels/`` (detects edits without reading)."""
+    if not KERNELS_DIR.is_dir():
+        raise FileNotFoundError(f"infernb kernel sources not found at {KERNELS_DIR}; install infernb from a "
+                                "checkout with `pip install -e .` so kernels/ sits beside the package")
+    files = sorted(p for p in KERNELS_DIR.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return tuple((str(p.relative_to(KERNELS_DIR)), p.stat().st_mtime_ns, p.stat().st_size) for p in files)
+
+
 def kernels_digest() -> str:
     """SHA-256 over the path and contents of every file under ``kernels/``.
 
     The cache key includes it, so editing any header a kernel includes invalidates the cached cubins
     (CuPy's own cache hashes only the main source, not ``-I`` headers). Memoized on (path, mtime, size).
     """
-    files = sorted(p for p in KERNELS_DIR.rglob("*") if p.is_file() and p.suffix in (".cuh", ".cu", ".h"))
-    stamp = tuple((str(p.relative_to(KERNELS_DIR)), p.stat().st_mtime_ns, p.stat().st_size) for p in files)
-    return _kernels_digest(stamp)
+    return _kernels_digest(kernels_stamp())

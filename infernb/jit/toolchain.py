@@ -56,6 +56,28 @@ def cuda_include_dirs() -> tuple[str, ...]:
     return tuple(dict.fromkeys(found))
 
 
+@functools.lru_cache(maxsize=None)
+def toolchain_fingerprint() -> str:
+    """What else decides the cubin besides our sources: NVRTC's exact build (package version or library
+    file), the resolved CUDA header directories and the contents of the headers kernels include."""
+    import hashlib
+    from importlib import metadata
+
+    h = hashlib.sha256(repr(nvrtc_version()).encode())
+    for dist in ("nvidia-cuda-nvrtc", "nvidia-cuda-nvrtc-cu12", "cupy-cuda13x", "cupy-cuda12x"):
+        try:
+            h.update(f"{dist}={metadata.version(dist)}".encode())
+        except metadata.PackageNotFoundError:
+            pass
+    for d in cuda_include_dirs():
+        h.update(d.encode())
+        for name in ("cuda_fp16.h", "cuda_fp16.hpp", "cuda_bf16.h", "cuda_bf16.hpp", "cuda.h"):
+            f = Path(d) / name
+            if f.exists():
+                h.update(name.encode() + f.read_bytes())
+    return h.hexdigest()
+
+
 def normalize_arch(arch: str) -> str:
     """Accept ``sm_90a``, ``90a``, ``9.0``, ``compute_80`` ...; return ``sm_XY[a]``."""
     a = arch.strip().lower().replace("compute_", "sm_")

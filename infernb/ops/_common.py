@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import InputError
-from ..jit.build import _cupy  # noqa: F401  (re-exported for ops that launch)
+from ..jit.builder import _cupy  # noqa: F401  (re-exported for ops that launch)
 
 DTYPE_NAMES = {torch.float16: "f16", torch.bfloat16: "bf16", torch.float32: "f32"}
 CUDA_TYPES = {torch.float16: "half", torch.bfloat16: "__nv_bfloat16", torch.float32: "float"}
@@ -31,3 +31,42 @@ def check_same_device(**tensors: torch.Tensor) -> torch.device:
 def check_shape(name: str, t: torch.Tensor, shape: tuple, dims: str) -> None:
     if tuple(t.shape) != tuple(shape):
         raise InputError(f"{name}: expected shape {list(shape)} {dims}, got {list(t.shape)}")
+
+
+def aligned16(t: torch.Tensor) -> torch.Tensor:
+    """``t`` contiguous with a 16-byte aligned data pointer (kernels use 16-byte vector loads); copies only
+    when needed (``.contiguous()`` alone keeps an offset view's misalignment)."""
+    t = t.contiguous()
+    return t if t.data_ptr() % 16 == 0 else t.clone()
+
+
+def _span(t: torch.Tensor) -> tuple[int, int]:
+    return t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()
+
+
+def check_no_overlap(outputs: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor]) -> None:
+    """Kernels read inputs through ``__restrict__`` pointers: an output may not alias any input."""
+    for on, o in outputs.items():
+        a0, a1 = _span(o)
+        for n, t in inputs.items():
+            b0, b1 = _span(t)
+            if o.numel() and t.numel() and a0 < b1 and b0 < a1:
+                raise InputError(f"{on} overlaps input {n} in memory; in-place merging is not supported, "
+                                 "pass separate output tensors")
+
+
+def prepare_outputs(out, shapes_dtypes: list[tuple[tuple, torch.dtype]], device: torch.device,
+                    names=("out[0]", "out[1]")) -> list[torch.Tensor]:
+    """Allocate outputs, or check user-provided ones (shape, dtype, device, contiguity, 16-byte alignment)."""
+    if out is None:
+        return [torch.empty(shape, dtype=dt, device=device) for shape, dt in shapes_dtypes]
+    out = list(out)
+    if len(out) != len(shapes_dtypes):
+        raise InputError(f"out: expected {len(shapes_dtypes)} tensors, got {len(out)}")
+    for name, t, (shape, dt) in zip(names, out, shapes_dtypes):
+        if (not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(shape) or t.dtype != dt or t.device != device
+                or not t.is_contiguous() or t.data_ptr() % 16):
+            got = f"{t.dtype} {list(t.shape)} on {t.device}" if isinstance(t, torch.Tensor) else type(t).__name__
+            raise InputError(f"{name}: expected a contiguous, 16-byte aligned {dt} tensor of shape {list(shape)} "
+                             f"on {device}, got {got}")
+    return out

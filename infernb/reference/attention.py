@@ -6,15 +6,19 @@ One request ``b`` has ``qo_len`` queries and ``kv_len`` keys. Conventions (Flash
   key ``j`` at position ``j``. Decode is ``qo_len = 1``, prefill ``qo_len = kv_len``.
 - **causal**: query at position ``p`` sees keys ``j <= p`` (bottom-right aligned).
 - **sliding window** ``window_left = w >= 0``: query at ``p`` sees keys ``j >= p - w`` (``-1`` = off).
-- **logits**: ``s = sm_scale * q.k``; then soft-cap ``s = cap * tanh(s / cap)`` if ``logits_soft_cap > 0``;
-  then ALiBi ``s += slope[h] * (j - p)``; then the user's ``score_mod``; then masks.
+- **logits** (FlashInfer's order): ``s = sm_scale * q.k``; then ALiBi ``s += slope[h] * (j - p)``; then
+  soft-cap ``s = cap * tanh(s / cap)`` if ``logits_soft_cap > 0``; then the user's ``score_mod``; then masks.
+  (FlashInfer measures ALiBi distances from the query's index within the request rather than its position,
+  which shifts each row's logits by a constant: outputs agree, LSEs differ by ``slope[h] * (kv_len - qo_len)``.)
 - **score_mod / mask_mod** (FlexAttention signatures) receive index tensors that broadcast to
   ``[num_qo_heads, qo_len, kv_len]``: ``b`` (0-d), ``h`` ``[H, 1, 1]``, ``q_idx`` ``[1, L, 1]`` (the query's
   *position* ``kv_len - qo_len + i``) and ``kv_idx`` ``[1, 1, S]``.
 - **GQA**: query head ``h`` reads KV head ``h // (num_qo_heads // num_kv_heads)``.
 - **LSE** is the natural log of the softmax denominator. A row that sees no key has output 0 and
   LSE ``-inf`` (never NaN).
-- **RoPE** (if given) rotates q and k before the dot product, at positions ``rope_offsets[b] + position``.
+- **RoPE** (if given) rotates q and k before the dot product. Key ``j`` of request ``b`` is rotated at position
+  ``rope_k_offsets[b] + j`` (default offset 0); query ``i`` at ``rope_q_positions[qo_indptr[b] + i]`` (default its
+  position ``kv_len - qo_len + i``). These are FlashInfer's ``k_rope_offset`` / ``q_rope_offset``.
 """
 from __future__ import annotations
 
@@ -47,7 +51,8 @@ def attention(
     score_mod: ScoreMod | None = None,
     mask_mod: MaskMod | None = None,
     rope: RoPE | None = None,
-    rope_offsets: torch.Tensor | Sequence[int] | None = None,
+    rope_q_positions: torch.Tensor | Sequence[int] | None = None,
+    rope_k_offsets: torch.Tensor | Sequence[int] | None = None,
     compute_dtype: torch.dtype = torch.float64,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention over a ragged batch of requests, computed densely per request in ``compute_dtype``.
@@ -64,12 +69,13 @@ def attention(
         window_left: sliding window; a query at ``p`` sees keys ``>= p - window_left``; ``-1`` disables.
         logits_soft_cap: ``cap * tanh(s / cap)`` when ``> 0``.
         alibi_slopes: ``[num_qo_heads]`` float; adds ``slope[h] * (j - p)`` to the logits.
-        custom_mask: boolean, ``True`` = keep. Either FlashInfer's flat layout ``[sum_b qo_len_b * kv_len_b]``
+        custom_mask: ``torch.bool``, ``True`` = keep (additive float masks are rejected). Either FlashInfer's flat layout ``[sum_b qo_len_b * kv_len_b]``
             (row-major per request) or a sequence of ``[qo_len_b, kv_len_b]`` tensors.
         score_mod: ``score_mod(score, b, h, q_idx, kv_idx) -> score`` (FlexAttention signature).
         mask_mod: ``mask_mod(b, h, q_idx, kv_idx) -> bool`` (``True`` = keep).
         rope: apply RoPE to q and k first (positions as described above).
-        rope_offsets: ``[batch_size]`` int; position of each request's key 0 for RoPE (default 0).
+        rope_q_positions: ``[total_qo]`` int; RoPE position of each query (default: its position in the request).
+        rope_k_offsets: ``[batch_size]`` int; RoPE position of each request's key 0 (default 0).
         compute_dtype: ``torch.float64`` (default) or ``torch.float32``.
     Returns:
         ``(out, lse)``: ``out`` ``[total_qo, num_qo_heads, head_dim_v]`` and ``lse`` ``[total_qo, num_qo_heads]``,
@@ -107,9 +113,19 @@ def attention(
             raise InputError(f"alibi_slopes: expected shape [{hq}] (num_qo_heads), got {tuple(alibi_slopes.shape)}")
         alibi_slopes = alibi_slopes.to(q.device, compute_dtype)
     masks = _split_custom_mask(custom_mask, qo, kv, q.device)
-    offsets = [0] * batch if rope_offsets is None else [int(x) for x in torch.as_tensor(rope_offsets).tolist()]
-    if len(offsets) != batch:
-        raise InputError(f"rope_offsets: expected {batch} entries (one per request), got {len(offsets)}")
+    k_off = [0] * batch if rope_k_offsets is None else [int(x) for x in torch.as_tensor(rope_k_offsets).tolist()]
+    if len(k_off) != batch:
+        raise InputError(f"rope_k_offsets: expected {batch} entries (one per request), got {len(k_off)}")
+    q_rpos = None
+    if rope_q_positions is not None:
+        q_rpos = torch.as_tensor(rope_q_positions).to(q.device)
+        if q_rpos.shape != (total_qo,):
+            raise InputError(f"rope_q_positions: expected shape [{total_qo}] (one per query), got {list(q_rpos.shape)}")
+    if causal:
+        for b in range(batch):
+            if qo[b + 1] - qo[b] > kv[b + 1] - kv[b]:
+                raise InputError(f"causal attention needs qo_len <= kv_len (append convention), but request {b} has "
+                                 f"qo_len {qo[b + 1] - qo[b]} > kv_len {kv[b + 1] - kv[b]}")
     scale = d ** -0.5 if sm_scale is None else float(sm_scale)
     group = hq // hkv
 
@@ -125,17 +141,18 @@ def attention(
         q_pos = torch.arange(kv_len - qo_len, kv_len, device=q.device)     # [L]
         kv_pos = torch.arange(kv_len, device=q.device)                       # [S]
         if rope is not None:
-            qb = apply_rope(qb, q_pos + offsets[b], rope, compute_dtype=compute_dtype)
-            kb = apply_rope(kb, kv_pos + offsets[b], rope, compute_dtype=compute_dtype)
+            qp = q_pos if q_rpos is None else q_rpos[qo[b]:qo[b + 1]]
+            qb = apply_rope(qb, qp, rope, compute_dtype=compute_dtype)
+            kb = apply_rope(kb, kv_pos + k_off[b], rope, compute_dtype=compute_dtype)
         kb = kb.repeat_interleave(group, dim=1)                              # [S, Hq, D]
         vb = vb.repeat_interleave(group, dim=1)                              # [S, Hq, Dv]
         s = torch.einsum("lhd,shd->hls", qb, kb) * scale                     # [Hq, L, S]
-        if logits_soft_cap > 0:
-            s = logits_soft_cap * torch.tanh(s / logits_soft_cap)
         h_idx = torch.arange(hq, device=q.device)[:, None, None]
         qi, ki = q_pos[None, :, None], kv_pos[None, None, :]
         if alibi_slopes is not None:
             s = s + alibi_slopes[:, None, None] * (ki - qi).to(compute_dtype)
+        if logits_soft_cap > 0:
+            s = logits_soft_cap * torch.tanh(s / logits_soft_cap)
         b_idx = torch.tensor(b, device=q.device)
         if score_mod is not None:
             with _default_dtype(compute_dtype):  # int index tensor * Python float stays in compute_dtype
@@ -175,6 +192,12 @@ def _split_custom_mask(custom_mask, qo: list[int], kv: list[int], device) -> lis
         return None
     batch = len(qo) - 1
     shapes = [(qo[b + 1] - qo[b], kv[b + 1] - kv[b]) for b in range(batch)]
+    parts_in = [custom_mask] if isinstance(custom_mask, torch.Tensor) else list(custom_mask)
+    for m in parts_in:
+        if not isinstance(m, torch.Tensor) or m.dtype != torch.bool:
+            raise InputError(f"custom_mask: expected torch.bool tensors (True = keep), got "
+                             f"{m.dtype if isinstance(m, torch.Tensor) else type(m).__name__}; convert an additive "
+                             "float mask with `mask == 0`")
     if isinstance(custom_mask, torch.Tensor):
         want = sum(a * c for a, c in shapes)
         if custom_mask.dim() != 1 or custom_mask.numel() != want:
@@ -192,4 +215,4 @@ def _split_custom_mask(custom_mask, qo: list[int], kv: list[int], device) -> lis
             if tuple(m.shape) != shp:
                 raise InputError(f"custom_mask[{b}]: expected shape [qo_len, kv_len] = {list(shp)}, "
                                  f"got {tuple(m.shape)}")
-    return [m.to(device=device, dtype=torch.bool) for m in parts]
+    return [m.to(device=device) for m in parts]

@@ -2,8 +2,9 @@
 
 If rows' keys are split into disjoint parts with partial outputs ``v_i`` (softmax-normalized within
 the part) and LSEs ``s_i``, the full result is ``v = sum_i w_i v_i`` with ``w_i = exp(s_i - s)`` and
-``s = log(sum_i exp(s_i))``. A part with ``s_i = -inf`` (it saw no key) has weight 0; if every part does,
-the result is ``v = 0``, ``s = -inf``.
+``s = log(sum_i exp(s_i))``. A part with ``s_i = -inf`` (it saw no key) has weight 0; if every part does
+(or there are no parts), the result is ``v = 0``, ``s = -inf``. A NaN or ``+inf`` LSE is invalid input and
+makes the row NaN (output and LSE), so it is never mistaken for an empty row.
 """
 from __future__ import annotations
 
@@ -30,6 +31,11 @@ def merge_states(v: torch.Tensor, s: torch.Tensor, *, compute_dtype: torch.dtype
                          f"got {list(s.shape)}")
     v = v.to(compute_dtype)
     s = s.to(compute_dtype)
+    if s.shape[1] == 0:
+        n, _, h, d = v.shape
+        return v.new_zeros(n, h, d), s.new_full((n, h), float("-inf"))
+    bad = (torch.isnan(s) | (s == float("inf"))).any(dim=1)           # [N, H]
+    s = torch.where(bad[:, None], float("-inf"), s)
     m = s.amax(dim=1, keepdim=True)                                  # [N, 1, H]
     m_safe = torch.where(torch.isinf(m), 0.0, m)
     w = torch.exp(s - m_safe)                                        # [N, K, H]; exp(-inf) = 0
@@ -38,6 +44,8 @@ def merge_states(v: torch.Tensor, s: torch.Tensor, *, compute_dtype: torch.dtype
     out = torch.einsum("nkh,nkhd->nhd", w, v) / torch.where(empty, 1.0, total)[..., None]
     out = torch.where(empty[..., None], 0.0, out)
     lse = torch.where(empty, float("-inf"), m_safe[:, 0] + torch.log(torch.where(empty, 1.0, total)))
+    out = torch.where(bad[..., None], float("nan"), out)
+    lse = torch.where(bad, float("nan"), lse)
     return out, lse
 
 

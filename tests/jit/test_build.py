@@ -116,8 +116,40 @@ def test_compile_error_shows_generated_lines_and_origin(fresh_cache):
 def test_compile_error_in_a_header_points_at_the_header(fresh_cache, tmp_path):
     spec = KernelSpec(family="merge_states", name="bad_inst",
                       kernels=(("k", "infernb::merge_states_kernel<float, 96, 100>"),))  # 100 threads: no tiling
-    with pytest.raises(CompileError, match=r"kernels/include/infernb/merge_states.cuh:\d+: error"):
+    with pytest.raises(CompileError, match=r"kernels/include/infernb/merge_states.cuh:\d+: error") as ei:
         jit.build(spec, "sm_80")
+    assert "detected during" in str(ei.value) and "HEAD_DIM=96, NUM_THREADS=100" in str(ei.value)
+
+
+def test_unwritable_cache_keeps_the_compiled_kernel(tmp_path, monkeypatch):
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("INFERNB_CACHE_DIR", str(blocker / "cache"))
+    jit.clear_memory_cache()
+    with pytest.warns(UserWarning, match="could not write the kernel cache"):
+        k = jit.build(merge_spec(torch.float16, 64), "sm_90a")
+    assert k.cubin and "not cached" in k.report.note
+    jit.clear_memory_cache()
+
+
+def test_editing_a_header_in_a_live_session_recompiles(tmp_path, monkeypatch, fresh_cache):
+    import shutil
+
+    import infernb.jit.builder as jbuild
+    import infernb.jit.compiler as jcompiler
+    import infernb.jit.spec as jspec
+
+    shutil.copytree(jspec.KERNELS_DIR, tmp_path / "kernels")
+    monkeypatch.setattr(jspec, "KERNELS_DIR", tmp_path / "kernels")
+    monkeypatch.setattr(jcompiler, "INCLUDE_DIR", tmp_path / "kernels" / "include")
+    monkeypatch.setattr(jbuild, "SOURCE_CHECK_INTERVAL", 0.0)
+    spec = merge_spec(torch.bfloat16, 256)
+    k1 = jit.build(spec, "sm_80")
+    assert jit.build(spec, "sm_80") is k1                       # unchanged sources: the fast path
+    hdr = tmp_path / "kernels" / "include" / "infernb" / "merge_states.cuh"
+    hdr.write_text(hdr.read_text().replace("float denom = 0.f;", "float denom = 0.0f;"))
+    k2 = jit.build(spec, "sm_80")
+    assert k2 is not k1 and not k2.report.cache_hit and k2.report.cache_key != k1.report.cache_key
 
 
 def test_cache_key_covers_every_kernel_header(tmp_path, monkeypatch):
@@ -134,6 +166,8 @@ def test_cache_key_covers_every_kernel_header(tmp_path, monkeypatch):
     assert d1 != d2
     keys = {jcache.cache_key("src", "sm_90a", ["-O3"], (13, 0), d) for d in (d1, d2)}
     assert len(keys) == 2
+    assert jcache.cache_key("s", "sm_90a", [], (13, 0), d1, "tc-a") != jcache.cache_key("s", "sm_90a", [], (13, 0), d1, "tc-b")
+    assert len(jit.toolchain.toolchain_fingerprint()) == 64
     assert jcache.cache_key("src", "sm_90a", ["-O3"], (13, 0), d1) != jcache.cache_key("src", "sm_90a", ["-O3"], (13, 1), d1)
 
 

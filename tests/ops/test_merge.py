@@ -24,8 +24,8 @@ def states(gen, n, k, h, d, dtype, device, empty_rows=True):
 def check_merge_states(v, s, out_v, out_s):
     ref_v, ref_s = reference.merge_states(v.cpu(), s.cpu())
     assert out_v.dtype == v.dtype and out_s.dtype == torch.float32
-    assert_close(out_v.cpu(), ref_v, v.dtype, name="merged v")
-    assert_close(out_s.cpu(), ref_s, torch.float32, name="merged lse")
+    assert_close(out_v.cpu(), ref_v, v.dtype, name="merged v", rowwise=True)
+    assert_close(out_s.cpu(), ref_s, torch.float32, name="merged lse", rowwise=True)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -38,6 +38,14 @@ def test_cpu_path_matches_reference(gen, dtype):
     rv, rs = reference.merge_state(va, sa, vb, sb)
     assert_close(ov, rv, dtype)
     assert_close(os_, rs, torch.float32)
+
+
+def test_invalid_lse_gives_nan_rows_cpu(gen):
+    v, s = states(gen, 3, 2, 1, 64, torch.float32, "cpu", empty_rows=False)
+    s[0, 0, 0] = float("nan")
+    s[1, 1, 0] = float("inf")
+    ov, os_ = infernb.merge_states(v, s)
+    assert torch.isnan(ov[:2]).all() and torch.isnan(os_[:2]).all() and torch.isfinite(ov[2]).all()
 
 
 def test_input_errors(gen):
@@ -54,17 +62,21 @@ def test_input_errors(gen):
         infernb.merge_state(v[:, 0], s[:, 0], v[:2, 1], s[:, 1])
     with pytest.raises(InputError, match="out\\[0\\]"):
         infernb.merge_states(v, s, out=(torch.empty(4, 3, 64), torch.empty(4, 3)))
+    va, sa = v[:, 0].contiguous(), s[:, 0].contiguous()
+    with pytest.raises(InputError, match="v_out overlaps input v_a"):
+        infernb.merge_state(va, sa, v[:, 1].contiguous(), s[:, 1].contiguous(), out=(va, torch.empty_like(sa)))
 
 
 # ---------------------------------------------------------------- GPU: the compiled kernels
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
-@pytest.mark.parametrize("num_states", [1, 2, 3, 5, 8, 13])
+@pytest.mark.parametrize("num_states", [0, 1, 2, 3, 5, 8, 13])
 def test_gpu_merge_states(gen, dtype, head_dim, num_states):
-    v, s = states(gen, 37, num_states, 8, head_dim, dtype, "cuda")
-    out = (poison_(torch.empty(37, 8, head_dim, dtype=dtype, device="cuda")),
-           poison_(torch.empty(37, 8, device="cuda")))
+    # 37 x 3 = 111 rows: not a multiple of any rows-per-CTA (2..16), so the last CTA is partial
+    v, s = states(gen, 37, num_states, 3, head_dim, dtype, "cuda")
+    out = (poison_(torch.empty(37, 3, head_dim, dtype=dtype, device="cuda")),
+           poison_(torch.empty(37, 3, device="cuda")))
     ov, os_ = infernb.merge_states(v, s, out=out)
     torch.cuda.synchronize()
     assert ov.data_ptr() == out[0].data_ptr()
@@ -75,7 +87,7 @@ def test_gpu_merge_states(gen, dtype, head_dim, num_states):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
 def test_gpu_merge_state_two_way(gen, dtype, head_dim):
-    v, s = states(gen, 300, 2, 32, head_dim, dtype, "cuda")
+    v, s = states(gen, 301, 2, 31, head_dim, dtype, "cuda")                 # 9331 rows: partial last CTA
     va, vb, sa, sb = v[:, 0].contiguous(), v[:, 1].contiguous(), s[:, 0].contiguous(), s[:, 1].contiguous()
     out = (poison_(torch.empty_like(va)), poison_(torch.empty_like(sa)))
     ov, os_ = infernb.merge_state(va, sa, vb, sb, out=out)
@@ -97,6 +109,51 @@ def test_gpu_split_attention_merge_equals_whole(gen):
                                   b[1].float().cuda())
     assert_close(ov.cpu(), whole, torch.bfloat16)
     assert_close(os_.cpu(), whole_lse, torch.float32)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gpu_offset_views_and_invalid_lse(gen, dtype):
+    """Inputs that are views at an odd element offset (not 16-byte aligned) still give the right answer, and
+    NaN / +inf LSEs give NaN rows like the reference."""
+    n, k, h, d = 9, 3, 5, 128
+    buf = torch.randn(n * k * h * d + 1, generator=gen).to(dtype).cuda()
+    v = buf[1:].view(n, k, h, d)
+    assert v.data_ptr() % 16 != 0
+    s = (torch.randn(n, k, h, generator=gen) * 3).cuda()
+    s[0, 0, 0] = float("nan")
+    s[1, 2, 4] = float("inf")
+    ov, os_ = infernb.merge_states(v, s)
+    torch.cuda.synchronize()
+    check_merge_states(v[2:], s[2:], ov[2:], os_[2:])         # rows 0 and 1 hold the invalid LSEs
+    assert torch.isnan(ov[0, 0]).all() and torch.isnan(os_[1, 4]) and torch.isfinite(os_[1, :4]).all()
+    va, vb = buf[1:1 + n * h * d].view(n, h, d), buf[1 + n * h * d:1 + 2 * n * h * d].view(n, h, d)
+    sa, sb = s[:, 0].contiguous(), s[:, 1].contiguous()
+    ov, os_ = infernb.merge_state(va, sa, vb, sb)
+    rv, rs = reference.merge_state(va.cpu(), sa.cpu(), vb.cpu(), sb.cpu())
+    assert_close(ov.cpu(), rv, dtype, rowwise=True)
+    with pytest.raises(InputError, match="16-byte aligned"):
+        infernb.merge_state(va, sa, vb, sb, out=(buf[1:1 + n * h * d].view(n, h, d), torch.empty_like(sa)))
+
+
+@pytest.mark.gpu
+def test_gpu_launch_is_captured_by_cuda_graph(gen):
+    """A launch on any stream other than torch's current one would break (or escape) graph capture."""
+    v, s = states(gen, 64, 4, 8, 128, torch.bfloat16, "cuda", empty_rows=False)
+    out = (torch.empty(64, 8, 128, dtype=torch.bfloat16, device="cuda"), torch.empty(64, 8, device="cuda"))
+    infernb.merge_states(v, s, out=out)                      # compile + load outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        infernb.merge_states(v, s, out=out)
+    v2, s2 = states(gen, 64, 4, 8, 128, torch.bfloat16, "cuda", empty_rows=False)
+    v.copy_(v2)
+    s.copy_(s2)
+    poison_(out[0])
+    poison_(out[1])
+    graph.replay()
+    torch.cuda.synchronize()
+    check_merge_states(v, s, *out)
 
 
 @pytest.mark.gpu

@@ -97,13 +97,24 @@ def test_rope_matches_naive(gen, interleave):
     assert_close(lse, ref_lse, tol=TIGHT)
 
 
-def test_rope_offsets_shift_positions(gen):
-    q, k, v, qo, kv = ragged(gen, [2], [7], 2, 2, 8)
-    rope = RoPE()
-    out, _ = attention(q, k, v, qo, kv, causal=True, rope=rope, rope_offsets=[5])
-    qr = apply_rope(q, torch.arange(5, 7) + 5, rope)
-    kr = apply_rope(k, torch.arange(7) + 5, rope)
-    ref, _ = attention(qr, kr, v, qo, kv, causal=True)
+def test_rope_offsets_match_naive(gen):
+    """FlashInfer's q_rope_offset / k_rope_offset: explicit query positions and per-request key offsets."""
+    q, k, v, qo, kv = ragged(gen, [2, 3], [7, 5], 2, 2, 8)
+    rope = RoPE(theta=100.0)
+    q_pos = [40, 41, 7, 3, 9]
+    k_off = [30, 2]
+    out, lse = attention(q, k, v, qo, kv, rope=rope, rope_q_positions=q_pos, rope_k_offsets=k_off)
+    ref_out, ref_lse = naive_attention(q, k, v, qo, kv, rope=naive_rope(100.0), q_rope_pos=q_pos, k_rope_off=k_off)
+    assert_close(out, ref_out, tol=TIGHT)
+    assert_close(lse, ref_lse, tol=TIGHT)
+    base, _ = attention(q, k, v, qo, kv, rope=rope)
+    assert (out - base).abs().max() > 1e-3          # the offsets change the relative positions, so the result
+
+
+def test_partial_rotary_dim_matches_naive(gen):
+    q, k, v, qo, kv = ragged(gen, [3], [6], 2, 2, 16)
+    out, _ = attention(q, k, v, qo, kv, causal=True, rope=RoPE(theta=50.0, rotary_dim=8))
+    ref, _ = naive_attention(q, k, v, qo, kv, causal=True, rope=naive_rope(50.0, rotary_dim=8))
     assert_close(out, ref, tol=TIGHT)
 
 
@@ -129,7 +140,7 @@ def test_empty_rows_give_zero_and_minus_inf(gen):
     q, k, v, qo, kv = ragged(gen, [3, 1], [3, 0], 2, 2, 8)
     mask = [torch.tensor([[False, False, False], [True, False, False], [True, True, False]]),
             torch.zeros(1, 0, dtype=torch.bool)]
-    out, lse = attention(q, k, v, qo, kv, causal=True, custom_mask=mask)
+    out, lse = attention(q, k, v, qo, kv, custom_mask=mask)
     assert not torch.isnan(out).any() and not torch.isnan(lse).any()
     assert torch.equal(out[0], torch.zeros_like(out[0])) and bool((lse[0] == -math.inf).all())
     assert torch.equal(out[3], torch.zeros_like(out[3])) and bool((lse[3] == -math.inf).all())  # kv_len 0
@@ -191,7 +202,13 @@ def test_errors_name_the_argument(gen):
         attention(q, k, v, qo, kv, custom_mask=torch.ones(5, dtype=torch.bool))
     with pytest.raises(InputError, match="window_left"):
         attention(q, k, v, qo, kv, window_left=-3)
-    with pytest.raises(InputError, match="rope_offsets: expected 2"):
-        attention(q, k, v, qo, kv, rope=RoPE(), rope_offsets=[1])
+    with pytest.raises(InputError, match="rope_k_offsets: expected 2"):
+        attention(q, k, v, qo, kv, rope=RoPE(), rope_k_offsets=[1])
+    with pytest.raises(InputError, match="rope_q_positions: expected shape"):
+        attention(q, k, v, qo, kv, rope=RoPE(), rope_q_positions=[1])
+    with pytest.raises(InputError, match="causal attention needs qo_len <= kv_len.*request 1"):
+        attention(q, k[:6], v[:6], qo, [0, 4, 6], causal=True)
+    with pytest.raises(InputError, match="custom_mask: expected torch.bool"):
+        attention(q, k, v, qo, kv, custom_mask=torch.zeros(2 * 4 + 3 * 5))
     with pytest.raises(InputError, match="RoPE.theta"):
         RoPE(theta=0)

@@ -66,6 +66,16 @@ def test_minus_inf_parts(gen):
     assert torch.allclose(o2[0, 0], v[0, :, 0].mean(0)) and math.isclose(float(l2), 1e4 + math.log(2))
 
 
+def test_invalid_lse_is_nan_and_no_states_is_empty(gen):
+    v = torch.randn(3, 2, 1, 4, generator=gen, dtype=torch.float64)
+    s = torch.tensor([[[float("nan")], [0.0]], [[float("inf")], [0.0]], [[1.0], [2.0]]], dtype=torch.float64)
+    out, lse = merge_states(v, s)
+    assert torch.isnan(out[:2]).all() and torch.isnan(lse[:2]).all()
+    assert torch.isfinite(out[2]).all() and torch.isfinite(lse[2]).all()
+    out, lse = merge_states(v[:, :0], s[:, :0])
+    assert out.shape == (3, 1, 4) and (out == 0).all() and (lse == -math.inf).all()
+
+
 def test_errors():
     with pytest.raises(InputError, match="s: expected shape"):
         merge_states(torch.zeros(2, 3, 4, 8), torch.zeros(2, 3, 5))

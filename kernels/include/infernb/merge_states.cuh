@@ -4,6 +4,7 @@
 // within the part) and LSEs s_k (natural log). The merged result is
 //   m = max_k s_k,  w_k = exp(s_k - m),  v = sum_k w_k v_k / sum_k w_k,  s = m + log(sum_k w_k).
 // A part with s_k = -inf has weight 0; if all are -inf the row is v = 0, s = -inf (never NaN).
+// A NaN or +inf LSE is invalid input: the row becomes NaN (v and s), never a silent "empty" row.
 //
 // Thread mapping: THREADS_PER_ROW = HEAD_DIM / VEC threads cooperate on one row, each owning VEC
 // consecutive elements (one 16-byte load per state); a CTA of NUM_THREADS covers NUM_THREADS /
@@ -23,16 +24,21 @@ struct merge_cfg_t {
 };
 
 // Write v = acc / denom (or 0) and s = m + log(denom) (or -inf) for one row.
+__device__ __forceinline__ bool invalid_lse(float s) { return s != s || s == INFERNB_INF; }
+
 template <typename T, int VEC>
-__device__ __forceinline__ void merge_write(const float (&acc)[VEC], float m, float denom, T* v_out_row,
-                                            float* s_out, int lane) {
+__device__ __forceinline__ void merge_write(const float (&acc)[VEC], float m, float denom, bool invalid,
+                                            T* v_out_row, float* s_out, int lane) {
   vec_t<T, VEC> o;
   const bool empty = !(denom > 0.f);
-  const float inv = empty ? 0.f : 1.f / denom;
+  const float nan = __int_as_float(0x7fffffff);
+  // denom is in [1, num_states] for a non-empty row (the largest weight is exp(0) = 1), so the fast
+  // division is exact to 2 ulp and avoids the IEEE slow-path call (and its register spills).
+  const float inv = invalid ? nan : (empty ? 0.f : __fdividef(1.f, denom));
 #pragma unroll
   for (int i = 0; i < VEC; ++i) o.elt[i] = from_float<T>(acc[i] * inv);
   o.store(v_out_row + lane * VEC);
-  if (lane == 0) *s_out = empty ? -INFERNB_INF : m + logf(denom);
+  if (lane == 0) *s_out = invalid ? nan : (empty ? -INFERNB_INF : m + logf(denom));
 }
 
 // v:     [seq_len, num_states, num_heads, HEAD_DIM] T       s:     [seq_len, num_states, num_heads] fp32
@@ -51,22 +57,26 @@ merge_states_kernel(const T* __restrict__ v, const float* __restrict__ s, T* __r
   const T* v_row = v + (n * num_states * num_heads + h) * HEAD_DIM + lane * VEC;
   const long long v_stride = (long long)num_heads * HEAD_DIM;
 
-  float m = -INFERNB_INF;
-  for (int k = 0; k < num_states; ++k) m = fmaxf(m, s_row[(long long)k * num_heads]);
+  // fmaxf ignores NaN, so start from state 0: m is NaN only if every state is NaN. A NaN among finite
+  // states poisons denom through its weight; +inf shows as m == +inf. Both end as `invalid` below.
+  float m = num_states > 0 ? s_row[0] : -INFERNB_INF;
+  for (int k = 1; k < num_states; ++k) m = fmaxf(m, s_row[(long long)k * num_heads]);
   float acc[VEC];
 #pragma unroll
   for (int i = 0; i < VEC; ++i) acc[i] = 0.f;
   float denom = 0.f;
-  if (m != -INFERNB_INF) {
-    int k = 0;
+  if (m != -INFERNB_INF && !invalid_lse(m)) {
+    const T* vp = v_row;
+    const float* sp = s_row;
+    int k = num_states;
     // Four states in flight per iteration: independent 16-byte loads before the first use.
-    for (; k + 4 <= num_states; k += 4) {
+    for (; k >= 4; k -= 4, vp += 4 * v_stride, sp += 4 * num_heads) {
       vec_t<T, VEC> x[4];
       float w[4];
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        x[j].load_stream(v_row + (k + j) * v_stride);
-        w[j] = __expf(s_row[(long long)(k + j) * num_heads] - m);
+        x[j].load_stream(vp + j * v_stride);
+        w[j] = __expf(sp[j * num_heads] - m);
       }
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
@@ -75,16 +85,16 @@ merge_states_kernel(const T* __restrict__ v, const float* __restrict__ s, T* __r
         for (int i = 0; i < VEC; ++i) acc[i] += w[j] * to_float(x[j].elt[i]);
       }
     }
-    for (; k < num_states; ++k) {
+    for (; k > 0; --k, vp += v_stride, sp += num_heads) {
       vec_t<T, VEC> x;
-      x.load_stream(v_row + k * v_stride);
-      const float w = __expf(s_row[(long long)k * num_heads] - m);
+      x.load_stream(vp);
+      const float w = __expf(*sp - m);
       denom += w;
 #pragma unroll
       for (int i = 0; i < VEC; ++i) acc[i] += w * to_float(x.elt[i]);
     }
   }
-  merge_write<T, VEC>(acc, m, denom, v_out + row * HEAD_DIM, s_out + row, lane);
+  merge_write<T, VEC>(acc, m, denom, invalid_lse(m) || denom != denom, v_out + row * HEAD_DIM, s_out + row, lane);
 }
 
 // Two-way form, separate tensors. v_a, v_b, v_out: [num_rows, HEAD_DIM] T; s_a, s_b, s_out: [num_rows] fp32
@@ -104,16 +114,17 @@ merge_state_kernel(const T* __restrict__ v_a, const float* __restrict__ s_a, con
   xb.load_stream(v_b + row * HEAD_DIM + lane * VEC);
   const float sa = s_a[row], sb = s_b[row];
   const float m = fmaxf(sa, sb);
+  const bool invalid = invalid_lse(sa) || invalid_lse(sb);
   float acc[VEC], denom = 0.f;
 #pragma unroll
   for (int i = 0; i < VEC; ++i) acc[i] = 0.f;
-  if (m != -INFERNB_INF) {
+  if (m != -INFERNB_INF && !invalid) {
     const float wa = __expf(sa - m), wb = __expf(sb - m);
     denom = wa + wb;
 #pragma unroll
     for (int i = 0; i < VEC; ++i) acc[i] = wa * to_float(xa.elt[i]) + wb * to_float(xb.elt[i]);
   }
-  merge_write<T, VEC>(acc, m, denom, v_out + row * HEAD_DIM, s_out + row, lane);
+  merge_write<T, VEC>(acc, m, denom, invalid, v_out + row * HEAD_DIM, s_out + row, lane);
 }
 
 }  // namespace infernb

@@ -12,12 +12,26 @@ from ..errors import DeviceError
 from . import cache, toolchain
 from .compiler import compile_options, compile_spec
 from .report import CompileReport, KernelResources, parse_ptxas_log
-from .spec import KernelSpec, kernels_digest
+from .spec import KernelSpec, kernels_digest, kernels_stamp
 
 _memo: dict[str, "Kernel"] = {}          # cache key -> kernel
 _by_spec: dict[tuple, "Kernel"] = {}     # (spec, arch, options) -> kernel: the per-launch fast path
 _streams: dict[tuple[int, int], object] = {}
 _lock = threading.Lock()
+#: How often (seconds) the launch fast path re-stats ``kernels/`` to notice edits made in a live session.
+SOURCE_CHECK_INTERVAL = 1.0
+_source_check = {"t": 0.0, "stamp": None}
+
+
+def _sources_unchanged() -> bool:
+    """True if ``kernels/`` is as it was at the last check (re-stat at most every SOURCE_CHECK_INTERVAL s)."""
+    now = time.monotonic()
+    if now - _source_check["t"] < SOURCE_CHECK_INTERVAL:
+        return True
+    stamp = kernels_stamp()
+    same = stamp == _source_check["stamp"]
+    _source_check.update(t=now, stamp=stamp)
+    return same
 
 
 class Kernel:
@@ -121,12 +135,15 @@ def build(spec: KernelSpec, arch: str | None = None, *, extra_options: tuple[str
     """
     fast = (spec, arch, extra_options)
     if not force and (k := _by_spec.get(fast)) is not None:
-        return k
+        if _sources_unchanged():
+            return k
+        _by_spec.clear()   # a file under kernels/ changed: re-key everything (the edited kernels recompile)
     arch = toolchain.normalize_arch(arch or device_info().arch)
     t0 = time.perf_counter()
     options = compile_options(arch, extra_options)
     source = spec.render()
-    key = cache.cache_key(source, arch, options, toolchain.nvrtc_version(), kernels_digest())
+    key = cache.cache_key(source, arch, options, toolchain.nvrtc_version(), kernels_digest(),
+                          toolchain.toolchain_fingerprint())
     if not force and (k := _memo.get(key)) is not None:
         _by_spec[fast] = k
         return k
@@ -149,7 +166,12 @@ def build(spec: KernelSpec, arch: str | None = None, *, extra_options: tuple[str
             cubin = res["cubin"]
             meta = dict(name=spec.name, arch=arch, lowered=res["lowered"], log=res["log"],
                         compile_seconds=res["seconds"], nvrtc_version=list(toolchain.nvrtc_version()))
-            cache.write_entry(path, meta, cubin)
+            try:
+                cache.write_entry(path, meta, cubin)
+            except OSError as e:   # a read-only or broken cache dir must not throw away a good compile
+                note = f"not cached: {e}"
+                warnings.warn(f"infernb: could not write the kernel cache entry {path} ({e}); "
+                              "continuing with the compiled kernel", stacklevel=2)
             hit = False
         resources = parse_ptxas_log(meta["log"])
         kernels = []
