@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError, OutOfPagesError
+from . import append_kernel
 from .convert import LAYOUTS, convert_pool_layout
 from .page_table import PageTable
 
@@ -118,6 +119,8 @@ class PagedKVCache:
         self._seqs: dict[int, _Seq] = {}
         self._freed: set[int] = set()
         self._next_id = 0
+        self._pinned: torch.Tensor | None = None      # host staging buffer for append destinations (CUDA)
+        self._pinned_ready = None
 
     # ------------------------------------------------------------------ introspection
     @property
@@ -217,7 +220,9 @@ class PagedKVCache:
             lengths: new tokens per sequence; default one token each (decode).
 
         All-or-nothing: if the pool lacks the pages, :class:`OutOfPagesError` is raised before anything changes.
-        The write is two vectorized ``index_put`` calls on the pool (no loop over tokens).
+        Page allocation is CPU bookkeeping (one pass over sequences); the data moves in one CUDA kernel launch
+        on a GPU pool (``kernels/include/infernb/paged_append.cuh``), or two vectorized ``index_put`` calls on
+        a CPU pool. No loop over tokens either way.
         """
         ids = list(seq_ids)
         self._check_ids(ids, "seq_ids")
@@ -239,48 +244,71 @@ class PagedKVCache:
             if not t.is_floating_point():
                 raise InputError(f"{name}: expected a floating dtype, got {t.dtype}")
 
-        # 1. plan the pages (CPU, one pass over sequences) and check capacity before touching anything
+        # 1. plan the pages (CPU, one pass over sequences) and check capacity before touching anything.
+        #    Invariant: a sequence of length L holds exactly ceil(L / page_size) pages.
         P = self.page_size
-        needs = []
-        for i, n in zip(ids, lengths):
-            s = self._seqs[i]
-            needs.append(max(0, -(-(s.length + n) // P) - len(s.pages)) if n else 0)
-        if sum(needs) > len(self._free):
-            raise OutOfPagesError(f"append needs {sum(needs)} new pages for {total} tokens but only "
+        seqs = [self._seqs[i] for i in ids]
+        old = [s.length for s in seqs]
+        needs = [-(-(o + n) // P) - len(s.pages) for s, o, n in zip(seqs, old, lengths)]
+        total_need = sum(needs)
+        if total_need > len(self._free):
+            raise OutOfPagesError(f"append needs {total_need} new pages for {total} tokens but only "
                                   f"{len(self._free)} of {self.num_pages} are free; nothing was changed")
+        # a write into an existing partly filled page must not hit a shared page (fork keeps this true)
+        touched = [s.pages[o // P] for s, o, n in zip(seqs, old, lengths) if n and o % P]
+        if touched and (self._refcount[touched] > 1).any():
+            raise AssertionError("internal: an append would write into a page shared by a fork")
         # 2. commit the bookkeeping
-        old_len = np.array([self._seqs[i].length for i in ids], dtype=np.int64)
-        first_page = old_len // P                           # logical page of each sequence's first new token
-        tail_pages, tail_ptr = [], [0]
-        for i, n, need, fp in zip(ids, lengths, needs, first_page):
-            s = self._seqs[i]
-            for _ in range(need):
-                p = heapq.heappop(self._free)
-                self._refcount[p] = 1
-                s.pages.append(p)
-            if n and self._refcount[s.pages[fp]] > 1:        # never write into a shared page (invariant)
-                raise AssertionError(f"internal: sequence {i} would write into shared page {s.pages[fp]}")
-            s.length += n
-            tail = s.pages[fp:] if n else []
-            tail_pages.extend(tail)
-            tail_ptr.append(tail_ptr[-1] + len(tail))
+        new_pages = [heapq.heappop(self._free) for _ in range(total_need)]
+        self._refcount[new_pages] = 1
+        tails, j = [], 0
+        for s, o, n, need in zip(seqs, old, lengths, needs):
+            if need:
+                s.pages.extend(new_pages[j:j + need])
+                j += need
+            s.length = o + n
+            tails.append(s.pages[o // P:] if n else [])
         if total == 0:
             return
-        # 3. destination (page, slot) of every new token, vectorized
-        lens = np.array(lengths, dtype=np.int64)
+        # 3. destination (page, slot) of every new token, vectorized over tokens
+        lens = np.asarray(lengths, dtype=np.int64)
+        first = np.asarray(old, dtype=np.int64) // P                     # logical page of each first new token
+        tail_ptr = np.zeros(len(ids) + 1, dtype=np.int64)
+        np.cumsum([len(t) for t in tails], out=tail_ptr[1:])
         seq_of_tok = np.repeat(np.arange(len(ids)), lens)
-        starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
-        pos = old_len[seq_of_tok] + (np.arange(total) - starts[seq_of_tok])       # position in its sequence
-        page = np.asarray(tail_pages, dtype=np.int64)[np.asarray(tail_ptr[:-1])[seq_of_tok] + pos // P
-                                                      - first_page[seq_of_tok]]
-        dest = torch.from_numpy(np.stack([page, pos % P])).to(self.device, non_blocking=True)
-        kk, vv = k.to(self.device, self.dtype), v.to(self.device, self.dtype)
+        starts = np.cumsum(lens) - lens
+        pos = np.asarray(old, dtype=np.int64)[seq_of_tok] + np.arange(total) - starts[seq_of_tok]
+        flat_tails = np.fromiter((p for t in tails for p in t), dtype=np.int64, count=int(tail_ptr[-1]))
+        dest = np.empty((2, total), dtype=np.int32)
+        dest[0] = flat_tails[tail_ptr[seq_of_tok] + pos // P - first[seq_of_tok]]
+        dest[1] = pos % P
+        kk = k.to(self.device, self.dtype)
+        vv = v.to(self.device, self.dtype)
+        if self.device.type == "cuda" and self.head_dim in append_kernel.APPEND_HEAD_DIMS:
+            append_kernel.append_paged_kv(self.pool, self.layout, kk, vv, self._to_device(dest))
+            return
+        d = torch.from_numpy(dest).to(self.device).long()
         if self.layout == "NHD":
-            self.pool[dest[0], 0, dest[1]] = kk
-            self.pool[dest[0], 1, dest[1]] = vv
+            self.pool[d[0], 0, d[1]] = kk
+            self.pool[d[0], 1, d[1]] = vv
         else:
-            self.pool[dest[0], 0, :, dest[1]] = kk
-            self.pool[dest[0], 1, :, dest[1]] = vv
+            self.pool[d[0], 0, :, d[1]] = kk
+            self.pool[d[0], 1, :, d[1]] = vv
+
+    def _to_device(self, arr: np.ndarray) -> torch.Tensor:
+        """Copy a small int32 array to the GPU asynchronously through a reused pinned buffer."""
+        n = arr.size
+        if self._pinned is None or self._pinned.numel() < n:
+            self._pinned = torch.empty(max(n, 4096), dtype=torch.int32, pin_memory=True)
+            self._pinned_ready = None
+        if self._pinned_ready is not None:
+            self._pinned_ready.synchronize()        # the previous copy out of the buffer has finished
+        buf = self._pinned[:n]
+        buf.numpy()[:] = arr.ravel()
+        out = buf.to(self.device, non_blocking=True).view(arr.shape)
+        self._pinned_ready = torch.cuda.Event()
+        self._pinned_ready.record()
+        return out
 
     def gather(self, seq_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A sequence's K and V as contiguous ``[length, num_kv_heads, head_dim]`` tensors (copies)."""
@@ -308,6 +336,7 @@ class PagedKVCache:
         new._refcount, new._free, new._freed = self._refcount.copy(), list(self._free), set(self._freed)
         new._seqs = {i: _Seq(list(s.pages), s.length) for i, s in self._seqs.items()}
         new.layout = layout
+        new._pinned, new._pinned_ready = None, None
         new.pool = convert_pool_layout(self.pool, self.layout, layout)
         return new
 

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from ..jit import KernelSpec
+from ..layout import append_kernel
 from . import merge
 from .merge import merge_state, merge_states
 
 
 def kernel_specializations() -> list[KernelSpec]:
     """Every kernel specialization the library can generate today (CI compiles them all without a GPU)."""
-    return [*merge.specializations()]
+    return [*merge.specializations(), *append_kernel.specializations()]
 
 
 __all__ = ["kernel_specializations", "merge_state", "merge_states"]

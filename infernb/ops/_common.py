@@ -4,10 +4,8 @@ from __future__ import annotations
 import torch
 
 from ..errors import InputError
-from ..jit.builder import _cupy  # noqa: F401  (re-exported for ops that launch)
+from ..jit.types import CUDA_TYPES, DTYPE_NAMES, aligned16  # noqa: F401  (one table for every kernel family)
 
-DTYPE_NAMES = {torch.float16: "f16", torch.bfloat16: "bf16", torch.float32: "f32"}
-CUDA_TYPES = {torch.float16: "half", torch.bfloat16: "__nv_bfloat16", torch.float32: "float"}
 HEAD_DIMS = (64, 128, 256)
 
 
@@ -32,12 +30,6 @@ def check_shape(name: str, t: torch.Tensor, shape: tuple, dims: str) -> None:
     if tuple(t.shape) != tuple(shape):
         raise InputError(f"{name}: expected shape {list(shape)} {dims}, got {list(t.shape)}")
 
-
-def aligned16(t: torch.Tensor) -> torch.Tensor:
-    """``t`` contiguous with a 16-byte aligned data pointer (kernels use 16-byte vector loads); copies only
-    when needed (``.contiguous()`` alone keeps an offset view's misalignment)."""
-    t = t.contiguous()
-    return t if t.data_ptr() % 16 == 0 else t.clone()
 
 
 def _span(t: torch.Tensor) -> tuple[int, int]:

@@ -234,16 +234,20 @@ def test_random_append_free_fork_keeps_every_sequence_intact(ops, page_size, lay
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("layout", ["NHD", "HND"])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_gpu_append_fork_gather(gen, layout, dtype):
-    c = PagedKVCache(512, 16, 8, 128, dtype=dtype, device="cuda", layout=layout)
+@pytest.mark.parametrize("dtype,head_dim,page_size", [(torch.float16, 128, 16), (torch.bfloat16, 128, 1),
+                                                      (torch.bfloat16, 64, 64), (torch.float32, 256, 7),
+                                                      (torch.bfloat16, 96, 16)])   # 96: index_put fallback
+def test_gpu_append_fork_gather(gen, layout, dtype, head_dim, page_size):
+    c = PagedKVCache(8192 // page_size + 128, page_size, 8, head_dim, dtype=dtype, device="cuda", layout=layout)
+    poison = torch.full_like(c.pool, float("nan"))
+    c.pool.copy_(poison)                                           # unwritten slots stay NaN
     ids = c.add_sequences(64)
     lens = torch.randint(1, 100, (64,), generator=gen).tolist()
-    k = torch.randn(sum(lens), 8, 128, generator=gen)
-    v = torch.randn(sum(lens), 8, 128, generator=gen)
+    k = torch.randn(sum(lens), 8, head_dim, generator=gen)
+    v = torch.randn(sum(lens), 8, head_dim, generator=gen)
     c.append(ids, k.cuda(), v.cuda(), lens)
     child = c.fork(ids[5])
-    k2, v2 = torch.randn(16, 8, 128, generator=gen), torch.randn(16, 8, 128, generator=gen)
+    k2, v2 = torch.randn(16, 8, head_dim, generator=gen), torch.randn(16, 8, head_dim, generator=gen)
     c.append([child], k2.cuda(), v2.cuda(), [16])
     t = c.page_table()
     assert t.indptr.is_cuda and t.indices.is_cuda
@@ -255,3 +259,10 @@ def test_gpu_append_fork_gather(gen, layout, dtype):
         assert torch.equal(gk.cpu(), k[starts[j]:starts[j + 1]].to(dtype))
         assert torch.equal(gv.cpu(), v[starts[j]:starts[j + 1]].to(dtype))
     assert torch.equal(c.gather(child)[0].cpu(), torch.cat([k[starts[5]:starts[6]], k2]).to(dtype))
+    # every live sequence reads back exactly, and nothing outside the written slots was touched
+    for j, sid in enumerate(ids):
+        gk, gv = c.gather(sid)
+        assert torch.equal(gk.cpu(), k[starts[j]:starts[j + 1]].to(dtype)), j
+    written = sum(lens) + 16 + (lens[5] % page_size)               # + the child's copied partial page
+    nan_slots = torch.isnan(c.pool).any(-1).sum().item() // 2       # K and V planes count once
+    assert c.pool.shape[0] * page_size * 8 - nan_slots == written * 8
