@@ -23,6 +23,8 @@ from . import append_kernel
 from .convert import LAYOUTS, convert_pool_layout
 from .page_table import PageTable
 
+#: Pinned staging buffers cycled by appends to a CUDA pool.
+PINNED_RING = 8
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -119,8 +121,8 @@ class PagedKVCache:
         self._seqs: dict[int, _Seq] = {}
         self._freed: set[int] = set()
         self._next_id = 0
-        self._pinned: torch.Tensor | None = None      # host staging buffer for append destinations (CUDA)
-        self._pinned_ready = None
+        self._ring: list = []          # pinned staging buffers for append destinations (CUDA pools)
+        self._ring_pos = 0
 
     # ------------------------------------------------------------------ introspection
     @property
@@ -296,18 +298,26 @@ class PagedKVCache:
             self.pool[d[0], 1, :, d[1]] = vv
 
     def _to_device(self, arr: np.ndarray) -> torch.Tensor:
-        """Copy a small int32 array to the GPU asynchronously through a reused pinned buffer."""
+        """Copy a small int32 array to the GPU without blocking the host: through a ring of pinned staging
+        buffers, each reused only once the copy out of it has completed (checked with an event, so the host
+        waits only if the GPU is a whole ring of appends behind)."""
         n = arr.size
-        if self._pinned is None or self._pinned.numel() < n:
-            self._pinned = torch.empty(max(n, 4096), dtype=torch.int32, pin_memory=True)
-            self._pinned_ready = None
-        if self._pinned_ready is not None:
-            self._pinned_ready.synchronize()        # the previous copy out of the buffer has finished
-        buf = self._pinned[:n]
-        buf.numpy()[:] = arr.ravel()
-        out = buf.to(self.device, non_blocking=True).view(arr.shape)
-        self._pinned_ready = torch.cuda.Event()
-        self._pinned_ready.record()
+        slot = self._ring_pos % PINNED_RING
+        self._ring_pos += 1
+        buf, done = self._ring[slot] if slot < len(self._ring) else (None, None)
+        if buf is None or buf.numel() < n:
+            buf, done = torch.empty(max(n, 4096), dtype=torch.int32, pin_memory=True), None
+        if done is not None and not done.query():
+            done.synchronize()
+        view = buf[:n]
+        view.numpy()[:] = arr.ravel()
+        out = view.to(self.device, non_blocking=True).view(arr.shape)
+        done = torch.cuda.Event()
+        done.record()
+        if slot < len(self._ring):
+            self._ring[slot] = (buf, done)
+        else:
+            self._ring.append((buf, done))
         return out
 
     def gather(self, seq_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -336,7 +346,7 @@ class PagedKVCache:
         new._refcount, new._free, new._freed = self._refcount.copy(), list(self._free), set(self._freed)
         new._seqs = {i: _Seq(list(s.pages), s.length) for i, s in self._seqs.items()}
         new.layout = layout
-        new._pinned, new._pinned_ready = None, None
+        new._ring, new._ring_pos = [], 0
         new.pool = convert_pool_layout(self.pool, self.layout, layout)
         return new
 

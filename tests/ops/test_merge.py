@@ -15,7 +15,7 @@ def states(gen, n, k, h, d, dtype, device, empty_rows=True):
     """Partial results as a real split produces them: random values and LSEs, some parts and rows empty."""
     v = torch.randn(n, k, h, d, generator=gen).to(dtype)
     s = torch.randn(n, k, h, generator=gen) * 4
-    if empty_rows and n > 2:
+    if empty_rows and n > 2 and k > 0:
         s[0, 0] = -math.inf                    # one empty part
         s[1] = -math.inf                       # a row that saw no key at all
     return v.to(device), s.to(device)
