@@ -2,9 +2,10 @@
 
 The pool is one tensor (FlashInfer's layout): ``[num_pages, 2, page_size, num_kv_heads, head_dim]`` for
 ``NHD`` or ``[num_pages, 2, num_kv_heads, page_size, head_dim]`` for ``HND`` (index 0 = K, 1 = V).
-Bookkeeping (which pages a sequence owns, reference counts for shared prefixes, the free list) lives on
-the CPU in NumPy; data movement is vectorized torch indexing on the pool's device, never a Python loop
-over tokens.
+Bookkeeping lives on the CPU in NumPy arrays, vectorized over sequences and tokens (no Python loop over
+either in ``append``): a *block table* ``[rows, max_pages]`` of page ids per sequence (vLLM's name for it),
+page counts and lengths per row, reference counts per page, and a stack of free pages. Data moves in one
+CUDA kernel on a GPU pool, or in vectorized torch indexing on a CPU pool.
 
 Invariants: a page with reference count > 1 (shared after :meth:`fork`) is always full, so no write ever
 lands in a shared page; a page is free iff its reference count is 0.
@@ -12,7 +13,6 @@ lands in a shared page; a page is free iff its reference count is 0.
 from __future__ import annotations
 
 import dataclasses
-import heapq
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -26,12 +26,6 @@ from .page_table import PageTable
 #: Pinned staging buffers cycled by appends to a CUDA pool.
 PINNED_RING = 8
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-
-@dataclasses.dataclass
-class _Seq:
-    pages: list[int]
-    length: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,8 +111,13 @@ class PagedKVCache:
                  else (num_pages, 2, num_kv_heads, page_size, head_dim))
         self.pool = torch.zeros(shape, dtype=dtype, device=device)
         self._refcount = np.zeros(num_pages, dtype=np.int32)
-        self._free: list[int] = list(range(num_pages))          # min-heap: lowest free id first
-        self._seqs: dict[int, _Seq] = {}
+        self._free = np.arange(num_pages - 1, -1, -1, dtype=np.int64)   # stack: pops give 0, 1, 2, ... first
+        self._nfree = num_pages
+        self._table = np.full((16, 8), -1, dtype=np.int64)              # block table: row -> page ids
+        self._npages = np.zeros(16, dtype=np.int64)                     # pages held per row
+        self._len = np.zeros(16, dtype=np.int64)                        # tokens per row
+        self._row: dict[int, int] = {}                                  # live seq id -> row (creation order)
+        self._free_rows: list[int] = list(range(15, -1, -1))
         self._freed: set[int] = set()
         self._next_id = 0
         self._ring: list = []          # pinned staging buffers for append destinations (CUDA pools)
@@ -131,32 +130,36 @@ class PagedKVCache:
 
     @property
     def num_free_pages(self) -> int:
-        return len(self._free)
+        return self._nfree
 
     @property
     def seq_ids(self) -> list[int]:
         """Live sequence ids, in creation order."""
-        return list(self._seqs)
+        return list(self._row)
 
     def lengths(self, seq_ids: Iterable[int] | None = None) -> list[int]:
         """Token counts of ``seq_ids`` (default: all live sequences)."""
-        return [self._seq(i).length for i in (self.seq_ids if seq_ids is None else seq_ids)]
+        return self._len[self._rows(self.seq_ids if seq_ids is None else seq_ids)].tolist()
 
     def pages(self, seq_id: int) -> list[int]:
         """Page ids of a sequence, in logical order."""
-        return list(self._seq(seq_id).pages)
+        r = self._rows([seq_id])[0]
+        return self._table[r, :self._npages[r]].tolist()
 
     def snapshot(self) -> PoolSnapshot:
         """Copy of the bookkeeping for pictures and statistics."""
         owner = np.full(self.num_pages, -1, dtype=np.int64)
         fill = np.zeros(self.num_pages, dtype=np.int64)
-        for sid, s in self._seqs.items():
-            for j, p in enumerate(s.pages):
-                if owner[p] < 0:
-                    owner[p] = sid
-                fill[p] = min(self.page_size, s.length - j * self.page_size)
-        return PoolSnapshot(owner, self._refcount.copy(), fill, {i: list(s.pages) for i, s in self._seqs.items()},
-                            {i: s.length for i, s in self._seqs.items()}, self.page_size)
+        seq_pages, seq_lens = {}, {}
+        for sid, r in reversed(self._row.items()):           # the first creator of a shared page wins
+            n, length = int(self._npages[r]), int(self._len[r])
+            pages = self._table[r, :n]
+            owner[pages] = sid
+            fill[pages] = np.minimum(self.page_size, length - np.arange(n) * self.page_size)
+        for sid, r in self._row.items():
+            seq_pages[sid] = self._table[r, :self._npages[r]].tolist()
+            seq_lens[sid] = int(self._len[r])
+        return PoolSnapshot(owner, self._refcount.copy(), fill, seq_pages, seq_lens, self.page_size)
 
     def stats(self) -> dict:
         """See :meth:`PoolSnapshot.stats`."""
@@ -173,41 +176,52 @@ class PagedKVCache:
         """Create ``num`` empty sequences; return their ids (never reused)."""
         if not isinstance(num, (int, np.integer)) or num < 0:
             raise InputError(f"num: expected a non-negative integer, got {num!r}")
+        if num > len(self._free_rows):
+            self._grow(rows=len(self._row) + num)
         ids = list(range(self._next_id, self._next_id + num))
         self._next_id += num
         for i in ids:
-            self._seqs[i] = _Seq([], 0)
+            r = self._free_rows.pop()
+            self._row[i] = r
+            self._npages[r] = self._len[r] = 0
         return ids
 
     def free(self, seq_ids: int | Iterable[int]) -> None:
         """Release sequences; pages no other sequence shares return to the pool. Freeing twice is an error."""
         ids = [seq_ids] if isinstance(seq_ids, (int, np.integer)) else list(seq_ids)
-        self._check_ids(ids, "seq_ids")
-        for i in ids:
-            for p in self._seqs.pop(i).pages:
-                self._refcount[p] -= 1
-                if self._refcount[p] == 0:
-                    heapq.heappush(self._free, p)
+        if len(set(ids)) != len(ids):
+            raise InputError(f"seq_ids: each sequence may appear once, got {ids}")
+        rows = self._rows(ids)
+        for i, r in zip(ids, rows):
+            pages = self._table[r, :self._npages[r]]          # distinct within a row
+            self._refcount[pages] -= 1
+            self._push(pages[self._refcount[pages] == 0])
+            self._table[r, :self._npages[r]] = -1
+            self._npages[r] = self._len[r] = 0
+            del self._row[i]
+            self._free_rows.append(int(r))
             self._freed.add(i)
 
     def fork(self, seq_id: int) -> int:
         """New sequence sharing ``seq_id``'s full pages (shared prefix); a partly filled last page is copied
         into a page of its own. Returns the child's id. Raises :class:`OutOfPagesError` (changing nothing)
         if that copy needs a page and none is free."""
-        parent = self._seq(seq_id)
-        partial = parent.length % self.page_size != 0
-        if partial and not self._free:
+        pr = self._rows([seq_id])[0]
+        n, length = int(self._npages[pr]), int(self._len[pr])
+        partial = length % self.page_size != 0
+        if partial and self._nfree == 0:
             raise OutOfPagesError(f"fork({seq_id}): the partly filled last page must be copied, but the pool "
                                   f"has no free page (0 of {self.num_pages}); nothing was changed")
-        pages = list(parent.pages)
+        (child,) = self.add_sequences(1)
+        cr = self._row[child]
+        pages = self._table[pr, :n].copy()
         if partial:
-            new = heapq.heappop(self._free)
+            (new,) = self._pop(1)
             self.pool[new] = self.pool[pages[-1]]
             pages[-1] = new
-        for p in pages:
-            self._refcount[p] += 1
-        (child,) = self.add_sequences(1)
-        self._seqs[child] = _Seq(pages, parent.length)
+        self._refcount[pages] += 1
+        self._table[cr, :n] = pages
+        self._npages[cr], self._len[cr] = n, length
         return child
 
     # ------------------------------------------------------------------ data
@@ -227,7 +241,7 @@ class PagedKVCache:
         a CPU pool. No loop over tokens either way.
         """
         ids = list(seq_ids)
-        self._check_ids(ids, "seq_ids")
+        self._rows(ids)
         if len(set(ids)) != len(ids):
             raise InputError(f"seq_ids: each sequence may appear once per append, got {ids}")
         if lengths is None:
@@ -246,43 +260,39 @@ class PagedKVCache:
             if not t.is_floating_point():
                 raise InputError(f"{name}: expected a floating dtype, got {t.dtype}")
 
-        # 1. plan the pages (CPU, one pass over sequences) and check capacity before touching anything.
-        #    Invariant: a sequence of length L holds exactly ceil(L / page_size) pages.
+        # 1. plan the pages (vectorized over sequences) and check capacity before touching anything.
+        #    Invariant: a row of length L holds exactly ceil(L / page_size) pages.
         P = self.page_size
-        seqs = [self._seqs[i] for i in ids]
-        old = [s.length for s in seqs]
-        needs = [-(-(o + n) // P) - len(s.pages) for s, o, n in zip(seqs, old, lengths)]
-        total_need = sum(needs)
-        if total_need > len(self._free):
+        rows = self._rows(ids)
+        lens = np.asarray(lengths, dtype=np.int64)
+        old = self._len[rows]
+        new_len = old + lens
+        need = -(-new_len // P) - self._npages[rows]
+        total_need = int(need.sum())
+        if total_need > self._nfree:
             raise OutOfPagesError(f"append needs {total_need} new pages for {total} tokens but only "
-                                  f"{len(self._free)} of {self.num_pages} are free; nothing was changed")
+                                  f"{self._nfree} of {self.num_pages} are free; nothing was changed")
         # a write into an existing partly filled page must not hit a shared page (fork keeps this true)
-        touched = [s.pages[o // P] for s, o, n in zip(seqs, old, lengths) if n and o % P]
-        if touched and (self._refcount[touched] > 1).any():
+        into_old = (lens > 0) & (old % P != 0)
+        if into_old.any() and (self._refcount[self._table[rows[into_old], old[into_old] // P]] > 1).any():
             raise AssertionError("internal: an append would write into a page shared by a fork")
         # 2. commit the bookkeeping
-        new_pages = [heapq.heappop(self._free) for _ in range(total_need)]
-        self._refcount[new_pages] = 1
-        tails, j = [], 0
-        for s, o, n, need in zip(seqs, old, lengths, needs):
-            if need:
-                s.pages.extend(new_pages[j:j + need])
-                j += need
-            s.length = o + n
-            tails.append(s.pages[o // P:] if n else [])
+        if total_need:
+            self._grow(pages=int((-(-new_len // P)).max()))
+            new = self._pop(total_need)
+            first_new = np.repeat(np.cumsum(need) - need, need)
+            r_rep = np.repeat(rows, need)
+            self._table[r_rep, np.repeat(self._npages[rows], need) + np.arange(total_need) - first_new] = new
+            self._refcount[new] = 1
+            self._npages[rows] += need
+        self._len[rows] = new_len
         if total == 0:
             return
         # 3. destination (page, slot) of every new token, vectorized over tokens
-        lens = np.asarray(lengths, dtype=np.int64)
-        first = np.asarray(old, dtype=np.int64) // P                     # logical page of each first new token
-        tail_ptr = np.zeros(len(ids) + 1, dtype=np.int64)
-        np.cumsum([len(t) for t in tails], out=tail_ptr[1:])
-        seq_of_tok = np.repeat(np.arange(len(ids)), lens)
-        starts = np.cumsum(lens) - lens
-        pos = np.asarray(old, dtype=np.int64)[seq_of_tok] + np.arange(total) - starts[seq_of_tok]
-        flat_tails = np.fromiter((p for t in tails for p in t), dtype=np.int64, count=int(tail_ptr[-1]))
+        tok_row = np.repeat(rows, lens)
+        pos = np.repeat(old - (np.cumsum(lens) - lens), lens) + np.arange(total)
         dest = np.empty((2, total), dtype=np.int32)
-        dest[0] = flat_tails[tail_ptr[seq_of_tok] + pos // P - first[seq_of_tok]]
+        dest[0] = self._table[tok_row, pos // P]
         dest[1] = pos % P
         kk = k.to(self.device, self.dtype)
         vv = v.to(self.device, self.dtype)
@@ -322,20 +332,27 @@ class PagedKVCache:
 
     def gather(self, seq_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A sequence's K and V as contiguous ``[length, num_kv_heads, head_dim]`` tensors (copies)."""
-        s = self._seq(seq_id)
-        pages = torch.tensor(s.pages, dtype=torch.long, device=self.device)
+        r = self._rows([seq_id])[0]
+        pages = torch.from_numpy(self._table[r, :self._npages[r]]).to(self.device)
         kv = self.pool[pages]                                                # [n, 2, P, H, D] or [n, 2, H, P, D]
         if self.layout == "HND":
             kv = kv.transpose(2, 3)
-        kv = kv.transpose(0, 1).reshape(2, -1, self.num_kv_heads, self.head_dim)[:, :s.length]
+        kv = kv.transpose(0, 1).reshape(2, -1, self.num_kv_heads, self.head_dim)[:, :self._len[r]]
         return kv[0].contiguous(), kv[1].contiguous()
 
     def page_table(self, seq_ids: Sequence[int] | None = None) -> PageTable:
         """The :class:`PageTable` of ``seq_ids`` (default: all live sequences), int32 on the pool's device."""
-        ids = self.seq_ids if seq_ids is None else list(seq_ids)
-        self._check_ids(ids, "seq_ids")
-        return PageTable.from_lists([self._seqs[i].pages for i in ids], [self._seqs[i].length for i in ids],
-                                    self.page_size, num_pages=self.num_pages, device=self.device)
+        rows = self._rows(self.seq_ids if seq_ids is None else list(seq_ids))
+        n = self._npages[rows]
+        indptr = np.zeros(len(rows) + 1, dtype=np.int32)
+        np.cumsum(n, out=indptr[1:])
+        block = self._table[rows, :int(n.max()) if len(rows) else 0]
+        indices = block[np.arange(block.shape[1])[None, :] < n[:, None]].astype(np.int32)
+        lens = self._len[rows]
+        last = np.where(n > 0, lens - (n - 1) * self.page_size, 0).astype(np.int32)
+        t = PageTable(torch.from_numpy(indptr).to(self.device), torch.from_numpy(indices).to(self.device),
+                      torch.from_numpy(last).to(self.device), self.page_size, self.num_pages)
+        return t
 
     def to_layout(self, layout: str) -> "PagedKVCache":
         """A copy of this cache (pool and bookkeeping) in ``layout``."""
@@ -343,26 +360,54 @@ class PagedKVCache:
             raise InputError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
         new = PagedKVCache.__new__(PagedKVCache)
         new.__dict__.update({k: v for k, v in self.__dict__.items() if k != "pool"})
-        new._refcount, new._free, new._freed = self._refcount.copy(), list(self._free), set(self._freed)
-        new._seqs = {i: _Seq(list(s.pages), s.length) for i, s in self._seqs.items()}
+        for name in ("_refcount", "_free", "_table", "_npages", "_len"):
+            setattr(new, name, getattr(self, name).copy())
+        new._row, new._free_rows, new._freed = dict(self._row), list(self._free_rows), set(self._freed)
         new.layout = layout
         new._ring, new._ring_pos = [], 0
         new.pool = convert_pool_layout(self.pool, self.layout, layout)
         return new
 
     # ------------------------------------------------------------------ helpers
-    def _seq(self, seq_id: int) -> _Seq:
+    def _rows(self, seq_ids) -> np.ndarray:
+        """Rows of live sequence ids (``InputError`` naming a freed or unknown id)."""
         try:
-            return self._seqs[seq_id]
-        except KeyError:
-            raise InputError(self._unknown(seq_id)) from None
+            return np.fromiter((self._row[i] for i in seq_ids), dtype=np.int64)
+        except (KeyError, TypeError):
+            for i in seq_ids:
+                if i not in self._row:
+                    raise InputError(f"seq_ids: {self._unknown(i)}") from None
+            raise
 
-    def _check_ids(self, ids: list[int], name: str) -> None:
-        for i in ids:
-            if i not in self._seqs:
-                raise InputError(f"{name}: {self._unknown(i)}")
+    def _pop(self, n: int) -> np.ndarray:
+        out = self._free[self._nfree - n:self._nfree][::-1].copy()
+        self._nfree -= n
+        return out
+
+    def _push(self, pages: np.ndarray) -> None:
+        self._free[self._nfree:self._nfree + len(pages)] = pages[::-1]
+        self._nfree += len(pages)
+
+    def _grow(self, rows: int = 0, pages: int = 0) -> None:
+        """Enlarge the block table to at least ``rows`` rows and ``pages`` columns (doubling)."""
+        R, C = self._table.shape
+        nr, nc = max(R, rows), max(C, pages)
+        if nr > R:
+            nr = max(nr, 2 * R)
+        if nc > C:
+            nc = max(nc, 2 * C)
+        if (nr, nc) == (R, C):
+            return
+        table = np.full((nr, nc), -1, dtype=np.int64)
+        table[:R, :C] = self._table
+        self._table = table
+        if nr > R:
+            self._npages = np.concatenate([self._npages, np.zeros(nr - R, dtype=np.int64)])
+            self._len = np.concatenate([self._len, np.zeros(nr - R, dtype=np.int64)])
+            self._free_rows = list(range(nr - 1, R - 1, -1)) + self._free_rows
 
     def _unknown(self, i) -> str:
         if i in self._freed:
             return f"sequence {i} was already freed"
-        return f"sequence {i} does not exist (live ids: {self.seq_ids[:16]}{'...' if len(self._seqs) > 16 else ''})"
+        live = self.seq_ids
+        return f"sequence {i} does not exist (live ids: {live[:16]}{'...' if len(live) > 16 else ''})"
