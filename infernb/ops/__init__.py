@@ -5,6 +5,7 @@ from ..jit import KernelSpec
 from ..layout import append_kernel
 from . import merge
 from .merge import merge_state, merge_states
+from .run import run
 
 
 def kernel_specializations() -> list[KernelSpec]:
@@ -12,4 +13,4 @@ def kernel_specializations() -> list[KernelSpec]:
     return [*merge.specializations(), *append_kernel.specializations()]
 
 
-__all__ = ["kernel_specializations", "merge_state", "merge_states"]
+__all__ = ["kernel_specializations", "merge_state", "merge_states", "run"]

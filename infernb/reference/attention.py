@@ -146,35 +146,62 @@ def attention(
             kb = apply_rope(kb, kv_pos + k_off[b], rope, compute_dtype=compute_dtype)
         kb = kb.repeat_interleave(group, dim=1)                              # [S, Hq, D]
         vb = vb.repeat_interleave(group, dim=1)                              # [S, Hq, Dv]
-        s = torch.einsum("lhd,shd->hls", qb, kb) * scale                     # [Hq, L, S]
-        h_idx = torch.arange(hq, device=q.device)[:, None, None]
-        qi, ki = q_pos[None, :, None], kv_pos[None, None, :]
-        if alibi_slopes is not None:
-            s = s + alibi_slopes[:, None, None] * (ki - qi).to(compute_dtype)
-        if logits_soft_cap > 0:
-            s = logits_soft_cap * torch.tanh(s / logits_soft_cap)
-        b_idx = torch.tensor(b, device=q.device)
-        if score_mod is not None:
-            with _default_dtype(compute_dtype):  # int index tensor * Python float stays in compute_dtype
-                s = torch.as_tensor(score_mod(s, b_idx, h_idx, qi, ki), dtype=compute_dtype, device=q.device)
-            s = s.expand(hq, qo_len, kv_len)
-        keep = torch.ones(1, qo_len, kv_len, dtype=torch.bool, device=q.device)
-        if causal:
-            keep = keep & (ki <= qi)
-        if window_left >= 0:
-            keep = keep & (ki >= qi - window_left)
-        if masks is not None:
-            keep = keep & masks[b][None]
-        if mask_mod is not None:
-            with _default_dtype(compute_dtype):
-                keep = keep & torch.as_tensor(mask_mod(b_idx, h_idx, qi, ki), device=q.device).bool()
-        s = s.masked_fill(~keep, float("-inf"))
-        row_lse = torch.logsumexp(s, dim=-1)                                  # [Hq, L]
-        p = torch.exp(s - torch.where(torch.isinf(row_lse), 0.0, row_lse)[..., None])
-        p = torch.where(torch.isinf(row_lse)[..., None], 0.0, p)
-        out[qo[b]:qo[b + 1]] = torch.einsum("hls,shd->lhd", p, vb)
-        lse[qo[b]:qo[b + 1]] = row_lse.transpose(0, 1)
+        o, l = attend(qb, kb, vb, q_pos, kv_pos, torch.arange(hq, device=q.device), b=b, sm_scale=scale,
+                      causal=causal, window_left=window_left, logits_soft_cap=logits_soft_cap,
+                      alibi_slopes=alibi_slopes, keep=None if masks is None else masks[b], score_mod=score_mod,
+                      mask_mod=mask_mod, compute_dtype=compute_dtype)
+        out[qo[b]:qo[b + 1]] = o
+        lse[qo[b]:qo[b + 1]] = l
     return out, lse
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor, kv_pos: torch.Tensor,
+           heads: torch.Tensor, *, b: int, sm_scale: float, causal: bool = False, window_left: int = -1,
+           logits_soft_cap: float = 0.0, alibi_slopes: torch.Tensor | None = None, keep: torch.Tensor | None = None,
+           score_mod: ScoreMod | None = None, mask_mod: MaskMod | None = None,
+           compute_dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    """The attention math on one block of queries and keys with explicit positions: the single definition
+    that :func:`attention` and the plan emulator (which runs KV *chunks* of a request) both use.
+
+    Args:
+        q: ``[L, H, D]`` queries (RoPE already applied), ``H`` = the query heads in ``heads``.
+        k, v: ``[S, H, D]`` / ``[S, H, Dv]`` keys and values, already expanded to those query heads.
+        q_pos: ``[L]`` query positions; kv_pos: ``[S]`` key positions (in the request).
+        heads: ``[H]`` query-head indices (for ALiBi slopes and the mods' ``h``).
+        b: request index (the mods' ``b``).
+        keep: optional ``[L, S]`` bool mask (``True`` = keep).
+    Returns:
+        ``(out [L, H, Dv], lse [L, H])``; rows with no visible key: 0 and ``-inf``.
+    """
+    L, S, H = q.shape[0], k.shape[0], q.shape[1]
+    s = torch.einsum("lhd,shd->hls", q.to(compute_dtype), k.to(compute_dtype)) * sm_scale   # [H, L, S]
+    h_idx = heads.to(q.device)[:, None, None]
+    qi, ki = q_pos.to(q.device)[None, :, None], kv_pos.to(q.device)[None, None, :]
+    if alibi_slopes is not None:
+        s = s + alibi_slopes.to(q.device, compute_dtype)[heads][:, None, None] * (ki - qi).to(compute_dtype)
+    if logits_soft_cap > 0:
+        s = logits_soft_cap * torch.tanh(s / logits_soft_cap)
+    b_idx = torch.tensor(b, device=q.device)
+    if score_mod is not None:
+        with _default_dtype(compute_dtype):  # int index tensor * Python float stays in compute_dtype
+            s = torch.as_tensor(score_mod(s, b_idx, h_idx, qi, ki), dtype=compute_dtype, device=q.device)
+        s = s.expand(H, L, S)
+    mask = torch.ones(1, L, S, dtype=torch.bool, device=q.device)
+    if causal:
+        mask = mask & (ki <= qi)
+    if window_left >= 0:
+        mask = mask & (ki >= qi - window_left)
+    if keep is not None:
+        mask = mask & keep.to(q.device)[None]
+    if mask_mod is not None:
+        with _default_dtype(compute_dtype):
+            mask = mask & torch.as_tensor(mask_mod(b_idx, h_idx, qi, ki), device=q.device).bool()
+    s = s.masked_fill(~mask, float("-inf"))
+    row_lse = torch.logsumexp(s, dim=-1)                                  # [H, L]
+    empty = torch.isinf(row_lse)
+    p = torch.exp(s - torch.where(empty, 0.0, row_lse)[..., None])
+    p = torch.where(empty[..., None], 0.0, p)
+    return torch.einsum("hls,shd->lhd", p, v.to(compute_dtype)), row_lse.transpose(0, 1)
 
 
 @contextlib.contextmanager

@@ -1,6 +1,7 @@
 """Pictures: pure functions from infernb data structures to plotly figures (no computation, no CuPy).
 plotly is imported inside each function, so ``import infernb.viz`` is cheap."""
 from .kv import page_pool, sequence_pages
+from .schedule import merge_map, plan_gantt
 from .sparse import block_sparse
 
-__all__ = ["block_sparse", "page_pool", "sequence_pages"]
+__all__ = ["block_sparse", "merge_map", "page_pool", "plan_gantt", "sequence_pages"]

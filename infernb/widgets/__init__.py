@@ -1,4 +1,5 @@
 """ipywidgets panels: controls wired to ``infernb.viz`` figures and library calls; no computation of their own."""
 from .kv_layout import KVLayoutExplorer
+from .scheduler import SchedulerExplorer
 
-__all__ = ["KVLayoutExplorer"]
+__all__ = ["KVLayoutExplorer", "SchedulerExplorer"]

@@ -1,0 +1,61 @@
+"""Planning time on the CPU (the planner runs every decode step, so it must be cheap).
+
+    python benchmarks/bench_plan.py [--out DIR]
+
+Target (issue 5): planning 256 requests takes under 1 ms. Times ``infernb.plan`` (building and validating the
+Plan) for each preset at 256 requests, 32 query / 8 KV heads, d=128, 132 CTAs: median and p90 of 200 calls after
+20 warm-up calls. Writes ``plan_<host>_<date>.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--batch", type=int, default=256)
+    args = ap.parse_args(argv)
+    import infernb as ib
+    from infernb.plan import presets
+
+    rows = []
+    for preset in presets.PRESETS:
+        qo, kv = presets.batch(preset, args.batch)
+        kw = dict(num_qo_heads=32, num_kv_heads=8, head_dim=128, num_sms=132)
+        for _ in range(20):
+            p = ib.plan(qo, kv, **kw)
+        ts = []
+        for _ in range(200):
+            t0 = time.perf_counter()
+            p = ib.plan(qo, kv, **kw)
+            ts.append(time.perf_counter() - t0)
+        ts.sort()
+        s = p.stats()
+        rows.append(dict(preset=preset, requests=args.batch, median_us=statistics.median(ts) * 1e6,
+                         p90_us=ts[int(0.9 * len(ts))] * 1e6, units=s["units"], items=s["items"],
+                         split_units=s["split_units"], imbalance=s["imbalance"]))
+    result = dict(benchmark="plan_time", host=platform.node(), cpu=platform.processor() or platform.machine(),
+                  python=platform.python_version(), date=dt.date.today().isoformat(), target_us=1000, rows=rows)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"plan_cpu_{result['date']}.json"
+    path.write_text(json.dumps(result, indent=1))
+    for r in rows:
+        print(f"{r['preset']:<24} {r['requests']} requests: median {r['median_us']:6.0f} us, p90 {r['p90_us']:6.0f} us "
+              f"({r['units']} units -> {r['items']} items, {r['split_units']} split, imbalance {r['imbalance']:.3f})")
+    print(f"target < 1000 us -> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
