@@ -15,11 +15,13 @@ from .layout import BlockSparse, PagedKVCache, PageTable
 # `infernb.plan` is the planning *function* (DESIGN.md's `ib.plan(...)`); the subpackage stays importable as
 # `infernb.plan.presets` etc. through sys.modules.
 from .plan import Plan, emulate, plan  # noqa: E402
+from . import variants  # noqa: E402
+from .variants import Variant  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "BlockSparse", "OutOfPagesError", "PageTable", "PagedKVCache", "layout", "viz", "widgets",
+    "BlockSparse", "OutOfPagesError", "Variant", "variants", "PageTable", "PagedKVCache", "layout", "viz", "widgets",
     "CompileError", "DeviceError", "DeviceInfo", "InfernbError", "InputError", "device_info", "errors",
     "has_gpu", "jit", "ops", "reference", "testing", "merge_state", "merge_states", "plan", "Plan", "emulate", "run",
     "__version__",

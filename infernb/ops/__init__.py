@@ -10,7 +10,9 @@ from .run import run
 
 def kernel_specializations() -> list[KernelSpec]:
     """Every kernel specialization the library can generate today (CI compiles them all without a GPU)."""
-    return [*merge.specializations(), *append_kernel.specializations()]
+    from ..variants import examples, probe_spec
+
+    return [*merge.specializations(), *append_kernel.specializations(), *(probe_spec(v) for v in examples())]
 
 
 __all__ = ["kernel_specializations", "merge_state", "merge_states", "run"]

@@ -53,6 +53,7 @@ def attention(
     rope: RoPE | None = None,
     rope_q_positions: torch.Tensor | Sequence[int] | None = None,
     rope_k_offsets: torch.Tensor | Sequence[int] | None = None,
+    softmax: bool = True,
     compute_dtype: torch.dtype = torch.float64,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention over a ragged batch of requests, computed densely per request in ``compute_dtype``.
@@ -76,6 +77,9 @@ def attention(
         rope: apply RoPE to q and k first (positions as described above).
         rope_q_positions: ``[total_qo]`` int; RoPE position of each query (default: its position in the request).
         rope_k_offsets: ``[batch_size]`` int; RoPE position of each request's key 0 (default 0).
+        softmax: ``False`` for sigmoid attention: ``out = sum_j sigmoid(s_ij) v_j`` over visible keys (no
+            normalization); the returned "LSE" is then ``log(sum_j sigmoid(s_ij))``, and partial results of
+            split keys merge by plain addition rather than by LSE.
         compute_dtype: ``torch.float64`` (default) or ``torch.float32``.
     Returns:
         ``(out, lse)``: ``out`` ``[total_qo, num_qo_heads, head_dim_v]`` and ``lse`` ``[total_qo, num_qo_heads]``,
@@ -149,7 +153,7 @@ def attention(
         o, l = attend(qb, kb, vb, q_pos, kv_pos, torch.arange(hq, device=q.device), b=b, sm_scale=scale,
                       causal=causal, window_left=window_left, logits_soft_cap=logits_soft_cap,
                       alibi_slopes=alibi_slopes, keep=None if masks is None else masks[b], score_mod=score_mod,
-                      mask_mod=mask_mod, compute_dtype=compute_dtype)
+                      mask_mod=mask_mod, softmax=softmax, compute_dtype=compute_dtype)
         out[qo[b]:qo[b + 1]] = o
         lse[qo[b]:qo[b + 1]] = l
     return out, lse
@@ -158,7 +162,7 @@ def attention(
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor, kv_pos: torch.Tensor,
            heads: torch.Tensor, *, b: int, sm_scale: float, causal: bool = False, window_left: int = -1,
            logits_soft_cap: float = 0.0, alibi_slopes: torch.Tensor | None = None, keep: torch.Tensor | None = None,
-           score_mod: ScoreMod | None = None, mask_mod: MaskMod | None = None,
+           score_mod: ScoreMod | None = None, mask_mod: MaskMod | None = None, softmax: bool = True,
            compute_dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
     """The attention math on one block of queries and keys with explicit positions: the single definition
     that :func:`attention` and the plan emulator (which runs KV *chunks* of a request) both use.
@@ -196,6 +200,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tenso
     if mask_mod is not None:
         with _default_dtype(compute_dtype):
             mask = mask & torch.as_tensor(mask_mod(b_idx, h_idx, qi, ki), device=q.device).bool()
+    if not softmax:                                                       # sigmoid attention
+        p = torch.where(mask, torch.sigmoid(s), 0.0)
+        return torch.einsum("hls,shd->lhd", p, v.to(compute_dtype)), torch.log(p.sum(-1)).transpose(0, 1)
     s = s.masked_fill(~mask, float("-inf"))
     row_lse = torch.logsumexp(s, dim=-1)                                  # [H, L]
     empty = torch.isinf(row_lse)

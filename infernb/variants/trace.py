@@ -1,0 +1,274 @@
+"""Symbolic tracing of FlexAttention-style ``score_mod`` / ``mask_mod`` functions (no torch.compile).
+
+The function is called once with :class:`Sym` proxies for ``score, b, h, q_idx, kv_idx`` (and runtime
+parameters). Python operators and the torch functions in :data:`TORCH_FUNCS` (intercepted through
+``__torch_function__``, including indexing a captured tensor with traced indices) build an expression graph;
+:mod:`infernb.variants.codegen` turns it into CUDA. What cannot be traced fails at once, naming the construct
+and the user's line: a data-dependent ``if`` / ``and`` / ``or`` / ``int()``, an unsupported torch function.
+"""
+from __future__ import annotations
+
+import linecache
+import math
+import os
+import sys
+
+import torch
+
+from ..errors import InfernbError
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_SKIP_FILES = {os.path.join(_HERE, f) for f in ("trace.py", "codegen.py", "variant.py")}
+_STDLIB = os.path.dirname(os.path.abspath(os.__file__))
+
+
+class TraceError(InfernbError, TypeError):
+    """A score_mod / mask_mod uses Python that cannot be turned into CUDA."""
+
+
+def user_line() -> str:
+    """``file:line  source`` of the innermost frame that is the variant's own code (not the tracer, torch or
+    the standard library): the line of the score_mod / mask_mod that did the operation."""
+    f = sys._getframe(1)
+    while f is not None:
+        fn = os.path.abspath(f.f_code.co_filename)
+        if fn not in _SKIP_FILES and f"{os.sep}torch{os.sep}" not in fn and not fn.startswith(_STDLIB + os.sep):
+            src = linecache.getline(f.f_code.co_filename, f.f_lineno).strip()
+            return f"{os.path.basename(f.f_code.co_filename)}:{f.f_lineno}  {src}".rstrip()
+        f = f.f_back
+    return "<unknown>"
+
+
+class Sym:
+    """A traced value: ``op`` with ``args`` (Syms or Python constants), of kind ``float``, ``int`` or ``bool``."""
+
+    __slots__ = ("op", "args", "kind", "origin")
+
+    def __init__(self, op: str, args: tuple, kind: str, origin: str | None = None):
+        self.op, self.args, self.kind = op, args, kind
+        self.origin = origin if origin is not None else user_line()
+
+    # ---------------------------------------------------------------- untraceable Python
+    def __bool__(self):
+        raise TraceError(f"data-dependent Python control flow on a traced value at {user_line()}: `if`, `and`, "
+                         "`or`, `not` and chained comparisons need a Python bool. Write "
+                         "torch.where(cond, a, b) instead of if/else, and `&`, `|`, `~` instead of and/or/not.")
+
+    def __int__(self):
+        raise TraceError(f"int() of a traced value at {user_line()}: use x.to(torch.int32) / x.long() instead")
+
+    def __float__(self):
+        raise TraceError(f"float() of a traced value at {user_line()}: use x.float() instead")
+
+    __index__ = __int__
+
+    def __len__(self):
+        raise TraceError(f"len() of a traced value at {user_line()}: traced values are scalars")
+
+    def __iter__(self):
+        raise TraceError(f"iterating over a traced value at {user_line()}: traced values are scalars")
+
+    def __repr__(self):
+        return f"Sym({self.op}, kind={self.kind})"
+
+    # ---------------------------------------------------------------- operators
+    def __add__(self, o): return binary("add", self, o)
+    def __radd__(self, o): return binary("add", o, self)
+    def __sub__(self, o): return binary("sub", self, o)
+    def __rsub__(self, o): return binary("sub", o, self)
+    def __mul__(self, o): return binary("mul", self, o)
+    def __rmul__(self, o): return binary("mul", o, self)
+    def __truediv__(self, o): return binary("div", self, o)
+    def __rtruediv__(self, o): return binary("div", o, self)
+    def __floordiv__(self, o): return binary("floordiv", self, o)
+    def __rfloordiv__(self, o): return binary("floordiv", o, self)
+    def __mod__(self, o): return binary("mod", self, o)
+    def __rmod__(self, o): return binary("mod", o, self)
+    def __pow__(self, o): return binary("pow", self, o)
+    def __rpow__(self, o): return binary("pow", o, self)
+    def __lt__(self, o): return binary("lt", self, o)
+    def __le__(self, o): return binary("le", self, o)
+    def __gt__(self, o): return binary("gt", self, o)
+    def __ge__(self, o): return binary("ge", self, o)
+    def __eq__(self, o): return binary("eq", self, o)   # noqa: PLE0307
+    def __ne__(self, o): return binary("ne", self, o)
+    def __and__(self, o): return binary("and", self, o)
+    def __rand__(self, o): return binary("and", o, self)
+    def __or__(self, o): return binary("or", self, o)
+    def __ror__(self, o): return binary("or", o, self)
+    def __xor__(self, o): return binary("xor", self, o)
+    def __rxor__(self, o): return binary("xor", o, self)
+    def __neg__(self): return unary("neg", self)
+    def __pos__(self): return self
+    def __abs__(self): return unary("abs", self)
+    def __invert__(self): return unary("not" if self.kind == "bool" else "bitnot", self)
+    __hash__ = object.__hash__
+
+    # ---------------------------------------------------------------- tensor-like methods
+    def float(self): return cast(self, "float")
+    def int(self): return cast(self, "int")
+    def long(self): return cast(self, "int")
+    def bool(self): return cast(self, "bool")
+
+    def to(self, dtype=None, *args, **kwargs):
+        if isinstance(dtype, torch.dtype):
+            return cast(self, "bool" if dtype == torch.bool else "float" if dtype.is_floating_point else "int")
+        return self
+
+    def __getattr__(self, name):
+        if name in METHOD_FUNCS:
+            return lambda *a, **k: METHOD_FUNCS[name](self, *a, **k)
+        raise TraceError(f"traced values have no attribute .{name} (at {user_line()}); supported methods: "
+                         f"{', '.join(sorted(METHOD_FUNCS))}, float(), int(), long(), bool(), to(dtype)")
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", str(func))
+        if name == "__getitem__":
+            return index(args[0], args[1])
+        handler = TORCH_FUNCS.get(name)
+        if handler is None or func in _NOT_TORCH:
+            raise TraceError(f"torch.{name} is not supported in a traced score_mod/mask_mod (at {user_line()}). "
+                             f"Supported: {', '.join(sorted(k for k in TORCH_FUNCS if not k.startswith('__')))}. For anything else write the hook in "
+                             "CUDA with Variant(cuda_score_mod=..., cuda_mask_mod=...).")
+        return handler(*args, **kwargs)
+
+
+_NOT_TORCH: set = set()
+
+
+def const_kind(x) -> str:
+    if isinstance(x, bool):
+        return "bool"
+    if isinstance(x, int):
+        return "int"
+    if isinstance(x, float):
+        return "float"
+    if isinstance(x, torch.Tensor) and x.dim() == 0:
+        return "bool" if x.dtype == torch.bool else "float" if x.is_floating_point() else "int"
+    raise TraceError(f"unsupported value {x!r} ({type(x).__name__}) in a traced expression at {user_line()}: "
+                     "use Python scalars, traced values, or index a captured tensor with traced indices")
+
+
+def _lift(x):
+    if isinstance(x, Sym):
+        return x
+    if isinstance(x, torch.Tensor):
+        if x.dim() != 0:
+            raise TraceError(f"a captured tensor of shape {list(x.shape)} is used whole at {user_line()}; index "
+                             "it with traced values (e.g. slopes[h], bias[h, bucket])")
+        x = x.item()
+    return Sym("const", (x,), const_kind(x))
+
+
+def _num_kind(*xs) -> str:
+    return "float" if any(x.kind == "float" for x in xs) else "int"
+
+
+def binary(op: str, a, b) -> Sym:
+    a, b = _lift(a), _lift(b)
+    if op in ("lt", "le", "gt", "ge", "eq", "ne"):
+        return Sym(op, (a, b), "bool")
+    if op in ("and", "or", "xor"):
+        return Sym(op, (a, b), "bool" if a.kind == b.kind == "bool" else "int")
+    if op == "div":
+        return Sym(op, (a, b), "float")
+    if op == "pow":
+        return Sym(op, (a, b), "float" if _num_kind(a, b) == "float" or _is_neg_const(b) else "int")
+    return Sym(op, (a, b), _num_kind(a, b))
+
+
+def _is_neg_const(x: Sym) -> bool:
+    return x.op == "const" and x.args[0] < 0
+
+
+def unary(op: str, a) -> Sym:
+    a = _lift(a)
+    if op in ("not",):
+        return Sym(op, (a,), "bool")
+    if op in ("neg", "abs", "bitnot", "sign"):
+        return Sym(op, (a,), a.kind if op != "sign" else a.kind)
+    return Sym(op, (a,), "float")                      # transcendental functions compute in float
+
+
+def cast(a, kind: str) -> Sym:
+    return Sym(f"cast_{kind}", (_lift(a),), kind)
+
+
+def where(c, a, b) -> Sym:
+    c, a, b = _lift(c), _lift(a), _lift(b)
+    kind = "bool" if a.kind == b.kind == "bool" else _num_kind(a, b)
+    return Sym("where", (c, a, b), kind)
+
+
+def minimum(a, b) -> Sym:
+    a, b = _lift(a), _lift(b)
+    return Sym("min", (a, b), _num_kind(a, b))
+
+
+def maximum(a, b) -> Sym:
+    a, b = _lift(a), _lift(b)
+    return Sym("max", (a, b), _num_kind(a, b))
+
+
+def clamp(x, min=None, max=None) -> Sym:  # noqa: A002
+    x = _lift(x)
+    if min is not None:
+        x = maximum(x, min)
+    if max is not None:
+        x = minimum(x, max)
+    return x
+
+
+def index(tensor, idx) -> Sym:
+    """``captured_tensor[i, j, ...]`` with traced or constant indices."""
+    if not isinstance(tensor, torch.Tensor):
+        raise TraceError(f"only captured torch tensors can be indexed with traced values (at {user_line()})")
+    idx = idx if isinstance(idx, tuple) else (idx,)
+    if len(idx) != tensor.dim():
+        raise TraceError(f"a captured tensor of shape {list(tensor.shape)} is indexed with {len(idx)} indices at "
+                         f"{user_line()}: give one index per dimension (slices are not supported)")
+    for i in idx:
+        if isinstance(i, slice) or i is None or i is Ellipsis:
+            raise TraceError(f"slicing a captured tensor is not supported at {user_line()}: index every dimension")
+    lifted = tuple(_lift(i) for i in idx)
+    for i in lifted:
+        if i.kind == "float":
+            raise TraceError(f"a captured tensor is indexed with a float at {user_line()}: convert with .long()")
+    kind = "bool" if tensor.dtype == torch.bool else "float" if tensor.is_floating_point() else "int"
+    return Sym("load", (tensor, *lifted), kind)
+
+
+def _f(op):
+    return lambda x, *a, **k: unary(op, x)
+
+
+TORCH_FUNCS = {
+    "where": where, "minimum": minimum, "maximum": maximum, "min": minimum, "max": maximum, "clamp": clamp,
+    "clip": clamp, "tanh": _f("tanh"), "exp": _f("exp"), "exp2": _f("exp2"), "log": _f("log"), "log2": _f("log2"),
+    "log1p": _f("log1p"), "sqrt": _f("sqrt"), "rsqrt": _f("rsqrt"), "sigmoid": _f("sigmoid"), "sin": _f("sin"),
+    "cos": _f("cos"), "erf": _f("erf"), "floor": _f("floor"), "ceil": _f("ceil"), "abs": lambda x: unary("abs", x),
+    "sign": lambda x: unary("sign", x), "logical_and": lambda a, b: binary("and", cast(a, "bool"), cast(b, "bool")),
+    "logical_or": lambda a, b: binary("or", cast(a, "bool"), cast(b, "bool")),
+    "logical_not": lambda a: unary("not", cast(a, "bool")),
+    "add": lambda a, b, alpha=1: binary("add", a, binary("mul", b, alpha) if alpha != 1 else b),
+    "sub": lambda a, b, alpha=1: binary("sub", a, binary("mul", b, alpha) if alpha != 1 else b),
+    "mul": lambda a, b: binary("mul", a, b), "div": lambda a, b, rounding_mode=None: binary(
+        {None: "div", "floor": "floordiv"}.get(rounding_mode, "div"), a, b),
+    "pow": lambda a, b: binary("pow", a, b), "remainder": lambda a, b: binary("mod", a, b),
+    "__add__": lambda a, b: binary("add", a, b), "__radd__": lambda a, b: binary("add", b, a),
+    "__sub__": lambda a, b: binary("sub", a, b), "__rsub__": lambda a, b: binary("sub", b, a),
+    "__mul__": lambda a, b: binary("mul", a, b), "__rmul__": lambda a, b: binary("mul", b, a),
+    "__truediv__": lambda a, b: binary("div", a, b), "__rtruediv__": lambda a, b: binary("div", b, a),
+    "__lt__": lambda a, b: binary("lt", a, b), "__le__": lambda a, b: binary("le", a, b),
+    "__gt__": lambda a, b: binary("gt", a, b), "__ge__": lambda a, b: binary("ge", a, b),
+    "__eq__": lambda a, b: binary("eq", a, b), "__ne__": lambda a, b: binary("ne", a, b),
+    "__and__": lambda a, b: binary("and", a, b), "__or__": lambda a, b: binary("or", a, b),
+}
+METHOD_FUNCS = {k: TORCH_FUNCS[k] for k in ("tanh", "exp", "log", "sqrt", "sigmoid", "abs", "clamp", "clip", "floor",
+                                             "ceil", "sign", "log1p", "exp2", "log2", "sin", "cos", "erf", "rsqrt")}
+
+
+def inf_const(x: float) -> bool:
+    return isinstance(x, float) and math.isinf(x)

@@ -1,0 +1,216 @@
+"""Variants: tracing, generated CUDA, the reference through the same Python, errors, and the GPU probe."""
+import struct
+
+import pytest
+import torch
+
+import infernb as ib
+from infernb import CompileError, InputError, reference
+from infernb import variants as V
+from infernb.jit import build
+from infernb.testing import assert_close
+
+
+def ragged(gen, qo, kv, hq=4, hkv=2, d=16):
+    q = torch.randn(sum(qo), hq, d, generator=gen, dtype=torch.float64)
+    k = torch.randn(sum(kv), hkv, d, generator=gen, dtype=torch.float64)
+    v = torch.randn(sum(kv), hkv, d, generator=gen, dtype=torch.float64)
+    qp, kp = [0], [0]
+    for a, b in zip(qo, kv):
+        qp.append(qp[-1] + a)
+        kp.append(kp[-1] + b)
+    return q, k, v, qp, kp
+
+
+@pytest.mark.parametrize("variant,builtin", [
+    (V.causal(), dict(causal=True)),
+    (V.sliding_window(5), dict(causal=True, window_left=5)),
+    (V.alibi(torch.tensor([0.5, 0.25, 0.125, 0.0625])), dict(alibi_slopes=torch.tensor([0.5, 0.25, 0.125, 0.0625]))),
+    (V.softcap(2.0), dict(logits_soft_cap=2.0)),
+    (V.softcap(2.0, runtime=True), dict(logits_soft_cap=2.0)),
+])
+def test_builtins_equal_the_reference_options(gen, variant, builtin):
+    q, k, v, qp, kp = ragged(gen, [1, 6, 3], [9, 6, 12])
+    q = q * 3
+    a = reference.attention(q, k, v, qp, kp, **variant.reference_kwargs())
+    b = reference.attention(q, k, v, qp, kp, **builtin)
+    assert_close(a[0], b[0], tol=1e-12)
+    assert_close(a[1], b[1], tol=1e-12)
+
+
+def test_examples_generate_cuda_structs():
+    for v in V.examples():
+        code = v.cuda
+        assert f"struct {v.cuda_name}" in code and "score_mod" in code and "mask_mod" in code
+        assert len(v.params_bytes()) == v.generated.params_size
+
+
+def test_document_prefix_and_combinations_on_the_grid():
+    doc = torch.tensor([0, 0, 1, 1, 1, 2])
+    s = torch.randn(1, 2, 6, 6)
+    _, m = V.document(doc).evaluate(s)
+    expect = (doc[:, None] == doc[None, :]) & torch.ones(6, 6).tril().bool()
+    assert torch.equal(m[0, 0], expect)
+    _, m = V.prefix_lm(3).evaluate(s)
+    assert m[0, 0, 0, 2] and not m[0, 0, 3, 4] and m[0, 0, 4, 4]
+    _, m = V.and_masks(V.sliding_window(1, causal=False), V.prefix_lm(0)).evaluate(s)  # kv in [q - 1, q]
+    assert m[0, 0, 5, 4] and m[0, 0, 5, 5] and not m[0, 0, 5, 3] and not m[0, 0, 2, 4]
+    _, m = V.or_masks(V.sliding_window(0), V.document(doc, causal=False)).evaluate(s)  # diagonal or same doc
+    assert m[0, 0, 0, 1] and not m[0, 0, 2, 0] and m[0, 0, 5, 5] and not m[0, 0, 5, 4]
+    c = V.combine(V.softcap(1.0), V.sliding_window(2))
+    sc, m = c.evaluate(s * 10)
+    assert sc.abs().max() <= 1.0 and not m[0, 0, 5, 2] and m[0, 0, 5, 3]
+
+
+def test_t5_bias_buckets():
+    table = torch.arange(8 * 32, dtype=torch.float32).reshape(8, 32)
+    v = V.relative_position_bias(table)
+    sc, _ = v.evaluate(torch.zeros(1, 8, 200, 200))
+    # distance 0 -> bucket 0, small distances exact, far ones log-spaced, capped at 31
+    assert sc[0, 2, 10, 10] == table[2, 0] and sc[0, 2, 10, 3] == table[2, 7]
+    assert sc[0, 2, 199, 0] == table[2, 31]
+    assert sc[0, 0, 100, 40] > sc[0, 0, 100, 80]
+
+
+def test_sigmoid_attention_reference(gen):
+    q, k, v, qp, kp = ragged(gen, [2], [5])
+    out, _ = reference.attention(q, k, v, qp, kp, **V.sigmoid_attention(-1.0).reference_kwargs())
+    s = torch.einsum("lhd,shd->hls", q, k.repeat_interleave(2, 1)) / 4.0 - 1.0
+    manual = torch.einsum("hls,shd->lhd", torch.sigmoid(s), v.repeat_interleave(2, 1))
+    assert_close(out, manual, tol=1e-12)
+
+
+def test_runtime_params_do_not_change_the_code_compile_time_ones_do():
+    a = V.softcap(30.0, runtime=True)
+    b = a.with_params(cap=5.0)
+    assert a.cuda == b.cuda and V.probe_spec(a).name == V.probe_spec(b).name
+    assert struct.unpack("=f", b.params_bytes()[:4])[0] == 5.0
+    assert V.softcap(30.0).cuda != V.softcap(5.0).cuda
+    assert build(V.probe_spec(a), "sm_90a").lowered == build(V.probe_spec(b), "sm_90a").lowered
+
+
+def test_params_bytes_hold_pointers_and_strides():
+    table = torch.randn(8, 32)[:, :].t().contiguous().t()           # a non-contiguous view: strides matter
+    v = V.relative_position_bias(table)
+    raw = v.params_bytes()
+    ptr, s0, s1 = struct.unpack("=Qqq", raw[:24])
+    assert ptr == table.data_ptr() and (s0, s1) == table.stride()
+
+
+def test_untraceable_python_fails_with_the_line():
+    def branchy(score, b, h, q_idx, kv_idx):
+        if q_idx > kv_idx:                     # data-dependent if
+            return score
+        return score * 2
+    with pytest.raises(V.TraceError, match=r"data-dependent Python control flow .*test_variants.py:\d+ +if q_idx > kv_idx"):
+        ib.Variant("branchy", score_mod=branchy)
+
+    def unsupported(score, b, h, q_idx, kv_idx):
+        return torch.softmax(score, 0)
+    with pytest.raises(V.TraceError, match=r"torch.softmax is not supported .*test_variants.py:\d+.*cuda_score_mod"):
+        ib.Variant("unsupported", score_mod=unsupported)
+
+    def as_int(b, h, q_idx, kv_idx):
+        return kv_idx <= int(q_idx)
+    with pytest.raises(V.TraceError, match=r"int\(\) of a traced value .*\.long\(\)"):
+        ib.Variant("as_int", mask_mod=as_int)
+
+    t = torch.arange(10.0)
+
+    def sliced(score, b, h, q_idx, kv_idx):
+        return score + t[h:h + 2][0]                  # a slice with traced bounds
+    with pytest.raises(V.TraceError, match="int\\(\\) of a traced value|slicing"):
+        ib.Variant("sliced", score_mod=sliced)
+
+    def whole(score, b, h, q_idx, kv_idx):
+        return score + t                              # a captured tensor used without an index
+    with pytest.raises(V.TraceError, match="used whole"):
+        ib.Variant("whole", score_mod=whole)
+
+    def not_bool(b, h, q_idx, kv_idx):
+        return q_idx - kv_idx
+    with pytest.raises(V.TraceError, match="mask_mod must return a boolean"):
+        ib.Variant("not_bool", mask_mod=not_bool)
+
+
+def test_definition_errors():
+    with pytest.raises(InputError, match="must take 5 arguments"):
+        ib.Variant("x", score_mod=lambda s, b: s)
+    with pytest.raises(InputError, match="takes `cap` but params has no such entry"):
+        ib.Variant("x", score_mod=lambda s, b, h, q, k, cap: s * cap)
+    with pytest.raises(InputError, match="runtime: `w` is not one of the params"):
+        ib.Variant("x", runtime={"w"})
+
+
+def test_captured_tensor_on_the_wrong_device():
+    v = V.alibi(8)                                                   # slopes on the CPU
+    v.check_device("cpu")
+    with pytest.raises(InputError, match=r"captured at .* is on cpu, but the kernel runs on cuda"):
+        v.check_device("cuda")
+
+
+def test_raw_cuda_escape_hatch_and_compile_errors_point_at_origin():
+    v = ib.Variant("raw_double", score_mod=lambda s, b, h, q, k: s * 2, cuda_score_mod="return score * 2.f;")
+    assert "return score * 2.f;" in v.cuda
+    build(V.probe_spec(v), "sm_90a")
+    bad = ib.Variant("raw_bad", score_mod=lambda s, b, h, q, k: s, cuda_score_mod="return scor * 2.f;")
+    with pytest.raises(CompileError, match=r"identifier \"scor\" is undefined[\s\S]*generated from: raw CUDA"):
+        build(V.probe_spec(bad), "sm_90a")
+
+
+def test_block_mask_matches_mask_mod():
+    v = V.sliding_window(20)
+    bs = v.block_mask(100, 100, (16, 16))
+    _, m = v.evaluate(torch.zeros(1, 1, 100, 100))
+    assert torch.equal(bs.to_dense(), m[0, 0])
+    assert bs.stats()["full_blocks"] > 0 and bs.stats()["partial_blocks"] > 0
+
+
+# ---------------------------------------------------------------- GPU probe: generated CUDA == Python
+def random_compositions(seed, device):
+    g = torch.Generator().manual_seed(seed)
+    ex = V.examples(device)
+    masks = [v for v in ex if v.mask_mod is not None]
+    scores = [v for v in ex if v.score_mod is not None and v.softmax]
+    out = []
+    for i in range(6):
+        a = masks[int(torch.randint(len(masks), (1,), generator=g))]
+        s = scores[int(torch.randint(len(scores), (1,), generator=g))]
+        b = masks[int(torch.randint(len(masks), (1,), generator=g))]
+        out.append(V.combine(s, V.or_masks(a, b) if i % 2 else V.and_masks(a, b), name=f"random_{seed}_{i}"))
+    return out
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("idx", range(len(V.examples())))
+def test_gpu_probe_matches_python_for_every_builtin(idx):
+    v = V.examples("cuda")[idx]
+    check_probe(v)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_gpu_probe_matches_python_for_random_compositions(seed):
+    for v in random_compositions(seed, "cuda"):
+        check_probe(v)
+
+
+@pytest.mark.gpu
+def test_gpu_probe_runtime_param_change_needs_no_recompile():
+    v = V.softcap(30.0, runtime=True)
+    check_probe(v)
+    before = build(V.probe_spec(v))
+    w = v.with_params(cap=3.0)
+    check_probe(w)
+    assert build(V.probe_spec(w)) is before
+
+
+def check_probe(v, B=2, H=8, Q=64, K=64):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    scores = torch.randn(B, H, Q, K, device="cuda", generator=g) * 8
+    gs, gm = V.probe(v, scores, q_offset=0)
+    ps, pm = v.evaluate(scores)
+    assert torch.equal(gm, pm), f"{v.name}: mask differs at {torch.nonzero(gm != pm)[:5].tolist()}"
+    diff = (gs - ps).abs()
+    tol = 1e-5 + 1e-5 * ps.abs()
+    assert bool((diff <= tol).all()), f"{v.name}: max score diff {float(diff.max()):.3e}"
