@@ -20,6 +20,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
@@ -48,7 +54,7 @@ def main(argv=None) -> int:
                   python=platform.python_version(), date=dt.date.today().isoformat(), target_us=1000, rows=rows)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"plan_cpu_{result['date']}.json"
+    path = out / f"plan_{'gpuhost' if _has_gpu() else 'cpu'}_{result['date']}.json"
     path.write_text(json.dumps(result, indent=1))
     for r in rows:
         print(f"{r['preset']:<24} {r['requests']} requests: median {r['median_us']:6.0f} us, p90 {r['p90_us']:6.0f} us "

@@ -26,8 +26,11 @@ step "compute-sanitizer racecheck" compute-sanitizer --tool racecheck --error-ex
   python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/ops/test_merge.py -k "gpu_merge_states and 5-128"
 step "compute-sanitizer memcheck (paged cache)" compute-sanitizer --tool memcheck --error-exitcode 1 \
   python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/layout -k gpu
+step "compute-sanitizer memcheck (variant probes)" compute-sanitizer --tool memcheck --error-exitcode 1 \
+  python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/variants -k "gpu_probe_matches_python_for_every_builtin"
 step "benchmark: jit latency" python3 benchmarks/bench_jit.py --out "$OUT"
 step "benchmark: merge" python3 benchmarks/bench_merge.py --out "$OUT"
 step "benchmark: paged append" python3 benchmarks/bench_append.py --out "$OUT"
+step "benchmark: planning time (this host's CPU)" python3 benchmarks/bench_plan.py --out "$OUT"
 step "notebooks (nbval)" python3 -m pytest -q -p no:cacheprovider -o addopts="" --nbval-lax notebooks/
 exit $status

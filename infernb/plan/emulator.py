@@ -75,27 +75,25 @@ def emulate(plan: Plan, q: torch.Tensor, k: torch.Tensor | None = None, v: torch
         tile, h = divmod(unit, hkv)
         b = int(plan.tile_request[tile])
         L, S = int(plan.qo_lens[b]), int(plan.kv_lens[b])
-        r0 = int(plan.tile_token_start[tile]) * g                     # rows are (token, head-in-group)
-        rows = int(plan.tile_rows[tile])
-        first_row = _tile_first_row(plan, tile)
-        row_ids = torch.arange(first_row, first_row + rows)
-        tok = row_ids // g                                             # token of each row (in the request)
-        head = h * g + row_ids % g                                     # query head of each row
-        del r0
-        # the item's keys: compressed [kv_start, kv_end) -> positions through the tile's segments
+        row0, rows = _tile_first_row(plan, tile), int(plan.tile_rows[tile])
+        t0, t1 = row0 // g, (row0 + rows - 1) // g + 1                 # tokens the tile's rows belong to
         keys = _positions(plan, tile, int(plan.item_kv_start[i]), int(plan.item_kv_end[i]))
         qb, kb = request_qk(b)
-        q_rows = qb[tok, head][:, None]                                # [rows, 1, D]: each row its own head
-        k_item = kb[keys, h][None].expand(rows, -1, -1).transpose(0, 1)  # [n_keys, rows, D]
-        v_item = v[kv_ptr[b] + keys, h].to(compute_dtype)[None].expand(rows, -1, -1).transpose(0, 1)
-        # attend() treats dim 1 as heads: one "head" per row, with the row's own position and head index
-        o, l = _attend_rows(q_rows, k_item, v_item, tok + (S - L), keys, head, b, scale, plan, logits_soft_cap,
-                            alibi_slopes, None if custom_masks is None else custom_masks[b][tok][:, keys],
-                            score_mod, mask_mod, compute_dtype)
+        heads = torch.arange(h * g, (h + 1) * g)
+        # all g query heads of kv head h for the tile's tokens, in one call; rows outside the tile are dropped
+        o, l = attend(qb[t0:t1, h * g:(h + 1) * g], kb[keys, h][:, None].expand(-1, g, -1),
+                      v[kv_ptr[b] + keys, h].to(compute_dtype)[:, None].expand(-1, g, -1),
+                      torch.arange(t0, t1) + (S - L), keys, heads, b=b, sm_scale=scale, causal=plan.causal,
+                      window_left=plan.window_left, logits_soft_cap=logits_soft_cap, alibi_slopes=alibi_slopes,
+                      keep=None if custom_masks is None else custom_masks[b][t0:t1][:, keys], score_mod=score_mod,
+                      mask_mod=mask_mod, compute_dtype=compute_dtype)
+        r = torch.arange(row0, row0 + rows)
+        tok, hig = r // g, r % g                                       # token and head-in-group of each row
+        o, l = o[tok - t0, hig], l[tok - t0, hig]
         slot = int(plan.item_slot[i])
         if slot < 0:
-            out[qo_ptr[b] + tok, head] = o
-            lse[qo_ptr[b] + tok, head] = l
+            out[qo_ptr[b] + tok, h * g + hig] = o
+            lse[qo_ptr[b] + tok, h * g + hig] = l
         else:
             part_o[slot, :rows] = o
             part_l[slot, :rows] = l
@@ -127,22 +125,3 @@ def _positions(plan: Plan, tile: int, c0: int, c1: int) -> torch.Tensor:
     e = plan.seg_end[plan.seg_indptr[tile]:plan.seg_indptr[tile + 1]]
     pos = np.concatenate([np.arange(a, z) for a, z in zip(s, e)]) if len(s) else np.zeros(0, np.int64)
     return torch.as_tensor(pos[c0:c1], dtype=torch.long)
-
-
-def _attend_rows(q_rows, k_item, v_item, q_pos, keys, heads, b, scale, plan, cap, alibi, keep, score_mod, mask_mod,
-                 compute_dtype):
-    """attend() with one pseudo-head per row (each row has its own query position and head index)."""
-    rows = q_rows.shape[0]
-    # reshape to attend's [L, H, D] with L = 1 and H = rows: positions must then be per head, so run per row
-    # group of equal position (rows of one token share a position)
-    out = torch.zeros(rows, v_item.shape[2], dtype=compute_dtype, device=q_rows.device)
-    lse = torch.full((rows,), float("-inf"), dtype=compute_dtype, device=q_rows.device)
-    for p in torch.unique(q_pos).tolist():
-        sel = torch.nonzero(q_pos == p).flatten()
-        o, l = attend(q_rows[sel].transpose(0, 1), k_item[:, sel], v_item[:, sel], torch.tensor([p]), keys,
-                      heads[sel], b=b, sm_scale=scale, causal=plan.causal, window_left=plan.window_left,
-                      logits_soft_cap=cap, alibi_slopes=alibi, keep=None if keep is None else keep[sel[:1]],
-                      score_mod=score_mod, mask_mod=mask_mod, compute_dtype=compute_dtype)
-        out[sel] = o[0]
-        lse[sel] = l[0]
-    return out, lse

@@ -3,5 +3,6 @@ plotly is imported inside each function, so ``import infernb.viz`` is cheap."""
 from .kv import page_pool, sequence_pages
 from .schedule import merge_map, plan_gantt
 from .sparse import block_sparse
+from .variant import variant_grid
 
-__all__ = ["block_sparse", "merge_map", "page_pool", "plan_gantt", "sequence_pages"]
+__all__ = ["block_sparse", "merge_map", "page_pool", "plan_gantt", "sequence_pages", "variant_grid"]

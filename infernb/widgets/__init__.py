@@ -1,5 +1,6 @@
 """ipywidgets panels: controls wired to ``infernb.viz`` figures and library calls; no computation of their own."""
 from .kv_layout import KVLayoutExplorer
 from .scheduler import SchedulerExplorer
+from .variant_editor import VariantEditor
 
-__all__ = ["KVLayoutExplorer", "SchedulerExplorer"]
+__all__ = ["KVLayoutExplorer", "SchedulerExplorer", "VariantEditor"]
