@@ -5,6 +5,7 @@ import pytest
 import torch
 
 # A private kernel cache per test session: the suite exercises cold compiles and never touches ~/.cache.
+os.environ.setdefault("INFERNB_CHECK_PLANS", "1")  # every plan built in the tests is validated
 os.environ.setdefault("INFERNB_CACHE_DIR", tempfile.mkdtemp(prefix="infernb-test-cache-"))
 
 HAS_CUDA = torch.cuda.is_available()

@@ -32,6 +32,7 @@ def emulate(plan: Plan, q: torch.Tensor, k: torch.Tensor | None = None, v: torch
     Returns:
         ``(out [sum(qo_lens), num_qo_heads, head_dim], lse [sum(qo_lens), num_qo_heads])`` in ``compute_dtype``.
     """
+    plan.validate()                                   # an emulated plan is always a checked plan
     if kv_cache is not None:
         if page_table is None:
             raise InputError("page_table: required with kv_cache")

@@ -179,13 +179,13 @@ class Plan:
         in_order = self.num_items < 2 or bool((np.diff(self.item_unit) >= 0).all())   # the balanced plans are
         order = np.arange(self.num_items) if in_order else np.lexsort((self.item_kv_start, self.item_unit))
         u, s0, e0 = self.item_unit[order], self.item_kv_start[order], self.item_kv_end[order]
-        first = np.r_[True, u[1:] != u[:-1]] if len(u) else np.zeros(0, bool)
+        first = np.concatenate(([True], u[1:] != u[:-1])) if len(u) else np.zeros(0, bool)
         counts = np.bincount(self.item_unit, minlength=U)
         if (counts == 0).any():
             raise InputError(f"Plan: {int((counts == 0).sum())} units have no item")
         if (s0[first] != 0).any() or (len(u) > 1 and (s0[1:][~first[1:]] != e0[:-1][~first[1:]]).any()):
             raise InputError("Plan: a unit's items leave a gap or overlap")
-        last = np.r_[u[1:] != u[:-1], True] if len(u) else np.zeros(0, bool)
+        last = np.concatenate((u[1:] != u[:-1], [True])) if len(u) else np.zeros(0, bool)
         if not np.array_equal(e0[last], self.tile_kv_len[u[last] // self.num_kv_heads]):
             raise InputError("Plan: a unit's items stop before its last visible key")
         if not np.array_equal(np.flatnonzero(counts > 1), self.merge_unit):

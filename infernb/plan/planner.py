@@ -14,6 +14,7 @@ comparison.
 """
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import numpy as np
@@ -29,7 +30,7 @@ def plan(qo_lens: Sequence[int], kv_lens: Sequence[int], *, num_qo_heads: int, n
          head_dim: int, page_size: int = 16, page_table=None, causal: bool = False, window_left: int = -1,
          block_masks=None, tile_q: int | None = None, num_sms: int | None = None, ctas_per_sm: int = 1,
          dtype: str = "bf16", strategy: str = "balanced", fixed_cost: float = 4.0, rows_balance: float = 64.0,
-         merge_gain: float = 0.05) -> Plan:
+         merge_gain: float = 0.05, check: bool | None = None) -> Plan:
     """Plan the attention of a batch.
 
     Args:
@@ -48,10 +49,12 @@ def plan(qo_lens: Sequence[int], kv_lens: Sequence[int], *, num_qo_heads: int, n
         strategy: ``"balanced"`` or ``"naive"``.
         fixed_cost: cost of one item in KV-token equivalents (query load, output and LSE write, pipeline fill).
         rows_balance: tile rows at which a key token costs twice a memory-bound one.
+        check: verify the plan's invariants (:meth:`Plan.validate`) before returning it; default: only when
+            ``$INFERNB_CHECK_PLANS`` is set (the emulator validates every plan it runs). Inputs are always checked.
         merge_gain: splitting units costs a merge (a second launch and partial-state traffic): the split plan
             is used only if it lowers the largest CTA load by more than this fraction.
     Returns:
-        A validated, frozen :class:`Plan`.
+        A frozen :class:`Plan`.
     """
     qo = _lens("qo_lens", qo_lens)
     kv = _lens("kv_lens", kv_lens)
@@ -110,13 +113,14 @@ def plan(qo_lens: Sequence[int], kv_lens: Sequence[int], *, num_qo_heads: int, n
     split = counts[item_unit] > 1
     item_slot = np.full(len(item_unit), -1, np.int64)
     # slots grouped by unit (in key order) so the merge map is CSR over split units
-    by_unit = np.lexsort((item_s, item_unit))
+    in_order = len(item_unit) < 2 or bool((item_unit[1:] >= item_unit[:-1]).all())   # balanced plans are
+    by_unit = np.arange(len(item_unit)) if in_order else np.lexsort((item_s, item_unit))
     split_sorted = by_unit[split[by_unit]]
     item_slot[split_sorted] = np.arange(len(split_sorted))
     merge_unit = np.flatnonzero(counts > 1)
     merge_indptr = np.zeros(len(merge_unit) + 1, np.int64)
     np.cumsum(counts[merge_unit], out=merge_indptr[1:])
-    return Plan(
+    p = Plan(
         qo_lens=qo, kv_lens=kv, num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
         page_size=page_size, causal=bool(causal), window_left=int(window_left), tile_q=int(tile_q), dtype=dtype,
         strategy=strategy, num_ctas=int(n_ctas), fixed_cost=float(fixed_cost), rows_balance=float(rows_balance),
@@ -124,7 +128,10 @@ def plan(qo_lens: Sequence[int], kv_lens: Sequence[int], *, num_qo_heads: int, n
         tile_weight=weight, seg_indptr=seg_ptr, seg_start=seg_s, seg_end=seg_e, item_unit=item_unit,
         item_kv_start=item_s, item_kv_end=item_e, item_cta=item_cta, item_cost=item_cost, item_slot=item_slot,
         merge_indptr=merge_indptr, merge_unit=merge_unit, merge_slots=item_slot[split_sorted],
-        cta_load=np.bincount(item_cta, weights=item_cost, minlength=n_ctas)).validate()
+        cta_load=np.bincount(item_cta, weights=item_cost, minlength=n_ctas))
+    if check or (check is None and os.environ.get("INFERNB_CHECK_PLANS")):
+        p.validate()
+    return p
 
 
 def _lens(name, x) -> np.ndarray:
@@ -201,10 +208,10 @@ def _balanced(L, w, F, n_ctas, merge_gain):
     targets = W * np.arange(1, n) / n
     j = np.searchsorted(cum, targets)
     j = np.where((j > 0) & (targets - cum[np.maximum(j - 1, 0)] < cum[np.minimum(j, U)] - targets), j - 1, j)
-    j = np.maximum.accumulate(np.clip(j, 0, U))
+    j = np.maximum.accumulate(np.minimum(np.maximum(j, 0), U))
     units = np.arange(U)
     unsplit = (units, np.zeros(U, np.int64), L.copy(), np.searchsorted(j, units, side="right"))
-    unsplit_max = np.diff(np.r_[0.0, cum[j], W]).max()
+    unsplit_max = np.diff(np.concatenate(([0.0], cum[j], [W]))).max()
     if unsplit_max <= (1 + merge_gain) * W / n:        # no split plan can beat W / n: done, nothing to merge
         return unsplit
     # 2. cuts anywhere, at key granularity. Every CTA after the first usually starts inside a unit and pays
@@ -219,6 +226,8 @@ def _balanced(L, w, F, n_ctas, merge_gain):
         loads = np.bincount(split[3], weights=F + w[split[0]] * (split[2] - split[1]), minlength=n)
         if loads.max() < best_max:
             best, best_max = split, loads.max()
+        if best_max <= 1.01 * W / n:                      # good enough: skip further corrections
+            break
         pos = pos - np.cumsum(loads - loads.mean())[:-1]
     split, split_max = best, best_max
     return split if unsplit_max > (1 + merge_gain) * split_max else unsplit
@@ -230,11 +239,11 @@ MIN_CTA_WORK = 10
 
 def _cut_at(pos, cum, L, w, F, U):
     """Line positions -> cuts (unit, key offset); a position inside a unit's header snaps to its start."""
-    pos = np.clip(pos, 0, cum[-1])
-    u = np.clip(np.searchsorted(cum, pos, side="right") - 1, 0, U - 1)
+    pos = np.minimum(np.maximum(pos, 0), cum[-1])
+    u = np.minimum(np.maximum(np.searchsorted(cum, pos, side="right") - 1, 0), U - 1)
     o = pos - cum[u]
     t = np.rint((o - F) / w[u]).astype(np.int64)
-    t = np.where(o < F / 2, 0, np.clip(t, 1, None))
+    t = np.where(o < F / 2, 0, np.maximum(t, 1))
     nxt = t >= L[u]                                       # past the unit's last key: cut at the next unit
     return np.where(nxt, u + 1, u), np.where(nxt, 0, t)
 
@@ -244,7 +253,7 @@ def _items(L, cut_u, cut_t, n):
     order. Returns (unit, kv_start, kv_end, cta) arrays ordered by CTA."""
     U = len(L)
     radix = int(L.max(initial=0)) + 1
-    key = np.maximum.accumulate(np.r_[0, cut_u * radix + cut_t, U * radix])   # cuts must not go backwards
+    key = np.maximum.accumulate(np.concatenate(([0], cut_u * radix + cut_t, [U * radix])))   # never backwards
     cu, ct = key // radix, key % radix
     last = np.where(ct[1:] > 0, cu[1:], cu[1:] - 1)       # last unit (partly) inside each stretch
     first = cu[:-1]

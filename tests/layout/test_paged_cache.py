@@ -168,7 +168,7 @@ OPS = st.lists(st.tuples(st.sampled_from(["append", "append", "fork", "free", "n
                          st.integers(0, 1000), st.integers(0, 40)), min_size=1, max_size=40)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True)
 @given(ops=OPS, page_size=st.sampled_from([1, 3, 4, 16]), layout=st.sampled_from(["NHD", "HND"]))
 def test_random_append_free_fork_keeps_every_sequence_intact(ops, page_size, layout):
     c = PagedKVCache(24, page_size, 1, 2, dtype=torch.float32, layout=layout)

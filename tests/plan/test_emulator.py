@@ -33,7 +33,7 @@ CASES = st.tuples(st.sampled_from(["uniform", "skewed", "long-tail", "mixed"]), 
                   st.sampled_from(["none", "window", "softcap", "alibi"]), st.sampled_from(["NHD", "HND"]))
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, derandomize=True)
 @given(CASES)
 def test_emulator_equals_reference_on_random_batches(case):
     kind, B, seed, page, group, hkv, sms, causal, variant, layout = case
