@@ -33,9 +33,16 @@ def emulate(plan: Plan, q: torch.Tensor, k: torch.Tensor | None = None, v: torch
         ``(out [sum(qo_lens), num_qo_heads, head_dim], lse [sum(qo_lens), num_qo_heads])`` in ``compute_dtype``.
     """
     plan.validate()                                   # an emulated plan is always a checked plan
+    if plan.block_masked and custom_masks is None:
+        raise InputError("this plan was built with block_masks: pass their dense masks as custom_masks "
+                         "(e.g. [m.to_dense() for m in block_masks]) so partial blocks are masked exactly")
     if kv_cache is not None:
         if page_table is None:
             raise InputError("page_table: required with kv_cache")
+        t_lens = page_table.kv_lens()
+        if page_table.page_size != plan.page_size or t_lens != plan.kv_lens.tolist():
+            raise InputError(f"page_table does not match the plan: page_size {page_table.page_size} vs "
+                             f"{plan.page_size}, kv_lens {t_lens[:8]} vs {plan.kv_lens.tolist()[:8]}")
         pool = kv_cache.pool if hasattr(kv_cache, "pool") else kv_cache
         k, v, _ = gather_paged_kv(pool, page_table.indptr, page_table.indices, page_table.last_page_len,
                                   layout=getattr(kv_cache, "layout", layout))
@@ -103,7 +110,7 @@ def emulate(plan: Plan, q: torch.Tensor, k: torch.Tensor | None = None, v: torch
         tile, h = divmod(unit, hkv)
         b = int(plan.tile_request[tile])
         rows = int(plan.tile_rows[tile])
-        slots = torch.as_tensor(plan.merge_slots[plan.merge_indptr[m]:plan.merge_indptr[m + 1]])
+        slots = torch.tensor(plan.merge_slots[plan.merge_indptr[m]:plan.merge_indptr[m + 1]].tolist())
         mo, ml = merge_states(part_o[slots, :rows].transpose(0, 1)[:, :, None],
                               part_l[slots, :rows].transpose(0, 1)[:, :, None], compute_dtype=compute_dtype)
         row_ids = torch.arange(_tile_first_row(plan, tile), _tile_first_row(plan, tile) + rows)

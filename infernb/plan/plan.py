@@ -35,6 +35,7 @@ class Plan:
 
     # problem
     qo_lens: np.ndarray            # [B]
+    block_masked: bool             # built with block masks: run it with their dense masks (emulate(custom_masks=...))
     kv_lens: np.ndarray            # [B]
     num_qo_heads: int
     num_kv_heads: int
@@ -70,6 +71,10 @@ class Plan:
     merge_unit: np.ndarray         # [M]
     merge_slots: np.ndarray        # [num partial slots]
     cta_load: np.ndarray           # [num_ctas]
+
+    def __post_init__(self):
+        for name in _ARRAYS:                       # frozen means frozen: a plan is reused across layers
+            getattr(self, name).flags.writeable = False
 
     # ------------------------------------------------------------------ derived facts
     @property
@@ -107,9 +112,10 @@ class Plan:
         return int(self.tile_request[tile]), head, tile
 
     def stats(self) -> dict:
-        """Numbers that describe the plan: items and splits, per-CTA load, imbalance, bytes, merge work."""
+        """Numbers that describe the plan: items and splits, per-CTA load, imbalance (largest load over the mean
+        load of *all* CTAs, idle ones included), bytes, merge work."""
         busy = self.cta_load[self.cta_load > 0]
-        mean = float(busy.mean()) if busy.size else 0.0
+        mean = float(self.cta_load.mean()) if self.num_ctas else 0.0     # over ALL CTAs: idle ones count
         elem = {"bf16": 2, "f16": 2, "f32": 4}[self.dtype]
         kv_tokens = int((self.item_kv_end - self.item_kv_start).sum())
         return dict(
@@ -119,7 +125,8 @@ class Plan:
             max_load=float(self.cta_load.max(initial=0)), mean_load=mean,
             imbalance=float(self.cta_load.max(initial=0)) / mean if mean else 1.0,
             kv_bytes=2 * kv_tokens * self.head_dim * elem,
-            merge_bytes=len(self.merge_slots) * int(self.group * self.head_dim * 4 + self.group * 4),
+            merge_bytes=int(self.tile_rows[self.item_unit[self.item_slot >= 0] // self.num_kv_heads].sum())
+            * (self.head_dim * 4 + 4) * 2,                               # partial out + LSE, written and read
             predicted_us=self.predicted_us())
 
     def predicted_us(self, bandwidth: float = 3.0e12) -> float:
@@ -161,11 +168,9 @@ class Plan:
         U = self.num_units
         if len(self.seg_indptr) != self.num_tiles + 1:
             raise InputError("Plan: seg_indptr must have num_tiles + 1 entries")
-        seg_len = np.add.reduceat(self.seg_end - self.seg_start, self.seg_indptr[:-1]) if len(self.seg_start) else None
-        if seg_len is not None:
-            seg_len = np.where(np.diff(self.seg_indptr) > 0, seg_len, 0)
-            if not np.array_equal(seg_len, self.tile_kv_len):
-                raise InputError("Plan: tile_kv_len must equal the total length of the tile's segments")
+        c = np.concatenate(([0], np.cumsum(self.seg_end - self.seg_start)))
+        if not np.array_equal(c[self.seg_indptr[1:]] - c[self.seg_indptr[:-1]], self.tile_kv_len):
+            raise InputError("Plan: tile_kv_len must equal the total length of the tile's segments")
         if self.num_items:
             if self.item_unit.min() < 0 or self.item_unit.max() >= U:
                 raise InputError("Plan: item_unit out of range")

@@ -61,7 +61,8 @@ def plan(qo_lens: Sequence[int], kv_lens: Sequence[int], *, num_qo_heads: int, n
     if len(qo) != len(kv):
         raise InputError(f"qo_lens has {len(qo)} requests but kv_lens has {len(kv)}")
     for name, val in (("num_qo_heads", num_qo_heads), ("num_kv_heads", num_kv_heads), ("head_dim", head_dim),
-                      ("page_size", page_size), ("ctas_per_sm", ctas_per_sm)):
+                      ("page_size", page_size), ("ctas_per_sm", ctas_per_sm),
+                      ("num_sms", 1 if num_sms is None else num_sms), ("tile_q", 1 if tile_q is None else tile_q)):
         if not isinstance(val, (int, np.integer)) or val < 1:
             raise InputError(f"{name}: expected a positive integer, got {val!r}")
     if num_qo_heads % num_kv_heads:
@@ -89,9 +90,7 @@ def plan(qo_lens: Sequence[int], kv_lens: Sequence[int], *, num_qo_heads: int, n
         rows_avg = float((qo * group).mean()) if len(qo) else 0.0
         tile_q = (group if int(qo.max(initial=0)) <= 1 else
                   128 if rows_avg > 64 and head_dim < 256 else 64 if rows_avg > 16 else 16)
-    if tile_q < 1:
-        raise InputError(f"tile_q: expected >= 1, got {tile_q}")
-    n_ctas = (num_sms or device_info().sm_count) * ctas_per_sm
+    n_ctas = int(num_sms if num_sms is not None else device_info().sm_count) * int(ctas_per_sm)
 
     tiles = _tiles(qo, kv, group, tile_q, causal, window_left, block_masks)
     (t_req, t_tok0, t_tok1, t_rows, seg_ptr, seg_s, seg_e, t_len) = tiles
@@ -121,7 +120,7 @@ def plan(qo_lens: Sequence[int], kv_lens: Sequence[int], *, num_qo_heads: int, n
     merge_indptr = np.zeros(len(merge_unit) + 1, np.int64)
     np.cumsum(counts[merge_unit], out=merge_indptr[1:])
     p = Plan(
-        qo_lens=qo, kv_lens=kv, num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
+        qo_lens=qo, block_masked=block_masks is not None, kv_lens=kv, num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
         page_size=page_size, causal=bool(causal), window_left=int(window_left), tile_q=int(tile_q), dtype=dtype,
         strategy=strategy, num_ctas=int(n_ctas), fixed_cost=float(fixed_cost), rows_balance=float(rows_balance),
         tile_request=t_req, tile_token_start=t_tok0, tile_token_end=t_tok1, tile_rows=t_rows, tile_kv_len=t_len,
@@ -194,31 +193,34 @@ def _tiles(qo, kv, group, tile_q, causal, window_left, block_masks):
     return t_req, tok0, tok1, t_rows, seg_ptr, seg_s, seg_e, t_len
 
 
-def _balanced(L, w, F, n_ctas, merge_gain):
+def _balanced(L, w, F, n, merge_gain):
     """Cut the cost line into stretches, one per CTA; return items (unit, kv_start, kv_end, cta) by CTA."""
     U = len(L)
     cost = F + w * L
     cum = np.zeros(U + 1)
     np.cumsum(cost, out=cum[1:])
     W = cum[-1]
-    # Work is never spread thinner than MIN_CTA_WORK fixed costs per CTA: below that a CTA's load is mostly
-    # fixed costs and whole keys, which cannot be balanced (and the whole batch is far below launch latency).
-    n = int(max(1, min(n_ctas, W // (MIN_CTA_WORK * (F + w.max(initial=1.0))))))
-    # 1. cuts at the unit boundaries nearest to k * W / n: no unit is split, nothing to merge
-    targets = W * np.arange(1, n) / n
+    units = np.arange(U)
+    # 1. no unit split (nothing to merge): units in order, cut at the boundaries nearest to k * W / m over
+    #    m = min(n, U) CTAs; or a plain round robin when that is better (many equal units)
+    m = min(n, U)
+    targets = W * np.arange(1, m) / m
     j = np.searchsorted(cum, targets)
     j = np.where((j > 0) & (targets - cum[np.maximum(j - 1, 0)] < cum[np.minimum(j, U)] - targets), j - 1, j)
     j = np.maximum.accumulate(np.minimum(np.maximum(j, 0), U))
-    units = np.arange(U)
     unsplit = (units, np.zeros(U, np.int64), L.copy(), np.searchsorted(j, units, side="right"))
     unsplit_max = np.diff(np.concatenate(([0.0], cum[j], [W]))).max()
+    rr_max = np.bincount(units % n, weights=cost, minlength=n).max() if U else 0.0
+    if rr_max < unsplit_max:
+        order = np.lexsort((units, units % n))
+        unsplit, unsplit_max = (units[order], np.zeros(U, np.int64), L[order].copy(), (units % n)[order]), rr_max
     if unsplit_max <= (1 + merge_gain) * W / n:        # no split plan can beat W / n: done, nothing to merge
         return unsplit
     # 2. cuts anywhere, at key granularity. Every CTA after the first usually starts inside a unit and pays
     #    one more fixed cost for that continuation item, so the first stretch is longer by F: cut k starts at
     #    F + k * (W - F) / n on the line. What the line cannot see (a CTA holding two unit ends pays two fixed
-    #    costs, keys are whole) is corrected by moving each cut back by the excess load accumulated before it,
-    #    twice; the best of the three attempts is kept.
+    #    costs, keys are whole) is corrected by moving each cut back by the excess load accumulated before it;
+    #    the best attempt is kept.
     pos = F + (W - F) * np.arange(1, n) / n
     best, best_max = None, np.inf
     for _ in range(3):
@@ -229,12 +231,7 @@ def _balanced(L, w, F, n_ctas, merge_gain):
         if best_max <= 1.01 * W / n:                      # good enough: skip further corrections
             break
         pos = pos - np.cumsum(loads - loads.mean())[:-1]
-    split, split_max = best, best_max
-    return split if unsplit_max > (1 + merge_gain) * split_max else unsplit
-
-
-#: A CTA gets at least this many (fixed cost + one key) of work (see ``_balanced``).
-MIN_CTA_WORK = 10
+    return best if unsplit_max > (1 + merge_gain) * best_max else unsplit
 
 
 def _cut_at(pos, cum, L, w, F, U):

@@ -96,6 +96,31 @@ def test_block_masked_plan_matches_reference():
     assert_close(lse, ref_lse, tol=TIGHT, rowwise=True)
 
 
+def test_block_masked_plans_with_empty_tail_and_required_masks():
+    gen = torch.Generator().manual_seed(2)
+    masks = [ib.BlockSparse.from_mask_mod(lambda b, h, q, k: k <= q, 1, 4, (1, 2)),
+             ib.BlockSparse.from_mask_mod(lambda b, h, q, k: k <= q, 1, 0, (1, 2))]
+    p = ib.plan([1, 1], [4, 0], num_qo_heads=2, num_kv_heads=1, head_dim=16, num_sms=4, block_masks=masks, check=True)
+    q = torch.randn(2, 2, 16, generator=gen, dtype=torch.float64)
+    k = torch.randn(4, 1, 16, generator=gen, dtype=torch.float64)
+    v = torch.randn(4, 1, 16, generator=gen, dtype=torch.float64)
+    with pytest.raises(ib.InputError, match="built with block_masks"):
+        ib.emulate(p, q, k, v)
+    out, lse = ib.emulate(p, q, k, v, custom_masks=[m.to_dense() for m in masks])
+    ref, ref_lse = reference.attention(q, k, v, [0, 1, 2], [0, 4, 4], custom_mask=[m.to_dense() for m in masks])
+    assert_close(out, ref, tol=TIGHT)
+    assert_close(lse, ref_lse, tol=TIGHT)
+
+
+def test_page_table_must_match_the_plan():
+    cache = PagedKVCache(8, 4, 1, 16, dtype=torch.float32)
+    ids = cache.add_sequences(2)
+    cache.append(ids, torch.randn(8, 1, 16), torch.randn(8, 1, 16), [5, 3])
+    p = ib.plan([1, 1], [3, 5], num_qo_heads=1, num_kv_heads=1, head_dim=16, num_sms=2, page_size=4)
+    with pytest.raises(ib.InputError, match="page_table does not match the plan"):
+        ib.run(p, torch.randn(2, 1, 16), cache, page_table=cache.page_table(ids))
+
+
 def test_emulator_input_errors():
     p = ib.plan([1], [10], num_qo_heads=2, num_kv_heads=1, head_dim=16, num_sms=2)
     with pytest.raises(ib.InputError, match="q: expected shape"):

@@ -26,6 +26,10 @@ def test_input_errors():
         ib.plan([1.5], [5], **KW)
     with pytest.raises(InputError, match="strategy"):
         ib.plan([1], [5], strategy="greedy", **KW)
+    with pytest.raises(InputError, match="num_sms: expected a positive integer, got 0"):
+        ib.plan([1], [5], num_qo_heads=4, num_kv_heads=1, head_dim=64, num_sms=0)
+    with pytest.raises(InputError, match="tile_q: expected a positive integer"):
+        ib.plan([1], [5], tile_q=2.5, **KW)
     cache = PagedKVCache(16, 4, 8, 16)
     ids = cache.add_sequences(2)
     cache.append(ids, torch.randn(9, 8, 16), torch.randn(9, 8, 16), [5, 4])
@@ -55,6 +59,26 @@ def test_skewed_batch_is_split_and_balanced():
     assert len(long_units) == 8
     assert sb["kv_bytes"] == sn["kv_bytes"] == 2 * sum(kv) * 8 * 128 * 2    # every key read exactly once
     assert bal.kernel == "decode_bf16_hd128_page16_group4_tile4"
+
+
+def test_imbalance_counts_idle_ctas():
+    p = ib.plan([1], [65536], strategy="naive", **KW)
+    assert p.stats()["busy_ctas"] == 8 and abs(p.stats()["imbalance"] - 132 / 8) < 1e-9
+    assert ib.plan([1], [65536], **KW).stats()["imbalance"] < 1.01
+
+
+def test_tiny_batches_are_never_worse_than_naive():
+    kw = dict(num_qo_heads=1, num_kv_heads=1, head_dim=64, num_sms=132)
+    assert ib.plan([1] * 64, [10] * 64, **kw).cta_load.max() <= ib.plan([1] * 64, [10] * 64, strategy="naive",
+                                                                        **kw).cta_load.max()
+
+
+def test_plans_are_read_only_and_merge_bytes_count_tile_rows():
+    p = ib.plan([128], [20000], num_qo_heads=8, num_kv_heads=1, head_dim=64, num_sms=132, causal=True, tile_q=128)
+    with pytest.raises(ValueError):
+        p.item_kv_end[0] = 0
+    split_rows = int(p.tile_rows[p.item_unit[p.item_slot >= 0] // p.num_kv_heads].sum())
+    assert p.stats()["merge_bytes"] == split_rows * (64 * 4 + 4) * 2 and split_rows > 128
 
 
 def test_small_rows_are_not_split_when_it_does_not_pay():
@@ -113,11 +137,24 @@ def draw_batch(kind, B, seed, causal):
 
 @settings(max_examples=300, deadline=None, derandomize=True)
 @given(IMB_BATCH)
-def test_imbalance_at_most_1_10_with_two_pages_per_cta(args):
+def test_balance_on_random_batches(args):
+    """imbalance = largest CTA load / mean load over ALL CTAs (idle ones count).
+
+    - With at least 2 KV pages per CTA and pages of >= 8 keys, imbalance <= 1.10 (issue 5's criterion).
+    - For smaller pages the criterion can be unattainable by any plan: keys are whole, so with 317 keys on 132
+      CTAs some CTA reads 3 keys against a mean of 2.4 (1.25). There the largest load must stay within two
+      (fixed cost + one key) of the ideal W / n, and the balanced plan is never worse than the naive one.
+    """
     kind, B, seed, page, sms, hkv, group, causal = args
     qo, kv = draw_batch(kind, B, seed, causal)
+    kw = dict(num_qo_heads=hkv * group, num_kv_heads=hkv, head_dim=64, page_size=page, num_sms=sms, causal=causal)
+    p = ib.plan(qo, kv, **kw)
+    naive = ib.plan(qo, kv, strategy="naive", **kw)
+    assert p.cta_load.max() <= naive.cta_load.max() * (1 + 1e-9)
     pages = int(np.sum(-(-kv // page)))
-    p = ib.plan(qo, kv, num_qo_heads=hkv * group, num_kv_heads=hkv, head_dim=64, page_size=page, num_sms=sms,
-                causal=causal)
-    if pages >= 2 * sms:
+    if pages >= 2 * sms and page >= 8:
         assert p.stats()["imbalance"] <= 1.10, (p, kind, B, page, sms)
+    if pages >= 2 * sms:
+        ideal = p.cta_load.sum() / p.num_ctas
+        assert p.cta_load.max() <= ideal + 2 * (p.fixed_cost + p.tile_weight.max(initial=1.0)) or \
+            p.stats()["imbalance"] <= 1.10
