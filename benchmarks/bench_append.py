@@ -19,28 +19,22 @@ Reports GB/s of K/V written (bytes = 2 x tokens x heads x dim x 2). Writes ``app
 """
 from __future__ import annotations
 
-import argparse
 import datetime as dt
-import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import optional_flashinfer, parse_args, write_result  # noqa: E402
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    args = ap.parse_args(argv)
+    args = parse_args(argv)
     import torch
 
     import infernb as ib
     from infernb.profile import cuda_time, device_name
 
-    try:
-        import flashinfer
-    except Exception:
-        flashinfer = None
+    flashinfer = optional_flashinfer()
     B, T, H, D, P, base = 64, 16, 8, 128, 16, 1000
     warmup, runs = 10, 50
     steps = warmup + runs + 2 + 100
@@ -112,10 +106,7 @@ def main(argv=None) -> int:
         rows.append(row)
     result = dict(benchmark="paged_kv_append", device=device_name(), date=dt.date.today().isoformat(),
                   torch=torch.__version__, flashinfer=getattr(flashinfer, "__version__", None), rows=rows)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"append_{device_name().replace(' ', '_')}_{result['date']}.json"
-    path.write_text(json.dumps(result, indent=1))
+    path = write_result(args.out, f"append_{device_name()}_{result['date']}", result)
     for r in rows:
         print(f"{r['layout']}: {r['bytes'] / 2**20:.1f} MiB K/V;  " + ",  ".join(
             f"{n} {r[n + '_ms'] * 1e3:.1f} us = {r[n + '_GBps']:.0f} GB/s"

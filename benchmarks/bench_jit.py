@@ -11,9 +11,7 @@ Writes ``jit_<device>_<date>.json``.
 """
 from __future__ import annotations
 
-import argparse
 import datetime as dt
-import json
 import os
 import platform
 import statistics
@@ -22,13 +20,12 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import parse_args, write_result  # noqa: E402
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    args = ap.parse_args(argv)
+    args = parse_args(argv)
     os.environ["INFERNB_CACHE_DIR"] = tempfile.mkdtemp(prefix="infernb-bench-jit-")
     import cupy  # noqa: F401  (import cost is not compile latency)
     import torch
@@ -64,11 +61,7 @@ def main(argv=None) -> int:
                   date=dt.date.today().isoformat(), host=platform.node(), nvrtc=list(jit.nvrtc_version()),
                   targets=dict(cold_s=3.0, warm_ms=50.0), rows=rows,
                   max_cold_s=max(r["cold_s"] for r in rows), max_warm_ms=max(r["warm_ms"] for r in rows))
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tag = info.name.replace(" ", "_")
-    path = out_dir / f"jit_{tag}_{result['date']}.json"
-    path.write_text(json.dumps(result, indent=1))
+    path = write_result(args.out, f"jit_{info.name}_{result['date']}", result)
     print(f"{'spec':<28} {'cold s':>7} {'warm ms':>8}")
     for r in rows:
         print(f"{r['spec']:<28} {r['cold_s']:>7.3f} {r['warm_ms']:>8.2f}")

@@ -7,14 +7,13 @@ Checks every path against infernb.reference before timing it. Writes ``merge_<de
 """
 from __future__ import annotations
 
-import argparse
 import datetime as dt
-import json
 import math
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import optional_flashinfer, parse_args, write_result  # noqa: E402
 
 CASES = [  # (seq_len, num_states, num_heads, head_dim); the first is latency-bound (launch overhead shows)
     (1, 2, 32, 128),
@@ -27,9 +26,7 @@ CASES = [  # (seq_len, num_states, num_heads, head_dim); the first is latency-bo
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    args = ap.parse_args(argv)
+    args = parse_args(argv)
     import torch
 
     import infernb
@@ -37,10 +34,7 @@ def main(argv=None) -> int:
     from infernb.profile import cuda_time, device_name
     from infernb.testing import assert_close
 
-    try:
-        import flashinfer
-    except Exception:
-        flashinfer = None
+    flashinfer = optional_flashinfer()
     dtype = torch.bfloat16
     gen = torch.Generator(device="cuda").manual_seed(0)
     rows = []
@@ -69,10 +63,7 @@ def main(argv=None) -> int:
         rows.append(row)
     result = dict(benchmark="merge_states", device=device_name(), date=dt.date.today().isoformat(),
                   torch=torch.__version__, flashinfer=getattr(flashinfer, "__version__", None), rows=rows)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"merge_{device_name().replace(' ', '_')}_{result['date']}.json"
-    path.write_text(json.dumps(result, indent=1))
+    path = write_result(args.out, f"merge_{device_name()}_{result['date']}", result)
     names = [p for p in ("infernb", "torch_eager_fp32", "flashinfer") if f"{p}_ms" in rows[0]]
     print(f"{'case (n,k,h,d)':<24}" + "".join(f"{p + ' TB/s':>22}" for p in names) +
           ("  infernb/flashinfer" if "flashinfer" in names else ""))

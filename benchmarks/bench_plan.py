@@ -8,16 +8,15 @@ Plan) for each preset at 256 requests, 32 query / 8 KV heads, d=128, 132 CTAs: m
 """
 from __future__ import annotations
 
-import argparse
 import datetime as dt
-import json
 import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import parse_args, write_result  # noqa: E402
 
 
 def _has_gpu() -> bool:
@@ -27,10 +26,7 @@ def _has_gpu() -> bool:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    ap.add_argument("--batch", type=int, default=256)
-    args = ap.parse_args(argv)
+    args = parse_args(argv, batch=256)
     import infernb as ib
     from infernb.plan import presets
 
@@ -52,10 +48,7 @@ def main(argv=None) -> int:
                          split_units=s["split_units"], imbalance=s["imbalance"]))
     result = dict(benchmark="plan_time", host=platform.node(), cpu=platform.processor() or platform.machine(),
                   python=platform.python_version(), date=dt.date.today().isoformat(), target_us=1000, rows=rows)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"plan_{'gpuhost' if _has_gpu() else 'cpu'}_{result['date']}.json"
-    path.write_text(json.dumps(result, indent=1))
+    path = write_result(args.out, f"plan_{'gpuhost' if _has_gpu() else 'cpu'}_{result['date']}", result)
     for r in rows:
         print(f"{r['preset']:<24} {r['requests']} requests: median {r['median_us']:6.0f} us, p90 {r['p90_us']:6.0f} us "
               f"({r['units']} units -> {r['items']} items, {r['split_units']} split, imbalance {r['imbalance']:.3f})")

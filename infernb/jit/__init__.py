@@ -9,7 +9,7 @@ from .cache import cache_dir
 from .compiler import compile_options
 from .report import CompileReport, KernelResources
 from .spec import INCLUDE_DIR, KERNELS_DIR, KernelSpec, kernels_digest
-from . import toolchain
+from . import toolchain  # noqa: F401  (infernb.jit.toolchain is public: fingerprint, arch helpers)
 from .toolchain import CI_ARCHS, cuda_include_dirs, normalize_arch, nvrtc_version
 
 __all__ = ["CI_ARCHS", "CompileReport", "INCLUDE_DIR", "KERNELS_DIR", "Kernel", "KernelResources", "KernelSpec",

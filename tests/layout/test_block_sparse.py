@@ -24,7 +24,6 @@ def test_mask_mod_and_dense_agree(shape, block):
     assert torch.equal(a.indptr, b.indptr) and torch.equal(a.indices, b.indices) and torch.equal(a.is_full, b.is_full)
     # full blocks really are full and listed blocks are non-empty
     R, C = block
-    k = 0
     for i in range(a.num_block_rows):
         for j in range(int(a.indptr[i]), int(a.indptr[i + 1])):
             c = int(a.indices[j])

@@ -1,0 +1,38 @@
+"""What every benchmark script shares: the --out argument, FlashInfer when installed, writing the JSON."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def parse_args(argv=None, **extra) -> argparse.Namespace:
+    """``--out DIR`` (default ``benchmarks/results``) plus ``extra`` ``{flag: default}`` integer options."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    for flag, default in extra.items():
+        ap.add_argument(f"--{flag}", type=int, default=default)
+    return ap.parse_args(argv)
+
+
+def optional_flashinfer():
+    """The ``flashinfer`` module, or ``None`` where it is not installed (comparisons are then skipped)."""
+    try:
+        import flashinfer
+    except Exception:
+        return None
+    return flashinfer
+
+
+def write_result(out_dir: str, stem: str, result: dict) -> Path:
+    """Write ``result`` as ``<out_dir>/<stem>.json`` (device name and date belong in ``stem``)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{stem.replace(' ', '_')}.json"
+    path.write_text(json.dumps(result, indent=1))
+    return path
