@@ -4,7 +4,8 @@
 ipywidgets (those load inside the functions that need them). ``infernb.device_info()`` says which
 device and CUDA architecture kernels target.
 
-Layers (imports point down): ops -> jit -> reference; see DESIGN.md.
+Layers (imports point down; DESIGN.md): widgets -> viz -> profile -> ops -> plan -> variants -> layout -> jit
+-> reference.
 """
 from __future__ import annotations
 

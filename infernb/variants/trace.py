@@ -9,7 +9,6 @@ and the user's line: a data-dependent ``if`` / ``and`` / ``or`` / ``int()``, an 
 from __future__ import annotations
 
 import linecache
-import math
 import os
 import sys
 
@@ -128,14 +127,11 @@ class Sym:
         if name == "__getitem__":
             return index(args[0], args[1])
         handler = TORCH_FUNCS.get(name)
-        if handler is None or func in _NOT_TORCH:
+        if handler is None:
             raise TraceError(f"torch.{name} is not supported in a traced score_mod/mask_mod (at {user_line()}). "
                              f"Supported: {', '.join(sorted(k for k in TORCH_FUNCS if not k.startswith('__')))}. For anything else write the hook in "
                              "CUDA with Variant(cuda_score_mod=..., cuda_mask_mod=...).")
         return handler(*args, **kwargs)
-
-
-_NOT_TORCH: set = set()
 
 
 def const_kind(x) -> str:
@@ -269,6 +265,3 @@ TORCH_FUNCS = {
 METHOD_FUNCS = {k: TORCH_FUNCS[k] for k in ("tanh", "exp", "log", "sqrt", "sigmoid", "abs", "clamp", "clip", "floor",
                                              "ceil", "sign", "log1p", "exp2", "log2", "sin", "cos", "erf", "rsqrt")}
 
-
-def inf_const(x: float) -> bool:
-    return isinstance(x, float) and math.isinf(x)

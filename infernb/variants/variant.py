@@ -13,7 +13,7 @@ import torch
 
 from ..errors import InputError
 from .codegen import Generated, c_identifier, generate
-from .trace import TraceError, user_line
+from .trace import TraceError
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -172,10 +172,6 @@ class Variant:
                 f"mask_mod={'yes' if self.mask_mod or self.cuda_mask_mod else 'no'}, params={self.params}{rt}"
                 f"{', sigmoid' if not self.softmax else ''})")
 
-
-def defined_at() -> str:
-    """Where user code created something (for error messages)."""
-    return user_line()
 
 
 __all__ = ["TraceError", "Variant"]
