@@ -106,6 +106,14 @@ class Plan:
         return (f"{family}_{self.dtype}_hd{self.head_dim}_page{self.page_size}_group{self.group}"
                 f"_tile{self.tile_q}{mask}{win}")
 
+    def item_offsets(self) -> np.ndarray:
+        """``[num_items]`` predicted start of each item within its CTA (cumulative cost of the CTA's earlier items)."""
+        if not self.num_items:
+            return np.zeros(0)
+        csum = np.cumsum(self.item_cost)
+        first = np.concatenate(([True], self.item_cta[1:] != self.item_cta[:-1]))
+        return csum - self.item_cost - np.maximum.accumulate(np.where(first, csum - self.item_cost, 0))
+
     def unit_of(self, unit: int) -> tuple[int, int, int]:
         """``(request, kv_head, tile)`` of a unit id."""
         tile, head = divmod(int(unit), self.num_kv_heads)

@@ -8,14 +8,7 @@ from ._style import base_layout, seq_color
 
 def _gantt_traces(plan, go, showlegend=True):
     """One horizontal bar per item: row = CTA, x = the item's cost interval within its CTA, colour = request."""
-    n = len(plan.item_unit)
-    start = np.zeros(n)
-    if n:
-        # items are ordered by CTA; cumulative cost restarts at each CTA
-        csum = np.cumsum(plan.item_cost)
-        first = np.r_[True, plan.item_cta[1:] != plan.item_cta[:-1]]
-        base = np.maximum.accumulate(np.where(first, csum - plan.item_cost, 0))
-        start = csum - plan.item_cost - base
+    start = plan.item_offsets()
     tiles = plan.item_unit // plan.num_kv_heads
     req = plan.tile_request[tiles]
     head = plan.item_unit % plan.num_kv_heads
