@@ -11,7 +11,7 @@ import torch
 
 from .trace import Sym, TraceError
 
-CTYPE = {"float": "float", "int": "int", "bool": "bool"}
+CTYPE = {"float": "float", "int": "long long", "bool": "bool"}     # integers in 64 bits, like torch
 TENSOR_CTYPE = {torch.float32: "float", torch.int32: "int", torch.int64: "long long", torch.bool: "bool"}
 
 
@@ -79,18 +79,26 @@ class _Emitter:
             if id(t) not in self.tensors:
                 self.tensors[id(t)] = (f"t{len(self.tensors)}", t, x.origin)
             name = self.tensors[id(t)][0]
-            offs = " + ".join(f"(long long)({self.expr(i)}) * p.{name}_s{d}" for d, i in enumerate(a[1:]))
+            parts = []
+            for d, i in enumerate(a[1:]):
+                e = self.expr(i)
+                if i.op != "const":                       # negative indices count from the end, as in torch
+                    e = f"({e} < 0 ? {e} + {int(t.shape[d])}LL : {e})"
+                parts.append(f"(long long)({e}) * p.{name}_s{d}")
+            offs = " + ".join(parts)
             val = f"p.{name}[{offs or 0}]"
             return f"({CTYPE[x.kind]})({val})"
-        args = [self.expr(y) for y in a]
-        kinds = [y.kind for y in a]
+        args = [self.expr(y) if isinstance(y, Sym) else y for y in a]
+        kinds = [y.kind if isinstance(y, Sym) else None for y in a]
         f = x.kind == "float"
         if op in ("add", "sub", "mul"):
             return f"({args[0]} {'+-*'[('add', 'sub', 'mul').index(op)]} {args[1]})"
         if op == "div":
             return f"((float)({args[0]}) / (float)({args[1]}))"
         if op == "floordiv":
-            return f"floorf((float)({args[0]}) / (float)({args[1]}))" if f else f"infernb::vx::floordiv({args[0]}, {args[1]})"
+            return f"infernb::vx::floordivf({args[0]}, {args[1]})" if f else f"infernb::vx::floordiv({args[0]}, {args[1]})"
+        if op == "truncdiv":
+            return f"truncf((float)({args[0]}) / (float)({args[1]}))" if f else f"({args[0]} / {args[1]})"
         if op == "mod":
             return f"infernb::vx::pymodf({args[0]}, {args[1]})" if f else f"infernb::vx::pymod({args[0]}, {args[1]})"
         if op == "pow":
@@ -104,8 +112,8 @@ class _Emitter:
             return f"({args[0]} {'&' if op == 'and' else '|' if op == 'or' else '^'} {args[1]})"
         if op in ("min", "max"):
             if f:
-                return f"f{op}f((float)({args[0]}), (float)({args[1]}))"
-            return f"{op}({args[0]}, {args[1]})"
+                return f"infernb::vx::f{op}n((float)({args[0]}), (float)({args[1]}))"
+            return f"infernb::vx::i{op}({args[0]}, {args[1]})"
         if op == "where":
             t = CTYPE[x.kind]
             return f"({args[0]} ? ({t})({args[1]}) : ({t})({args[2]}))"
@@ -114,13 +122,17 @@ class _Emitter:
         if op == "neg":
             return f"(-{args[0]})"
         if op == "abs":
-            return f"fabsf({args[0]})" if kinds[0] == "float" else f"abs({args[0]})"
+            return f"fabsf({args[0]})" if kinds[0] == "float" else f"({args[0]} < 0 ? -{args[0]} : {args[0]})"
         if op == "not":
             return f"(!{args[0]})"
         if op == "bitnot":
             return f"(~{args[0]})"
         if op == "sign":
             return f"infernb::vx::sgn({args[0]})"
+        if op == "round_bf16":
+            return f"infernb::vx::round_bf16({args[0]})"
+        if op == "narrow":
+            return f"(long long)({a[1]})({args[0]})"
         if op == "sigmoid":
             return f"infernb::vx::sigmoid((float)({args[0]}))"
         if op in ("tanh", "exp", "exp2", "log", "log2", "log1p", "sqrt", "rsqrt", "sin", "cos", "erf", "floor", "ceil"):
@@ -132,13 +144,19 @@ def _literal(v, kind: str) -> str:
     if kind == "bool":
         return "true" if v else "false"
     if kind == "int":
-        return str(int(v)) if -2**31 <= int(v) < 2**31 else f"{int(v)}LL"
+        if not -2**63 <= int(v) < 2**63:
+            raise TraceError(f"integer constant {v} does not fit in 64 bits")
+        return f"{int(v)}LL"
     v = float(v)
     if math.isnan(v):
-        return "__int_as_float(0x7fffffff)"
+        return "infernb::vx::nanf_()"
     if math.isinf(v):
         return "INFERNB_INF" if v > 0 else "(-INFERNB_INF)"
-    return f"{float(np.float32(v))!r}f"
+    with np.errstate(over="ignore"):
+        f32 = float(np.float32(v))
+    if math.isinf(f32):
+        raise TraceError(f"the constant {v!r} overflows float32, the precision traced mods compute in")
+    return f"{f32!r}f"
 
 
 def trace_fn(fn, arg_names: list[str], arg_kinds: list[str], extra: dict):
@@ -196,7 +214,9 @@ def generate(cname: str, score_mod, mask_mod, params: dict, runtime: set, softma
             fields.append(Field(f"{name}_s{d}", "long long", "q", (t, d)))
         captures.append((t, origin))
     for n, kind in sorted(em.params.items()):
-        fields.append(Field(n, "int" if kind == "bool" else CTYPE[kind], "f" if kind == "float" else "i", n))
+        fields.append(Field(n, {"bool": "int", "int": "long long", "float": "float"}[kind],
+                            {"bool": "i", "int": "q", "float": "f"}[kind], n))
+    fields.sort(key=lambda f: f.fmt not in "Qq")            # 8-byte members first: no padding to guess
     lines = [f"// variant {cname}: generated by infernb.variants from Python (interface: infernb/variant.cuh)",
              f"struct {cname} {{",
              f"  static constexpr bool USE_SOFTMAX = {'true' if softmax else 'false'};",

@@ -100,7 +100,10 @@ class Sym:
     def __neg__(self): return unary("neg", self)
     def __pos__(self): return self
     def __abs__(self): return unary("abs", self)
-    def __invert__(self): return unary("not" if self.kind == "bool" else "bitnot", self)
+    def __invert__(self):
+        if self.kind == "float":
+            raise TraceError(f"~ of a float value at {user_line()}: torch does not define it either")
+        return unary("not" if self.kind == "bool" else "bitnot", self)
     __hash__ = object.__hash__
 
     # ---------------------------------------------------------------- tensor-like methods
@@ -111,7 +114,7 @@ class Sym:
 
     def to(self, dtype=None, *args, **kwargs):
         if isinstance(dtype, torch.dtype):
-            return cast(self, "bool" if dtype == torch.bool else "float" if dtype.is_floating_point else "int")
+            return cast_dtype(self, dtype)
         return self
 
     def __getattr__(self, name):
@@ -154,7 +157,7 @@ def _lift(x):
         if x.dim() != 0:
             raise TraceError(f"a captured tensor of shape {list(x.shape)} is used whole at {user_line()}; index "
                              "it with traced values (e.g. slopes[h], bias[h, bucket])")
-        x = x.item()
+        return index(x, ())              # a captured 0-d tensor is read at run time, not baked in
     return Sym("const", (x,), const_kind(x))
 
 
@@ -164,6 +167,10 @@ def _num_kind(*xs) -> str:
 
 def binary(op: str, a, b) -> Sym:
     a, b = _lift(a), _lift(b)
+    if a.kind == b.kind == "bool" and op in ("add", "mul", "sub"):
+        if op == "sub":
+            raise TraceError(f"subtracting booleans at {user_line()}: torch does not allow it; use ^ or ~")
+        return Sym("or" if op == "add" else "and", (a, b), "bool")   # torch keeps bool + bool boolean
     if op in ("lt", "le", "gt", "ge", "eq", "ne"):
         return Sym(op, (a, b), "bool")
     if op in ("and", "or", "xor"):
@@ -181,6 +188,8 @@ def _is_neg_const(x: Sym) -> bool:
 
 def unary(op: str, a) -> Sym:
     a = _lift(a)
+    if op == "neg" and a.kind == "bool":
+        raise TraceError(f"negating a boolean at {user_line()}: torch does not allow it; use ~")
     if op in ("not",):
         return Sym(op, (a,), "bool")
     if op in ("neg", "abs", "bitnot", "sign"):
@@ -190,6 +199,26 @@ def unary(op: str, a) -> Sym:
 
 def cast(a, kind: str) -> Sym:
     return Sym(f"cast_{kind}", (_lift(a),), kind)
+
+
+_NARROW_INTS = {torch.uint8: "unsigned char", torch.int8: "signed char", torch.int16: "short", torch.int32: "int"}
+
+
+def cast_dtype(a, dtype: torch.dtype) -> Sym:
+    """``x.to(dtype)``: kinds follow the dtype; narrower types round (bf16) or wrap (8/16/32-bit ints) like torch."""
+    a = _lift(a)
+    if dtype == torch.bool:
+        return cast(a, "bool")
+    if dtype in (torch.float32, torch.float64):
+        return cast(a, "float")
+    if dtype == torch.bfloat16:
+        return Sym("round_bf16", (cast(a, "float"),), "float")
+    if dtype in _NARROW_INTS:
+        return Sym("narrow", (cast(a, "int"), _NARROW_INTS[dtype]), "int")
+    if dtype == torch.int64:
+        return cast(a, "int")
+    raise TraceError(f"casting to {dtype} inside a traced mod is not supported (at {user_line()}); "
+                     "use float32, bfloat16, bool or an integer type")
 
 
 def where(c, a, b) -> Sym:
@@ -218,10 +247,20 @@ def clamp(x, min=None, max=None) -> Sym:  # noqa: A002
 
 
 def index(tensor, idx) -> Sym:
-    """``captured_tensor[i, j, ...]`` with traced or constant indices."""
+    """``captured_tensor[i, j, ...]`` with traced or constant indices (negative ones count from the end, as in
+    torch; constant ones are checked against the shape here)."""
     if not isinstance(tensor, torch.Tensor):
         raise TraceError(f"only captured torch tensors can be indexed with traced values (at {user_line()})")
     idx = idx if isinstance(idx, tuple) else (idx,)
+    fixed = []
+    for d, i in enumerate(idx):
+        if isinstance(i, int) and not isinstance(i, bool) and d < tensor.dim():
+            n = tensor.shape[d]
+            if not -n <= i < n:
+                raise TraceError(f"index {i} is out of range for dimension {d} (size {n}) at {user_line()}")
+            i = i + n if i < 0 else i
+        fixed.append(i)
+    idx = tuple(fixed)
     if len(idx) != tensor.dim():
         raise TraceError(f"a captured tensor of shape {list(tensor.shape)} is indexed with {len(idx)} indices at "
                          f"{user_line()}: give one index per dimension (slices are not supported)")
@@ -234,6 +273,16 @@ def index(tensor, idx) -> Sym:
             raise TraceError(f"a captured tensor is indexed with a float at {user_line()}: convert with .long()")
     kind = "bool" if tensor.dtype == torch.bool else "float" if tensor.is_floating_point() else "int"
     return Sym("load", (tensor, *lifted), kind)
+
+
+def _div(a, b, rounding_mode):
+    if rounding_mode is None:
+        return binary("div", a, b)
+    if rounding_mode == "floor":
+        return binary("floordiv", a, b)
+    if rounding_mode == "trunc":
+        return binary("truncdiv", a, b)
+    raise TraceError(f"torch.div(rounding_mode={rounding_mode!r}) at {user_line()}: expected None, 'floor' or 'trunc'")
 
 
 def _f(op):
@@ -250,8 +299,7 @@ TORCH_FUNCS = {
     "logical_not": lambda a: unary("not", cast(a, "bool")),
     "add": lambda a, b, alpha=1: binary("add", a, binary("mul", b, alpha) if alpha != 1 else b),
     "sub": lambda a, b, alpha=1: binary("sub", a, binary("mul", b, alpha) if alpha != 1 else b),
-    "mul": lambda a, b: binary("mul", a, b), "div": lambda a, b, rounding_mode=None: binary(
-        {None: "div", "floor": "floordiv"}.get(rounding_mode, "div"), a, b),
+    "mul": lambda a, b: binary("mul", a, b), "div": lambda a, b, rounding_mode=None: _div(a, b, rounding_mode),
     "pow": lambda a, b: binary("pow", a, b), "remainder": lambda a, b: binary("mod", a, b),
     "__add__": lambda a, b: binary("add", a, b), "__radd__": lambda a, b: binary("add", b, a),
     "__sub__": lambda a, b: binary("sub", a, b), "__rsub__": lambda a, b: binary("sub", b, a),

@@ -75,7 +75,19 @@ class Variant:
         unknown = set(values) - set(self.params)
         if unknown:
             raise InputError(f"with_params: unknown parameters {sorted(unknown)} (have {sorted(self.params)})")
-        return dataclasses.replace(self, params={**self.params, **values})
+        new = dict(self.params)
+        for k, v in values.items():            # a parameter keeps its type (and so the kernel's argument layout)
+            old = self.params[k]
+            if isinstance(old, bool):
+                v = bool(v)
+            elif isinstance(old, int):
+                if float(v) != int(v):
+                    raise InputError(f"with_params: `{k}` is an integer parameter, got {v!r}")
+                v = int(v)
+            else:
+                v = float(v)
+            new[k] = v
+        return dataclasses.replace(self, params=new)
 
     def bound_mods(self) -> tuple[Callable | None, Callable | None]:
         """``(score_mod, mask_mod)`` with the parameters bound: the FlexAttention signatures."""
@@ -91,10 +103,11 @@ class Variant:
         s, m = self.bound_mods()
         return dict(score_mod=s, mask_mod=m, softmax=self.softmax)
 
-    def evaluate(self, scores: torch.Tensor, *, b: int | torch.Tensor = 0, q_offset: int = 0,
+    def evaluate(self, scores: torch.Tensor, *, q_offset: int = 0,
                  dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
         """Apply the Python mods to ``scores`` ``[B, H, Q, K]`` on the index grid (``q_idx = q + q_offset``).
-        Returns ``(modified scores [B, H, Q, K] dtype, mask [B, H, Q, K] bool)``: what the probe kernel computes."""
+        ``b`` is the batch index of the grid (0..B-1). Returns ``(modified scores [B, H, Q, K] dtype,
+        mask [B, H, Q, K] bool)``: what the probe kernel computes."""
         B, H, Q, K = scores.shape
         dev = scores.device
         bi = torch.arange(B, device=dev)[:, None, None, None]
@@ -154,17 +167,32 @@ class Variant:
 
     def params_bytes(self) -> bytes:
         """``params_t`` packed as the generated struct lays it out (pointers of captured tensors, strides,
-        runtime scalars). Rebuilt on every call: new runtime values never need a recompile."""
+        runtime scalars). Rebuilt on every call: new runtime values never need a recompile.
+
+        The mods are traced again first, so the kernel reads the tensors the Python functions capture *now*
+        (the reference always does): a notebook that re-binds ``bias = ...`` gets the new tensor in both. If
+        the re-traced code differs from the compiled one (another shape, dtype or expression), this raises.
+        """
+        try:
+            fresh = generate(self.cuda_name, self.score_mod, self.mask_mod, self.params, set(self.runtime),
+                             self.softmax, self.cuda_score_mod, self.cuda_mask_mod)
+        except TraceError as e:
+            raise InputError(f"variant {self.name}: its Python now traces to different code than when it was "
+                             f"defined ({e}); define the variant again") from e
+        if fresh.code != self.generated.code:
+            raise InputError(f"variant {self.name}: its Python now traces to different code than when it was "
+                             "defined (a captured tensor re-bound with another shape or dtype, or a changed "
+                             "function); define the variant again")
         vals, fmt = [], "="
-        for f in self.generated.fields:
+        for f in fresh.fields:
             fmt += f.fmt
             if isinstance(f.source, str):
                 vals.append(float(self.params[f.source]) if f.fmt == "f" else int(self.params[f.source]))
             else:
                 t, d = f.source
                 vals.append(t.data_ptr() if d is None else t.stride(d))
-        raw = struct.pack(fmt, *vals) if self.generated.fields else b"\0" * 4
-        return raw + b"\0" * (self.generated.params_size - len(raw))
+        raw = struct.pack(fmt, *vals) if fresh.fields else b"\0" * 4
+        return raw + b"\0" * (fresh.params_size - len(raw))
 
     def __repr__(self) -> str:
         rt = f", runtime={sorted(self.runtime)}" if self.runtime else ""

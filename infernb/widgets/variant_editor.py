@@ -141,10 +141,15 @@ class VariantEditor:
         sliders = []
         for name in sorted(self.variant.runtime):
             val = self.variant.params[name]
-            if isinstance(val, int) and not isinstance(val, bool):
-                s = w.IntSlider(value=val, min=0, max=max(4 * val, 64), description=name)
+            span = max(4 * abs(val), 64 if isinstance(val, int) else 1.0)
+            lo = 0 if val >= 0 else -span                      # the slider always contains the value
+            if isinstance(val, bool):
+                s = w.Checkbox(value=val, description=name)
+            elif isinstance(val, int):
+                s = w.IntSlider(value=val, min=int(lo), max=int(span), description=name)
             else:
-                s = w.FloatSlider(value=float(val), min=0.1, max=max(4 * float(val), 1.0), step=0.1, description=name)
+                s = w.FloatSlider(value=float(val), min=float(lo) if val < 0 else 0.0, max=float(span),
+                                  step=float(span) / 200, description=name)
             s.observe(lambda ch, n=name: self.set_param(n, ch["new"]), names="value")
             sliders.append(s)
         self.sliders.children = sliders
