@@ -12,6 +12,11 @@ import torch
 from .trace import Sym, TraceError
 
 CTYPE = {"float": "float", "int": "long long", "bool": "bool"}     # integers in 64 bits, like torch
+#: unary ops with one fixed CUDA spelling ({} = the operand)
+UNARY = {"neg": "(-{})", "not": "(!{})", "bitnot": "(~{})", "sign": "infernb::vx::sgn({})",
+         "round_bf16": "infernb::vx::round_bf16({})", "sigmoid": "infernb::vx::sigmoid((float)({}))"}
+#: float math functions: `op` -> `opf` from the CUDA math library
+FLOAT_FUNCS = ("tanh", "exp", "exp2", "log", "log2", "log1p", "sqrt", "rsqrt", "sin", "cos", "erf", "floor", "ceil")
 TENSOR_CTYPE = {torch.float32: "float", torch.int32: "int", torch.int64: "long long", torch.bool: "bool"}
 
 
@@ -119,23 +124,13 @@ class _Emitter:
             return f"({args[0]} ? ({t})({args[1]}) : ({t})({args[2]}))"
         if op.startswith("cast_"):
             return f"(({args[0]}) != 0)" if x.kind == "bool" else f"({CTYPE[x.kind]})({args[0]})"
-        if op == "neg":
-            return f"(-{args[0]})"
         if op == "abs":
             return f"fabsf({args[0]})" if kinds[0] == "float" else f"({args[0]} < 0 ? -{args[0]} : {args[0]})"
-        if op == "not":
-            return f"(!{args[0]})"
-        if op == "bitnot":
-            return f"(~{args[0]})"
-        if op == "sign":
-            return f"infernb::vx::sgn({args[0]})"
-        if op == "round_bf16":
-            return f"infernb::vx::round_bf16({args[0]})"
         if op == "narrow":
             return f"(long long)({a[1]})({args[0]})"
-        if op == "sigmoid":
-            return f"infernb::vx::sigmoid((float)({args[0]}))"
-        if op in ("tanh", "exp", "exp2", "log", "log2", "log1p", "sqrt", "rsqrt", "sin", "cos", "erf", "floor", "ceil"):
+        if op in UNARY:
+            return UNARY[op].format(args[0])
+        if op in FLOAT_FUNCS:
             return f"{op}f((float)({args[0]}))"
         raise TraceError(f"internal: no CUDA for traced op {op!r}")
 
