@@ -13,6 +13,7 @@ from . import errors, layout, reference, testing
 from .device import DeviceInfo, device_info, has_gpu
 from .errors import CompileError, DeviceError, InfernbError, InputError, OutOfPagesError
 from .layout import BlockSparse, PagedKVCache, PageTable
+from .reference import RoPE
 # `infernb.plan` is the planning *function* (DESIGN.md's `ib.plan(...)`); the subpackage stays importable as
 # `infernb.plan.presets` etc. through sys.modules.
 from .plan import Plan, emulate, plan  # noqa: E402
@@ -25,6 +26,7 @@ __all__ = [
     "BlockSparse", "OutOfPagesError", "Variant", "variants", "PageTable", "PagedKVCache", "layout", "viz", "widgets",
     "CompileError", "DeviceError", "DeviceInfo", "InfernbError", "InputError", "device_info", "errors",
     "has_gpu", "jit", "ops", "reference", "testing", "merge_state", "merge_states", "plan", "Plan", "emulate", "run",
+    "decode", "DecodeRunner", "RoPE",
     "__version__",
 ]
 
@@ -35,6 +37,6 @@ def __getattr__(name: str):
 
     if name in ("jit", "ops", "viz", "widgets", "profile"):
         return importlib.import_module(f".{name}", __name__)
-    if name in ("merge_state", "merge_states", "run"):
+    if name in ("merge_state", "merge_states", "run", "decode", "DecodeRunner"):
         return getattr(importlib.import_module(".ops", __name__), name)
     raise AttributeError(f"module 'infernb' has no attribute {name!r}")

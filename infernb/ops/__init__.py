@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from ..jit import KernelSpec
 from ..layout import append_kernel
-from . import merge
+from . import merge, paged_decode
+from .paged_decode import DecodeRunner, decode
 from .merge import merge_state, merge_states
 from .run import run
 
@@ -12,7 +13,8 @@ def kernel_specializations() -> list[KernelSpec]:
     """Every kernel specialization the library can generate today (CI compiles them all without a GPU)."""
     from ..variants import examples, probe_spec
 
-    return [*merge.specializations(), *append_kernel.specializations(), *(probe_spec(v) for v in examples())]
+    return [*merge.specializations(), *append_kernel.specializations(), *(probe_spec(v) for v in examples()),
+            *paged_decode.specializations()]
 
 
-__all__ = ["kernel_specializations", "merge_state", "merge_states", "run"]
+__all__ = ["DecodeRunner", "decode", "kernel_specializations", "merge_state", "merge_states", "run"]

@@ -1,23 +1,39 @@
-"""``run(plan, q, ...)``: execute a plan. Today every plan runs through the emulator (on the tensors' own
-device: exact, slow); the decode and prefill kernels take over CUDA tensors as they land."""
+"""``run(plan, q, ...)``: execute a plan. Decode plans on CUDA tensors run the decode kernel
+(:mod:`infernb.ops.decode`); everything else (CPU tensors, prefill plans, ragged k/v, the reference-only
+options) runs through the emulator on the tensors' own device: exact and slow."""
 from __future__ import annotations
 
 import torch
 
 from ..plan import Plan, emulate
+from ..reference import RoPE
+from ..variants import Variant
 
 
 def run(plan: Plan, q: torch.Tensor, kv_cache=None, *, page_table=None, k: torch.Tensor | None = None,
-        v: torch.Tensor | None = None, **options) -> tuple[torch.Tensor, torch.Tensor]:
+        v: torch.Tensor | None = None, variant: Variant | None = None, rope: RoPE | None = None,
+        sm_scale: float | None = None, **options) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of a planned batch.
 
     Args:
         plan: from :func:`infernb.plan`.
         q: ``[sum(qo_lens), num_qo_heads, head_dim]``.
-        kv_cache: a :class:`~infernb.layout.PagedKVCache` (with ``page_table`` = the table the plan was made
-            for), or pass ragged ``k``/``v`` ``[sum(kv_lens), num_kv_heads, head_dim]`` instead.
-        **options: variant options of :func:`infernb.plan.emulate` (sm_scale, logits_soft_cap, rope, ...).
+        kv_cache: a :class:`~infernb.layout.PagedKVCache` (with ``page_table`` = the table the plan was made for),
+            or pass ragged ``k``/``v`` ``[sum(kv_lens), num_kv_heads, head_dim]`` instead.
+        variant: a :class:`~infernb.variants.Variant` (score_mod / mask_mod / sigmoid), compiled into the kernel.
+        rope: :class:`~infernb.reference.RoPE` applied to q and k at their positions (the cache holds raw keys).
+        sm_scale: logit scale (default ``1 / sqrt(head_dim)``).
+        **options: reference-only options of :func:`infernb.plan.emulate` (logits_soft_cap, alibi_slopes,
+            custom_masks, compute_dtype); with any of them the emulator runs.
     Returns:
-        ``(out [sum(qo_lens), num_qo_heads, head_dim] float64, lse [sum(qo_lens), num_qo_heads] float64)``.
+        ``(out [sum(qo_lens), num_qo_heads, head_dim], lse [sum(qo_lens), num_qo_heads])``: from the decode
+        kernel ``q.dtype`` and float32; from the emulator float64 (``compute_dtype``).
     """
-    return emulate(plan, q, k, v, kv_cache=kv_cache, page_table=page_table, **options)
+    if (q.is_cuda and kv_cache is not None and k is None and v is None and not options
+            and int(plan.qo_lens.max(initial=0)) <= 1 and plan.tile_q == plan.group):
+        from .paged_decode import run_decode
+
+        return run_decode(plan, q, kv_cache, page_table, variant=variant, rope=rope, sm_scale=sm_scale)
+    if variant is not None:
+        options.update(variant.reference_kwargs())
+    return emulate(plan, q, k, v, kv_cache=kv_cache, page_table=page_table, rope=rope, sm_scale=sm_scale, **options)

@@ -18,7 +18,7 @@ from .plan import Plan
 def emulate(plan: Plan, q: torch.Tensor, k: torch.Tensor | None = None, v: torch.Tensor | None = None, *,
             kv_cache=None, page_table=None, layout: str = "NHD", sm_scale: float | None = None,
             logits_soft_cap: float = 0.0, alibi_slopes: torch.Tensor | None = None, custom_masks=None,
-            score_mod=None, mask_mod=None, rope: RoPE | None = None,
+            score_mod=None, mask_mod=None, softmax: bool = True, rope: RoPE | None = None,
             compute_dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``plan`` on concrete tensors.
 
@@ -27,12 +27,17 @@ def emulate(plan: Plan, q: torch.Tensor, k: torch.Tensor | None = None, v: torch
         q: ``[sum(qo_lens), num_qo_heads, head_dim]``.
         k, v: ``[sum(kv_lens), num_kv_heads, head_dim]`` ragged keys/values, or instead
         kv_cache, page_table: a page pool (``PagedKVCache.pool`` or a raw pool) and its :class:`PageTable`.
-        sm_scale, logits_soft_cap, alibi_slopes, score_mod, mask_mod, rope: as in :func:`infernb.reference.attention`.
+        sm_scale, logits_soft_cap, alibi_slopes, score_mod, mask_mod, softmax, rope: as in
+            :func:`infernb.reference.attention` (``softmax=False``, sigmoid attention, needs an unsplit plan: its
+            parts add up instead of merging by LSE).
         custom_masks: optional per-request ``[qo_len, kv_len]`` bool masks (e.g. ``BlockSparse.to_dense()``).
     Returns:
         ``(out [sum(qo_lens), num_qo_heads, head_dim], lse [sum(qo_lens), num_qo_heads])`` in ``compute_dtype``.
     """
     plan.validate()                                   # an emulated plan is always a checked plan
+    if not softmax and len(plan.merge_unit):
+        raise InputError("sigmoid attention (softmax=False) needs an unsplit plan: its parts add up instead of "
+                         "merging by LSE (plan(..., merge_gain=float('inf')))")
     if plan.block_masked and custom_masks is None:
         raise InputError("this plan was built with block_masks: pass their dense masks as custom_masks "
                          "(e.g. [m.to_dense() for m in block_masks]) so partial blocks are masked exactly")
@@ -45,7 +50,7 @@ def emulate(plan: Plan, q: torch.Tensor, k: torch.Tensor | None = None, v: torch
                              f"{plan.page_size}, kv_lens {t_lens[:8]} vs {plan.kv_lens.tolist()[:8]}")
         pool = kv_cache.pool if hasattr(kv_cache, "pool") else kv_cache
         k, v, _ = gather_paged_kv(pool, page_table.indptr, page_table.indices, page_table.last_page_len,
-                                  layout=getattr(kv_cache, "layout", layout))
+                                  layout=kv_cache.layout if hasattr(kv_cache, "pool") else layout)
     if k is None or v is None:
         raise InputError("emulate needs k and v, or kv_cache and page_table")
     qo_ptr = np.r_[0, np.cumsum(plan.qo_lens)]
@@ -94,7 +99,7 @@ def emulate(plan: Plan, q: torch.Tensor, k: torch.Tensor | None = None, v: torch
                       torch.arange(t0, t1) + (S - L), keys, heads, b=b, sm_scale=scale, causal=plan.causal,
                       window_left=plan.window_left, logits_soft_cap=logits_soft_cap, alibi_slopes=alibi_slopes,
                       keep=None if custom_masks is None else custom_masks[b][t0:t1][:, keys], score_mod=score_mod,
-                      mask_mod=mask_mod, compute_dtype=compute_dtype)
+                      mask_mod=mask_mod, softmax=softmax, compute_dtype=compute_dtype)
         r = torch.arange(row0, row0 + rows)
         tok, hig = r // g, r % g                                       # token and head-in-group of each row
         o, l = o[tok - t0, hig], l[tok - t0, hig]

@@ -25,7 +25,7 @@ def sliding_window(window: int, *, causal: bool = True) -> Variant:
         m = kv_idx >= q_idx - window
         return (m & (kv_idx <= q_idx)) if causal else m
     return Variant(f"sliding_window_{window}" + ("" if causal else "_bidir"), mask_mod=mask_mod,
-                   params={"window": int(window)})
+                   params={"window": int(window)}, window_left=int(window))
 
 
 def prefix_lm(prefix_len: int) -> Variant:
@@ -130,6 +130,15 @@ def or_masks(*variants: Variant, name: str | None = None) -> Variant:
     return _combine_masks(variants, "or", name)
 
 
+def _window(variants, how) -> int:
+    """window_left of a combination: and-ed masks keep the tightest promise, or-ed masks keep one only if all do."""
+    w = [v.window_left for v in variants if v.mask_mod is not None or v.cuda_mask_mod is not None]
+    if how == "and":
+        w = [x for x in w if x >= 0]
+        return min(w) if w else -1
+    return max(w) if w and min(w) >= 0 else -1
+
+
 def _combine_masks(variants, how, name):
     mods = [v.bound_mods()[1] for v in variants]
     if any(m is None for m in mods):
@@ -140,7 +149,8 @@ def _combine_masks(variants, how, name):
         for m in mods[1:]:
             out = (out & m(b, h, q_idx, kv_idx)) if how == "and" else (out | m(b, h, q_idx, kv_idx))
         return out
-    return Variant(name or f"_{how}_".join(v.name for v in variants), mask_mod=mask_mod)
+    return Variant(name or f"_{how}_".join(v.name for v in variants), mask_mod=mask_mod,
+                   window_left=_window(variants, how))
 
 
 def combine(*variants: Variant, name: str | None = None) -> Variant:
@@ -161,7 +171,8 @@ def combine(*variants: Variant, name: str | None = None) -> Variant:
             out = out & m(b, h, q_idx, kv_idx)
         return out
     return Variant(name or "_".join(v.name for v in variants), score_mod=score_mod if scores else None,
-                   mask_mod=mask_mod if masks else None, softmax=all(v.softmax for v in variants))
+                   mask_mod=mask_mod if masks else None, softmax=all(v.softmax for v in variants),
+                   window_left=_window(variants, "and"))
 
 
 BUILTINS = ("examples", "causal", "sliding_window", "prefix_lm", "document", "alibi", "softcap", "relative_position_bias",

@@ -30,6 +30,9 @@ class Variant:
         softmax: ``False`` for sigmoid attention (``out = sum_j sigmoid(score_ij) v_j``).
         cuda_score_mod, cuda_mask_mod: raw CUDA bodies (see ``kernels/include/infernb/variant.cuh``) for hooks
             tracing cannot express; the Python mods still define the reference.
+        window_left: a promise that ``mask_mod`` hides every key more than ``window_left`` positions left of the
+            query (``-1``: no such promise). Planners use it to skip the pages outside the window; the mask
+            itself is still applied exactly.
 
     Indices follow :mod:`infernb.reference`: ``q_idx`` is the query's position in its request
     (``kv_len - qo_len + i``), ``kv_idx`` the key's. Tensors the mods capture (ALiBi slopes, document ids,
@@ -44,6 +47,7 @@ class Variant:
     softmax: bool = True
     cuda_score_mod: str | None = None
     cuda_mask_mod: str | None = None
+    window_left: int = -1
 
     def __post_init__(self):
         object.__setattr__(self, "runtime", frozenset(self.runtime))

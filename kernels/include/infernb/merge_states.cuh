@@ -128,3 +128,41 @@ merge_state_kernel(const T* __restrict__ v_a, const float* __restrict__ s_a, con
 }
 
 }  // namespace infernb
+
+namespace infernb {
+
+// Merge the partial states of a plan's split units (the split-KV decode/prefill epilogue).
+// part_o:   [slots, group, HEAD_DIM] fp32, part_lse: [slots, group] fp32 (natural log)
+// units:    [num_units] int4 = (first slot, one past the last slot, first output row, 0): unit u's row r merges
+//           slots [x, y) at row r and writes output row z + r
+// out:      [rows, HEAD_DIM] T, lse: [rows] fp32 (rows = tokens x query heads of the batch)
+template <typename T, int HEAD_DIM, int NUM_THREADS>
+__global__ void __launch_bounds__(NUM_THREADS)
+merge_partials_kernel(const float* __restrict__ part_o, const float* __restrict__ part_lse,
+                      const int4* __restrict__ units, T* __restrict__ out, float* __restrict__ lse, int num_units,
+                      int group) {
+  constexpr int VEC = 4;                                   // one float4 per thread and state
+  constexpr int THREADS_PER_ROW = HEAD_DIM / VEC;
+  constexpr int ROWS_PER_CTA = NUM_THREADS / THREADS_PER_ROW;
+  static_assert(NUM_THREADS % THREADS_PER_ROW == 0, "rows must tile the CTA");
+  const int lane = threadIdx.x % THREADS_PER_ROW;
+  const int row = blockIdx.x * ROWS_PER_CTA + threadIdx.x / THREADS_PER_ROW;
+  if (row >= num_units * group) return;
+  const int u = row / group, r = row % group;
+  const int4 info = units[u];
+  float m = -INFERNB_INF;
+  for (int k = info.x; k < info.y; ++k) m = fmaxf(m, part_lse[(long long)k * group + r]);
+  float acc[VEC] = {0.f, 0.f, 0.f, 0.f}, denom = 0.f;
+  if (m != -INFERNB_INF && !invalid_lse(m)) {
+    for (int k = info.x; k < info.y; ++k) {
+      const float w = __expf(part_lse[(long long)k * group + r] - m);
+      const float4 x = __ldg(reinterpret_cast<const float4*>(part_o + ((long long)k * group + r) * HEAD_DIM) + lane);
+      denom += w;
+      acc[0] += w * x.x; acc[1] += w * x.y; acc[2] += w * x.z; acc[3] += w * x.w;
+    }
+  }
+  const long long orow = (long long)info.z + r;
+  merge_write<T, VEC>(acc, m, denom, invalid_lse(m) || denom != denom, out + orow * HEAD_DIM, lse + orow, lane);
+}
+
+}  // namespace infernb

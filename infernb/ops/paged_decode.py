@@ -1,0 +1,320 @@
+"""Decode attention over a paged KV cache: the plan/run path on the GPU kernel, the emulator on CPU tensors.
+
+Three doors, from lean to convenient:
+
+- :class:`DecodeRunner` binds a plan, its page table, a variant and RoPE once (device arrays, variant
+  parameters, the compiled kernel) and is then called once per layer: ``out, lse = runner(q, cache)``;
+- :func:`infernb.run` (``run(plan, q, cache, page_table=..., variant=...)``) builds the runner each call;
+- :func:`decode` (``infernb.decode(q, cache, seq_ids, variant=..., rope=...)``) plans too: for notebooks.
+
+The kernel is ``kernels/include/infernb/decode.cuh``; split units are merged by ``merge_partials_kernel``.
+"""
+from __future__ import annotations
+
+import math
+import weakref
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..jit import KernelSpec, build
+from ..plan import Plan, emulate, plan as make_plan
+from ..reference import RoPE
+from ..variants import Variant
+from ._common import CUDA_TYPES, DTYPE_NAMES, HEAD_DIMS, aligned16
+from .merge import NUM_THREADS as MERGE_THREADS, merge_spec
+
+#: Query heads per KV head one mma tile holds.
+MAX_GROUP = 16
+NUM_THREADS = 128
+DTYPES = (torch.float16, torch.bfloat16)
+ROPE_MODES = {None: 0, False: 1, True: 2}          # RoPE.interleave -> kernel ROPE template argument
+NONE = Variant("none")                              # plain attention (identity hooks)
+
+
+def smem_bytes(head_dim: int, group: int) -> int:
+    """Dynamic shared memory of a decode specialization (the kernel's ``decode_cfg_t::SMEM_BYTES``; every
+    compile checks the two agree with a ``static_assert``)."""
+    stages = 6 if head_dim <= 64 else 4 if head_dim <= 128 else 3
+    return stages * 2 * 64 * head_dim * 2 + 16 * head_dim * 2 + group * (head_dim + 4) * 4 + 4 * 16 * 2 * 4
+
+
+def decode_spec(dtype: torch.dtype, head_dim: int, group: int, layout: str = "NHD", variant: Variant = NONE,
+                rope: RoPE | None = None) -> KernelSpec:
+    """The decode kernel specialization for one (dtype, head dim, GQA group, pool layout, variant, RoPE layout)."""
+    mode = 0 if rope is None else ROPE_MODES[bool(rope.interleave)]
+    rope_tag = ["", "_rope", "_rope_interleave"][mode]
+    args = (f"{CUDA_TYPES[dtype]}, {head_dim}, {group}, {'true' if layout == 'HND' else 'false'}, "
+            f"{variant.cuda_name}, {mode}")
+    g = variant.generated
+    check = (f"static_assert(infernb::decode_cfg_t<{CUDA_TYPES[dtype]}, {head_dim}, {group}>::SMEM_BYTES == "
+             f"{smem_bytes(head_dim, group)}, \"infernb.ops.decode.smem_bytes disagrees with decode_cfg_t\");")
+    return KernelSpec(
+        family="decode",
+        name=(f"decode_{DTYPE_NAMES[dtype]}_hd{head_dim}_g{group}_{layout.lower()}{rope_tag}_{variant.name}"
+              f"_{variant.code_hash}"),
+        kernels=(("decode", f"infernb::decode_kernel<{args}>"),),
+        preamble=g.code + "\n" + check, preamble_origin=tuple(sorted(g.origins.items())))
+
+
+def specializations() -> list[KernelSpec]:
+    """What CI compiles: every (dtype, head dim, layout) with group 4; the other groups; RoPE; every example
+    variant (bf16, head dim 128, group 4, NHD)."""
+    from ..variants import examples
+
+    out = [decode_spec(dt, d, 4, lay) for dt in DTYPES for d in HEAD_DIMS for lay in ("NHD", "HND")]
+    out += [decode_spec(torch.bfloat16, 128, g) for g in (1, 2, 8, 16)]
+    out += [decode_spec(torch.bfloat16, 128, 4, rope=RoPE(interleave=i)) for i in (False, True)]
+    out += [decode_spec(torch.bfloat16, 128, 4, variant=v) for v in examples()]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- plan -> arrays
+_plan_arrays: "weakref.WeakKeyDictionary[Plan, dict]" = weakref.WeakKeyDictionary()
+
+
+def check_decode_plan(plan: Plan) -> None:
+    """The decode kernel runs plans of one query token per request, tiles = one GQA group, no block masks."""
+    if int(plan.qo_lens.max(initial=0)) > 1 or plan.tile_q != plan.group:
+        raise InputError(f"the decode kernel runs decode plans (qo_len <= 1, tile_q = group); this plan has "
+                         f"max qo_len {int(plan.qo_lens.max(initial=0))} and tile_q {plan.tile_q} (group {plan.group})")
+    if plan.block_masked:
+        raise InputError("the decode kernel does not run block-masked plans; use a mask_mod variant instead")
+    if plan.group > MAX_GROUP:
+        raise InputError(f"GQA group {plan.group} > {MAX_GROUP}: the decode kernel holds up to {MAX_GROUP} query "
+                         "heads per KV head")
+    if plan.head_dim not in HEAD_DIMS:
+        raise InputError(f"head_dim {plan.head_dim} is not supported by the decode kernel; supported: {HEAD_DIMS}")
+    if plan.dtype not in ("bf16", "f16"):
+        raise InputError(f"plan dtype {plan.dtype!r}: the decode kernel runs bf16 / f16")
+
+
+def plan_arrays(plan: Plan) -> dict:
+    """Host arrays the kernels read, derived once per plan (int32):
+
+    ``items [num_items, 8]`` = (request, kv_head, pos_start, pos_end, q_token, kv_len, slot, 0),
+    ``cta_indptr [num_ctas + 1]``, ``merge_units [num_split_units, 4]`` = (first slot, end slot, first output
+    row, 0), packed in one buffer ``packed`` (items first, each part 16-byte aligned) with their offsets."""
+    got = _plan_arrays.get(plan)
+    if got is not None:
+        return got
+    check_decode_plan(plan)
+    H, G = plan.num_kv_heads, plan.group
+    tile = plan.item_unit // H
+    b = plan.tile_request[tile]
+    if not np.array_equal(plan.seg_indptr, np.arange(plan.num_tiles + 1)):
+        raise InputError("decode plans have one key segment per tile")
+    seg0 = plan.seg_start[tile]
+    qo_ptr = np.concatenate(([0], np.cumsum(plan.qo_lens)))
+    q_token = qo_ptr[b] + plan.tile_token_start[tile]
+    items = np.stack([b, plan.item_unit % H, seg0 + plan.item_kv_start, seg0 + plan.item_kv_end, q_token,
+                      plan.kv_lens[b], plan.item_slot, np.zeros_like(b)], axis=1).astype(np.int32)
+    if plan.num_items > 1 and (np.diff(plan.item_cta) < 0).any():
+        raise InputError("plan items must be ordered by CTA")
+    cta_indptr = np.searchsorted(plan.item_cta, np.arange(plan.num_ctas + 1)).astype(np.int32)
+    mt = plan.merge_unit // H
+    mrow = (qo_ptr[plan.tile_request[mt]] + plan.tile_token_start[mt]) * plan.num_qo_heads + (plan.merge_unit % H) * G
+    merge = np.stack([plan.merge_indptr[:-1], plan.merge_indptr[1:], mrow, np.zeros_like(mrow)],
+                     axis=1).astype(np.int32)
+    pad = (-len(cta_indptr)) % 4
+    packed = np.concatenate([items.ravel(), cta_indptr, np.zeros(pad, np.int32), merge.ravel()])
+    got = dict(items=items, cta_indptr=cta_indptr, merge_units=merge, packed=packed,
+               offsets=(0, items.size, items.size + len(cta_indptr) + pad), devices={})
+    _plan_arrays[plan] = got
+    return got
+
+
+def _device_arrays(plan: Plan, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    a = plan_arrays(plan)
+    dev = a["devices"].get(device)
+    if dev is None:
+        buf = torch.from_numpy(a["packed"]).to(device)
+        o0, o1, o2 = a["offsets"]
+        dev = a["devices"][device] = (buf[o0:o1], buf[o1:o1 + len(a["cta_indptr"])], buf[o2:])
+    return dev
+
+
+# ---------------------------------------------------------------------------------------------- the runner
+class DecodeRunner:
+    """A decode plan bound to its page table, variant and RoPE: call it once per layer.
+
+    Args:
+        plan: from :func:`infernb.plan` with ``qo_lens`` all 1 (or 0).
+        cache: the :class:`~infernb.layout.PagedKVCache` (its pool layout, dtype and device are used; any cache
+            of the same shape works at call time, e.g. one per layer).
+        page_table: the :class:`~infernb.layout.PageTable` the plan was made for (on the cache's device).
+        variant: a :class:`~infernb.variants.Variant` (default: plain attention). Its captured tensors must live
+            on the cache's device; its parameters are read now (make a new runner after ``with_params``).
+        rope: :class:`~infernb.reference.RoPE` to rotate q and the cached (un-rotated) keys at their positions.
+        sm_scale: logit scale (default ``1 / sqrt(head_dim)``).
+    """
+
+    def __init__(self, plan: Plan, cache, page_table, *, variant: Variant | None = None, rope: RoPE | None = None,
+                 sm_scale: float | None = None):
+        check_decode_plan(plan)
+        variant = NONE if variant is None else variant
+        if not isinstance(variant, Variant):
+            raise InputError(f"variant: expected an infernb Variant, got {type(variant).__name__}")
+        if not variant.softmax and len(plan.merge_unit):
+            raise InputError(f"variant {variant.name} is sigmoid attention: its split parts add up instead of "
+                             "merging by LSE; plan it unsplit (plan(..., merge_gain=float('inf')))")
+        pool = cache.pool if hasattr(cache, "pool") else None
+        if pool is None:
+            raise InputError("cache: expected a PagedKVCache")
+        dt = {"bf16": torch.bfloat16, "f16": torch.float16}[plan.dtype]
+        checks = [("num_kv_heads", cache.num_kv_heads, plan.num_kv_heads), ("head_dim", cache.head_dim, plan.head_dim),
+                  ("page_size", cache.page_size, plan.page_size), ("dtype", cache.dtype, dt)]
+        for name, got, want in checks:
+            if got != want:
+                raise InputError(f"cache.{name} = {got} but the plan was made for {want}")
+        if page_table.page_size != plan.page_size:
+            raise InputError(f"page_table.page_size = {page_table.page_size} but the plan has {plan.page_size}")
+        if page_table.indptr.device != pool.device or page_table.indices.device != pool.device:
+            raise InputError(f"page_table is on {page_table.indptr.device}, the cache on {pool.device}: move it "
+                             "with page_table.to(device)")
+        lens = page_table.kv_lens()
+        if lens != plan.kv_lens.tolist():
+            b = next((i for i, (x, y) in enumerate(zip(lens, plan.kv_lens.tolist())) if x != y), min(len(lens),
+                                                                                                   plan.batch_size))
+            raise InputError(f"page_table does not match the plan: request {b} has "
+                             f"{lens[b] if b < len(lens) else 'no'} tokens in the table, "
+                             f"{plan.kv_lens[b] if b < plan.batch_size else 'none'} in the plan "
+                             f"({len(lens)} vs {plan.batch_size} requests)")
+        if page_table.num_pages is not None and page_table.num_pages > cache.num_pages:
+            raise InputError(f"page_table points into a pool of {page_table.num_pages} pages, the cache has "
+                             f"{cache.num_pages}")
+        if rope is not None:
+            rd = rope.rotary_dim or plan.head_dim
+            if rd > plan.head_dim:
+                raise InputError(f"RoPE.rotary_dim = {rd} exceeds head_dim = {plan.head_dim}")
+        self.plan, self.page_table, self.variant, self.rope = plan, page_table, variant, rope
+        self.layout, self.dtype, self.device = cache.layout, dt, pool.device
+        self.sm_scale = plan.head_dim ** -0.5 if sm_scale is None else float(sm_scale)
+        if pool.device.type != "cuda":
+            return                                   # the emulator runs it (see __call__)
+        variant.check_device(pool.device)
+        self.kernel = build(decode_spec(dt, plan.head_dim, plan.group, cache.layout, variant, rope))
+        self.merge_kernel = build(merge_spec(dt, plan.head_dim)) if len(plan.merge_unit) else None
+        self.items, self.cta_indptr, self.merge_units = _device_arrays(plan, pool.device)
+        self.params = torch.frombuffer(bytearray(variant.params_bytes()), dtype=torch.uint8).to(pool.device)
+        rd = (rope.rotary_dim or plan.head_dim) if rope else plan.head_dim
+        self._scalars = (np.float32(self.sm_scale), np.int32(plan.num_kv_heads), np.int32(plan.page_size),
+                         np.int32(rd), np.float32(math.log2(rope.theta) if rope else 0.0),
+                         np.float32(1.0 / rope.scale if rope else 1.0))
+        self._smem = smem_bytes(plan.head_dim, plan.group)
+        n_slots = len(plan.merge_slots)
+        self._part_shape = ((n_slots, plan.group, plan.head_dim), (n_slots, plan.group))
+        self._num_tokens = int(plan.qo_lens.sum())
+
+    def __call__(self, q: torch.Tensor, cache=None, *, out: torch.Tensor | None = None,
+                 lse: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention of the planned batch.
+
+        Args:
+            q: ``[num_requests_with_a_token, num_qo_heads, head_dim]`` (one row per request with ``qo_len = 1``),
+                the cache's dtype and device.
+            cache: the cache to read (default: the one given at construction); same shape, layout and dtype.
+            out, lse: optional preallocated outputs ``[tokens, num_qo_heads, head_dim]`` q.dtype and
+                ``[tokens, num_qo_heads]`` float32.
+        Returns:
+            ``(out [tokens, num_qo_heads, head_dim] q.dtype, lse [tokens, num_qo_heads] float32)``.
+        """
+        p = self.plan
+        pool = self._check(q, cache)
+        if pool.device.type != "cuda":
+            o, s = emulate(p, q, kv_cache=pool, page_table=self.page_table, layout=self.layout, sm_scale=self.sm_scale,
+                           rope=self.rope, **self.variant.reference_kwargs())
+            return o.to(q.dtype), s.float()
+        if out is None:
+            out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        if lse is None:
+            lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device)
+        if p.num_items == 0:
+            return out, lse
+        if len(p.merge_unit):
+            part_o = torch.empty(self._part_shape[0], dtype=torch.float32, device=q.device)
+            part_lse = torch.empty(self._part_shape[1], dtype=torch.float32, device=q.device)
+        else:
+            part_o, part_lse = out, lse                      # never touched: every item writes final output
+        dev = q.device.index
+        self.kernel.launch("decode", (p.num_ctas, 1, 1), (NUM_THREADS, 1, 1),
+                           (q, pool, self.page_table.indptr, self.page_table.indices, self.items, self.cta_indptr,
+                            self.params, out, lse, part_o, part_lse, *self._scalars),
+                           shared_mem=self._smem, device_index=dev)
+        if self.merge_kernel is not None:
+            rows = len(p.merge_unit) * p.group
+            per_cta = MERGE_THREADS // (p.head_dim // 4)
+            self.merge_kernel.launch("merge_partials", (-(-rows // per_cta), 1, 1), (MERGE_THREADS, 1, 1),
+                                     (part_o, part_lse, self.merge_units, out, lse, np.int32(len(p.merge_unit)),
+                                      np.int32(p.group)), device_index=dev)
+        return out, lse
+
+    def _check(self, q: torch.Tensor, cache) -> torch.Tensor:
+        p = self.plan
+        pool = cache.pool if hasattr(cache, "pool") else cache
+        if cache is None:
+            raise InputError("cache: required")
+        if not isinstance(q, torch.Tensor):
+            raise InputError(f"q: expected a tensor, got {type(q).__name__}")
+        shape = (self._num_tokens if hasattr(self, "_num_tokens") else int(p.qo_lens.sum()), p.num_qo_heads,
+                 p.head_dim)
+        if tuple(q.shape) != shape:
+            raise InputError(f"q: expected shape {list(shape)} [tokens, num_qo_heads, head_dim] (from the plan), "
+                             f"got {list(q.shape)}")
+        if q.dtype != self.dtype:
+            raise InputError(f"q: expected dtype {self.dtype} (the cache's), got {q.dtype}")
+        if q.device != self.device or pool.device != self.device:
+            raise InputError(f"q is on {q.device} and the cache on {pool.device}; the runner was built for "
+                             f"{self.device}")
+        if pool.dtype != self.dtype or pool.dim() != 5:
+            raise InputError(f"cache: expected a {self.dtype} page pool, got {pool.dtype} {list(pool.shape)}")
+        if not pool.is_contiguous():
+            raise InputError("cache: the page pool must be contiguous")
+        if q.device.type == "cuda" and (not q.is_contiguous() or q.data_ptr() % 16):
+            raise InputError("q: expected a contiguous, 16-byte aligned tensor (use q.contiguous())")
+        return pool
+
+
+def run_decode(plan: Plan, q: torch.Tensor, cache, page_table, *, variant: Variant | None = None,
+               rope: RoPE | None = None, sm_scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One-off decode of a planned batch (builds a :class:`DecodeRunner`; keep the runner to call it per layer)."""
+    return DecodeRunner(plan, cache, page_table, variant=variant, rope=rope, sm_scale=sm_scale)(q, cache)
+
+
+def decode(q: torch.Tensor, cache, seq_ids: Sequence[int], *, variant: Variant | None = None,
+           rope: RoPE | None = None, sm_scale: float | None = None, return_lse: bool = False, num_sms=None):
+    """Decode attention in one call: plan the batch and run it (notebooks; serving code keeps the runner).
+
+    Args:
+        q: ``[len(seq_ids), num_qo_heads, head_dim]`` fp16/bf16, one new token per sequence.
+        cache: :class:`~infernb.layout.PagedKVCache` holding the sequences' keys and values (the new token's
+            included: append it first).
+        seq_ids: live sequence ids of the cache, in the order of q's rows.
+        variant, rope, sm_scale: as in :class:`DecodeRunner`. A variant with ``window_left`` (sliding window)
+            plans only the pages inside the window.
+        return_lse: also return the LSE ``[len(seq_ids), num_qo_heads]`` float32 (natural log).
+        num_sms: CTAs to plan for (default: the GPU's multiprocessors).
+    Returns:
+        ``out [len(seq_ids), num_qo_heads, head_dim]`` q.dtype (and ``lse``).
+    """
+    seq_ids = list(seq_ids)
+    table = cache.page_table(seq_ids)                 # raises on freed / unknown ids
+    if not isinstance(q, torch.Tensor) or q.dim() != 3 or q.shape[0] != len(seq_ids):
+        raise InputError(f"q: expected [len(seq_ids) = {len(seq_ids)}, num_qo_heads, head_dim], got "
+                         f"{list(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__}")
+    if q.shape[1] % cache.num_kv_heads:
+        raise InputError(f"q has {q.shape[1]} heads, not a multiple of the cache's {cache.num_kv_heads} KV heads")
+    if q.dtype not in DTYPES:
+        raise InputError(f"q: expected float16 or bfloat16, got {q.dtype}")
+    variant = NONE if variant is None else variant
+    p = make_plan([1] * len(seq_ids), cache.lengths(seq_ids), num_qo_heads=q.shape[1],
+                  num_kv_heads=cache.num_kv_heads, head_dim=cache.head_dim, page_size=cache.page_size,
+                  window_left=getattr(variant, "window_left", -1), dtype=DTYPE_NAMES[q.dtype], num_sms=num_sms,
+                  merge_gain=0.05 if variant.softmax else math.inf)
+    out, lse = run_decode(p, q, cache, table, variant=variant, rope=rope, sm_scale=sm_scale)
+    return (out, lse) if return_lse else out
+
+
+__all__ = ["DecodeRunner", "decode", "decode_spec", "plan_arrays", "run_decode", "smem_bytes", "specializations"]

@@ -1,0 +1,395 @@
+// infernb: decode attention over a paged KV cache, the GQA group fused into one tensor-core tile.
+//
+// One new token per request attends to its cached keys. A CTA runs the list of work items the planner gave
+// it (infernb.plan: item = one KV head of one request, a range [pos_start, pos_end) of its key positions).
+// The GROUP query heads that share the KV head are the rows of a 16-row mma tile, so every K/V byte is read
+// once per group (MHA: GROUP = 1, MQA: GROUP = all heads, up to 16).
+//
+// Pipeline: the CTA's items are one stream of BLOCK_N-token chunks. STAGES - 1 chunks are in flight as
+// cp.async copies (K and V, straight from the page pool through the page table, zero-filled past the end)
+// while the 4 warps compute on the oldest: warp w takes tokens [16w, 16w + 16) of the chunk,
+//   S = Q K^T (mma), logits -> variant hooks -> online softmax (log2 domain), O += P V (mma).
+// The producer runs ahead across item boundaries, so a new item's first keys are already loading while the
+// previous item finishes. At an item's end the warps' (m, l, O) are merged through shared memory and the
+// item writes either the final output + LSE (unsplit unit) or a partial state (fp32) to its slot; the
+// partial states of a split unit are merged by merge_partials_kernel (merge_states.cuh).
+//
+// Fused RoPE (ROPE = 1 half-rotated / Llama, 2 interleaved / GPT-J): q is rotated at its position
+// (kv_len - 1) when loaded; each warp rotates its K rows in shared memory before the mma, the angle of token
+// j advanced from token j - 1 by one complex multiply (one sincosf per pair and 16 tokens).
+#pragma once
+#include <infernb/common.cuh>
+#include <infernb/mma.cuh>
+#include <infernb/variant.cuh>
+
+namespace infernb {
+
+// Work item, two int4 per item (built by infernb.ops.decode from a Plan):
+//   [0] = (request b, kv_head, pos_start, pos_end)   [1] = (q_token, kv_len, slot (-1: final output), 0)
+struct decode_item_t {
+  int b, kv_head, pos_start, pos_end, q_token, kv_len, slot, pad;
+};
+
+template <typename T, int HEAD_DIM, int GROUP>
+struct decode_cfg_t {
+  static constexpr int NUM_WARPS = 4;
+  static constexpr int NUM_THREADS = 32 * NUM_WARPS;
+  static constexpr int WARP_TOKENS = 16;                        // keys per warp per chunk (one mma k-step of PV)
+  static constexpr int BLOCK_N = WARP_TOKENS * NUM_WARPS;       // keys per pipeline stage
+  static constexpr int CHUNKS = HEAD_DIM / 8;                   // 16-byte chunks per K/V row
+  static constexpr int STAGES = HEAD_DIM <= 64 ? 6 : (HEAD_DIM <= 128 ? 4 : 3);
+  static constexpr int STAGE_ELEMS = 2 * BLOCK_N * HEAD_DIM;    // K then V
+  static constexpr int O_STRIDE = HEAD_DIM + 4;                 // fp32 row stride of the cross-warp reduction
+  // shared memory, in bytes, in this order: K/V stages, Q tile, O reduction, (m, l) per warp and row
+  static constexpr int SMEM_KV = STAGES * STAGE_ELEMS * 2;
+  static constexpr int SMEM_Q = 16 * HEAD_DIM * 2;
+  static constexpr int SMEM_O = GROUP * O_STRIDE * 4;
+  static constexpr int SMEM_ML = NUM_WARPS * 16 * 2 * 4;
+  static constexpr int SMEM_BYTES = SMEM_KV + SMEM_Q + SMEM_O + SMEM_ML;
+  static_assert(sizeof(T) == 2, "decode runs on fp16 / bf16 (tensor-core operands)");
+  static_assert(HEAD_DIM % 64 == 0, "HEAD_DIM must be a multiple of 64");
+  static_assert(GROUP >= 1 && GROUP <= 16, "one mma tile holds up to 16 query heads per KV head");
+  static_assert(SMEM_BYTES <= 227 * 1024, "shared memory budget of one SM");
+};
+
+namespace detail {
+
+// RoPE frequency of pair p: theta^(-2p / rotary_dim) / scale.
+__device__ __forceinline__ float rope_freq(int p, int rotary_dim, float log2_theta, float inv_scale) {
+  return exp2f(-2.f * float(p) / float(rotary_dim) * log2_theta) * inv_scale;
+}
+// sin and cos of the angle pos * f. The product is kept exactly (its rounding error recovered with an fma), then
+// reduced by 2 pi in three parts (Cody-Waite) to [-pi, pi], where the fast intrinsics are accurate to ~1e-6:
+// no slow-path argument reduction (and no local memory) for any position.
+__device__ __forceinline__ void rope_sincos(float pos, float f, float* sn, float* cs) {
+  const float a = pos * f;
+  const float e = fmaf(pos, f, -a);                     // a + e == pos * f exactly
+  const float k = rintf(a * 0.15915494309189535f);      // turns
+  float r = fmaf(-k, 6.28125f, a);                      // 2 pi = 6.28125 + 1.93500518798828125e-3 + ...
+  r = fmaf(-k, 1.93500518798828125e-3f, r);
+  r = fmaf(-k, 3.0199159795074593e-7f, r);
+  __sincosf(r + e, sn, cs);
+}
+
+// Element indices of RoPE pair p (ROPE 1: (p, p + rd/2), ROPE 2: (2p, 2p + 1)).
+template <int ROPE>
+__device__ __forceinline__ void rope_pair(int p, int rotary_dim, int& da, int& db) {
+  if (ROPE == 2) { da = 2 * p; db = 2 * p + 1; }
+  else { da = p; db = p + rotary_dim / 2; }
+}
+
+}  // namespace detail
+
+// q:       [num_tokens, num_kv_heads * GROUP, HEAD_DIM] T (contiguous)
+// pool:    NHD [num_pages, 2, page_size, num_kv_heads, HEAD_DIM] / HND [num_pages, 2, num_kv_heads, page_size,
+//          HEAD_DIM] T, index 0 = K, 1 = V
+// kv_indptr [batch + 1], kv_indices [pages] int32: the page table
+// items:   [num_items] decode_item_t, ordered by CTA; cta_indptr [gridDim.x + 1]: CTA c runs items
+//          [cta_indptr[c], cta_indptr[c + 1])
+// out:     [num_tokens, num_qo_heads, HEAD_DIM] T; lse: [num_tokens, num_qo_heads] fp32 (natural log)
+// part_o:  [slots, GROUP, HEAD_DIM] fp32; part_lse: [slots, GROUP] fp32 (partial states of split units)
+template <typename T, int HEAD_DIM, int GROUP, bool HND, typename VARIANT, int ROPE>
+__global__ void __launch_bounds__(decode_cfg_t<T, HEAD_DIM, GROUP>::NUM_THREADS, 1)
+decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __restrict__ kv_indptr,
+              const int* __restrict__ kv_indices, const decode_item_t* __restrict__ items,
+              const int* __restrict__ cta_indptr, const typename VARIANT::params_t* __restrict__ vparams,
+              T* __restrict__ out, float* __restrict__ lse, float* __restrict__ part_o, float* __restrict__ part_lse,
+              float sm_scale, int num_kv_heads, int page_size, int rotary_dim, float rope_log2_theta,
+              float rope_inv_scale) {
+  using cfg = decode_cfg_t<T, HEAD_DIM, GROUP>;
+  constexpr int D = HEAD_DIM, CH = cfg::CHUNKS, BN = cfg::BLOCK_N, NT = cfg::NUM_THREADS, ST = cfg::STAGES;
+  constexpr int KSTEPS = D / 16;                 // mma k-steps of Q K^T
+  constexpr int DTILES = D / 8;                  // 8-column tiles of O
+  constexpr bool SOFTMAX = VARIANT::USE_SOFTMAX;
+
+  const int item_begin = cta_indptr[blockIdx.x], item_end = cta_indptr[blockIdx.x + 1];
+  if (item_begin >= item_end) return;
+
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  T* s_kv = reinterpret_cast<T*>(smem_raw);
+  T* s_q = reinterpret_cast<T*>(smem_raw + cfg::SMEM_KV);
+  float* s_o = reinterpret_cast<float*>(smem_raw + cfg::SMEM_KV + cfg::SMEM_Q);
+  float2* s_ml = reinterpret_cast<float2*>(smem_raw + cfg::SMEM_KV + cfg::SMEM_Q + cfg::SMEM_O);
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const int num_qo_heads = num_kv_heads * GROUP;
+  const typename VARIANT::params_t vp = *vparams;
+  // element strides in the pool
+  const long long head_stride = HND ? (long long)page_size * D : D;
+  const long long tok_stride = HND ? D : (long long)num_kv_heads * D;
+  const long long kv_stride = (long long)page_size * num_kv_heads * D;          // K -> V of one page
+  const long long page_stride = 2 * kv_stride;
+
+  // ---------------------------------------------------------------- producer: issue one chunk's copies
+  int p_item = item_begin, p_pos = items[item_begin].pos_start;
+  auto issue = [&](int stage) {
+    if (p_item < item_end) {
+      const decode_item_t it = items[p_item];
+      const int page_begin = kv_indptr[it.b];
+      const T* base = pool + (long long)it.kv_head * head_stride;
+      const unsigned sk = mma::smem_addr(s_kv + stage * cfg::STAGE_ELEMS);
+      const unsigned sv = sk + BN * D * 2;
+#pragma unroll 4
+      for (int k = 0; k < BN * CH / NT; ++k) {
+        const int i = tid + k * NT;
+        const int row = i / CH, ch = i % CH, pos = p_pos + row;
+        const bool valid = pos < it.pos_end;
+        const T* src = pool;
+        if (valid) {
+          const int page = kv_indices[page_begin + pos / page_size];
+          src = base + page * page_stride + (pos % page_size) * tok_stride + ch * 8;
+        }
+        const unsigned dst = mma::swizzle<CH>(row, ch) * 16;
+        mma::cp_async16(sk + dst, src, valid);
+        mma::cp_async16(sv + dst, valid ? src + kv_stride : src, valid);
+      }
+      // advance: next chunk of this item, or the first chunk of the next item (an empty item has one chunk)
+      if (p_pos + BN < it.pos_end) {
+        p_pos += BN;
+      } else if (++p_item < item_end) {
+        p_pos = items[p_item].pos_start;
+      }
+    }
+    mma::cp_async_commit();
+  };
+
+#pragma unroll
+  for (int s = 0; s < ST - 1; ++s) issue(s);
+
+  // ---------------------------------------------------------------- consumer state
+  float o[DTILES][4];
+  float m[2], l[2];                              // rows g and g + 8 (log2-domain running max, sum)
+  int c_item = item_begin, c_pos = 0;
+  decode_item_t it;
+  bool new_item = true;
+
+  for (int chunk = 0;; ++chunk) {
+    mma::cp_async_wait<ST - 2>();
+    __syncthreads();                             // chunk's stage has landed; the stage issued next is free
+    issue((chunk + ST - 1) % ST);
+    const T* s_k = s_kv + (chunk % ST) * cfg::STAGE_ELEMS;
+    const T* s_v = s_k + BN * D;
+
+    if (new_item) {                              // ---- load the item's Q tile (+ RoPE), reset the state
+      it = items[c_item];
+      c_pos = it.pos_start;
+      const T* qg = q + ((long long)it.q_token * num_qo_heads + (long long)it.kv_head * GROUP) * D;
+      if (ROPE == 0) {
+        for (int i = tid; i < 16 * CH; i += NT) {
+          const int r = i / CH, ch = i % CH;
+          vec_t<T, 8> x;
+          if (r < GROUP) x.load(qg + r * D + ch * 8);
+          else x.raw = make_uint4(0, 0, 0, 0);
+          x.store(s_q + mma::swizzle<CH>(r, ch) * 8);
+        }
+      } else {
+        const float qpos = float(it.kv_len - 1);
+        for (int i = tid; i < 16 * D; i += NT) {
+          const int r = i / D, d = i % D;
+          float x = 0.f;
+          if (r < GROUP) {
+            x = to_float(qg[r * D + d]);
+            if (d < rotary_dim) {
+              const int half_rd = rotary_dim / 2;
+              const int p = ROPE == 2 ? d / 2 : (d < half_rd ? d : d - half_rd);
+              const bool first = ROPE == 2 ? (d % 2 == 0) : (d < half_rd);
+              const int partner = ROPE == 2 ? (d ^ 1) : (first ? d + half_rd : d - half_rd);
+              const float y = to_float(qg[r * D + partner]);
+              float sn, cs;
+              detail::rope_sincos(qpos, detail::rope_freq(p, rotary_dim, rope_log2_theta, rope_inv_scale), &sn, &cs);
+              x = first ? x * cs - y * sn : x * cs + y * sn;
+            }
+          }
+          s_q[mma::swizzle_elem<CH>(r, d)] = from_float<T>(x);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < DTILES; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+      m[0] = m[1] = SOFTMAX ? -INFERNB_INF : 0.f;
+      l[0] = l[1] = 0.f;
+      __syncthreads();
+      new_item = false;
+    }
+
+    // ---------------------------------------------------------------- compute this warp's 16 keys
+    const int kpos0 = c_pos + warp * cfg::WARP_TOKENS;
+    if (kpos0 < it.pos_end) {
+      T* s_kw = const_cast<T*>(s_k);
+      if (ROPE != 0) {                           // rotate this warp's K rows in place
+        const int np = rotary_dim / 2;
+        for (int p = lane; p < np; p += 32) {
+          const float f = detail::rope_freq(p, rotary_dim, rope_log2_theta, rope_inv_scale);
+          float sn, cs, sf, cf;
+          detail::rope_sincos(float(kpos0), f, &sn, &cs);
+          detail::rope_sincos(1.f, f, &sf, &cf);
+          int da, db;
+          detail::rope_pair<ROPE>(p, rotary_dim, da, db);
+#pragma unroll 4
+          for (int j = 0; j < cfg::WARP_TOKENS; ++j) {
+            const int row = warp * cfg::WARP_TOKENS + j;
+            if (kpos0 + j < it.pos_end) {
+              T* pa = s_kw + mma::swizzle_elem<CH>(row, da);
+              T* pb = s_kw + mma::swizzle_elem<CH>(row, db);
+              const float a = to_float(*pa), b = to_float(*pb);
+              *pa = from_float<T>(a * cs - b * sn);
+              *pb = from_float<T>(b * cs + a * sn);
+            }
+            const float c2 = cs * cf - sn * sf;
+            sn = sn * cf + cs * sf;
+            cs = c2;
+          }
+        }
+        __syncwarp();
+      }
+
+      // S = Q K^T: two n-tiles of 8 keys
+      float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+      const unsigned q_base = mma::smem_addr(s_q), k_base = mma::smem_addr(s_k);
+      const int k_row = warp * cfg::WARP_TOKENS + (lane & 7) + (lane >> 4) * 8;
+#pragma unroll
+      for (int kk = 0; kk < KSTEPS; ++kk) {
+        unsigned a[4], b[4];
+        mma::ldmatrix_x4(a, q_base + mma::swizzle<CH>(lane & 15, 2 * kk + (lane >> 4)) * 16);
+        mma::ldmatrix_x4(b, k_base + mma::swizzle<CH>(k_row, 2 * kk + ((lane >> 3) & 1)) * 16);
+        mma::mma16816<T>(s[0], a, b[0], b[1]);
+        mma::mma16816<T>(s[1], a, b[2], b[3]);
+      }
+
+      // logits -> hooks -> probabilities
+      const int h0 = it.kv_head * GROUP;
+      const int qpos = it.kv_len - 1;
+      float mx[2] = {-INFERNB_INF, -INFERNB_INF};
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int row = g + (i >> 1) * 8;
+          const int pos = kpos0 + nt * 8 + 2 * t + (i & 1);
+          float x = s[nt][i] * sm_scale;
+          bool ok = row < GROUP && pos < it.pos_end;
+          if (ok) {
+            x = VARIANT::score_mod(vp, x, it.b, h0 + row, qpos, pos);
+            ok = VARIANT::mask_mod(vp, it.b, h0 + row, qpos, pos);
+          }
+          if (SOFTMAX) {
+            s[nt][i] = ok ? x * LOG2E : -INFERNB_INF;
+            mx[i >> 1] = fmaxf(mx[i >> 1], s[nt][i]);
+          } else {
+            s[nt][i] = ok ? vx::sigmoid(x) : 0.f;
+          }
+        }
+      }
+      if (SOFTMAX) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+          mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+          const float m_new = fmaxf(m[r], mx[r]);
+          const float base = m_new == -INFERNB_INF ? 0.f : m_new;
+          const float alpha = exp2f(m[r] - base);
+          m[r] = m_new;
+          l[r] *= alpha;
+#pragma unroll
+          for (int j = 0; j < DTILES; ++j) { o[j][2 * r] *= alpha; o[j][2 * r + 1] *= alpha; }
+#pragma unroll
+          for (int nt = 0; nt < 2; ++nt) {
+            s[nt][2 * r] = exp2f(s[nt][2 * r] - base);
+            s[nt][2 * r + 1] = exp2f(s[nt][2 * r + 1] - base);
+            l[r] += s[nt][2 * r] + s[nt][2 * r + 1];
+          }
+        }
+      } else {
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) { l[0] += s[nt][0] + s[nt][1]; l[1] += s[nt][2] + s[nt][3]; }
+      }
+
+      // O += P V
+      unsigned pa[4] = {mma::pack2<T>(s[0][0], s[0][1]), mma::pack2<T>(s[0][2], s[0][3]),
+                        mma::pack2<T>(s[1][0], s[1][1]), mma::pack2<T>(s[1][2], s[1][3])};
+      const unsigned v_base = mma::smem_addr(s_v);
+      const int v_row = warp * cfg::WARP_TOKENS + (lane & 7) + ((lane >> 3) & 1) * 8;
+#pragma unroll
+      for (int jj = 0; jj < D / 16; ++jj) {
+        unsigned b[4];
+        mma::ldmatrix_x4_trans(b, v_base + mma::swizzle<CH>(v_row, 2 * jj + (lane >> 4)) * 16);
+        mma::mma16816<T>(o[2 * jj], pa, b[0], b[1]);
+        mma::mma16816<T>(o[2 * jj + 1], pa, b[2], b[3]);
+      }
+    }
+
+    // ---------------------------------------------------------------- end of the item: merge warps, write
+    if (c_pos + BN >= it.pos_end) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+      }
+      if (t == 0) {
+        s_ml[warp * 16 + g] = make_float2(m[0], l[0]);
+        s_ml[warp * 16 + g + 8] = make_float2(m[1], l[1]);
+      }
+      for (int i = tid; i < GROUP * cfg::O_STRIDE; i += NT) s_o[i] = 0.f;
+      __syncthreads();
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int row = g + 8 * r;
+        if (row < GROUP) {
+          float sc = 1.f;
+          if (SOFTMAX) {
+            float M = -INFERNB_INF, L = 0.f;
+#pragma unroll
+            for (int w = 0; w < cfg::NUM_WARPS; ++w) M = fmaxf(M, s_ml[w * 16 + row].x);
+#pragma unroll
+            for (int w = 0; w < cfg::NUM_WARPS; ++w) {
+              const float2 ml = s_ml[w * 16 + row];
+              L += ml.y > 0.f ? ml.y * exp2f(ml.x - M) : 0.f;
+            }
+            sc = (L > 0.f && l[r] > 0.f) ? exp2f(m[r] - M) / L : 0.f;
+          }
+          float* orow = s_o + row * cfg::O_STRIDE + 2 * t;
+#pragma unroll
+          for (int j = 0; j < DTILES; ++j) {
+            atomicAdd(orow + j * 8, o[j][2 * r] * sc);
+            atomicAdd(orow + j * 8 + 1, o[j][2 * r + 1] * sc);
+          }
+        }
+      }
+      __syncthreads();
+      const long long out_row = (long long)it.q_token * num_qo_heads + (long long)it.kv_head * GROUP;
+      for (int i = tid; i < GROUP * CH; i += NT) {
+        const int r = i / CH, ch = i % CH;
+        const float* src = s_o + r * cfg::O_STRIDE + ch * 8;
+        if (it.slot < 0) {
+          vec_t<T, 8> v;
+#pragma unroll
+          for (int e = 0; e < 8; ++e) v.elt[e] = from_float<T>(src[e]);
+          v.store(out + (out_row + r) * D + ch * 8);
+        } else {
+          float* dst = part_o + ((long long)it.slot * GROUP + r) * D + ch * 8;
+          reinterpret_cast<float4*>(dst)[0] = make_float4(src[0], src[1], src[2], src[3]);
+          reinterpret_cast<float4*>(dst)[1] = make_float4(src[4], src[5], src[6], src[7]);
+        }
+      }
+      if (tid < GROUP) {
+        float M = SOFTMAX ? -INFERNB_INF : 0.f, L = 0.f;
+        if (SOFTMAX) {
+          for (int w = 0; w < cfg::NUM_WARPS; ++w) M = fmaxf(M, s_ml[w * 16 + tid].x);
+        }
+        for (int w = 0; w < cfg::NUM_WARPS; ++w) {
+          const float2 ml = s_ml[w * 16 + tid];
+          L += SOFTMAX ? (ml.y > 0.f ? ml.y * exp2f(ml.x - M) : 0.f) : ml.y;
+        }
+        const float s_nat = SOFTMAX ? (L > 0.f ? (M + log2f(L)) * LN2 : -INFERNB_INF) : logf(L);
+        if (it.slot < 0) lse[out_row + tid] = s_nat;
+        else part_lse[(long long)it.slot * GROUP + tid] = s_nat;
+      }
+      if (++c_item >= item_end) break;
+      new_item = true;
+    } else {
+      c_pos += BN;
+    }
+  }
+  mma::cp_async_wait<0>();
+}
+
+}  // namespace infernb

@@ -1,0 +1,79 @@
+// infernb: thin PTX wrappers for Ampere/Hopper warp-level tensor-core attention (sm_80+).
+//   - cp.async 16-byte global -> shared copies (zero-fill when the source is out of range), groups, waits
+//   - ldmatrix x4 (plain and transposed) from shared memory
+//   - mma.sync m16n8k16 with fp32 accumulation, for half and bf16 operands
+//   - an XOR swizzle for [rows][CHUNKS x 16 B] tiles so ldmatrix and cp.async are bank-conflict free
+//
+// Fragment layouts of mma.m16n8k16 (PTX ISA, "Matrix Fragments for mma.m16n8k16"), g = lane / 4, t = lane % 4:
+//   A 16x16 (row): a0 = (g, 2t..2t+1), a1 = (g+8, 2t..), a2 = (g, 2t+8..), a3 = (g+8, 2t+8..)
+//   B 16x8  (col): b0 = (k 2t..2t+1, n g), b1 = (k 2t+8.., n g)
+//   C 16x8  (f32): c0, c1 = (g, 2t..2t+1), c2, c3 = (g+8, 2t..2t+1)
+#pragma once
+#include <infernb/common.cuh>
+
+namespace infernb {
+namespace mma {
+
+__device__ __forceinline__ unsigned smem_addr(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
+
+// 16 bytes from global `src` to shared `dst`; when !valid nothing is read and the 16 bytes are zero-filled.
+__device__ __forceinline__ void cp_async16(unsigned dst, const void* src, bool valid) {
+  const int n = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+// Wait until at most N of this thread's committed groups are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], unsigned addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned (&r)[4], unsigned addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+
+// d += a * b for one 16x8x16 tile.
+template <typename T>
+__device__ __forceinline__ void mma16816(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1);
+template <>
+__device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+               "{%0, %1, %2, %3};\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <>
+__device__ __forceinline__ void mma16816<half>(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+               "{%0, %1, %2, %3};\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two floats -> one 32-bit register of two T (lower half = x).
+template <typename T> __device__ __forceinline__ unsigned pack2(float x, float y);
+template <> __device__ __forceinline__ unsigned pack2<__nv_bfloat16>(float x, float y) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(x, y);
+  return *reinterpret_cast<unsigned*>(&v);
+}
+template <> __device__ __forceinline__ unsigned pack2<half>(float x, float y) {
+  half2 v = __floats2half2_rn(x, y);
+  return *reinterpret_cast<unsigned*>(&v);
+}
+
+// Offset, in 16-byte chunks, of chunk `chunk` of row `row` in a tile of CHUNKS chunks per row (CHUNKS >= 8).
+// The XOR with row % 8 puts the 8 rows an ldmatrix reads (same logical chunk) in 8 different bank groups.
+template <int CHUNKS>
+__device__ __forceinline__ int swizzle(int row, int chunk) {
+  static_assert(CHUNKS >= 8 && CHUNKS % 8 == 0, "swizzled rows need a multiple of 8 chunks (128 bytes)");
+  return row * CHUNKS + (chunk ^ (row & 7));
+}
+// Element offset of element `col` of row `row` in such a tile of 2-byte elements (8 per chunk).
+template <int CHUNKS>
+__device__ __forceinline__ int swizzle_elem(int row, int col) { return swizzle<CHUNKS>(row, col >> 3) * 8 + (col & 7); }
+
+}  // namespace mma
+}  // namespace infernb

@@ -1,0 +1,201 @@
+"""infernb.decode / DecodeRunner: plan -> arrays, input checks and the CPU path (emulator) everywhere; the CUDA
+kernel against the float64 reference over the issue's grid on a GPU (outputs poisoned with NaN first)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import infernb as ib
+from infernb import InputError
+from infernb.ops.paged_decode import DecodeRunner, plan_arrays, smem_bytes
+from infernb.testing import assert_close
+
+from .decode_cases import make_cache, random_lens, reference_decode
+
+gpu = pytest.mark.gpu
+HEADS = [(32, 32), (32, 8), (32, 4), (8, 1)]
+
+
+def run_checked(q, cache, ids, *, variant=None, rope=None, num_sms=None, strategy="balanced", window_left=-1,
+                merge_gain=0.05):
+    """Plan, poison the outputs, run, compare with the reference; return the plan."""
+    lens = cache.lengths(ids)
+    table = cache.page_table(ids)
+    p = ib.plan([1] * len(ids), lens, num_qo_heads=q.shape[1], num_kv_heads=cache.num_kv_heads,
+                head_dim=cache.head_dim, page_size=cache.page_size, dtype=ib.jit.types.DTYPE_NAMES[q.dtype],
+                num_sms=num_sms, strategy=strategy, window_left=window_left, merge_gain=merge_gain)
+    runner = DecodeRunner(p, cache, table, variant=variant, rope=rope)
+    out = torch.full_like(q, float("nan"))
+    lse = torch.full(q.shape[:2], float("nan"), dtype=torch.float32, device=q.device)
+    o, s = runner(q, cache, out=out, lse=lse) if q.is_cuda else runner(q, cache)
+    ref_o, ref_s = reference_decode(q, cache, ids, variant=variant, rope=rope, window_left=window_left)
+    assert o.dtype == q.dtype and s.dtype == torch.float32
+    assert_close(o.float().cpu(), ref_o, q.dtype, name="out", rowwise=True)
+    fin = torch.isfinite(ref_s)
+    assert torch.equal(torch.isfinite(s.cpu()), fin), "LSE: empty rows must be -inf exactly where the reference's are"
+    assert_close(s.cpu()[fin], ref_s[fin], q.dtype, name="lse")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------- CPU
+def test_cpu_decode_matches_reference(gen):
+    cache, ids, q = make_cache(gen, [1, 15, 16, 17, 300], 8, 2, 64, 16)
+    p = run_checked(q, cache, ids, num_sms=6)
+    assert len(p.merge_unit) > 0                       # the split path (and its merge) ran
+    out = ib.decode(q, cache, ids)
+    assert out.shape == q.shape
+
+
+@pytest.mark.parametrize("variant", [ib.variants.softcap(20.0), ib.variants.sliding_window(9), None])
+def test_cpu_decode_variants_and_rope(gen, variant):
+    cache, ids, q = make_cache(gen, [5, 33, 40], 4, 1, 64, 8, layout="HND")
+    run_checked(q, cache, ids, variant=variant, rope=ib.RoPE(theta=500.0), num_sms=3,
+                window_left=-1 if variant is None else variant.window_left)
+
+
+def test_plan_arrays_describe_every_item(gen):
+    lens = [1, 15, 16, 17, 1000, 300, 2]
+    p = ib.plan([1] * 7, lens, num_qo_heads=32, num_kv_heads=8, head_dim=128, num_sms=20)
+    a = plan_arrays(p)
+    items, ind, merge = a["items"], a["cta_indptr"], a["merge_units"]
+    assert items.shape == (p.num_items, 8) and items.dtype == np.int32
+    assert ind[0] == 0 and ind[-1] == p.num_items and (np.diff(ind) >= 0).all()
+    for c in range(p.num_ctas):                         # CTA c runs exactly its items
+        assert (p.item_cta[ind[c]:ind[c + 1]] == c).all()
+    covered = {}
+    for b, h, s, e, tok, kvl, slot, _ in items.tolist():
+        assert tok == b and kvl == lens[b] and 0 <= s <= e <= lens[b]
+        covered.setdefault((b, h), []).append((s, e))
+    for (b, h), parts in covered.items():              # each (request, head) covered once, in order
+        parts.sort()
+        assert parts[0][0] == 0 and parts[-1][1] == lens[b]
+        assert all(x[1] == y[0] for x, y in zip(parts, parts[1:]))
+    for (x, y, row, _), u in zip(merge.tolist(), p.merge_unit.tolist()):
+        assert y - x == int((p.item_unit == u).sum()) >= 2
+        assert row == (u // 8) * 32 + (u % 8) * 4
+    assert a["packed"].size % 4 == 0 or True
+    assert smem_bytes(128, 4) < 227 * 1024
+
+
+def test_window_plans_read_only_the_window(gen):
+    v = ib.variants.sliding_window(100)
+    assert v.window_left == 100
+    assert ib.variants.combine(ib.variants.softcap(30.0), v).window_left == 100
+    assert ib.variants.or_masks(v, ib.variants.prefix_lm(4)).window_left == -1
+    p = ib.plan([1, 1], [5000, 50], num_qo_heads=8, num_kv_heads=2, head_dim=64, window_left=v.window_left,
+                num_sms=8)
+    assert int((p.item_kv_end - p.item_kv_start).sum()) == 2 * (101 + 50)
+
+
+def test_decode_input_errors(gen):
+    cache, ids, q = make_cache(gen, [20, 7], 8, 2, 64, 16)
+    table = cache.page_table(ids)
+    p = ib.plan([1, 1], [20, 7], num_qo_heads=8, num_kv_heads=2, head_dim=64, num_sms=4)
+    r = DecodeRunner(p, cache, table)
+    with pytest.raises(InputError, match="q: expected shape"):
+        r(q[:1], cache)
+    with pytest.raises(InputError, match="q: expected dtype"):
+        r(q.half(), cache)
+    with pytest.raises(InputError, match="head_dim"):
+        DecodeRunner(ib.plan([1, 1], [20, 7], num_qo_heads=8, num_kv_heads=2, head_dim=128), cache, table)
+    with pytest.raises(InputError, match="num_kv_heads"):
+        DecodeRunner(ib.plan([1, 1], [20, 7], num_qo_heads=8, num_kv_heads=4, head_dim=64), cache, table)
+    with pytest.raises(InputError, match="does not match the plan"):
+        DecodeRunner(ib.plan([1, 1], [20, 8], num_qo_heads=8, num_kv_heads=2, head_dim=64), cache, table)
+    with pytest.raises(InputError, match="decode plans"):
+        DecodeRunner(ib.plan([2, 1], [20, 7], num_qo_heads=8, num_kv_heads=2, head_dim=64), cache, table)
+    with pytest.raises(InputError, match="sigmoid"):
+        DecodeRunner(ib.plan([1, 1], [2000, 7], num_qo_heads=8, num_kv_heads=2, head_dim=64, num_sms=8),
+                     cache, table, variant=ib.variants.sigmoid_attention())
+    with pytest.raises(InputError, match="group"):
+        ib.ops.paged_decode.check_decode_plan(ib.plan([1], [4], num_qo_heads=64, num_kv_heads=2, head_dim=64))
+    cache.free([ids[1]])
+    with pytest.raises(InputError):
+        ib.decode(q, cache, ids)                      # a freed sequence id
+    with pytest.raises(InputError, match="q: expected"):
+        ib.decode(q, cache, ids[:1])
+
+
+# ---------------------------------------------------------------------------------------------- GPU
+@gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("layout", ["NHD", "HND"])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("heads", HEADS, ids=[f"{a}x{b}" for a, b in HEADS])
+def test_decode_grid(gen, heads, head_dim, layout, dtype):
+    """Batch of 7 with the edge lengths, a page size per case; split (few CTAs) and unsplit (naive) plans."""
+    page = [1, 16, 64][(head_dim // 64 + HEADS.index(heads)) % 3]
+    lens = [1, 15, 16, 17, 1000] + random_lens(gen, 2, 8192)
+    cache, ids, q = make_cache(gen, lens, *heads, head_dim, page, layout=layout, dtype=dtype, device="cuda")
+    p = run_checked(q, cache, ids, num_sms=16)
+    assert len(p.merge_unit) > 0
+    p = run_checked(q, cache, ids, strategy="naive")
+    assert len(p.merge_unit) == 0
+
+
+@gpu
+@pytest.mark.parametrize("batch,hi", [(1, 8192), (64, 8192), (64, 40)])
+@pytest.mark.parametrize("page", [1, 16, 64])
+def test_decode_batches(gen, batch, hi, page):
+    lens = random_lens(gen, batch, hi)
+    cache, ids, q = make_cache(gen, lens, 32, 8, 128, page, device="cuda")
+    run_checked(q, cache, ids)                         # the default plan for the H100's SMs
+
+
+def _variants(device):
+    slopes = ib.variants.alibi_slopes(32).to(device)
+    bias = torch.randn(32, 32, generator=torch.Generator().manual_seed(3)).to(device)
+
+    def custom(score, b, h, q_idx, kv_idx):             # a traced custom variant: a per-head distance penalty
+        return score - 0.01 * (h % 4 + 1) * torch.sqrt((q_idx - kv_idx).float() + 1.0)
+    return {
+        "none": None, "softcap": ib.variants.softcap(30.0), "softcap_runtime": ib.variants.softcap(5.0, runtime=True),
+        "alibi": ib.variants.alibi(slopes), "sliding_window": ib.variants.sliding_window(300),
+        "t5_bias": ib.variants.relative_position_bias(bias), "custom": ib.Variant("sqrt_distance", score_mod=custom),
+        "softcap_window": ib.variants.combine(ib.variants.softcap(20.0), ib.variants.sliding_window(64)),
+    }
+
+
+@gpu
+@pytest.mark.parametrize("name", list(_variants("cpu")))
+@pytest.mark.parametrize("rope", [None, ib.RoPE(), ib.RoPE(theta=5e5, interleave=True, rotary_dim=64)],
+                         ids=["norope", "rope", "rope_interleave_rd64"])
+@pytest.mark.parametrize("split", [True, False], ids=["split", "unsplit"])
+def test_decode_variants(gen, name, rope, split):
+    v = _variants("cuda")[name]
+    lens = [1, 17, 1000, 4000] + random_lens(gen, 3, 8192)
+    cache, ids, q = make_cache(gen, lens, 32, 8, 128, 16, device="cuda")
+    wl = -1 if v is None else v.window_left
+    run_checked(q, cache, ids, variant=v, rope=rope, num_sms=16 if split else None,
+                strategy="balanced" if split else "naive", window_left=wl)
+
+
+@gpu
+def test_decode_sigmoid_unsplit(gen):
+    cache, ids, q = make_cache(gen, [1, 300, 2000], 32, 8, 64, 16, device="cuda")
+    run_checked(q, cache, ids, variant=ib.variants.sigmoid_attention(-2.0), merge_gain=math.inf)
+
+
+@gpu
+def test_decode_one_call_and_run(gen):
+    cache, ids, q = make_cache(gen, [50, 3000], 32, 8, 128, 16, device="cuda")
+    out, lse = ib.decode(q, cache, ids, return_lse=True, rope=ib.RoPE())
+    ref_o, ref_s = reference_decode(q, cache, ids, rope=ib.RoPE())
+    assert_close(out.float().cpu(), ref_o, q.dtype, rowwise=True)
+    p = ib.plan([1, 1], cache.lengths(ids), num_qo_heads=32, num_kv_heads=8, head_dim=128)
+    o2, _ = ib.run(p, q, cache, page_table=cache.page_table(ids))
+    assert_close(o2.float().cpu(), reference_decode(q, cache, ids)[0], q.dtype, rowwise=True)
+
+
+@gpu
+def test_decode_gpu_input_errors(gen):
+    cache, ids, q = make_cache(gen, [50, 30], 8, 2, 64, 16, device="cuda")
+    p = ib.plan([1, 1], [50, 30], num_qo_heads=8, num_kv_heads=2, head_dim=64)
+    r = DecodeRunner(p, cache, cache.page_table(ids))
+    with pytest.raises(InputError, match="is on"):
+        r(q.cpu(), cache)
+    with pytest.raises(InputError, match="contiguous"):
+        r(torch.empty(2, 64, 8, dtype=q.dtype, device="cuda").transpose(1, 2), cache)
+    with pytest.raises(InputError, match="tensor captured"):
+        DecodeRunner(p, cache, cache.page_table(ids), variant=ib.variants.alibi(8))   # slopes on the CPU
