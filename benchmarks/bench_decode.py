@@ -25,6 +25,7 @@ CASES = {  # name -> kv lengths; the targets of issue 6 (ratio = FlashInfer time
     "1x32768": ([32768], 1.30),
 }
 VARIANT_CASE = "64x4096"
+TUNING = [(3, 2), (4, 1)]         # (stages, CTAs per SM) tried beside the default on VARIANT_CASE
 
 
 def build_cache(lens, device="cuda"):
@@ -108,7 +109,14 @@ def main(argv=None) -> int:
             del k, v
         row["copy_fraction"] = row["infernb_TBps"] / copy_tbps
         rows.append(row)
-        if name == VARIANT_CASE:
+        if name == VARIANT_CASE:                     # occupancy / pipeline alternatives (plan with the same CTAs)
+            for stages, ctas in TUNING:
+                pt = ib.plan([1] * len(lens), lens, num_qo_heads=HQ, num_kv_heads=HKV, head_dim=D, page_size=PAGE,
+                             page_table=table, ctas_per_sm=ctas)
+                r = DecodeRunner(pt, cache, table, stages=stages, ctas_per_sm=ctas)
+                row[f"tuning_s{stages}_c{ctas}_err"] = rel(r(q)[0], out)
+                row[f"tuning_s{stages}_c{ctas}_ms"] = t_ms(lambda: r(q))[0]
+
             slopes = ib.variants.alibi_slopes(HQ).to("cuda")
             for vname, kw in (("softcap_30", dict(variant=ib.variants.softcap(30.0))),
                               ("alibi", dict(variant=ib.variants.alibi(slopes))),
@@ -130,6 +138,9 @@ def main(argv=None) -> int:
         f = lambda k: f"{r[k + '_ms'] * 1e3:8.1f}us {r[k + '_TBps']:4.2f}TB/s" if k + "_ms" in r else f"{'-':>18}"  # noqa
         print(f"{r['case']:<24}{f('infernb')}{f('flashinfer')}{f('sdpa')}"
               f"{r.get('speedup_vs_flashinfer', float('nan')):8.2f}x{r['target']:7.2f}x{r['copy_fraction']:8.0%}")
+    for r in rows:
+        for k in [k for k in r if k.startswith("tuning_") and k.endswith("_ms")]:
+            print(f"  {r['case']} {k[7:-3]:<24} {r[k] * 1e3:8.1f}us  (err {r[k[:-3] + '_err']:.1e})")
     for v in variant_rows:
         print(f"  {v['case']} {v['variant']:<22} {v['ms'] * 1e3:8.1f}us  x{v['slowdown']:.3f} of plain")
     print(f"device {device_name()} -> {path}")

@@ -41,6 +41,7 @@ class Kernel:
         self.spec, self.arch, self.cubin, self.lowered, self.report = spec, arch, cubin, lowered, report
         self._modules: dict[int, object] = {}
         self._functions: dict[tuple[int, str], object] = {}
+        self._smem_opt_in: dict[tuple[int, str], int] = {}
 
     def __repr__(self) -> str:
         return f"<infernb Kernel {self.spec.name} [{self.arch}] kernels={list(self.lowered)}>"
@@ -77,8 +78,11 @@ class Kernel:
         if device_index is None:
             device_index = torch.cuda.current_device()
         fn = self._functions.get((device_index, short_name)) or self.function(short_name, device_index)
-        if shared_mem > 48 * 1024 and fn.max_dynamic_shared_size_bytes < shared_mem:
-            fn.max_dynamic_shared_size_bytes = shared_mem
+        if shared_mem > 48 * 1024 and self._smem_opt_in.get((device_index, short_name), 0) < shared_mem:
+            from cupy.cuda import driver      # opt in to more than 48 KiB of dynamic shared memory (once)
+
+            driver.funcSetAttribute(fn.ptr, driver.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, shared_mem)
+            self._smem_opt_in[(device_index, short_name)] = shared_mem
         fn(tuple(grid), tuple(block), kargs, shared_mem=shared_mem, stream=_stream(device_index))
 
 

@@ -17,14 +17,13 @@ NUM_THREADS = 128
 
 @functools.lru_cache(maxsize=None)
 def merge_spec(dtype: torch.dtype, head_dim: int) -> KernelSpec:
-    """The merge kernels (2-way, n-way, and a plan's split partial states) for one value dtype and head dim."""
+    """The merge kernels (2-way and n-way) for one value dtype and head dim."""
     args = f"{CUDA_TYPES[dtype]}, {head_dim}, {NUM_THREADS}"
     return KernelSpec(
         family="merge_states",
         name=f"merge_states_{DTYPE_NAMES[dtype]}_hd{head_dim}",
         kernels=(("merge_state", f"infernb::merge_state_kernel<{args}>"),
-                 ("merge_states", f"infernb::merge_states_kernel<{args}>"),
-                 ("merge_partials", f"infernb::merge_partials_kernel<{args}>")),
+                 ("merge_states", f"infernb::merge_states_kernel<{args}>")),
     )
 
 

@@ -7,7 +7,8 @@ Three doors, from lean to convenient:
 - :func:`infernb.run` (``run(plan, q, cache, page_table=..., variant=...)``) builds the runner each call;
 - :func:`decode` (``infernb.decode(q, cache, seq_ids, variant=..., rope=...)``) plans too: for notebooks.
 
-The kernel is ``kernels/include/infernb/decode.cuh``; split units are merged by ``merge_partials_kernel``.
+The kernel is ``kernels/include/infernb/decode.cuh``: one launch, split units merged by the CTA that finishes
+their last item.
 """
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ from ..plan import Plan, emulate, plan as make_plan
 from ..reference import RoPE
 from ..variants import Variant
 from ._common import CUDA_TYPES, DTYPE_NAMES, HEAD_DIMS, aligned16
-from .merge import NUM_THREADS as MERGE_THREADS, merge_spec
 
 #: Query heads per KV head one mma tile holds.
 MAX_GROUP = 16
@@ -34,27 +34,42 @@ ROPE_MODES = {None: 0, False: 1, True: 2}          # RoPE.interleave -> kernel R
 NONE = Variant("none")                              # plain attention (identity hooks)
 
 
-def smem_bytes(head_dim: int, group: int) -> int:
+#: head_dim -> (pipeline stages, CTAs per SM). Occupancy beats pipeline depth (benchmarks/NOTES.md): three CTAs
+#: (12 warps) per SM where their shared memory fits, so the CTAs' compute hides under each other's copies.
+#: ``infernb.plan`` plans decode batches for the same CTA count (:func:`decode_ctas_per_sm`).
+CONFIG = {64: (4, 3), 128: (2, 3), 256: (3, 1)}
+
+
+def decode_ctas_per_sm(head_dim: int) -> int:
+    """CTAs per SM the decode kernel keeps resident (plan decode batches with ``ctas_per_sm`` = this)."""
+    return CONFIG.get(head_dim, (0, 1))[1]
+
+
+def smem_bytes(head_dim: int, group: int, stages: int | None = None) -> int:
     """Dynamic shared memory of a decode specialization (the kernel's ``decode_cfg_t::SMEM_BYTES``; every
     compile checks the two agree with a ``static_assert``)."""
-    stages = 6 if head_dim <= 64 else 4 if head_dim <= 128 else 3
-    return stages * 2 * 64 * head_dim * 2 + 16 * head_dim * 2 + group * (head_dim + 4) * 4 + 4 * 16 * 2 * 4
+    stages = CONFIG[head_dim][0] if stages is None else stages
+    return stages * 2 * 64 * head_dim * 2 + max(16 * head_dim * 2, group * (head_dim + 4) * 4) + 4 * 16 * 2 * 4
 
 
 def decode_spec(dtype: torch.dtype, head_dim: int, group: int, layout: str = "NHD", variant: Variant = NONE,
-                rope: RoPE | None = None) -> KernelSpec:
-    """The decode kernel specialization for one (dtype, head dim, GQA group, pool layout, variant, RoPE layout)."""
+                rope: RoPE | None = None, *, stages: int | None = None, ctas_per_sm: int | None = None) -> KernelSpec:
+    """The decode kernel specialization for one (dtype, head dim, GQA group, pool layout, variant, RoPE layout);
+    ``stages`` / ``ctas_per_sm`` override :data:`CONFIG` (for experiments)."""
     mode = 0 if rope is None else ROPE_MODES[bool(rope.interleave)]
     rope_tag = ["", "_rope", "_rope_interleave"][mode]
+    st, ctas = CONFIG[head_dim]
+    st, ctas = st if stages is None else stages, ctas if ctas_per_sm is None else ctas_per_sm
     args = (f"{CUDA_TYPES[dtype]}, {head_dim}, {group}, {'true' if layout == 'HND' else 'false'}, "
-            f"{variant.cuda_name}, {mode}")
+            f"{variant.cuda_name}, {mode}, {st}, {ctas}")
     g = variant.generated
-    check = (f"static_assert(infernb::decode_cfg_t<{CUDA_TYPES[dtype]}, {head_dim}, {group}>::SMEM_BYTES == "
-             f"{smem_bytes(head_dim, group)}, \"infernb.ops.decode.smem_bytes disagrees with decode_cfg_t\");")
+    check = (f"static_assert(infernb::decode_cfg_t<{CUDA_TYPES[dtype]}, {head_dim}, {group}, {st}>::SMEM_BYTES == "
+             f"{smem_bytes(head_dim, group, st)}, \"infernb.ops.paged_decode.smem_bytes disagrees with decode_cfg_t\");")
+    tune = "" if (stages, ctas_per_sm) == (None, None) else f"_s{st}c{ctas}"
     return KernelSpec(
         family="decode",
         name=(f"decode_{DTYPE_NAMES[dtype]}_hd{head_dim}_g{group}_{layout.lower()}{rope_tag}_{variant.name}"
-              f"_{variant.code_hash}"),
+              f"_{variant.code_hash}{tune}"),
         kernels=(("decode", f"infernb::decode_kernel<{args}>"),),
         preamble=g.code + "\n" + check, preamble_origin=tuple(sorted(g.origins.items())))
 
@@ -92,16 +107,17 @@ def check_decode_plan(plan: Plan) -> None:
 
 
 def plan_arrays(plan: Plan) -> dict:
-    """Host arrays the kernels read, derived once per plan (int32):
+    """Host arrays the kernel reads, derived once per plan (int32, cached on the plan):
 
-    ``items [num_items, 8]`` = (request, kv_head, pos_start, pos_end, q_token, kv_len, slot, 0),
-    ``cta_indptr [num_ctas + 1]``, ``merge_units [num_split_units, 4]`` = (first slot, end slot, first output
-    row, 0), packed in one buffer ``packed`` (items first, each part 16-byte aligned) with their offsets."""
+    ``items [num_items, 12]`` = (request, kv_head, pos_start, pos_end, q_token, kv_len, slot, page_begin,
+    merge_unit, slot_begin, slot_end, 0) (``kernels/include/infernb/decode.cuh``'s ``decode_item_t``;
+    page_begin is 0 here: it comes from the page table, see :class:`DecodeRunner`), ``cta_indptr
+    [num_ctas + 1]`` (CTA c runs items ``cta_indptr[c]:cta_indptr[c + 1]``)."""
     got = _plan_arrays.get(plan)
     if got is not None:
         return got
     check_decode_plan(plan)
-    H, G = plan.num_kv_heads, plan.group
+    H = plan.num_kv_heads
     tile = plan.item_unit // H
     b = plan.tile_request[tile]
     if not np.array_equal(plan.seg_indptr, np.arange(plan.num_tiles + 1)):
@@ -109,31 +125,20 @@ def plan_arrays(plan: Plan) -> dict:
     seg0 = plan.seg_start[tile]
     qo_ptr = np.concatenate(([0], np.cumsum(plan.qo_lens)))
     q_token = qo_ptr[b] + plan.tile_token_start[tile]
+    munit = np.searchsorted(plan.merge_unit, plan.item_unit)            # index among split units (if split)
+    split = plan.item_slot >= 0
+    munit = np.where(split, munit, -1)
+    s0 = np.where(split, plan.merge_indptr[np.minimum(munit, len(plan.merge_unit) - 1).clip(0)], 0)
+    s1 = np.where(split, plan.merge_indptr[(munit + 1).clip(0, len(plan.merge_unit))], 0)
+    zero = np.zeros_like(b)
     items = np.stack([b, plan.item_unit % H, seg0 + plan.item_kv_start, seg0 + plan.item_kv_end, q_token,
-                      plan.kv_lens[b], plan.item_slot, np.zeros_like(b)], axis=1).astype(np.int32)
+                      plan.kv_lens[b], plan.item_slot, zero, munit, s0, s1, zero], axis=1).astype(np.int32)
     if plan.num_items > 1 and (np.diff(plan.item_cta) < 0).any():
         raise InputError("plan items must be ordered by CTA")
     cta_indptr = np.searchsorted(plan.item_cta, np.arange(plan.num_ctas + 1)).astype(np.int32)
-    mt = plan.merge_unit // H
-    mrow = (qo_ptr[plan.tile_request[mt]] + plan.tile_token_start[mt]) * plan.num_qo_heads + (plan.merge_unit % H) * G
-    merge = np.stack([plan.merge_indptr[:-1], plan.merge_indptr[1:], mrow, np.zeros_like(mrow)],
-                     axis=1).astype(np.int32)
-    pad = (-len(cta_indptr)) % 4
-    packed = np.concatenate([items.ravel(), cta_indptr, np.zeros(pad, np.int32), merge.ravel()])
-    got = dict(items=items, cta_indptr=cta_indptr, merge_units=merge, packed=packed,
-               offsets=(0, items.size, items.size + len(cta_indptr) + pad), devices={})
+    got = dict(items=items, cta_indptr=cta_indptr)
     _plan_arrays[plan] = got
     return got
-
-
-def _device_arrays(plan: Plan, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    a = plan_arrays(plan)
-    dev = a["devices"].get(device)
-    if dev is None:
-        buf = torch.from_numpy(a["packed"]).to(device)
-        o0, o1, o2 = a["offsets"]
-        dev = a["devices"][device] = (buf[o0:o1], buf[o1:o1 + len(a["cta_indptr"])], buf[o2:])
-    return dev
 
 
 # ---------------------------------------------------------------------------------------------- the runner
@@ -149,10 +154,11 @@ class DecodeRunner:
             on the cache's device; its parameters are read now (make a new runner after ``with_params``).
         rope: :class:`~infernb.reference.RoPE` to rotate q and the cached (un-rotated) keys at their positions.
         sm_scale: logit scale (default ``1 / sqrt(head_dim)``).
+        stages, ctas_per_sm: override the kernel's pipeline depth and occupancy target (:data:`CONFIG`).
     """
 
     def __init__(self, plan: Plan, cache, page_table, *, variant: Variant | None = None, rope: RoPE | None = None,
-                 sm_scale: float | None = None):
+                 sm_scale: float | None = None, stages: int | None = None, ctas_per_sm: int | None = None):
         check_decode_plan(plan)
         variant = NONE if variant is None else variant
         if not isinstance(variant, Variant):
@@ -190,20 +196,26 @@ class DecodeRunner:
             if rd > plan.head_dim:
                 raise InputError(f"RoPE.rotary_dim = {rd} exceeds head_dim = {plan.head_dim}")
         self.plan, self.page_table, self.variant, self.rope = plan, page_table, variant, rope
-        self.layout, self.dtype, self.device = cache.layout, dt, pool.device
+        self.cache, self.layout, self.dtype, self.device = cache, cache.layout, dt, pool.device
         self.sm_scale = plan.head_dim ** -0.5 if sm_scale is None else float(sm_scale)
         if pool.device.type != "cuda":
             return                                   # the emulator runs it (see __call__)
         variant.check_device(pool.device)
-        self.kernel = build(decode_spec(dt, plan.head_dim, plan.group, cache.layout, variant, rope))
-        self.merge_kernel = build(merge_spec(dt, plan.head_dim)) if len(plan.merge_unit) else None
-        self.items, self.cta_indptr, self.merge_units = _device_arrays(plan, pool.device)
+        self.kernel = build(decode_spec(dt, plan.head_dim, plan.group, cache.layout, variant, rope, stages=stages,
+                                        ctas_per_sm=ctas_per_sm))
+        a = plan_arrays(plan)
+        items = a["items"].copy()
+        items[:, 7] = page_table.indptr.cpu().numpy()[items[:, 0]]        # where each request's page ids start
+        buf = torch.from_numpy(np.concatenate([items.ravel(), a["cta_indptr"]])).to(pool.device)
+        self.items, self.cta_indptr = buf[:items.size], buf[items.size:]
+        self.merge_count = torch.zeros(max(len(plan.merge_unit), 1), dtype=torch.int32, device=pool.device)
         self.params = torch.frombuffer(bytearray(variant.params_bytes()), dtype=torch.uint8).to(pool.device)
         rd = (rope.rotary_dim or plan.head_dim) if rope else plan.head_dim
-        self._scalars = (np.float32(self.sm_scale), np.int32(plan.num_kv_heads), np.int32(plan.page_size),
-                         np.int32(rd), np.float32(math.log2(rope.theta) if rope else 0.0),
+        ps = plan.page_size
+        self._scalars = (np.float32(self.sm_scale), np.int32(plan.num_kv_heads), np.int32(ps),
+                         np.int32(ps.bit_length() - 1 if ps & (ps - 1) == 0 else -1), np.int32(rd), np.float32(math.log2(rope.theta) if rope else 0.0),
                          np.float32(1.0 / rope.scale if rope else 1.0))
-        self._smem = smem_bytes(plan.head_dim, plan.group)
+        self._smem = smem_bytes(plan.head_dim, plan.group, stages)
         n_slots = len(plan.merge_slots)
         self._part_shape = ((n_slots, plan.group, plan.head_dim), (n_slots, plan.group))
         self._num_tokens = int(plan.qo_lens.sum())
@@ -240,22 +252,15 @@ class DecodeRunner:
             part_o, part_lse = out, lse                      # never touched: every item writes final output
         dev = q.device.index
         self.kernel.launch("decode", (p.num_ctas, 1, 1), (NUM_THREADS, 1, 1),
-                           (q, pool, self.page_table.indptr, self.page_table.indices, self.items, self.cta_indptr,
-                            self.params, out, lse, part_o, part_lse, *self._scalars),
+                           (q, pool, self.page_table.indices, self.items, self.cta_indptr, self.params, out, lse,
+                            part_o, part_lse, self.merge_count, *self._scalars),
                            shared_mem=self._smem, device_index=dev)
-        if self.merge_kernel is not None:
-            rows = len(p.merge_unit) * p.group
-            per_cta = MERGE_THREADS // (p.head_dim // 4)
-            self.merge_kernel.launch("merge_partials", (-(-rows // per_cta), 1, 1), (MERGE_THREADS, 1, 1),
-                                     (part_o, part_lse, self.merge_units, out, lse, np.int32(len(p.merge_unit)),
-                                      np.int32(p.group)), device_index=dev)
         return out, lse
 
     def _check(self, q: torch.Tensor, cache) -> torch.Tensor:
         p = self.plan
+        cache = self.cache if cache is None else cache
         pool = cache.pool if hasattr(cache, "pool") else cache
-        if cache is None:
-            raise InputError("cache: required")
         if not isinstance(q, torch.Tensor):
             raise InputError(f"q: expected a tensor, got {type(q).__name__}")
         shape = (self._num_tokens if hasattr(self, "_num_tokens") else int(p.qo_lens.sum()), p.num_qo_heads,

@@ -24,11 +24,14 @@ from ..errors import InputError
 from .plan import Plan
 
 DTYPES = ("bf16", "f16", "f32")
+#: CTAs per SM of the decode kernel by head dim (the planner sits below ops; tests check it equals
+#: infernb.ops.paged_decode.CONFIG).
+DECODE_CTAS_PER_SM = {64: 3, 128: 3, 256: 1}
 
 
 def plan(qo_lens: Sequence[int], kv_lens: Sequence[int], *, num_qo_heads: int, num_kv_heads: int,
          head_dim: int, page_size: int = 16, page_table=None, causal: bool = False, window_left: int = -1,
-         block_masks=None, tile_q: int | None = None, num_sms: int | None = None, ctas_per_sm: int = 1,
+         block_masks=None, tile_q: int | None = None, num_sms: int | None = None, ctas_per_sm: int | None = None,
          dtype: str = "bf16", strategy: str = "balanced", fixed_cost: float = 4.0, rows_balance: float = 64.0,
          merge_gain: float = 0.05, check: bool | None = None) -> Plan:
     """Plan the attention of a batch.
@@ -44,7 +47,8 @@ def plan(qo_lens: Sequence[int], kv_lens: Sequence[int], *, num_qo_heads: int, n
             (a variant's block mask): a tile visits only the key blocks listed for its query tokens.
         tile_q: rows (token x group head) per query tile; default: the GQA group in decode, otherwise 128 /
             64 / 16 by the average packed rows per request (FlashInfer's rule).
-        num_sms, ctas_per_sm: the CTAs to fill (default: the GPU's SM count; 132 = H100 without one).
+        num_sms, ctas_per_sm: the CTAs to fill (default: the GPU's SM count, 132 = H100 without one; and the
+            CTAs the kernel keeps resident per SM: the decode kernel's for decode plans, else 1).
         dtype: ``"bf16"``, ``"f16"`` or ``"f32"`` (kernel name and byte counts).
         strategy: ``"balanced"`` or ``"naive"``.
         fixed_cost: cost of one item in KV-token equivalents (query load, output and LSE write, pipeline fill).
@@ -60,6 +64,8 @@ def plan(qo_lens: Sequence[int], kv_lens: Sequence[int], *, num_qo_heads: int, n
     kv = _lens("kv_lens", kv_lens)
     if len(qo) != len(kv):
         raise InputError(f"qo_lens has {len(qo)} requests but kv_lens has {len(kv)}")
+    if ctas_per_sm is None:     # the decode kernel's occupancy (infernb.ops.paged_decode.CONFIG, kept in step)
+        ctas_per_sm = DECODE_CTAS_PER_SM.get(head_dim, 1) if int(qo.max(initial=0)) <= 1 else 1
     for name, val in (("num_qo_heads", num_qo_heads), ("num_kv_heads", num_kv_heads), ("head_dim", head_dim),
                       ("page_size", page_size), ("ctas_per_sm", ctas_per_sm),
                       ("num_sms", 1 if num_sms is None else num_sms), ("tile_q", 1 if tile_q is None else tile_q)):

@@ -30,10 +30,10 @@ def make_cache(gen, lens, num_qo_heads, num_kv_heads, head_dim, page_size, *, la
 
 
 def reference_decode(q, cache, ids, variant=None, rope=None, sm_scale=None, window_left=-1):
-    """float64 reference of decode attention (on the CPU)."""
-    t = cache.page_table(ids).to("cpu")
+    """float64 reference of decode attention (on q's device, where the variant's captured tensors live)."""
+    t = cache.page_table(ids)
     kw = {} if variant is None else variant.reference_kwargs()
-    return reference.paged_attention(q.cpu(), cache.pool.cpu(), t.indptr, t.indices, t.last_page_len,
+    return reference.paged_attention(q, cache.pool, t.indptr, t.indices, t.last_page_len,
                                      layout=cache.layout, rope=rope, sm_scale=sm_scale, window_left=window_left, **kw)
 
 

@@ -10,7 +10,7 @@ from infernb import InputError
 from infernb.layout import PagedKVCache
 from infernb.plan import presets
 
-KW = dict(num_qo_heads=32, num_kv_heads=8, head_dim=128, num_sms=132)
+KW = dict(num_qo_heads=32, num_kv_heads=8, head_dim=128, num_sms=132, ctas_per_sm=1)
 
 
 def test_input_errors():

@@ -19,37 +19,92 @@
 // j advanced from token j - 1 by one complex multiply (one sincosf per pair and 16 tokens).
 #pragma once
 #include <infernb/common.cuh>
+#include <infernb/merge_states.cuh>
 #include <infernb/mma.cuh>
 #include <infernb/variant.cuh>
 
 namespace infernb {
 
-// Work item, two int4 per item (built by infernb.ops.decode from a Plan):
-//   [0] = (request b, kv_head, pos_start, pos_end)   [1] = (q_token, kv_len, slot (-1: final output), 0)
+// Work item (built by infernb.ops.paged_decode from a Plan and its page table): the keys [pos_start, pos_end)
+// of KV head kv_head of request b, whose page ids start at kv_indices[page_begin]; the query row q_token at
+// position kv_len - 1. slot = -1: the item is its unit's only one and writes the output. Otherwise it writes
+// partial state `slot`; the unit's partial states are slots [slot_begin, slot_end) and the last of its items
+// to finish (counted in merge_count[merge_unit]) merges them into the output.
 struct decode_item_t {
-  int b, kv_head, pos_start, pos_end, q_token, kv_len, slot, pad;
+  int b, kv_head, pos_start, pos_end;
+  int q_token, kv_len, slot, page_begin;
+  int merge_unit, slot_begin, slot_end, pad;
 };
 
-template <typename T, int HEAD_DIM, int GROUP>
+// Merge partial states [s0, s1) of GROUP rows into out / lse rows out_row + r (the split-KV epilogue, run by
+// the CTA that finished a unit's last item). part_o: [slots, GROUP, HEAD_DIM] fp32, part_lse: [slots, GROUP].
+template <typename T, int HEAD_DIM, int GROUP, int NUM_THREADS>
+__device__ __forceinline__ void merge_unit_slots(const float* part_o, const float* part_lse, int s0, int s1,
+                                                 T* out, float* lse, long long out_row, int tid) {
+  constexpr int TPR = HEAD_DIM / 4, RPP = NUM_THREADS / TPR;    // threads per row (one float4 each), rows per pass
+  const int lane = tid % TPR;
+  for (int r = tid / TPR; r < GROUP; r += RPP) {
+    const float* sl = part_lse + r;
+    const float* so = part_o + (long long)r * HEAD_DIM + lane * 4;
+    float m = -INFERNB_INF;
+#pragma unroll 8
+    for (int k = s0; k < s1; ++k) m = fmaxf(m, __ldcg(sl + (long long)k * GROUP));
+    float acc[4] = {0.f, 0.f, 0.f, 0.f}, denom = 0.f;
+    if (m != -INFERNB_INF && !invalid_lse(m)) {
+      int k = s0;
+      for (; k + 4 <= s1; k += 4) {              // four states in flight
+        float4 x[4];
+        float w[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          x[j] = __ldcg(reinterpret_cast<const float4*>(so + (long long)(k + j) * GROUP * HEAD_DIM));
+          w[j] = __expf(__ldcg(sl + (long long)(k + j) * GROUP) - m);
+        }
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          denom += w[j];
+          acc[0] += w[j] * x[j].x; acc[1] += w[j] * x[j].y; acc[2] += w[j] * x[j].z; acc[3] += w[j] * x[j].w;
+        }
+      }
+      for (; k < s1; ++k) {
+        const float4 x = __ldcg(reinterpret_cast<const float4*>(so + (long long)k * GROUP * HEAD_DIM));
+        const float w = __expf(__ldcg(sl + (long long)k * GROUP) - m);
+        denom += w;
+        acc[0] += w * x.x; acc[1] += w * x.y; acc[2] += w * x.z; acc[3] += w * x.w;
+      }
+    }
+    merge_write<T, 4>(acc, m, denom, invalid_lse(m) || denom != denom, out + (out_row + r) * HEAD_DIM,
+                      lse + out_row + r, lane);
+  }
+}
+
+template <typename T, int HEAD_DIM, int GROUP, int STAGES_>
 struct decode_cfg_t {
   static constexpr int NUM_WARPS = 4;
   static constexpr int NUM_THREADS = 32 * NUM_WARPS;
   static constexpr int WARP_TOKENS = 16;                        // keys per warp per chunk (one mma k-step of PV)
   static constexpr int BLOCK_N = WARP_TOKENS * NUM_WARPS;       // keys per pipeline stage
   static constexpr int CHUNKS = HEAD_DIM / 8;                   // 16-byte chunks per K/V row
-  static constexpr int STAGES = HEAD_DIM <= 64 ? 6 : (HEAD_DIM <= 128 ? 4 : 3);
+  static constexpr int STAGES = STAGES_;                         // chunks in the pipeline (STAGES - 1 in flight)
+  static constexpr int ROWS_PER_PASS = NUM_THREADS / CHUNKS;    // K/V rows one pass of the CTA's copies covers
+  static constexpr int PASSES = BLOCK_N / ROWS_PER_PASS;        // copy passes per chunk (page ids per thread)
+  static constexpr int ROW_HALVES = GROUP > 8 ? 2 : 1;          // mma rows g (+ g + 8 when GROUP > 8) in use
   static constexpr int STAGE_ELEMS = 2 * BLOCK_N * HEAD_DIM;    // K then V
   static constexpr int O_STRIDE = HEAD_DIM + 4;                 // fp32 row stride of the cross-warp reduction
-  // shared memory, in bytes, in this order: K/V stages, Q tile, O reduction, (m, l) per warp and row
+  // shared memory, in bytes, in this order: K/V stages, the Q tile (during an item) which the O reduction
+  // reuses (at its end), (m, l) per warp and row
   static constexpr int SMEM_KV = STAGES * STAGE_ELEMS * 2;
   static constexpr int SMEM_Q = 16 * HEAD_DIM * 2;
   static constexpr int SMEM_O = GROUP * O_STRIDE * 4;
+  static constexpr int SMEM_QO = SMEM_Q > SMEM_O ? SMEM_Q : SMEM_O;
   static constexpr int SMEM_ML = NUM_WARPS * 16 * 2 * 4;
-  static constexpr int SMEM_BYTES = SMEM_KV + SMEM_Q + SMEM_O + SMEM_ML;
+  static constexpr int SMEM_BYTES = SMEM_KV + SMEM_QO + SMEM_ML;
   static_assert(sizeof(T) == 2, "decode runs on fp16 / bf16 (tensor-core operands)");
   static_assert(HEAD_DIM % 64 == 0, "HEAD_DIM must be a multiple of 64");
   static_assert(GROUP >= 1 && GROUP <= 16, "one mma tile holds up to 16 query heads per KV head");
   static_assert(SMEM_BYTES <= 227 * 1024, "shared memory budget of one SM");
+  static_assert(STAGES >= 2, "the pipeline needs at least two stages");
+  static_assert(NUM_THREADS % CHUNKS == 0 && BLOCK_N % ROWS_PER_PASS == 0, "copies must tile the chunk");
 };
 
 namespace detail {
@@ -83,20 +138,22 @@ __device__ __forceinline__ void rope_pair(int p, int rotary_dim, int& da, int& d
 // q:       [num_tokens, num_kv_heads * GROUP, HEAD_DIM] T (contiguous)
 // pool:    NHD [num_pages, 2, page_size, num_kv_heads, HEAD_DIM] / HND [num_pages, 2, num_kv_heads, page_size,
 //          HEAD_DIM] T, index 0 = K, 1 = V
-// kv_indptr [batch + 1], kv_indices [pages] int32: the page table
+// kv_indices [pages] int32: the page table's page ids (items carry where each request's start)
 // items:   [num_items] decode_item_t, ordered by CTA; cta_indptr [gridDim.x + 1]: CTA c runs items
 //          [cta_indptr[c], cta_indptr[c + 1])
 // out:     [num_tokens, num_qo_heads, HEAD_DIM] T; lse: [num_tokens, num_qo_heads] fp32 (natural log)
 // part_o:  [slots, GROUP, HEAD_DIM] fp32; part_lse: [slots, GROUP] fp32 (partial states of split units)
-template <typename T, int HEAD_DIM, int GROUP, bool HND, typename VARIANT, int ROPE>
-__global__ void __launch_bounds__(decode_cfg_t<T, HEAD_DIM, GROUP>::NUM_THREADS, 1)
-decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __restrict__ kv_indptr,
-              const int* __restrict__ kv_indices, const decode_item_t* __restrict__ items,
+// merge_count: [split units] int32, zero before the launch and left zero after it (the merging CTA resets it)
+// page_shift: log2(page_size) when it is a power of two, else -1
+template <typename T, int HEAD_DIM, int GROUP, bool HND, typename VARIANT, int ROPE, int STAGES, int MIN_CTAS>
+__global__ void __launch_bounds__(decode_cfg_t<T, HEAD_DIM, GROUP, STAGES>::NUM_THREADS, MIN_CTAS)
+decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __restrict__ kv_indices,
+              const decode_item_t* __restrict__ items,
               const int* __restrict__ cta_indptr, const typename VARIANT::params_t* __restrict__ vparams,
               T* __restrict__ out, float* __restrict__ lse, float* __restrict__ part_o, float* __restrict__ part_lse,
-              float sm_scale, int num_kv_heads, int page_size, int rotary_dim, float rope_log2_theta,
-              float rope_inv_scale) {
-  using cfg = decode_cfg_t<T, HEAD_DIM, GROUP>;
+              int* __restrict__ merge_count, float sm_scale, int num_kv_heads, int page_size, int page_shift, int rotary_dim,
+              float rope_log2_theta, float rope_inv_scale) {
+  using cfg = decode_cfg_t<T, HEAD_DIM, GROUP, STAGES>;
   constexpr int D = HEAD_DIM, CH = cfg::CHUNKS, BN = cfg::BLOCK_N, NT = cfg::NUM_THREADS, ST = cfg::STAGES;
   constexpr int KSTEPS = D / 16;                 // mma k-steps of Q K^T
   constexpr int DTILES = D / 8;                  // 8-column tiles of O
@@ -108,8 +165,8 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* s_kv = reinterpret_cast<T*>(smem_raw);
   T* s_q = reinterpret_cast<T*>(smem_raw + cfg::SMEM_KV);
-  float* s_o = reinterpret_cast<float*>(smem_raw + cfg::SMEM_KV + cfg::SMEM_Q);
-  float2* s_ml = reinterpret_cast<float2*>(smem_raw + cfg::SMEM_KV + cfg::SMEM_Q + cfg::SMEM_O);
+  float* s_o = reinterpret_cast<float*>(smem_raw + cfg::SMEM_KV);          // aliases s_q
+  float2* s_ml = reinterpret_cast<float2*>(smem_raw + cfg::SMEM_KV + cfg::SMEM_QO);
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   const int num_qo_heads = num_kv_heads * GROUP;
@@ -121,40 +178,67 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
   const long long page_stride = 2 * kv_stride;
 
   // ---------------------------------------------------------------- producer: issue one chunk's copies
-  int p_item = item_begin, p_pos = items[item_begin].pos_start;
+  // The producer's cursor (p_item, p_pos) and what the next issue needs (the item, the page id of each row of
+  // the chunk) are loaded one iteration ahead: thread r < BLOCK_N loads row r's page id into a register
+  // (`p_page`) while the warps compute, and publishes it to s_pages[parity] before the next barrier, so the
+  // copies never wait on the page table.
+  __shared__ int s_pages[2][BN];
+  int p_item = item_begin, p_pos = 0, p_page = -1, parity = 0;
+  decode_item_t p_it;
+  const int my_row = tid / CH, my_ch = tid % CH;
+  auto prefetch = [&](bool new_item) {
+    if (p_item >= item_end) return;
+    if (new_item) {
+      p_it = items[p_item];
+      p_pos = p_it.pos_start;
+    }
+    if (tid < BN) {
+      const int pos = p_pos + tid;
+      // power-of-two pages: a shift instead of an integer division
+      const int page_idx = page_shift >= 0 ? pos >> page_shift : pos / page_size;
+      p_page = pos < p_it.pos_end ? kv_indices[p_it.page_begin + page_idx] : -1;
+    }
+  };
+  auto publish = [&]() {                         // before a barrier: the page ids of the chunk issued after it
+    if (tid < BN) s_pages[parity][tid] = p_page;
+  };
   auto issue = [&](int stage) {
     if (p_item < item_end) {
-      const decode_item_t it = items[p_item];
-      const int page_begin = kv_indptr[it.b];
-      const T* base = pool + (long long)it.kv_head * head_stride;
+      const T* base = pool + (long long)p_it.kv_head * head_stride + my_ch * 8;
       const unsigned sk = mma::smem_addr(s_kv + stage * cfg::STAGE_ELEMS);
       const unsigned sv = sk + BN * D * 2;
 #pragma unroll 4
-      for (int k = 0; k < BN * CH / NT; ++k) {
-        const int i = tid + k * NT;
-        const int row = i / CH, ch = i % CH, pos = p_pos + row;
-        const bool valid = pos < it.pos_end;
-        const T* src = pool;
-        if (valid) {
-          const int page = kv_indices[page_begin + pos / page_size];
-          src = base + page * page_stride + (pos % page_size) * tok_stride + ch * 8;
-        }
-        const unsigned dst = mma::swizzle<CH>(row, ch) * 16;
+      for (int k = 0; k < cfg::PASSES; ++k) {
+        const int row = my_row + k * cfg::ROWS_PER_PASS, pos = p_pos + row;
+        const int page = s_pages[parity][row];
+        const int slot = page_shift >= 0 ? pos & (page_size - 1) : pos % page_size;
+        const bool valid = page >= 0;
+        const T* src = valid ? base + page * page_stride + slot * int(tok_stride) : pool;
+        const unsigned dst = mma::swizzle<CH>(row, my_ch) * 16;
         mma::cp_async16(sk + dst, src, valid);
         mma::cp_async16(sv + dst, valid ? src + kv_stride : src, valid);
       }
       // advance: next chunk of this item, or the first chunk of the next item (an empty item has one chunk)
-      if (p_pos + BN < it.pos_end) {
+      bool next_item = false;
+      if (p_pos + BN < p_it.pos_end) {
         p_pos += BN;
-      } else if (++p_item < item_end) {
-        p_pos = items[p_item].pos_start;
+      } else {
+        ++p_item;
+        next_item = true;
       }
+      prefetch(next_item);
     }
     mma::cp_async_commit();
+    parity ^= 1;
   };
 
-#pragma unroll
-  for (int s = 0; s < ST - 1; ++s) issue(s);
+  prefetch(true);
+#pragma unroll 1
+  for (int s = 0; s < ST - 1; ++s) {
+    publish();
+    __syncthreads();
+    issue(s);
+  }
 
   // ---------------------------------------------------------------- consumer state
   float o[DTILES][4];
@@ -165,6 +249,7 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
 
   for (int chunk = 0;; ++chunk) {
     mma::cp_async_wait<ST - 2>();
+    publish();
     __syncthreads();                             // chunk's stage has landed; the stage issued next is free
     issue((chunk + ST - 1) % ST);
     const T* s_k = s_kv + (chunk % ST) * cfg::STAGE_ELEMS;
@@ -248,9 +333,10 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
       const int k_row = warp * cfg::WARP_TOKENS + (lane & 7) + (lane >> 4) * 8;
 #pragma unroll
       for (int kk = 0; kk < KSTEPS; ++kk) {
-        unsigned a[4], b[4];
-        mma::ldmatrix_x4(a, q_base + mma::swizzle<CH>(lane & 15, 2 * kk + (lane >> 4)) * 16);
+        unsigned b[4];
         mma::ldmatrix_x4(b, k_base + mma::swizzle<CH>(k_row, 2 * kk + ((lane >> 3) & 1)) * 16);
+        unsigned a[4];
+        mma::ldmatrix_x4(a, q_base + mma::swizzle<CH>(lane & 15, 2 * kk + (lane >> 4)) * 16);
         mma::mma16816<T>(s[0], a, b[0], b[1]);
         mma::mma16816<T>(s[1], a, b[2], b[3]);
       }
@@ -281,7 +367,7 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
       }
       if (SOFTMAX) {
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
+        for (int r = 0; r < cfg::ROW_HALVES; ++r) {
           mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
           mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
           const float m_new = fmaxf(m[r], mx[r]);
@@ -289,8 +375,10 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
           const float alpha = exp2f(m[r] - base);
           m[r] = m_new;
           l[r] *= alpha;
+          if (alpha != 1.f) {                    // the running max moved: rescale this row's accumulators
 #pragma unroll
-          for (int j = 0; j < DTILES; ++j) { o[j][2 * r] *= alpha; o[j][2 * r + 1] *= alpha; }
+            for (int j = 0; j < DTILES; ++j) { o[j][2 * r] *= alpha; o[j][2 * r + 1] *= alpha; }
+          }
 #pragma unroll
           for (int nt = 0; nt < 2; ++nt) {
             s[nt][2 * r] = exp2f(s[nt][2 * r] - base);
@@ -298,6 +386,7 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
             l[r] += s[nt][2 * r] + s[nt][2 * r + 1];
           }
         }
+        if (cfg::ROW_HALVES == 1) s[0][2] = s[0][3] = s[1][2] = s[1][3] = 0.f;   // rows g + 8: padding
       } else {
 #pragma unroll
         for (int nt = 0; nt < 2; ++nt) { l[0] += s[nt][0] + s[nt][1]; l[1] += s[nt][2] + s[nt][3]; }
@@ -328,6 +417,7 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
         s_ml[warp * 16 + g] = make_float2(m[0], l[0]);
         s_ml[warp * 16 + g + 8] = make_float2(m[1], l[1]);
       }
+      __syncthreads();                           // every warp is done with s_q, which s_o reuses
       for (int i = tid; i < GROUP * cfg::O_STRIDE; i += NT) s_o[i] = 0.f;
       __syncthreads();
 #pragma unroll
@@ -382,6 +472,18 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
         const float s_nat = SOFTMAX ? (L > 0.f ? (M + log2f(L)) * LN2 : -INFERNB_INF) : logf(L);
         if (it.slot < 0) lse[out_row + tid] = s_nat;
         else part_lse[(long long)it.slot * GROUP + tid] = s_nat;
+      }
+      if (it.slot >= 0) {                        // split unit: the last of its items to finish merges them
+        __shared__ int s_last;
+        __threadfence();                         // this CTA's partial state is visible device-wide ...
+        __syncthreads();
+        if (tid == 0) s_last = atomicAdd(merge_count + it.merge_unit, 1) == it.slot_end - it.slot_begin - 1;
+        __syncthreads();                         // ... before it is counted
+        if (s_last) {
+          __threadfence();
+          merge_unit_slots<T, D, GROUP, NT>(part_o, part_lse, it.slot_begin, it.slot_end, out, lse, out_row, tid);
+          if (tid == 0) merge_count[it.merge_unit] = 0;   // ready for the next launch of the plan
+        }
       }
       if (++c_item >= item_end) break;
       new_item = true;
