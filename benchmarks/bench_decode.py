@@ -25,7 +25,9 @@ CASES = {  # name -> kv lengths; the targets of issue 6 (ratio = FlashInfer time
     "1x32768": ([32768], 1.30),
 }
 VARIANT_CASE = "64x4096"
-TUNING = [(3, 2), (4, 1)]         # (stages, CTAs per SM) tried beside the default on VARIANT_CASE
+TUNING = [(3, 2)]                 # (stages, CTAs per SM) tried beside the default on VARIANT_CASE
+L2_HINTS = [256]                  # cp.async L2 prefetch hint tried beside none, on every case
+FIXED_COSTS = [64]                # planner fixed_cost tried beside the default (4), on every case
 
 
 def build_cache(lens, device="cuda"):
@@ -116,6 +118,17 @@ def main(argv=None) -> int:
                 r = DecodeRunner(pt, cache, table, stages=stages, ctas_per_sm=ctas)
                 row[f"tuning_s{stages}_c{ctas}_err"] = rel(r(q)[0], out)
                 row[f"tuning_s{stages}_c{ctas}_ms"] = t_ms(lambda: r(q))[0]
+        for l2 in L2_HINTS:                          # the copies' L2 prefetch hint
+            r = DecodeRunner(p, cache, table, extra_options=(f"-DINFERNB_CP_ASYNC_L2={l2}",))
+            row[f"tuning_l2_{l2}_err"] = rel(r(q)[0], out)
+            row[f"tuning_l2_{l2}_ms"] = t_ms(lambda: r(q))[0]
+        for fc in FIXED_COSTS:                       # the planner's per-item cost (fewer, longer items)
+            pt = ib.plan([1] * len(lens), lens, num_qo_heads=HQ, num_kv_heads=HKV, head_dim=D, page_size=PAGE,
+                         page_table=table, fixed_cost=fc)
+            r = DecodeRunner(pt, cache, table)
+            row[f"tuning_fixed{fc}_err"] = rel(r(q)[0], out)
+            row[f"tuning_fixed{fc}_ms"] = t_ms(lambda: r(q))[0]
+        if name == VARIANT_CASE:
 
             slopes = ib.variants.alibi_slopes(HQ).to("cuda")
             for vname, kw in (("softcap_30", dict(variant=ib.variants.softcap(30.0))),

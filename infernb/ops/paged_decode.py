@@ -154,11 +154,13 @@ class DecodeRunner:
             on the cache's device; its parameters are read now (make a new runner after ``with_params``).
         rope: :class:`~infernb.reference.RoPE` to rotate q and the cached (un-rotated) keys at their positions.
         sm_scale: logit scale (default ``1 / sqrt(head_dim)``).
-        stages, ctas_per_sm: override the kernel's pipeline depth and occupancy target (:data:`CONFIG`).
+        stages, ctas_per_sm, extra_options: experiments: the kernel's pipeline depth and occupancy target
+            (:data:`CONFIG`), extra NVRTC options (``-DINFERNB_CP_ASYNC_L2=128``).
     """
 
     def __init__(self, plan: Plan, cache, page_table, *, variant: Variant | None = None, rope: RoPE | None = None,
-                 sm_scale: float | None = None, stages: int | None = None, ctas_per_sm: int | None = None):
+                 sm_scale: float | None = None, stages: int | None = None, ctas_per_sm: int | None = None,
+                 extra_options: tuple[str, ...] = ()):
         check_decode_plan(plan)
         variant = NONE if variant is None else variant
         if not isinstance(variant, Variant):
@@ -202,7 +204,7 @@ class DecodeRunner:
             return                                   # the emulator runs it (see __call__)
         variant.check_device(pool.device)
         self.kernel = build(decode_spec(dt, plan.head_dim, plan.group, cache.layout, variant, rope, stages=stages,
-                                        ctas_per_sm=ctas_per_sm))
+                                        ctas_per_sm=ctas_per_sm), extra_options=tuple(extra_options))
         a = plan_arrays(plan)
         items = a["items"].copy()
         items[:, 7] = page_table.indptr.cpu().numpy()[items[:, 0]]        # where each request's page ids start

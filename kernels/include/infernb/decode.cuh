@@ -36,6 +36,10 @@ struct decode_item_t {
   int merge_unit, slot_begin, slot_end, pad;
 };
 
+#ifndef INFERNB_MERGE_BATCH
+#define INFERNB_MERGE_BATCH 8
+#endif
+
 // Merge partial states [s0, s1) of GROUP rows into out / lse rows out_row + r (the split-KV epilogue, run by
 // the CTA that finished a unit's last item). part_o: [slots, GROUP, HEAD_DIM] fp32, part_lse: [slots, GROUP].
 template <typename T, int HEAD_DIM, int GROUP, int NUM_THREADS>
@@ -46,33 +50,45 @@ __device__ __forceinline__ void merge_unit_slots(const float* part_o, const floa
   for (int r = tid / TPR; r < GROUP; r += RPP) {
     const float* sl = part_lse + r;
     const float* so = part_o + (long long)r * HEAD_DIM + lane * 4;
-    float m = -INFERNB_INF;
-#pragma unroll 8
-    for (int k = s0; k < s1; ++k) m = fmaxf(m, __ldcg(sl + (long long)k * GROUP));
-    float acc[4] = {0.f, 0.f, 0.f, 0.f}, denom = 0.f;
-    if (m != -INFERNB_INF && !invalid_lse(m)) {
-      int k = s0;
-      for (; k + 4 <= s1; k += 4) {              // four states in flight
-        float4 x[4];
-        float w[4];
+    // one pass, INFERNB_MERGE_BATCH states in flight (they sit in L2, just written): the running max moves at
+    // most once per batch, rescaling what was summed before (the online softmax, over states)
+    float m = -INFERNB_INF, denom = 0.f, acc[4] = {0.f, 0.f, 0.f, 0.f};
+    bool bad = false;                            // a NaN or +inf LSE: the row is invalid (NaN), as in merge_states
+    constexpr int NB = INFERNB_MERGE_BATCH;
+    for (int k = s0; k < s1; k += NB) {
+      const int n = s1 - k < NB ? s1 - k : NB;
+      float4 x[NB];
+      float sv[NB];
+      float mb = -INFERNB_INF;
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
+      for (int j = 0; j < NB; ++j) {
+        if (j < n) {
+          sv[j] = __ldcg(sl + (long long)(k + j) * GROUP);
           x[j] = __ldcg(reinterpret_cast<const float4*>(so + (long long)(k + j) * GROUP * HEAD_DIM));
-          w[j] = __expf(__ldcg(sl + (long long)(k + j) * GROUP) - m);
+        } else {
+          sv[j] = -INFERNB_INF;
+          x[j] = make_float4(0.f, 0.f, 0.f, 0.f);
         }
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          denom += w[j];
-          acc[0] += w[j] * x[j].x; acc[1] += w[j] * x[j].y; acc[2] += w[j] * x[j].z; acc[3] += w[j] * x[j].w;
-        }
+        bad |= invalid_lse(sv[j]);
+        mb = fmaxf(mb, sv[j]);
       }
-      for (; k < s1; ++k) {
-        const float4 x = __ldcg(reinterpret_cast<const float4*>(so + (long long)k * GROUP * HEAD_DIM));
-        const float w = __expf(__ldcg(sl + (long long)k * GROUP) - m);
-        denom += w;
-        acc[0] += w * x.x; acc[1] += w * x.y; acc[2] += w * x.z; acc[3] += w * x.w;
+      if (mb > m) {
+        const float sc = m == -INFERNB_INF ? 0.f : __expf(m - mb);
+        denom *= sc;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[e] *= sc;
+        m = mb;
+      }
+      if (m != -INFERNB_INF) {
+#pragma unroll
+        for (int j = 0; j < NB; ++j) {
+          const float w = __expf(sv[j] - m);
+          denom += w;
+          acc[0] += w * x[j].x; acc[1] += w * x[j].y; acc[2] += w * x[j].z; acc[3] += w * x[j].w;
+        }
       }
     }
+    if (bad) m = __int_as_float(0x7fffffff);
     merge_write<T, 4>(acc, m, denom, invalid_lse(m) || denom != denom, out + (out_row + r) * HEAD_DIM,
                       lse + out_row + r, lane);
   }
@@ -85,7 +101,7 @@ struct decode_cfg_t {
   static constexpr int WARP_TOKENS = 16;                        // keys per warp per chunk (one mma k-step of PV)
   static constexpr int BLOCK_N = WARP_TOKENS * NUM_WARPS;       // keys per pipeline stage
   static constexpr int CHUNKS = HEAD_DIM / 8;                   // 16-byte chunks per K/V row
-  static constexpr int STAGES = STAGES_;                         // chunks in the pipeline (STAGES - 1 in flight)
+  static constexpr int STAGES = STAGES_;                         // chunk buffers (STAGES - 1 in flight)
   static constexpr int ROWS_PER_PASS = NUM_THREADS / CHUNKS;    // K/V rows one pass of the CTA's copies covers
   static constexpr int PASSES = BLOCK_N / ROWS_PER_PASS;        // copy passes per chunk (page ids per thread)
   static constexpr int ROW_HALVES = GROUP > 8 ? 2 : 1;          // mma rows g (+ g + 8 when GROUP > 8) in use

@@ -1,0 +1,19 @@
+"""A few decode launches for Nsight Compute (`ncu -k regex:decode ... python3 benchmarks/diag/decode_ncu_target.py N`)."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch  # noqa: E402
+
+import infernb as ib  # noqa: E402
+from bench_decode import HKV, HQ, D, PAGE, build_cache  # noqa: E402
+from infernb.ops.paged_decode import DecodeRunner  # noqa: E402
+
+lens = {"1x32768": [32768], "64x4096": [4096] * 64}[sys.argv[1]]
+cache, ids, q = build_cache(lens)
+t = cache.page_table(ids)
+p = ib.plan([1] * len(lens), lens, num_qo_heads=HQ, num_kv_heads=HKV, head_dim=D, page_size=PAGE, page_table=t)
+r = DecodeRunner(p, cache, t)
+for _ in range(4):
+    r(q)
+torch.cuda.synchronize()
