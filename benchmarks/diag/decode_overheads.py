@@ -8,7 +8,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import infernb as ib  # noqa: E402
-from bench_decode import HKV, HQ, D, PAGE, build_cache  # noqa: E402
+
+HQ, HKV, D, PAGE = 32, 8, 128, 16
+from infernb.profile import random_decode_batch  # noqa: E402
 from infernb.ops.paged_decode import DecodeRunner  # noqa: E402
 from infernb.profile import cuda_time  # noqa: E402
 
@@ -25,7 +27,7 @@ def graph_time(fn, reps=20):
 
 
 for lens in ([16], [1024] * 8, [32768], [65536] + [512] * 63):
-    cache, ids, q = build_cache(lens)
+    cache, ids, q = random_decode_batch(lens, num_qo_heads=HQ, num_kv_heads=HKV, head_dim=D, page_size=PAGE)
     t = cache.page_table(ids)
     nbytes = 2 * sum(lens) * HKV * D * 2
     for kw in (dict(), dict(extra_options=("-DINFERNB_MERGE_BATCH=16",)), dict(extra_options=("-DINFERNB_MERGE_BATCH=4",))):

@@ -66,6 +66,8 @@ def plan(qo_lens: Sequence[int], kv_lens: Sequence[int], *, num_qo_heads: int, n
         raise InputError(f"qo_lens has {len(qo)} requests but kv_lens has {len(kv)}")
     if ctas_per_sm is None:     # the decode kernel's occupancy (infernb.ops.paged_decode.CONFIG, kept in step)
         ctas_per_sm = DECODE_CTAS_PER_SM.get(head_dim, 1) if int(qo.max(initial=0)) <= 1 else 1
+        if not device_info().arch.startswith("sm_90"):
+            ctas_per_sm = min(ctas_per_sm, 2)       # pre-Hopper: 164 KB of shared memory per SM, two CTAs fit
     for name, val in (("num_qo_heads", num_qo_heads), ("num_kv_heads", num_kv_heads), ("head_dim", head_dim),
                       ("page_size", page_size), ("ctas_per_sm", ctas_per_sm),
                       ("num_sms", 1 if num_sms is None else num_sms), ("tile_q", 1 if tile_q is None else tile_q)):

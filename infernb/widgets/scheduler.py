@@ -31,8 +31,8 @@ class SchedulerExplorer:
         self.sms = w.BoundedIntText(value=132, min=1, max=1024, description="SMs")
         self.tile_q = w.Dropdown(options=[("auto", 0)] + [(str(t), t) for t in (1, 4, 8, 16, 32, 64, 128)], value=0, description="tile rows")
         self.status = w.HTML()
-        self.gantt = figure_widget(viz.plan_gantt(plan([1], [16], **self.heads, num_sms=1)))
-        self.merges = figure_widget(viz.merge_map(plan([1], [16], **self.heads, num_sms=1)))
+        self.gantt = figure_widget(viz.plan_gantt(plan([1], [16], **self.heads, num_sms=1, ctas_per_sm=1)))
+        self.merges = figure_widget(viz.merge_map(plan([1], [16], **self.heads, num_sms=1, ctas_per_sm=1)))
         for c in (self.preset, self.batch_size, self.gpu, self.sms, self.tile_q):
             c.observe(lambda _: self.update(), names="value")
         for c in (self.kv_lens, self.qo_lens):
@@ -62,7 +62,8 @@ class SchedulerExplorer:
             return
         try:
             qo, kv = self.lengths()
-            kw = dict(**self.heads, num_sms=self.sms.value, tile_q=self.tile_q.value or None)
+            # one CTA per SM keeps the picture readable (the decode kernel runs 3 per SM: ib.plan's default)
+            kw = dict(**self.heads, num_sms=self.sms.value, ctas_per_sm=1, tile_q=self.tile_q.value or None)
             self.balanced = plan(qo, kv, **kw)
             self.naive = plan(qo, kv, strategy="naive", **kw)
         except (InfernbError, ValueError) as e:

@@ -201,3 +201,22 @@ def test_decode_gpu_input_errors(gen):
         r(torch.empty(2, 64, 8, dtype=q.dtype, device="cuda").transpose(1, 2), cache)
     with pytest.raises(InputError, match="tensor captured"):
         DecodeRunner(p, cache, cache.page_table(ids), variant=ib.variants.alibi(8))   # slopes on the CPU
+
+
+def test_planner_plans_for_the_kernels_occupancy():
+    from infernb.ops.paged_decode import CONFIG, decode_ctas_per_sm
+    from infernb.plan.planner import DECODE_CTAS_PER_SM
+
+    assert DECODE_CTAS_PER_SM == {d: c for d, (_, c) in CONFIG.items()}
+    p = ib.plan([1, 1], [100, 200], num_qo_heads=8, num_kv_heads=2, head_dim=128, num_sms=10)
+    assert p.num_ctas == 10 * decode_ctas_per_sm(128)
+    assert ib.plan([4], [100], num_qo_heads=8, num_kv_heads=2, head_dim=128, num_sms=10).num_ctas == 10   # prefill
+
+
+def test_bandwidth_chart_of_the_committed_run():
+    run = ib.profile.committed_results("decode")
+    assert run is not None and run["rows"], "benchmarks/results/decode_*.json is committed"
+    fig = ib.viz.bandwidth_bars(run["rows"], run["copy_TBps"], subtitle=run["device"])
+    names = {t.name for t in fig.data}
+    assert "infernb" in names and len(fig.data[0].x) == len(run["rows"])
+    assert any("copy ceiling" in a.text for a in fig.layout.annotations)

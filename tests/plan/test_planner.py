@@ -83,7 +83,7 @@ def test_plans_are_read_only_and_merge_bytes_count_tile_rows():
 
 def test_small_rows_are_not_split_when_it_does_not_pay():
     # 512 equal units over 128 CTAs: 4 each, perfect without splitting
-    p = ib.plan([1] * 64, [1000] * 64, num_qo_heads=8, num_kv_heads=8, head_dim=64, num_sms=128)
+    p = ib.plan([1] * 64, [1000] * 64, num_qo_heads=8, num_kv_heads=8, head_dim=64, num_sms=128, ctas_per_sm=1)
     assert p.stats()["split_units"] == 0 and p.stats()["imbalance"] == 1.0
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import infernb as ib
 from infernb.plan import presets
 
-KW = dict(num_qo_heads=32, num_kv_heads=8, head_dim=128, num_sms=132)
+KW = dict(num_qo_heads=32, num_kv_heads=8, head_dim=128, num_sms=132, ctas_per_sm=1)
 
 
 def test_gantt_bars_are_the_items():
@@ -33,7 +33,8 @@ def test_merge_map_lists_split_rows():
     markers = fig.data[1]
     assert len(markers.x) == len(p.merge_slots)
     assert len(fig.layout.yaxis.ticktext) == len(p.merge_unit)
-    empty = ib.viz.merge_map(ib.plan([1] * 264, [640] * 264, num_qo_heads=8, num_kv_heads=1, head_dim=64, num_sms=132))
+    empty = ib.viz.merge_map(ib.plan([1] * 264, [640] * 264, num_qo_heads=8, num_kv_heads=1, head_dim=64, num_sms=132,
+                                       ctas_per_sm=1))
     assert "nothing to merge" in empty.layout.annotations[0].text
 
 

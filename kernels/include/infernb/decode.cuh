@@ -161,8 +161,17 @@ __device__ __forceinline__ void rope_pair(int p, int rotary_dim, int& da, int& d
 // part_o:  [slots, GROUP, HEAD_DIM] fp32; part_lse: [slots, GROUP] fp32 (partial states of split units)
 // merge_count: [split units] int32, zero before the launch and left zero after it (the merging CTA resets it)
 // page_shift: log2(page_size) when it is a power of two, else -1
+// CTAs per SM to reserve registers for: as asked on Hopper (227 KB of shared memory per SM); at most 2 before it
+// (Ampere: 164 KB, two CTAs' stages fit, three do not).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+#define INFERNB_DECODE_MIN_CTAS(n) ((n) > 2 ? 2 : (n))
+#else
+#define INFERNB_DECODE_MIN_CTAS(n) (n)
+#endif
+
 template <typename T, int HEAD_DIM, int GROUP, bool HND, typename VARIANT, int ROPE, int STAGES, int MIN_CTAS>
-__global__ void __launch_bounds__(decode_cfg_t<T, HEAD_DIM, GROUP, STAGES>::NUM_THREADS, MIN_CTAS)
+__global__ void __launch_bounds__(decode_cfg_t<T, HEAD_DIM, GROUP, STAGES>::NUM_THREADS,
+                                  INFERNB_DECODE_MIN_CTAS(MIN_CTAS))
 decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __restrict__ kv_indices,
               const decode_item_t* __restrict__ items,
               const int* __restrict__ cta_indptr, const typename VARIANT::params_t* __restrict__ vparams,

@@ -1,0 +1,34 @@
+"""Benchmark pictures: bandwidth of each path per case against the device's copy ceiling."""
+from __future__ import annotations
+
+from ._style import base_layout
+
+PATHS = {"infernb": "#2563eb", "flashinfer": "#f59e0b", "sdpa": "#6b7280"}
+LABELS = {"infernb": "infernb", "flashinfer": "FlashInfer (best path)", "sdpa": "torch SDPA, contiguous KV"}
+
+
+def bandwidth_bars(rows: list[dict], ceiling_tbps: float | None = None, *, title: str = "Decode: KV bytes read per second",
+                   subtitle: str = ""):
+    """Grouped bars of ``<path>_TBps`` per case (``rows`` from :func:`infernb.profile.profile_decode` or a committed
+    benchmark JSON), with the copy ceiling as a dashed line; hover shows the time and the ratio to FlashInfer."""
+    import plotly.graph_objects as go
+
+    cases = [r["case"] for r in rows]
+    fig = go.Figure()
+    for path, color in PATHS.items():
+        if not any(f"{path}_TBps" in r for r in rows):
+            continue
+        y = [r.get(f"{path}_TBps") for r in rows]
+        text = [f"{r[path + '_ms'] * 1e3:.1f} us" if f"{path}_ms" in r else "" for r in rows]
+        fig.add_trace(go.Bar(name=LABELS[path], x=cases, y=y, marker_color=color, text=text, textposition="outside",
+                             hovertemplate="%{x}: %{y:.2f} TB/s (%{text})<extra>" + LABELS[path] + "</extra>"))
+    if ceiling_tbps:
+        fig.add_hline(y=ceiling_tbps, line_dash="dash", line_color="#111827",
+                      annotation_text=f"copy ceiling {ceiling_tbps:.2f} TB/s", annotation_position="top left")
+    for r in rows:
+        if "speedup_vs_flashinfer" in r:
+            fig.add_annotation(x=r["case"], y=0, yshift=-28, showarrow=False, font=dict(size=11),
+                               text=f"{r['speedup_vs_flashinfer']:.2f}x FlashInfer")
+    fig.update_layout(**base_layout(title + (f"<br><sup>{subtitle}</sup>" if subtitle else "")), barmode="group",
+                      yaxis_title="TB/s of KV read", height=430, legend=dict(orientation="h", y=-0.25))
+    return fig
