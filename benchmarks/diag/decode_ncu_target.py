@@ -15,7 +15,7 @@ lens = {"1x32768": [32768], "64x4096": [4096] * 64}[sys.argv[1]]
 cache, ids, q = random_decode_batch(lens, num_qo_heads=HQ, num_kv_heads=HKV, head_dim=D, page_size=PAGE)
 t = cache.page_table(ids)
 p = ib.plan([1] * len(lens), lens, num_qo_heads=HQ, num_kv_heads=HKV, head_dim=D, page_size=PAGE, page_table=t)
-r = DecodeRunner(p, cache, t)
+r = DecodeRunner(p, cache, t, rope=ib.RoPE() if sys.argv[2:] == ['rope'] else None)
 for _ in range(4):
     r(q)
 torch.cuda.synchronize()
