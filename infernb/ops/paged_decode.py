@@ -136,6 +136,18 @@ def plan_arrays(plan: Plan) -> dict:
     if plan.num_items > 1 and (np.diff(plan.item_cta) < 0).any():
         raise InputError("plan items must be ordered by CTA")
     cta_indptr = np.searchsorted(plan.item_cta, np.arange(plan.num_ctas + 1)).astype(np.int32)
+    # A CTA whose last item is the first part of a split unit runs that item first: the unit's other parts
+    # (at the start of the next CTA's list) also finish early, so its merge overlaps the streaming instead of
+    # adding to the kernel's tail.
+    first, count = cta_indptr[:-1].astype(np.int64), np.diff(cta_indptr).astype(np.int64)
+    rotate = (count >= 2) & (items[np.maximum(cta_indptr[1:] - 1, 0), 6] >= 0)
+    if rotate.any():
+        cta = plan.item_cta
+        pos = np.arange(plan.num_items) - first[cta]
+        dest = first[cta] + np.where(rotate[cta], (pos + 1) % np.maximum(count[cta], 1), pos)
+        order = np.empty(plan.num_items, np.int64)
+        order[dest] = np.arange(plan.num_items)
+        items = items[order]
     got = dict(items=items, cta_indptr=cta_indptr)
     _plan_arrays[plan] = got
     return got

@@ -7,7 +7,8 @@
 //
 // Pipeline: the CTA's items are one stream of BLOCK_N-token chunks. STAGES - 1 chunks are in flight as
 // cp.async copies (K and V, straight from the page pool through the page table, zero-filled past the end)
-// while the 4 warps compute on the oldest: warp w takes tokens [16w, 16w + 16) of the chunk,
+// while the 4 warps compute on the oldest: warp w copies and computes tokens [16w, 16w + 16) of each chunk
+// (no barrier per chunk: warps synchronize only at item boundaries),
 //   S = Q K^T (mma), logits -> variant hooks -> online softmax (log2 domain), O += P V (mma).
 // The producer runs ahead across item boundaries, so a new item's first keys are already loading while the
 // previous item finishes. At an item's end the warps' (m, l, O) are merged through shared memory and the
@@ -102,8 +103,6 @@ struct decode_cfg_t {
   static constexpr int BLOCK_N = WARP_TOKENS * NUM_WARPS;       // keys per pipeline stage
   static constexpr int CHUNKS = HEAD_DIM / 8;                   // 16-byte chunks per K/V row
   static constexpr int STAGES = STAGES_;                         // chunk buffers (STAGES - 1 in flight)
-  static constexpr int ROWS_PER_PASS = NUM_THREADS / CHUNKS;    // K/V rows one pass of the CTA's copies covers
-  static constexpr int PASSES = BLOCK_N / ROWS_PER_PASS;        // copy passes per chunk (page ids per thread)
   static constexpr int ROW_HALVES = GROUP > 8 ? 2 : 1;          // mma rows g (+ g + 8 when GROUP > 8) in use
   static constexpr int STAGE_ELEMS = 2 * BLOCK_N * HEAD_DIM;    // K then V
   static constexpr int O_STRIDE = HEAD_DIM + 4;                 // fp32 row stride of the cross-warp reduction
@@ -120,7 +119,7 @@ struct decode_cfg_t {
   static_assert(GROUP >= 1 && GROUP <= 16, "one mma tile holds up to 16 query heads per KV head");
   static_assert(SMEM_BYTES <= 227 * 1024, "shared memory budget of one SM");
   static_assert(STAGES >= 2, "the pipeline needs at least two stages");
-  static_assert(NUM_THREADS % CHUNKS == 0 && BLOCK_N % ROWS_PER_PASS == 0, "copies must tile the chunk");
+  static_assert(WARP_TOKENS * CHUNKS % 32 == 0, "a warp's copies must tile its rows");
 };
 
 namespace detail {
@@ -284,43 +283,41 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
   const long long page_stride = 2 * kv_stride;
 
   // ---------------------------------------------------------------- producer: issue one chunk's copies
-  // The producer's cursor (p_item, p_pos) and what the next issue needs (the item, the page id of each row of
-  // the chunk) are loaded one iteration ahead: thread r < BLOCK_N loads row r's page id into a register
-  // (`p_page`) while the warps compute, and publishes it to s_pages[parity] before the next barrier, so the
-  // copies never wait on the page table.
-  __shared__ int s_pages[2][BN];
-  int p_item = item_begin, p_pos = 0, p_page = -1, parity = 0;
+  // Each warp copies exactly the 16 K and V rows it computes on, so a chunk needs no CTA barrier: a warp waits
+  // for its own copies (cp.async.wait_group + __syncwarp) and runs ahead of or behind the others until the
+  // item's end. The producer's cursor (p_item, p_pos) and the next chunk's page ids are loaded one chunk ahead
+  // (lane r < 16 holds row r's page id in p_page, shared by shuffles), so the copies never wait on the page table.
+  int p_item = item_begin, p_pos = 0, p_page = -1;
   decode_item_t p_it;
-  const int my_row = tid / CH, my_ch = tid % CH;
+  const int w_row0 = warp * cfg::WARP_TOKENS;
   auto prefetch = [&](bool new_item) {
     if (p_item >= item_end) return;
     if (new_item) {
       p_it = items[p_item];
       p_pos = p_it.pos_start;
     }
-    if (tid < BN) {
-      const int pos = p_pos + tid;
+    if (lane < cfg::WARP_TOKENS) {
+      const int pos = p_pos + w_row0 + lane;
       // power-of-two pages: a shift instead of an integer division
       const int page_idx = page_shift >= 0 ? pos >> page_shift : pos / page_size;
       p_page = pos < p_it.pos_end ? kv_indices[p_it.page_begin + page_idx] : -1;
     }
   };
-  auto publish = [&]() {                         // before a barrier: the page ids of the chunk issued after it
-    if (tid < BN) s_pages[parity][tid] = p_page;
-  };
   auto issue = [&](int stage) {
+    __syncwarp();                                // the warp is done reading this stage's rows (previous use)
     if (p_item < item_end) {
-      const T* base = pool + (long long)p_it.kv_head * head_stride + my_ch * 8;
+      const T* base = pool + (long long)p_it.kv_head * head_stride;
       const unsigned sk = mma::smem_addr(s_kv + stage * cfg::STAGE_ELEMS);
       const unsigned sv = sk + BN * D * 2;
 #pragma unroll 4
-      for (int k = 0; k < cfg::PASSES; ++k) {
-        const int row = my_row + k * cfg::ROWS_PER_PASS, pos = p_pos + row;
-        const int page = s_pages[parity][row];
+      for (int k = 0; k < CH / 2; ++k) {         // 16 rows x CH chunks over 32 lanes
+        const int idx = lane + 32 * k, r = idx / CH, ch = idx % CH;
+        const int row = w_row0 + r, pos = p_pos + row;
+        const int page = __shfl_sync(0xffffffffu, p_page, r);
         const int slot = page_shift >= 0 ? pos & (page_size - 1) : pos % page_size;
         const bool valid = page >= 0;
-        const T* src = valid ? base + page * page_stride + slot * int(tok_stride) : pool;
-        const unsigned dst = mma::swizzle<CH>(row, my_ch) * 16;
+        const T* src = valid ? base + page * page_stride + slot * int(tok_stride) + ch * 8 : pool;
+        const unsigned dst = mma::swizzle<CH>(row, ch) * 16;
         mma::cp_async16(sk + dst, src, valid);
         mma::cp_async16(sv + dst, valid ? src + kv_stride : src, valid);
       }
@@ -335,16 +332,11 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
       prefetch(next_item);
     }
     mma::cp_async_commit();
-    parity ^= 1;
   };
 
   prefetch(true);
 #pragma unroll 1
-  for (int s = 0; s < ST - 1; ++s) {
-    publish();
-    __syncthreads();
-    issue(s);
-  }
+  for (int s = 0; s < ST - 1; ++s) issue(s);
 
   // ---------------------------------------------------------------- consumer state
   float o[DTILES][4];
@@ -355,13 +347,13 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
 
   for (int chunk = 0;; ++chunk) {
     mma::cp_async_wait<ST - 2>();
-    publish();
-    __syncthreads();                             // chunk's stage has landed; the stage issued next is free
+    __syncwarp();                                // this warp's rows of the chunk have landed
     issue((chunk + ST - 1) % ST);
     const T* s_k = s_kv + (chunk % ST) * cfg::STAGE_ELEMS;
     const T* s_v = s_k + BN * D;
 
     if (new_item) {                              // ---- load the item's Q tile (+ RoPE), reset the state
+      __syncthreads();                           // every warp is past the previous item's reads of s_q / s_o
       it = items[c_item];
       c_pos = it.pos_start;
       const T* qg = q + ((long long)it.q_token * num_qo_heads + (long long)it.kv_head * GROUP) * D;
@@ -412,8 +404,10 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
         __syncwarp();
       }
 
-      // S = Q K^T: two n-tiles of 8 keys
+      // S = Q K^T: two n-tiles of 8 keys, even and odd k-steps in separate accumulators (two chains of
+      // dependent mma per n-tile instead of one twice as long)
       float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+      float s_odd[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
       const unsigned q_base = mma::smem_addr(s_q), k_base = mma::smem_addr(s_k);
       const int k_row = warp * cfg::WARP_TOKENS + (lane & 7) + (lane >> 4) * 8;
 #pragma unroll
@@ -422,8 +416,18 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
         mma::ldmatrix_x4(b, k_base + mma::swizzle<CH>(k_row, 2 * kk + ((lane >> 3) & 1)) * 16);
         unsigned a[4];
         mma::ldmatrix_x4(a, q_base + mma::swizzle<CH>(lane & 15, 2 * kk + (lane >> 4)) * 16);
-        mma::mma16816<T>(s[0], a, b[0], b[1]);
-        mma::mma16816<T>(s[1], a, b[2], b[3]);
+        if (kk % 2 == 0) {
+          mma::mma16816<T>(s[0], a, b[0], b[1]);
+          mma::mma16816<T>(s[1], a, b[2], b[3]);
+        } else {
+          mma::mma16816<T>(s_odd[0], a, b[0], b[1]);
+          mma::mma16816<T>(s_odd[1], a, b[2], b[3]);
+        }
+      }
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) s[nt][i] += s_odd[nt][i];
       }
 
       // logits -> hooks -> probabilities
