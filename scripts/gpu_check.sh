@@ -28,6 +28,13 @@ step "compute-sanitizer memcheck (paged cache)" compute-sanitizer --tool memchec
   python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/layout -k gpu
 step "compute-sanitizer memcheck (variant probes)" compute-sanitizer --tool memcheck --error-exitcode 1 \
   python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/variants -k "gpu_probe_matches_python_for_every_builtin"
+step "compute-sanitizer memcheck (decode)" compute-sanitizer --tool memcheck --error-exitcode 1 \
+  python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/ops/test_decode.py \
+  -k "grid and (32x8-128-NHD-bf16 or 8x1-256-HND-f16 or 32x32-64-NHD-bf16) or rotary_dims or sigmoid or one_call"
+step "compute-sanitizer racecheck (decode)" compute-sanitizer --tool racecheck --error-exitcode 1 \
+  python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/ops/test_decode.py \
+  -k "grid and 32x8-128-NHD-bf16 or rotary_dims and 128-False or sigmoid"
+step "benchmark: decode" python3 benchmarks/bench_decode.py --out "$OUT"
 step "benchmark: jit latency" python3 benchmarks/bench_jit.py --out "$OUT"
 step "benchmark: merge" python3 benchmarks/bench_merge.py --out "$OUT"
 step "benchmark: paged append" python3 benchmarks/bench_append.py --out "$OUT"

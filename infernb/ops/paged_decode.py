@@ -12,6 +12,7 @@ their last item.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import weakref
 from typing import Sequence
@@ -24,7 +25,8 @@ from ..jit import KernelSpec, build
 from ..plan import Plan, emulate, plan as make_plan
 from ..reference import RoPE
 from ..variants import Variant
-from ._common import CUDA_TYPES, DTYPE_NAMES, HEAD_DIMS, aligned16
+from ..device import device_info
+from ._common import CUDA_TYPES, DTYPE_NAMES, HEAD_DIMS, prepare_outputs
 
 #: Query heads per KV head one mma tile holds.
 MAX_GROUP = 16
@@ -38,6 +40,13 @@ NONE = Variant("none")                              # plain attention (identity 
 #: (12 warps) per SM where their shared memory fits, so the CTAs' compute hides under each other's copies.
 #: ``infernb.plan`` plans decode batches for the same CTA count (:func:`decode_ctas_per_sm`).
 CONFIG = {64: (4, 3), 128: (2, 3), 256: (3, 1)}
+
+
+def default_stages(head_dim: int, arch: str) -> int:
+    """Pipeline stages for ``head_dim`` on ``arch``: :data:`CONFIG`'s on Hopper; before it (164 KB of shared
+    memory per SM on A100, 100 KB on sm_86/89) head dim 256 gets 2 stages so one CTA fits on A100."""
+    st = CONFIG[head_dim][0]
+    return st if arch.startswith("sm_9") or head_dim < 256 else 2
 
 
 def decode_ctas_per_sm(head_dim: int) -> int:
@@ -59,13 +68,14 @@ def decode_spec(dtype: torch.dtype, head_dim: int, group: int, layout: str = "NH
     mode = 0 if rope is None else ROPE_MODES[bool(rope.interleave)]
     rope_tag = ["", "_rope", "_rope_interleave"][mode]
     st, ctas = CONFIG[head_dim]
+    tuned = (stages not in (None, st)) or (ctas_per_sm not in (None, ctas))
     st, ctas = st if stages is None else stages, ctas if ctas_per_sm is None else ctas_per_sm
     args = (f"{CUDA_TYPES[dtype]}, {head_dim}, {group}, {'true' if layout == 'HND' else 'false'}, "
             f"{variant.cuda_name}, {mode}, {st}, {ctas}")
     g = variant.generated
     check = (f"static_assert(infernb::decode_cfg_t<{CUDA_TYPES[dtype]}, {head_dim}, {group}, {st}>::SMEM_BYTES == "
              f"{smem_bytes(head_dim, group, st)}, \"infernb.ops.paged_decode.smem_bytes disagrees with decode_cfg_t\");")
-    tune = "" if (stages, ctas_per_sm) == (None, None) else f"_s{st}c{ctas}"
+    tune = f"_s{st}c{ctas}" if tuned else ""
     return KernelSpec(
         family="decode",
         name=(f"decode_{DTYPE_NAMES[dtype]}_hd{head_dim}_g{group}_{layout.lower()}{rope_tag}_{variant.name}"
@@ -117,6 +127,8 @@ def plan_arrays(plan: Plan) -> dict:
     if got is not None:
         return got
     check_decode_plan(plan)
+    if not np.array_equal(plan.merge_slots, np.arange(len(plan.merge_slots))):
+        raise InputError("decode plans number a split unit's partial slots consecutively (plan.merge_slots)")
     H = plan.num_kv_heads
     tile = plan.item_unit // H
     b = plan.tile_request[tile]
@@ -136,6 +148,9 @@ def plan_arrays(plan: Plan) -> dict:
     if plan.num_items > 1 and (np.diff(plan.item_cta) < 0).any():
         raise InputError("plan items must be ordered by CTA")
     cta_indptr = np.searchsorted(plan.item_cta, np.arange(plan.num_ctas + 1)).astype(np.int32)
+    if plan.num_items == 0:
+        got = _plan_arrays[plan] = dict(items=items.reshape(0, 12), cta_indptr=cta_indptr)
+        return got
     # A CTA whose last item is the first part of a split unit runs that item first: the unit's other parts
     # (at the start of the next CTA's list) also finish early, so its merge overlaps the streaming instead of
     # adding to the kernel's tail.
@@ -191,6 +206,9 @@ class DecodeRunner:
                 raise InputError(f"cache.{name} = {got} but the plan was made for {want}")
         if page_table.page_size != plan.page_size:
             raise InputError(f"page_table.page_size = {page_table.page_size} but the plan has {plan.page_size}")
+        if not (page_table.indptr.is_contiguous() and page_table.indices.is_contiguous()):
+            raise InputError("page_table: indptr and indices must be contiguous int32 tensors")
+        dataclasses.replace(page_table, num_pages=cache.num_pages).validate()   # int32, in range of this pool
         if page_table.indptr.device != pool.device or page_table.indices.device != pool.device:
             raise InputError(f"page_table is on {page_table.indptr.device}, the cache on {pool.device}: move it "
                              "with page_table.to(device)")
@@ -211,12 +229,22 @@ class DecodeRunner:
                 raise InputError(f"RoPE.rotary_dim = {rd} exceeds head_dim = {plan.head_dim}")
         self.plan, self.page_table, self.variant, self.rope = plan, page_table, variant, rope
         self.cache, self.layout, self.dtype, self.device = cache, cache.layout, dt, pool.device
+        self._pool_shape = tuple(pool.shape)
         self.sm_scale = plan.head_dim ** -0.5 if sm_scale is None else float(sm_scale)
         if pool.device.type != "cuda":
             return                                   # the emulator runs it (see __call__)
         variant.check_device(pool.device)
+        arch = device_info(pool.device.index).arch
+        stages = default_stages(plan.head_dim, arch) if stages is None else stages
+        smem = smem_bytes(plan.head_dim, plan.group, stages)
+        limit = getattr(torch.cuda.get_device_properties(pool.device), "shared_memory_per_block_optin", smem)
+        if smem > limit:
+            raise InputError(f"the decode kernel for head_dim {plan.head_dim} needs {smem // 1024} KiB of shared "
+                             f"memory per CTA ({stages} stages); this GPU allows {limit // 1024} KiB")
         self.kernel = build(decode_spec(dt, plan.head_dim, plan.group, cache.layout, variant, rope, stages=stages,
                                         ctas_per_sm=ctas_per_sm), extra_options=tuple(extra_options))
+        # the kernel reads the variant's captured tensors through pointers packed now: keep them alive
+        self._captures = [t for t, _ in variant.generated.captures]
         a = plan_arrays(plan)
         items = a["items"].copy()
         items[:, 7] = page_table.indptr.cpu().numpy()[items[:, 0]]        # where each request's page ids start
@@ -229,7 +257,7 @@ class DecodeRunner:
         self._scalars = (np.float32(self.sm_scale), np.int32(plan.num_kv_heads), np.int32(ps),
                          np.int32(ps.bit_length() - 1 if ps & (ps - 1) == 0 else -1), np.int32(rd), np.float32(math.log2(rope.theta) if rope else 0.0),
                          np.float32(1.0 / rope.scale if rope else 1.0))
-        self._smem = smem_bytes(plan.head_dim, plan.group, stages)
+        self._smem = smem
         n_slots = len(plan.merge_slots)
         self._part_shape = ((n_slots, plan.group, plan.head_dim), (n_slots, plan.group))
         self._num_tokens = int(plan.qo_lens.sum())
@@ -243,22 +271,24 @@ class DecodeRunner:
                 the cache's dtype and device.
             cache: the cache to read (default: the one given at construction); same shape, layout and dtype.
             out, lse: optional preallocated outputs ``[tokens, num_qo_heads, head_dim]`` q.dtype and
-                ``[tokens, num_qo_heads]`` float32.
+                ``[tokens, num_qo_heads]`` float32 (contiguous, 16-byte aligned).
+
+        A runner's partial-state counters are its own: run one runner on one stream at a time.
         Returns:
             ``(out [tokens, num_qo_heads, head_dim] q.dtype, lse [tokens, num_qo_heads] float32)``.
         """
         p = self.plan
         pool = self._check(q, cache)
+        out, lse = prepare_outputs(None if out is None and lse is None else (
+            torch.empty(q.shape, dtype=q.dtype, device=q.device) if out is None else out,
+            torch.empty(q.shape[:2], dtype=torch.float32, device=q.device) if lse is None else lse),
+            [(tuple(q.shape), q.dtype), (tuple(q.shape[:2]), torch.float32)], q.device, names=("out", "lse"))
         if pool.device.type != "cuda":
             o, s = emulate(p, q, kv_cache=pool, page_table=self.page_table, layout=self.layout, sm_scale=self.sm_scale,
                            rope=self.rope, **self.variant.reference_kwargs())
-            return o.to(q.dtype), s.float()
-        if out is None:
-            out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-        if lse is None:
-            lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device)
+            return out.copy_(o), lse.copy_(s)
         if p.num_items == 0:
-            return out, lse
+            return out.zero_(), lse.fill_(float("-inf"))
         if len(p.merge_unit):
             part_o = torch.empty(self._part_shape[0], dtype=torch.float32, device=q.device)
             part_lse = torch.empty(self._part_shape[1], dtype=torch.float32, device=q.device)
@@ -287,8 +317,11 @@ class DecodeRunner:
         if q.device != self.device or pool.device != self.device:
             raise InputError(f"q is on {q.device} and the cache on {pool.device}; the runner was built for "
                              f"{self.device}")
-        if pool.dtype != self.dtype or pool.dim() != 5:
-            raise InputError(f"cache: expected a {self.dtype} page pool, got {pool.dtype} {list(pool.shape)}")
+        if pool.dtype != self.dtype or tuple(pool.shape) != self._pool_shape:
+            raise InputError(f"cache: expected a {self.dtype} page pool of shape {list(self._pool_shape)} (the "
+                             f"runner's cache), got {pool.dtype} {list(pool.shape)}")
+        if getattr(cache, "layout", self.layout) != self.layout:
+            raise InputError(f"cache: layout {cache.layout}, the runner was built for {self.layout}")
         if not pool.is_contiguous():
             raise InputError("cache: the page pool must be contiguous")
         if q.device.type == "cuda" and (not q.is_contiguous() or q.data_ptr() % 16):
@@ -314,7 +347,7 @@ def decode(q: torch.Tensor, cache, seq_ids: Sequence[int], *, variant: Variant |
         variant, rope, sm_scale: as in :class:`DecodeRunner`. A variant with ``window_left`` (sliding window)
             plans only the pages inside the window.
         return_lse: also return the LSE ``[len(seq_ids), num_qo_heads]`` float32 (natural log).
-        num_sms: CTAs to plan for (default: the GPU's multiprocessors).
+        num_sms: multiprocessors to plan for (default: the GPU's; the plan has the kernel's CTAs per SM on each).
     Returns:
         ``out [len(seq_ids), num_qo_heads, head_dim]`` q.dtype (and ``lse``).
     """

@@ -1,6 +1,7 @@
-"""``run(plan, q, ...)``: execute a plan. Decode plans on CUDA tensors run the decode kernel
-(:mod:`infernb.ops.decode`); everything else (CPU tensors, prefill plans, ragged k/v, the reference-only
-options) runs through the emulator on the tensors' own device: exact and slow."""
+"""``run(plan, q, ...)``: execute a plan. Decode plans the kernel supports, on CUDA tensors and a
+:class:`~infernb.layout.PagedKVCache`, run the decode kernel (:mod:`infernb.ops.paged_decode`); everything
+else (CPU tensors, prefill plans, ragged k/v, raw pools, the reference-only options, shapes the kernel does not
+support) runs through the emulator on the tensors' own device: exact and slow."""
 from __future__ import annotations
 
 import torch
@@ -29,11 +30,17 @@ def run(plan: Plan, q: torch.Tensor, kv_cache=None, *, page_table=None, k: torch
         ``(out [sum(qo_lens), num_qo_heads, head_dim], lse [sum(qo_lens), num_qo_heads])``: from the decode
         kernel ``q.dtype`` and float32; from the emulator float64 (``compute_dtype``).
     """
-    if (q.is_cuda and kv_cache is not None and k is None and v is None and not options
-            and int(plan.qo_lens.max(initial=0)) <= 1 and plan.tile_q == plan.group):
-        from .paged_decode import run_decode
+    if q.is_cuda and hasattr(kv_cache, "pool") and page_table is not None and k is None and v is None and not options:
+        from ..errors import InputError
+        from .paged_decode import check_decode_plan, run_decode
 
-        return run_decode(plan, q, kv_cache, page_table, variant=variant, rope=rope, sm_scale=sm_scale)
+        try:
+            check_decode_plan(plan)
+            supported = True
+        except InputError:
+            supported = False
+        if supported:
+            return run_decode(plan, q, kv_cache, page_table, variant=variant, rope=rope, sm_scale=sm_scale)
     if variant is not None:
         options.update(variant.reference_kwargs())
     return emulate(plan, q, k, v, kv_cache=kv_cache, page_table=page_table, rope=rope, sm_scale=sm_scale, **options)

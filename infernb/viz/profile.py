@@ -10,7 +10,8 @@ LABELS = {"infernb": "infernb", "flashinfer": "FlashInfer (best path)", "sdpa": 
 def bandwidth_bars(rows: list[dict], ceiling_tbps: float | None = None, *, title: str = "Decode: KV bytes read per second",
                    subtitle: str = ""):
     """Grouped bars of ``<path>_TBps`` per case (``rows`` from :func:`infernb.profile.profile_decode` or a committed
-    benchmark JSON), with the copy ceiling as a dashed line; hover shows the time and the ratio to FlashInfer."""
+    benchmark JSON), with the copy ceiling as a dashed line; bars are labelled with their time, and the ratio to
+    FlashInfer is written under each case."""
     import plotly.graph_objects as go
 
     cases = [r["case"] for r in rows]

@@ -12,12 +12,12 @@
 //   S = Q K^T (mma), logits -> variant hooks -> online softmax (log2 domain), O += P V (mma).
 // The producer runs ahead across item boundaries, so a new item's first keys are already loading while the
 // previous item finishes. At an item's end the warps' (m, l, O) are merged through shared memory and the
-// item writes either the final output + LSE (unsplit unit) or a partial state (fp32) to its slot; the
-// partial states of a split unit are merged by merge_partials_kernel (merge_states.cuh).
+// item writes either the final output + LSE (unsplit unit) or a partial state (fp32) to its slot; the CTA
+// that finishes a split unit's last item merges its partial states (merge_unit_slots), in the same launch.
 //
 // Fused RoPE (ROPE = 1 half-rotated / Llama, 2 interleaved / GPT-J): q is rotated at its position
-// (kv_len - 1) when loaded; each warp rotates its K rows in shared memory before the mma, the angle of token
-// j advanced from token j - 1 by one complex multiply (one sincosf per pair and 16 tokens).
+// (kv_len - 1) when loaded; each warp rotates its K rows in shared memory before the mma, a lane walking
+// consecutive rows of one 16-byte chunk, each angle advanced from the previous row by one complex multiply.
 #pragma once
 #include <infernb/common.cuh>
 #include <infernb/merge_states.cuh>
@@ -242,7 +242,7 @@ __device__ __forceinline__ void rope_rotate_rows(T* s_k, int row0, int kpos0, in
 // merge_count: [split units] int32, zero before the launch and left zero after it (the merging CTA resets it)
 // page_shift: log2(page_size) when it is a power of two, else -1
 // CTAs per SM to reserve registers for: as asked on Hopper (227 KB of shared memory per SM); at most 2 before it
-// (Ampere: 164 KB, two CTAs' stages fit, three do not).
+// (164 KB on A100, ~100 KB on sm_86/89: fewer CTAs fit, the register budget need not assume three).
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
 #define INFERNB_DECODE_MIN_CTAS(n) ((n) > 2 ? 2 : (n))
 #else
