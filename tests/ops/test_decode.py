@@ -261,3 +261,46 @@ def test_decode_rope_rotary_dims(gen, interleave, rotary_dim):
     element-wise fallback (24 and 48: 3 chunks, or pairs not filling chunks)."""
     cache, ids, q = make_cache(gen, [1, 17, 300, 2500], 16, 4, 128, 16, device="cuda")
     run_checked(q, cache, ids, rope=ib.RoPE(theta=5e5, interleave=interleave, rotary_dim=rotary_dim), num_sms=8)
+
+
+def test_kernel_item_arrays_compute_the_reference(gen):
+    """The CPU twin of the kernel's contract: run the runner's item list (in the kernel's order, pages through the
+    page table, partial slots, merge by the last item of each split unit) with the reference math."""
+    from infernb.reference import attend, merge_states
+
+    lens = [0, 1, 15, 16, 17, 300, 1000]
+    cache, ids, q = make_cache(gen, lens, 8, 2, 64, 16)
+    table = cache.page_table(ids)
+    p = ib.plan([1] * len(lens), lens, num_qo_heads=8, num_kv_heads=2, head_dim=64, num_sms=6)
+    items = plan_arrays(p)["items"].copy()
+    items[:, 7] = table.indptr.numpy()[items[:, 0]]
+    ind = plan_arrays(p)["cta_indptr"]
+    pool = cache.pool.double()
+    g = p.group
+    out = torch.full((len(lens), 8, 64), float("nan"), dtype=torch.float64)
+    lse = torch.full((len(lens), 8), float("nan"), dtype=torch.float64)
+    part_o, part_s = {}, {}
+    count = np.zeros(max(len(p.merge_unit), 1), np.int64)
+    for c in range(p.num_ctas):                         # CTAs one after the other, items in the kernel's order
+        for b, h, s, e, tok, kvl, slot, page_begin, m, s0, s1, _ in items[ind[c]:ind[c + 1]].tolist():
+            pos = torch.arange(s, e)
+            pages = table.indices[page_begin + pos // 16].long()
+            k = pool[pages, 0, pos % 16, h]                # [keys, d]
+            v = pool[pages, 1, pos % 16, h]
+            o, l = attend(q[tok:tok + 1, h * g:(h + 1) * g].double(), k[:, None].expand(-1, g, -1),
+                          v[:, None].expand(-1, g, -1), torch.tensor([kvl - 1]), pos, torch.arange(h * g, (h + 1) * g),
+                          b=b, sm_scale=64 ** -0.5)
+            if slot < 0:
+                out[tok, h * g:(h + 1) * g], lse[tok, h * g:(h + 1) * g] = o[0], l[0]
+                continue
+            part_o[slot], part_s[slot] = o[0], l[0]
+            count[m] += 1
+            if count[m] == s1 - s0:                     # the last part of the unit merges all of them
+                mo, ml = merge_states(torch.stack([part_o[i] for i in range(s0, s1)])[None],   # [1, n, g, d]
+                                      torch.stack([part_s[i] for i in range(s0, s1)])[None])
+                out[tok, h * g:(h + 1) * g], lse[tok, h * g:(h + 1) * g] = mo[0], ml[0]
+    assert len(p.merge_unit) > 0 and (count[:len(p.merge_unit)] == np.diff(p.merge_indptr)).all()
+    ref_o, ref_s = reference_decode(q, cache, ids)
+    assert_close(out, ref_o, torch.float64, name="out")
+    fin = torch.isfinite(ref_s)
+    assert torch.equal(torch.isfinite(lse), fin) and torch.allclose(lse[fin], ref_s[fin])
