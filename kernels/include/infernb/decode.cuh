@@ -22,6 +22,7 @@
 #include <infernb/common.cuh>
 #include <infernb/merge_states.cuh>
 #include <infernb/mma.cuh>
+#include <infernb/rope.cuh>
 #include <infernb/variant.cuh>
 
 namespace infernb {
@@ -36,64 +37,6 @@ struct decode_item_t {
   int q_token, kv_len, slot, page_begin;
   int merge_unit, slot_begin, slot_end, pad;
 };
-
-#ifndef INFERNB_MERGE_BATCH
-#define INFERNB_MERGE_BATCH 8
-#endif
-
-// Merge partial states [s0, s1) of GROUP rows into out / lse rows out_row + r (the split-KV epilogue, run by
-// the CTA that finished a unit's last item). part_o: [slots, GROUP, HEAD_DIM] fp32, part_lse: [slots, GROUP].
-template <typename T, int HEAD_DIM, int GROUP, int NUM_THREADS>
-__device__ __forceinline__ void merge_unit_slots(const float* part_o, const float* part_lse, int s0, int s1,
-                                                 T* out, float* lse, long long out_row, int tid) {
-  constexpr int TPR = HEAD_DIM / 4, RPP = NUM_THREADS / TPR;    // threads per row (one float4 each), rows per pass
-  const int lane = tid % TPR;
-  for (int r = tid / TPR; r < GROUP; r += RPP) {
-    const float* sl = part_lse + r;
-    const float* so = part_o + (long long)r * HEAD_DIM + lane * 4;
-    // one pass, INFERNB_MERGE_BATCH states in flight (they sit in L2, just written): the running max moves at
-    // most once per batch, rescaling what was summed before (the online softmax, over states)
-    float m = -INFERNB_INF, denom = 0.f, acc[4] = {0.f, 0.f, 0.f, 0.f};
-    bool bad = false;                            // a NaN or +inf LSE: the row is invalid (NaN), as in merge_states
-    constexpr int NB = INFERNB_MERGE_BATCH;
-    for (int k = s0; k < s1; k += NB) {
-      const int n = s1 - k < NB ? s1 - k : NB;
-      float4 x[NB];
-      float sv[NB];
-      float mb = -INFERNB_INF;
-#pragma unroll
-      for (int j = 0; j < NB; ++j) {
-        if (j < n) {
-          sv[j] = __ldcg(sl + (long long)(k + j) * GROUP);
-          x[j] = __ldcg(reinterpret_cast<const float4*>(so + (long long)(k + j) * GROUP * HEAD_DIM));
-        } else {
-          sv[j] = -INFERNB_INF;
-          x[j] = make_float4(0.f, 0.f, 0.f, 0.f);
-        }
-        bad |= invalid_lse(sv[j]);
-        mb = fmaxf(mb, sv[j]);
-      }
-      if (mb > m) {
-        const float sc = m == -INFERNB_INF ? 0.f : __expf(m - mb);
-        denom *= sc;
-#pragma unroll
-        for (int e = 0; e < 4; ++e) acc[e] *= sc;
-        m = mb;
-      }
-      if (m != -INFERNB_INF) {
-#pragma unroll
-        for (int j = 0; j < NB; ++j) {
-          const float w = __expf(sv[j] - m);
-          denom += w;
-          acc[0] += w * x[j].x; acc[1] += w * x[j].y; acc[2] += w * x[j].z; acc[3] += w * x[j].w;
-        }
-      }
-    }
-    if (bad) m = __int_as_float(0x7fffffff);
-    merge_write<T, 4>(acc, m, denom, invalid_lse(m) || denom != denom, out + (out_row + r) * HEAD_DIM,
-                      lse + out_row + r, lane);
-  }
-}
 
 template <typename T, int HEAD_DIM, int GROUP, int STAGES_>
 struct decode_cfg_t {
@@ -122,114 +65,6 @@ struct decode_cfg_t {
   static_assert(WARP_TOKENS * CHUNKS % 32 == 0, "a warp's copies must tile its rows");
 };
 
-namespace detail {
-
-// RoPE frequency of pair p: theta^(-2p / rotary_dim) / scale.
-__device__ __forceinline__ float rope_freq(int p, int rotary_dim, float log2_theta, float inv_scale) {
-  return exp2f(-2.f * float(p) / float(rotary_dim) * log2_theta) * inv_scale;
-}
-// sin and cos of the angle pos * f. The product is kept exactly (its rounding error recovered with an fma), then
-// reduced by 2 pi in three parts (Cody-Waite) to [-pi, pi], where the fast intrinsics are accurate to ~1e-6:
-// no slow-path argument reduction (and no local memory) for any position.
-__device__ __forceinline__ void rope_sincos(float pos, float f, float* sn, float* cs) {
-  const float a = pos * f;
-  const float e = fmaf(pos, f, -a);                     // a + e == pos * f exactly
-  const float k = rintf(a * 0.15915494309189535f);      // turns
-  float r = fmaf(-k, 6.28125f, a);                      // 2 pi = 6.28125 + 1.93500518798828125e-3 + ...
-  r = fmaf(-k, 1.93500518798828125e-3f, r);
-  r = fmaf(-k, 3.0199159795074593e-7f, r);
-  __sincosf(r + e, sn, cs);
-}
-
-// Element indices of RoPE pair p (ROPE 1: (p, p + rd/2), ROPE 2: (2p, 2p + 1)).
-template <int ROPE>
-__device__ __forceinline__ void rope_pair(int p, int rotary_dim, int& da, int& db) {
-  if (ROPE == 2) { da = 2 * p; db = 2 * p + 1; }
-  else { da = p; db = p + rotary_dim / 2; }
-}
-
-// Rotate rows [row0, row0 + 16) of a swizzled K tile (positions kpos0 + j; rows j >= valid stay as they are).
-// Fast path (rotary_dim / pairs-per-chunk divides 32): a lane owns one 16-byte chunk of the pairs' first elements
-// (and, half-rotated, the matching chunk of the second elements) and walks consecutive rows, so each access is
-// one 16-byte load or store and each angle moves to the next token by one complex multiply. Otherwise, a lane
-// per pair and element-wise accesses.
-template <typename T, int ROPE, int CH>
-__device__ __forceinline__ void rope_rotate_rows(T* s_k, int row0, int kpos0, int valid, int rotary_dim,
-                                                 float log2_theta, float inv_scale, int lane) {
-  constexpr int EPC = ROPE == 2 ? 4 : 8;                 // pairs whose first element lies in one 16-byte chunk
-  const int nc = rotary_dim / (2 * EPC);                 // such chunks (half: first half of rotary_dim)
-  if (nc > 0 && rotary_dim % (2 * EPC) == 0 && 32 % nc == 0) {
-    const int c = lane % nc, grp = lane / nc;
-    const int rows = nc >= 2 ? nc / 2 : 1;               // 16 rows * nc chunks over 32 lanes
-    const int r0 = grp * rows;
-    if (r0 >= 16) return;
-    float cs[EPC], sn[EPC], cf[EPC], sf[EPC];
-#pragma unroll
-    for (int e = 0; e < EPC; ++e) {
-      const float f = rope_freq(c * EPC + e, rotary_dim, log2_theta, inv_scale);
-      rope_sincos(float(kpos0 + r0), f, &sn[e], &cs[e]);
-      rope_sincos(1.f, f, &sf[e], &cf[e]);
-    }
-    for (int i = 0; i < rows; ++i) {
-      const int r = r0 + i;
-      if (r < valid) {
-        T* pa = s_k + mma::swizzle<CH>(row0 + r, c) * 8;
-        vec_t<T, 8> a;
-        a.load(pa);
-        if (ROPE == 2) {                                 // pairs (2e, 2e + 1) inside the chunk
-#pragma unroll
-          for (int e = 0; e < EPC; ++e) {
-            const float x = to_float(a.elt[2 * e]), y = to_float(a.elt[2 * e + 1]);
-            a.elt[2 * e] = from_float<T>(x * cs[e] - y * sn[e]);
-            a.elt[2 * e + 1] = from_float<T>(y * cs[e] + x * sn[e]);
-          }
-        } else {                                         // pairs (p, p + rotary_dim / 2): chunk c and chunk c + nc
-          T* pb = s_k + mma::swizzle<CH>(row0 + r, c + nc) * 8;
-          vec_t<T, 8> b;
-          b.load(pb);
-#pragma unroll
-          for (int e = 0; e < EPC; ++e) {
-            const float x = to_float(a.elt[e]), y = to_float(b.elt[e]);
-            a.elt[e] = from_float<T>(x * cs[e] - y * sn[e]);
-            b.elt[e] = from_float<T>(y * cs[e] + x * sn[e]);
-          }
-          b.store(pb);
-        }
-        a.store(pa);
-      }
-#pragma unroll
-      for (int e = 0; e < EPC; ++e) {                   // next token: angle + f
-        const float c2 = cs[e] * cf[e] - sn[e] * sf[e];
-        sn[e] = sn[e] * cf[e] + cs[e] * sf[e];
-        cs[e] = c2;
-      }
-    }
-    return;
-  }
-  const int np = rotary_dim / 2;
-  for (int p = lane; p < np; p += 32) {
-    const float f = rope_freq(p, rotary_dim, log2_theta, inv_scale);
-    float sn, cs, sf, cf;
-    rope_sincos(float(kpos0), f, &sn, &cs);
-    rope_sincos(1.f, f, &sf, &cf);
-    int da, db;
-    rope_pair<ROPE>(p, rotary_dim, da, db);
-    for (int j = 0; j < 16; ++j) {
-      if (j < valid) {
-        T* pa = s_k + mma::swizzle_elem<CH>(row0 + j, da);
-        T* pb = s_k + mma::swizzle_elem<CH>(row0 + j, db);
-        const float a = to_float(*pa), b = to_float(*pb);
-        *pa = from_float<T>(a * cs - b * sn);
-        *pb = from_float<T>(b * cs + a * sn);
-      }
-      const float c2 = cs * cf - sn * sf;
-      sn = sn * cf + cs * sf;
-      cs = c2;
-    }
-  }
-}
-
-}  // namespace detail
 
 // q:       [num_tokens, num_kv_heads * GROUP, HEAD_DIM] T (contiguous)
 // pool:    NHD [num_pages, 2, page_size, num_kv_heads, HEAD_DIM] / HND [num_pages, 2, num_kv_heads, page_size,

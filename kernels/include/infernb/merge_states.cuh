@@ -1,4 +1,5 @@
-// infernb: merge partial attention states by their log-sum-exp (the split-KV merge).
+// infernb: merge partial attention states by their log-sum-exp (the split-KV merge): the merge_state(s) kernels,
+// and merge_unit_slots, the same merge run by a decode CTA over a split unit's partial slots (decode.cuh).
 //
 // A row (token, head) computed over disjoint key parts k = 0..K-1 has partial outputs v_k (normalized
 // within the part) and LSEs s_k (natural log). The merged result is
@@ -125,6 +126,64 @@ merge_state_kernel(const T* __restrict__ v_a, const float* __restrict__ s_a, con
     for (int i = 0; i < VEC; ++i) acc[i] = wa * to_float(xa.elt[i]) + wb * to_float(xb.elt[i]);
   }
   merge_write<T, VEC>(acc, m, denom, invalid, v_out + row * HEAD_DIM, s_out + row, lane);
+}
+
+#ifndef INFERNB_MERGE_BATCH
+#define INFERNB_MERGE_BATCH 8
+#endif
+
+// Merge partial states [s0, s1) of GROUP rows into out / lse rows out_row + r (the split-KV epilogue, run by
+// the CTA that finished a unit's last item). part_o: [slots, GROUP, HEAD_DIM] fp32, part_lse: [slots, GROUP].
+template <typename T, int HEAD_DIM, int GROUP, int NUM_THREADS>
+__device__ __forceinline__ void merge_unit_slots(const float* part_o, const float* part_lse, int s0, int s1,
+                                                 T* out, float* lse, long long out_row, int tid) {
+  constexpr int TPR = HEAD_DIM / 4, RPP = NUM_THREADS / TPR;    // threads per row (one float4 each), rows per pass
+  const int lane = tid % TPR;
+  for (int r = tid / TPR; r < GROUP; r += RPP) {
+    const float* sl = part_lse + r;
+    const float* so = part_o + (long long)r * HEAD_DIM + lane * 4;
+    // one pass, INFERNB_MERGE_BATCH states in flight (they sit in L2, just written): the running max moves at
+    // most once per batch, rescaling what was summed before (the online softmax, over states)
+    float m = -INFERNB_INF, denom = 0.f, acc[4] = {0.f, 0.f, 0.f, 0.f};
+    bool bad = false;                            // a NaN or +inf LSE: the row is invalid (NaN), as in merge_states
+    constexpr int NB = INFERNB_MERGE_BATCH;
+    for (int k = s0; k < s1; k += NB) {
+      const int n = s1 - k < NB ? s1 - k : NB;
+      float4 x[NB];
+      float sv[NB];
+      float mb = -INFERNB_INF;
+#pragma unroll
+      for (int j = 0; j < NB; ++j) {
+        if (j < n) {
+          sv[j] = __ldcg(sl + (long long)(k + j) * GROUP);
+          x[j] = __ldcg(reinterpret_cast<const float4*>(so + (long long)(k + j) * GROUP * HEAD_DIM));
+        } else {
+          sv[j] = -INFERNB_INF;
+          x[j] = make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+        bad |= invalid_lse(sv[j]);
+        mb = fmaxf(mb, sv[j]);
+      }
+      if (mb > m) {
+        const float sc = m == -INFERNB_INF ? 0.f : __expf(m - mb);
+        denom *= sc;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[e] *= sc;
+        m = mb;
+      }
+      if (m != -INFERNB_INF) {
+#pragma unroll
+        for (int j = 0; j < NB; ++j) {
+          const float w = __expf(sv[j] - m);
+          denom += w;
+          acc[0] += w * x[j].x; acc[1] += w * x[j].y; acc[2] += w * x[j].z; acc[3] += w * x[j].w;
+        }
+      }
+    }
+    if (bad) m = __int_as_float(0x7fffffff);
+    merge_write<T, 4>(acc, m, denom, invalid_lse(m) || denom != denom, out + (out_row + r) * HEAD_DIM,
+                      lse + out_row + r, lane);
+  }
 }
 
 }  // namespace infernb
