@@ -128,10 +128,6 @@ merge_state_kernel(const T* __restrict__ v_a, const float* __restrict__ s_a, con
   merge_write<T, VEC>(acc, m, denom, invalid, v_out + row * HEAD_DIM, s_out + row, lane);
 }
 
-#ifndef INFERNB_MERGE_BATCH
-#define INFERNB_MERGE_BATCH 8
-#endif
-
 // Merge partial states [s0, s1) of GROUP rows into out / lse rows out_row + r (the split-KV epilogue, run by
 // the CTA that finished a unit's last item). part_o: [slots, GROUP, HEAD_DIM] fp32, part_lse: [slots, GROUP].
 template <typename T, int HEAD_DIM, int GROUP, int NUM_THREADS>
@@ -142,11 +138,11 @@ __device__ __forceinline__ void merge_unit_slots(const float* part_o, const floa
   for (int r = tid / TPR; r < GROUP; r += RPP) {
     const float* sl = part_lse + r;
     const float* so = part_o + (long long)r * HEAD_DIM + lane * 4;
-    // one pass, INFERNB_MERGE_BATCH states in flight (they sit in L2, just written): the running max moves at
-    // most once per batch, rescaling what was summed before (the online softmax, over states)
+    // one pass, NB states in flight (they sit in L2, just written): the running max moves at most once per
+    // batch, rescaling what was summed before (the online softmax, over states)
     float m = -INFERNB_INF, denom = 0.f, acc[4] = {0.f, 0.f, 0.f, 0.f};
     bool bad = false;                            // a NaN or +inf LSE: the row is invalid (NaN), as in merge_states
-    constexpr int NB = INFERNB_MERGE_BATCH;
+    constexpr int NB = 8;                      // 4: no faster; 16: spills (benchmarks/NOTES.md)
     for (int k = s0; k < s1; k += NB) {
       const int n = s1 - k < NB ? s1 - k : NB;
       float4 x[NB];

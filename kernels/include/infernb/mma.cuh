@@ -17,21 +17,9 @@ namespace mma {
 __device__ __forceinline__ unsigned smem_addr(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
 
 // 16 bytes from global `src` to shared `dst`; when !valid nothing is read and the 16 bytes are zero-filled.
-// INFERNB_CP_ASYNC_L2 (compile option, 0 / 64 / 128 / 256): the L2 prefetch size hint of the copies.
-#ifndef INFERNB_CP_ASYNC_L2
-#define INFERNB_CP_ASYNC_L2 0
-#endif
 __device__ __forceinline__ void cp_async16(unsigned dst, const void* src, bool valid) {
   const int n = valid ? 16 : 0;
-#if INFERNB_CP_ASYNC_L2 == 256
-  asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
-#elif INFERNB_CP_ASYNC_L2 == 128
-  asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
-#elif INFERNB_CP_ASYNC_L2 == 64
-  asm volatile("cp.async.cg.shared.global.L2::64B [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
-#else
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
-#endif
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 // Wait until at most N of this thread's committed groups are still in flight.
