@@ -26,7 +26,6 @@ CASES = {  # name -> kv lengths
 TARGETS = {"64x4096": 1.00, "16x16384": 1.00, "skewed_1x65536+63x512": 1.30, "1x32768": 1.30}  # x FlashInfer
 VARIANT_CASE = "64x4096"
 TUNING = [(3, 2)]                 # (stages, CTAs per SM) tried beside the default on VARIANT_CASE
-OPTIONS: dict = {}                # compile knobs ({name: NVRTC options}) tried beside the default, every case
 
 
 def main(argv=None) -> int:
@@ -41,10 +40,6 @@ def main(argv=None) -> int:
 
     def extra(name, ctx, row):
         cache, table, q, p, m = ctx["cache"], ctx["table"], ctx["q"], ctx["plan"], row["infernb_ms"]
-        for oname, opts in OPTIONS.items():
-            r = DecodeRunner(p, cache, table, extra_options=opts)
-            row[f"tuning_{oname}_err"] = ctx["rel"](r(q)[0], ctx["out"])
-            row[f"tuning_{oname}_ms"] = ctx["time"](lambda: r(q))[0]
         if name != VARIANT_CASE:
             return
         for stages, ctas in TUNING:                  # occupancy / pipeline alternatives (plan for the same CTAs)

@@ -30,12 +30,10 @@ for lens in ([16], [1024] * 8, [32768], [65536] + [512] * 63):
     cache, ids, q = random_decode_batch(lens, num_qo_heads=HQ, num_kv_heads=HKV, head_dim=D, page_size=PAGE)
     t = cache.page_table(ids)
     nbytes = 2 * sum(lens) * HKV * D * 2
-    for kw in (dict(), dict(extra_options=("-DINFERNB_MERGE_BATCH=16",)), dict(extra_options=("-DINFERNB_MERGE_BATCH=4",))):
-        opts = kw.pop("extra_options", ())
+    for kw in (dict(), dict(ctas_per_sm=1), dict(fixed_cost=64.0)):
         p = ib.plan([1] * len(lens), lens, num_qo_heads=HQ, num_kv_heads=HKV, head_dim=D, page_size=PAGE, page_table=t,
                     **kw)
-        r = DecodeRunner(p, cache, t, extra_options=opts)
-        kw = dict(opts=opts)
+        r = DecodeRunner(p, cache, t, ctas_per_sm=kw.get("ctas_per_sm"))
         r(q)
         torch.cuda.synchronize()
         t0 = time.perf_counter()

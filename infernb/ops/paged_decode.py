@@ -32,7 +32,6 @@ from ._common import CUDA_TYPES, DTYPE_NAMES, HEAD_DIMS, prepare_outputs
 MAX_GROUP = 16
 NUM_THREADS = 128
 DTYPES = (torch.float16, torch.bfloat16)
-ROPE_MODES = {None: 0, False: 1, True: 2}          # RoPE.interleave -> kernel ROPE template argument
 NONE = Variant("none")                              # plain attention (identity hooks)
 
 
@@ -65,7 +64,7 @@ def decode_spec(dtype: torch.dtype, head_dim: int, group: int, layout: str = "NH
                 rope: RoPE | None = None, *, stages: int | None = None, ctas_per_sm: int | None = None) -> KernelSpec:
     """The decode kernel specialization for one (dtype, head dim, GQA group, pool layout, variant, RoPE layout);
     ``stages`` / ``ctas_per_sm`` override :data:`CONFIG` (for experiments)."""
-    mode = 0 if rope is None else ROPE_MODES[bool(rope.interleave)]
+    mode = 0 if rope is None else (2 if rope.interleave else 1)          # the kernel's ROPE template argument
     rope_tag = ["", "_rope", "_rope_interleave"][mode]
     st, ctas = CONFIG[head_dim]
     tuned = (stages not in (None, st)) or (ctas_per_sm not in (None, ctas))
@@ -182,7 +181,7 @@ class DecodeRunner:
         rope: :class:`~infernb.reference.RoPE` to rotate q and the cached (un-rotated) keys at their positions.
         sm_scale: logit scale (default ``1 / sqrt(head_dim)``).
         stages, ctas_per_sm, extra_options: experiments: the kernel's pipeline depth and occupancy target
-            (:data:`CONFIG`), extra NVRTC options (``-DINFERNB_CP_ASYNC_L2=128``).
+            (:data:`CONFIG`), extra NVRTC options (``-D...``).
     """
 
     def __init__(self, plan: Plan, cache, page_table, *, variant: Variant | None = None, rope: RoPE | None = None,
@@ -230,6 +229,7 @@ class DecodeRunner:
         self.plan, self.page_table, self.variant, self.rope = plan, page_table, variant, rope
         self.cache, self.layout, self.dtype, self.device = cache, cache.layout, dt, pool.device
         self._pool_shape = tuple(pool.shape)
+        self._num_tokens = int(plan.qo_lens.sum())
         self.sm_scale = plan.head_dim ** -0.5 if sm_scale is None else float(sm_scale)
         if pool.device.type != "cuda":
             return                                   # the emulator runs it (see __call__)
@@ -260,7 +260,6 @@ class DecodeRunner:
         self._smem = smem
         n_slots = len(plan.merge_slots)
         self._part_shape = ((n_slots, plan.group, plan.head_dim), (n_slots, plan.group))
-        self._num_tokens = int(plan.qo_lens.sum())
 
     def __call__(self, q: torch.Tensor, cache=None, *, out: torch.Tensor | None = None,
                  lse: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -279,10 +278,10 @@ class DecodeRunner:
         """
         p = self.plan
         pool = self._check(q, cache)
-        out, lse = prepare_outputs(None if out is None and lse is None else (
-            torch.empty(q.shape, dtype=q.dtype, device=q.device) if out is None else out,
-            torch.empty(q.shape[:2], dtype=torch.float32, device=q.device) if lse is None else lse),
-            [(tuple(q.shape), q.dtype), (tuple(q.shape[:2]), torch.float32)], q.device, names=("out", "lse"))
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device) if out is None else out
+        lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device) if lse is None else lse
+        out, lse = prepare_outputs((out, lse), [(tuple(q.shape), q.dtype), (tuple(q.shape[:2]), torch.float32)],
+                                   q.device, names=("out", "lse"))
         if pool.device.type != "cuda":
             o, s = emulate(p, q, kv_cache=pool, page_table=self.page_table, layout=self.layout, sm_scale=self.sm_scale,
                            rope=self.rope, **self.variant.reference_kwargs())
@@ -307,8 +306,7 @@ class DecodeRunner:
         pool = cache.pool if hasattr(cache, "pool") else cache
         if not isinstance(q, torch.Tensor):
             raise InputError(f"q: expected a tensor, got {type(q).__name__}")
-        shape = (self._num_tokens if hasattr(self, "_num_tokens") else int(p.qo_lens.sum()), p.num_qo_heads,
-                 p.head_dim)
+        shape = (self._num_tokens, p.num_qo_heads, p.head_dim)
         if tuple(q.shape) != shape:
             raise InputError(f"q: expected shape {list(shape)} [tokens, num_qo_heads, head_dim] (from the plan), "
                              f"got {list(q.shape)}")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..testing import rel_error
 from .timing import cuda_time
 
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
@@ -41,11 +42,6 @@ def random_decode_batch(lens, *, num_qo_heads: int, num_kv_heads: int, head_dim:
     cache.append(ids, k, v, lengths=lens)
     q = torch.randn(len(lens), num_qo_heads, head_dim, device=device, dtype=dtype, generator=g)
     return cache, ids, q
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.float(), b.float()
-    return float((a - b).norm() / b.norm())
 
 
 def profile_decode(cases: dict, *, num_qo_heads: int = 32, num_kv_heads: int = 8, head_dim: int = 128,
@@ -97,7 +93,7 @@ def profile_decode(cases: dict, *, num_qo_heads: int = 32, num_kv_heads: int = 8
                 w.plan(table.indptr, table.indices, table.last_page_len, num_qo_heads, num_kv_heads, head_dim,
                        page_size, data_type=q.dtype, q_data_type=q.dtype)
                 path = "flashinfer_tc" if tc else "flashinfer_cc"
-                row[f"{path}_err_vs_infernb"] = _rel(w.run(q, cache.pool), out)
+                row[f"{path}_err_vs_infernb"] = rel_error(w.run(q, cache.pool), out)
                 row[f"{path}_ms"] = ms(lambda: w.run(q, cache.pool))[0]
             best = min(row["flashinfer_tc_ms"], row["flashinfer_cc_ms"])
             row.update(flashinfer_ms=best, flashinfer_TBps=tbps(best), speedup_vs_flashinfer=best / m)
@@ -107,12 +103,12 @@ def profile_decode(cases: dict, *, num_qo_heads: int = 32, num_kv_heads: int = 8
             kv = kv.transpose(2, 1).reshape(len(lens), 2, -1, num_kv_heads, head_dim)[:, :, :lens[0]]
             k, v = kv[:, 0].transpose(1, 2).contiguous(), kv[:, 1].transpose(1, 2).contiguous()
             sd = lambda: torch.nn.functional.scaled_dot_product_attention(q[:, :, None], k, v, enable_gqa=True)  # noqa
-            row["sdpa_err_vs_infernb"] = _rel(sd()[:, :, 0], out)
+            row["sdpa_err_vs_infernb"] = rel_error(sd()[:, :, 0], out)
             row["sdpa_ms"] = ms(sd)[0]
             row["sdpa_TBps"] = tbps(row["sdpa_ms"])
             del k, v, kv
         if extra is not None:
-            extra(name, dict(cache=cache, table=table, q=q, plan=p, runner=runner, out=out, time=ms, rel=_rel),
+            extra(name, dict(cache=cache, table=table, q=q, plan=p, runner=runner, out=out, time=ms, rel=rel_error),
                   row)
         rows.append(row)
         del cache, runner, q, out

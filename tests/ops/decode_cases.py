@@ -2,8 +2,6 @@
 and the reference answer."""
 from __future__ import annotations
 
-import math
-
 import torch
 
 import infernb as ib
@@ -39,11 +37,3 @@ def reference_decode(q, cache, ids, variant=None, rope=None, sm_scale=None, wind
 
 def random_lens(gen, n, hi):
     return [int(x) for x in torch.randint(1, hi + 1, (n,), generator=gen)]
-
-
-def kv_bytes(lens, num_kv_heads, head_dim, elem=2) -> int:
-    return 2 * sum(lens) * num_kv_heads * head_dim * elem
-
-
-def pages_for(lens, page_size) -> int:
-    return sum(math.ceil(n / page_size) for n in lens)
