@@ -53,11 +53,14 @@ def decode_ctas_per_sm(head_dim: int) -> int:
     return CONFIG.get(head_dim, (0, 1))[1]
 
 
-def smem_bytes(head_dim: int, group: int, stages: int | None = None) -> int:
+def smem_bytes(head_dim: int, group: int, stages: int | None = None, rope: int = 0) -> int:
     """Dynamic shared memory of a decode specialization (the kernel's ``decode_cfg_t::SMEM_BYTES``; every
-    compile checks the two agree with a ``static_assert``)."""
+    compile checks the two agree with a ``static_assert``). ``rope``: the kernel's RoPE mode (0 none, 1 half
+    rotated, 2 interleaved), whose tables take ``head_dim / 2`` float4 + 128 float2 + one float2
+    per pair and warp (``kernels/include/infernb/rope.cuh``)."""
     stages = CONFIG[head_dim][0] if stages is None else stages
-    return stages * 2 * 64 * head_dim * 2 + max(16 * head_dim * 2, group * (head_dim + 4) * 4) + 4 * 16 * 2 * 4
+    tables = (head_dim // 2 * 16 + 32 * 4 * 8 + 4 * head_dim // 2 * 8) if rope else 0
+    return stages * 2 * 64 * head_dim * 2 + 16 * head_dim * 2 + 4 * 16 * 2 * 4 + tables
 
 
 def decode_spec(dtype: torch.dtype, head_dim: int, group: int, layout: str = "NHD", variant: Variant = NONE,
@@ -72,8 +75,9 @@ def decode_spec(dtype: torch.dtype, head_dim: int, group: int, layout: str = "NH
     args = (f"{CUDA_TYPES[dtype]}, {head_dim}, {group}, {'true' if layout == 'HND' else 'false'}, "
             f"{variant.cuda_name}, {mode}, {st}, {ctas}")
     g = variant.generated
-    check = (f"static_assert(infernb::decode_cfg_t<{CUDA_TYPES[dtype]}, {head_dim}, {group}, {st}>::SMEM_BYTES == "
-             f"{smem_bytes(head_dim, group, st)}, \"infernb.ops.paged_decode.smem_bytes disagrees with decode_cfg_t\");")
+    check = (f"static_assert(infernb::decode_cfg_t<{CUDA_TYPES[dtype]}, {head_dim}, {group}, {st}, {mode}>::SMEM_BYTES"
+             f" == {smem_bytes(head_dim, group, st, mode)}, \"infernb.ops.paged_decode.smem_bytes disagrees with "
+             "decode_cfg_t\");")
     tune = f"_s{st}c{ctas}" if tuned else ""
     return KernelSpec(
         family="decode",
@@ -236,11 +240,14 @@ class DecodeRunner:
         variant.check_device(pool.device)
         arch = device_info(pool.device.index).arch
         stages = default_stages(plan.head_dim, arch) if stages is None else stages
-        smem = smem_bytes(plan.head_dim, plan.group, stages)
+        smem = smem_bytes(plan.head_dim, plan.group, stages, 0 if rope is None else (2 if rope.interleave else 1))
         limit = getattr(torch.cuda.get_device_properties(pool.device), "shared_memory_per_block_optin", smem)
         if smem > limit:
             raise InputError(f"the decode kernel for head_dim {plan.head_dim} needs {smem // 1024} KiB of shared "
                              f"memory per CTA ({stages} stages); this GPU allows {limit // 1024} KiB")
+        if plan.page_size * plan.num_kv_heads * plan.head_dim * 2 >= 2**31:
+            raise InputError("a page's K block exceeds 2 GiB: the decode kernel addresses K -> V within a page with "
+                             "32-bit offsets")
         self.kernel = build(decode_spec(dt, plan.head_dim, plan.group, cache.layout, variant, rope, stages=stages,
                                         ctas_per_sm=ctas_per_sm), extra_options=tuple(extra_options))
         # the kernel reads the variant's captured tensors through pointers packed now: keep them alive

@@ -25,6 +25,17 @@
 #include <infernb/rope.cuh>
 #include <infernb/variant.cuh>
 
+// Diagnostics (benchmarks/diag/decode_ab.py): -DINFERNB_DECODE_TRACE=<max CTAs> records per CTA (16 x u64, in this
+// array) the global timer at its start and end, clock deltas from its start to its first data, to the end of its
+// first and last items' keys (per warp for the last), through its last item's epilogue and merge, its SM and item
+// count. Off in every normal build.
+#ifdef INFERNB_DECODE_TRACE
+__device__ unsigned long long infernb_decode_trace[INFERNB_DECODE_TRACE * 16];
+#define INFERNB_TRACE(...) __VA_ARGS__
+#else
+#define INFERNB_TRACE(...)
+#endif
+
 namespace infernb {
 
 // Work item (built by infernb.ops.paged_decode from a Plan and its page table): the keys [pos_start, pos_end)
@@ -38,7 +49,7 @@ struct decode_item_t {
   int merge_unit, slot_begin, slot_end, pad;
 };
 
-template <typename T, int HEAD_DIM, int GROUP, int STAGES_>
+template <typename T, int HEAD_DIM, int GROUP, int STAGES_, int ROPE = 0>
 struct decode_cfg_t {
   static constexpr int NUM_WARPS = 4;
   static constexpr int NUM_THREADS = 32 * NUM_WARPS;
@@ -48,15 +59,21 @@ struct decode_cfg_t {
   static constexpr int STAGES = STAGES_;                         // chunk buffers (STAGES - 1 in flight)
   static constexpr int ROW_HALVES = GROUP > 8 ? 2 : 1;          // mma rows g (+ g + 8 when GROUP > 8) in use
   static constexpr int STAGE_ELEMS = 2 * BLOCK_N * HEAD_DIM;    // K then V
-  static constexpr int O_STRIDE = HEAD_DIM + 4;                 // fp32 row stride of the cross-warp reduction
-  // shared memory, in bytes, in this order: K/V stages, the Q tile (during an item) which the O reduction
-  // reuses (at its end), (m, l) per warp and row
+  // shared memory, in bytes, in this order: K/V stages (the stage of an item's last chunk also holds the
+  // cross-warp O reduction at its end), the Q tile, (m, l) per warp and row, the RoPE tables (rope.cuh)
   static constexpr int SMEM_KV = STAGES * STAGE_ELEMS * 2;
   static constexpr int SMEM_Q = 16 * HEAD_DIM * 2;
-  static constexpr int SMEM_O = GROUP * O_STRIDE * 4;
-  static constexpr int SMEM_QO = SMEM_Q > SMEM_O ? SMEM_Q : SMEM_O;
+  static constexpr int SMEM_QO = SMEM_Q;
+  // the cross-warp O reduction [NUM_WARPS][GROUP][RED_STRIDE] fp32 lives in a K/V stage (16 GROUP HEAD_DIM bytes
+  // <= a stage's 256 HEAD_DIM for GROUP <= 16); rows padded by 8 floats where the padding fits too
+  static constexpr int RED_STRIDE = NUM_WARPS * GROUP * (HEAD_DIM + 8) * 4 <= STAGE_ELEMS * 2 ? HEAD_DIM + 8 : HEAD_DIM;
+  static_assert(NUM_WARPS * GROUP * RED_STRIDE * 4 <= STAGE_ELEMS * 2, "the O reduction fits one K/V stage");
   static constexpr int SMEM_ML = NUM_WARPS * 16 * 2 * 4;
-  static constexpr int SMEM_BYTES = SMEM_KV + SMEM_QO + SMEM_ML;
+  static constexpr int SMEM_ROPE_FREQ = ROPE ? HEAD_DIM / 2 * 16 : 0;
+  static constexpr int SMEM_ROPE_GRP = ROPE ? detail::rope_layout_t<ROPE>::GRP_ENTRIES * 8 : 0;
+  static constexpr int SMEM_ROPE_BASE = ROPE ? NUM_WARPS * HEAD_DIM / 2 * 8 : 0;
+  static constexpr int SMEM_ROPE = SMEM_ROPE_FREQ + SMEM_ROPE_GRP + SMEM_ROPE_BASE;
+  static constexpr int SMEM_BYTES = SMEM_KV + SMEM_QO + SMEM_ML + SMEM_ROPE;
   static_assert(sizeof(T) == 2, "decode runs on fp16 / bf16 (tensor-core operands)");
   static_assert(HEAD_DIM % 64 == 0, "HEAD_DIM must be a multiple of 64");
   static_assert(GROUP >= 1 && GROUP <= 16, "one mma tile holds up to 16 query heads per KV head");
@@ -85,7 +102,7 @@ struct decode_cfg_t {
 #endif
 
 template <typename T, int HEAD_DIM, int GROUP, bool HND, typename VARIANT, int ROPE, int STAGES, int MIN_CTAS>
-__global__ void __launch_bounds__(decode_cfg_t<T, HEAD_DIM, GROUP, STAGES>::NUM_THREADS,
+__global__ void __launch_bounds__(decode_cfg_t<T, HEAD_DIM, GROUP, STAGES, ROPE>::NUM_THREADS,
                                   INFERNB_DECODE_MIN_CTAS(MIN_CTAS))
 decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __restrict__ kv_indices,
               const decode_item_t* __restrict__ items,
@@ -93,20 +110,26 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
               T* __restrict__ out, float* __restrict__ lse, float* __restrict__ part_o, float* __restrict__ part_lse,
               int* __restrict__ merge_count, float sm_scale, int num_kv_heads, int page_size, int page_shift, int rotary_dim,
               float rope_log2_theta, float rope_inv_scale) {
-  using cfg = decode_cfg_t<T, HEAD_DIM, GROUP, STAGES>;
+  using cfg = decode_cfg_t<T, HEAD_DIM, GROUP, STAGES, ROPE>;
   constexpr int D = HEAD_DIM, CH = cfg::CHUNKS, BN = cfg::BLOCK_N, NT = cfg::NUM_THREADS, ST = cfg::STAGES;
   constexpr int KSTEPS = D / 16;                 // mma k-steps of Q K^T
   constexpr int DTILES = D / 8;                  // 8-column tiles of O
   constexpr bool SOFTMAX = VARIANT::USE_SOFTMAX;
 
+  INFERNB_TRACE(unsigned long long tr_gt0; unsigned long long tr_clk[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
+                __shared__ unsigned long long tr_warp[4];
+                asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(tr_gt0)); tr_clk[0] = clock64();)
   const int item_begin = cta_indptr[blockIdx.x], item_end = cta_indptr[blockIdx.x + 1];
   if (item_begin >= item_end) return;
 
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* s_kv = reinterpret_cast<T*>(smem_raw);
   T* s_q = reinterpret_cast<T*>(smem_raw + cfg::SMEM_KV);
-  float* s_o = reinterpret_cast<float*>(smem_raw + cfg::SMEM_KV);          // aliases s_q
   float2* s_ml = reinterpret_cast<float2*>(smem_raw + cfg::SMEM_KV + cfg::SMEM_QO);
+  unsigned char* s_rope = smem_raw + cfg::SMEM_KV + cfg::SMEM_QO + cfg::SMEM_ML;
+  float4* s_rope_freq = reinterpret_cast<float4*>(s_rope);
+  float2* s_rope_grp = reinterpret_cast<float2*>(s_rope + cfg::SMEM_ROPE_FREQ);
+  float2* s_rope_base = reinterpret_cast<float2*>(s_rope + cfg::SMEM_ROPE_FREQ + cfg::SMEM_ROPE_GRP);
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   const int num_qo_heads = num_kv_heads * GROUP;
@@ -138,23 +161,37 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
       p_page = pos < p_it.pos_end ? kv_indices[p_it.page_begin + page_idx] : -1;
     }
   };
+  // Copy geometry, fixed per lane: 16-byte column cp_ch of the warp's rows cp_r0 + RPI * k (k < CH / 2). The
+  // source lane of row cp_r0 + RPI * k is an immediate with the lane's low bits kept (shfl_rows), and, RPI being a
+  // power of two with cp_r0 < RPI, the row's swizzle (row & 7) is cp_r0 ^ ((RPI * k) & 7): a copy's shared-memory
+  // offset is a per-lane constant XOR a compile-time one. Nothing per row stays in registers across the loop.
+  constexpr int RPI = 32 / CH;                   // rows per copy instruction (CH = 8, 16, 32 -> 4, 2, 1)
+  const int cp_ch = lane / RPI, cp_r0 = lane % RPI;
+  const unsigned cp_row0 = unsigned((w_row0 + cp_r0) * CH * 16), cp_x = unsigned((cp_ch ^ cp_r0) * 16);
+  const char* pool_b = reinterpret_cast<const char*>(pool);
+  const int kv_stride_b = int(kv_stride * 2);   // < 2^31 bytes: checked on the host
   auto issue = [&](int stage) {
     __syncwarp();                                // the warp is done reading this stage's rows (previous use)
     if (p_item < item_end) {
-      const T* base = pool + (long long)p_it.kv_head * head_stride;
-      const unsigned sk = mma::smem_addr(s_kv + stage * cfg::STAGE_ELEMS);
-      const unsigned sv = sk + BN * D * 2;
-#pragma unroll 4
-      for (int k = 0; k < CH / 2; ++k) {         // 16 rows x CH chunks over 32 lanes
-        const int idx = lane + 32 * k, r = idx / CH, ch = idx % CH;
-        const int row = w_row0 + r, pos = p_pos + row;
-        const int page = __shfl_sync(0xffffffffu, p_page, r);
+      // lane r < 16: the address of row r's K (V is kv_stride_b further), from the page id loaded a chunk ago
+      const char* row_src = pool_b;
+      if (p_page >= 0) {
+        const int pos = p_pos + w_row0 + lane;
         const int slot = page_shift >= 0 ? pos & (page_size - 1) : pos % page_size;
-        const bool valid = page >= 0;
-        const T* src = valid ? base + page * page_stride + slot * int(tok_stride) + ch * 8 : pool;
-        const unsigned dst = mma::swizzle<CH>(row, ch) * 16;
+        row_src = pool_b + 2 * ((long long)p_it.kv_head * head_stride + (long long)p_page * page_stride +
+                                (long long)slot * tok_stride);
+      }
+      const int lim = p_it.pos_end - (p_pos + w_row0) - cp_r0;   // row cp_r0 + RPI * k holds a key iff RPI * k < lim
+      const unsigned sk = mma::smem_addr(s_kv + stage * cfg::STAGE_ELEMS) + cp_row0;
+      const unsigned sv = sk + BN * D * 2;
+#pragma unroll
+      for (int k = 0; k < CH / 2; ++k) {         // 16 rows x CH chunks over 32 lanes
+        const char* src = reinterpret_cast<const char*>(
+            mma::shfl_rows<RPI - 1>(reinterpret_cast<unsigned long long>(row_src), RPI * k)) + cp_ch * 16;
+        const bool valid = RPI * k < lim;
+        const unsigned dst = RPI * k * CH * 16 + (cp_x ^ (((RPI * k) & 7) * 16));
         mma::cp_async16(sk + dst, src, valid);
-        mma::cp_async16(sv + dst, valid ? src + kv_stride : src, valid);
+        mma::cp_async16(sv + dst, src + kv_stride_b, valid);
       }
       // advance: next chunk of this item, or the first chunk of the next item (an empty item has one chunk)
       bool next_item = false;
@@ -169,6 +206,8 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
     mma::cp_async_commit();
   };
 
+  if (ROPE != 0)                                 // read after the first item's barrier
+    detail::rope_tables_init<ROPE>(s_rope_freq, s_rope_grp, rotary_dim, rope_log2_theta, rope_inv_scale, tid, NT);
   prefetch(true);
 #pragma unroll 1
   for (int s = 0; s < ST - 1; ++s) issue(s);
@@ -183,13 +222,13 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
   for (int chunk = 0;; ++chunk) {
     mma::cp_async_wait<ST - 2>();
     __syncwarp();                                // this warp's rows of the chunk have landed
+    INFERNB_TRACE(if (chunk == 0) tr_clk[1] = clock64();)
     issue((chunk + ST - 1) % ST);
     const T* s_k = s_kv + (chunk % ST) * cfg::STAGE_ELEMS;
     const T* s_v = s_k + BN * D;
 
     if (new_item) {                              // ---- load the item's Q tile (+ RoPE), reset the state
-      __syncthreads();                           // every warp is past the previous item's reads of s_q / s_o
-      it = items[c_item];
+      it = items[c_item];                        // (the previous item's epilogue ended with a barrier: s_q is free)
       c_pos = it.pos_start;
       const T* qg = q + ((long long)it.q_token * num_qo_heads + (long long)it.kv_head * GROUP) * D;
       if (ROPE == 0) {
@@ -235,6 +274,7 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
       T* s_kw = const_cast<T*>(s_k);
       if (ROPE != 0) {                           // rotate this warp's K rows in place
         detail::rope_rotate_rows<T, ROPE, CH>(s_kw, warp * cfg::WARP_TOKENS, kpos0, it.pos_end - kpos0, rotary_dim,
+                                               s_rope_freq, s_rope_grp, s_rope_base + warp * (D / 2),
                                                rope_log2_theta, rope_inv_scale, lane);
         __syncwarp();
       }
@@ -332,6 +372,8 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
 
     // ---------------------------------------------------------------- end of the item: merge warps, write
     if (c_pos + BN >= it.pos_end) {
+      INFERNB_TRACE(if (c_item + 1 == item_end) { tr_clk[2] = clock64(); if (lane == 0) tr_warp[warp] = tr_clk[2]; }
+                    if (c_item == item_begin) tr_clk[8] = clock64();)
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
@@ -341,9 +383,13 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
         s_ml[warp * 16 + g] = make_float2(m[0], l[0]);
         s_ml[warp * 16 + g + 8] = make_float2(m[1], l[1]);
       }
-      __syncthreads();                           // every warp is done with s_q, which s_o reuses
-      for (int i = tid; i < GROUP * cfg::O_STRIDE; i += NT) s_o[i] = 0.f;
-      __syncthreads();
+      __syncthreads();                           // every warp is done with this chunk's K/V, s_ml is complete
+      INFERNB_TRACE(if (c_item + 1 == item_end) tr_clk[5] = clock64();)
+      // Cross-warp merge without atomics: each warp writes its rows, scaled to the item's common max and sum, into
+      // the K/V stage it just finished (no copy targets it before the next chunk), [warp][row][RED_STRIDE] fp32 (rows
+      // padded by 8 floats where that fits: 4 rows' fragment stores in distinct banks); then the CTA sums the parts.
+      float* s_red = reinterpret_cast<float*>(const_cast<T*>(s_k));
+      constexpr int RED_STRIDE = cfg::RED_STRIDE;
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const int row = g + 8 * r;
@@ -360,28 +406,37 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
             }
             sc = (L > 0.f && l[r] > 0.f) ? exp2f(m[r] - M) / L : 0.f;
           }
-          float* orow = s_o + row * cfg::O_STRIDE + 2 * t;
+          float* wrow = s_red + (warp * GROUP + row) * RED_STRIDE + 2 * t;
 #pragma unroll
-          for (int j = 0; j < DTILES; ++j) {
-            atomicAdd(orow + j * 8, o[j][2 * r] * sc);
-            atomicAdd(orow + j * 8 + 1, o[j][2 * r + 1] * sc);
-          }
+          for (int j = 0; j < DTILES; ++j)
+            *reinterpret_cast<float2*>(wrow + 8 * j) = make_float2(o[j][2 * r] * sc, o[j][2 * r + 1] * sc);
         }
       }
       __syncthreads();
+      INFERNB_TRACE(if (c_item + 1 == item_end) tr_clk[6] = clock64();)
       const long long out_row = (long long)it.q_token * num_qo_heads + (long long)it.kv_head * GROUP;
       for (int i = tid; i < GROUP * CH; i += NT) {
-        const int r = i / CH, ch = i % CH;
-        const float* src = s_o + r * cfg::O_STRIDE + ch * 8;
+        const int r = i / CH, c8 = (i % CH) * 8;
+        float acc[8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) acc[e] = 0.f;
+#pragma unroll
+        for (int w = 0; w < cfg::NUM_WARPS; ++w) {
+          const float4* src = reinterpret_cast<const float4*>(s_red + (w * GROUP + r) * RED_STRIDE + c8);
+          const float4 a = src[0], b = src[1];
+          acc[0] += a.x; acc[1] += a.y; acc[2] += a.z; acc[3] += a.w;
+          acc[4] += b.x; acc[5] += b.y; acc[6] += b.z; acc[7] += b.w;
+        }
+        const int ch = i % CH;
         if (it.slot < 0) {
           vec_t<T, 8> v;
 #pragma unroll
-          for (int e = 0; e < 8; ++e) v.elt[e] = from_float<T>(src[e]);
+          for (int e = 0; e < 8; ++e) v.elt[e] = from_float<T>(acc[e]);
           v.store(out + (out_row + r) * D + ch * 8);
         } else {
           float* dst = part_o + ((long long)it.slot * GROUP + r) * D + ch * 8;
-          reinterpret_cast<float4*>(dst)[0] = make_float4(src[0], src[1], src[2], src[3]);
-          reinterpret_cast<float4*>(dst)[1] = make_float4(src[4], src[5], src[6], src[7]);
+          reinterpret_cast<float4*>(dst)[0] = make_float4(acc[0], acc[1], acc[2], acc[3]);
+          reinterpret_cast<float4*>(dst)[1] = make_float4(acc[4], acc[5], acc[6], acc[7]);
         }
       }
       if (tid < GROUP) {
@@ -403,12 +458,16 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
         __syncthreads();
         if (tid == 0) s_last = atomicAdd(merge_count + it.merge_unit, 1) == it.slot_end - it.slot_begin - 1;
         __syncthreads();                         // ... before it is counted
+        INFERNB_TRACE(if (c_item + 1 == item_end) tr_clk[7] = clock64();)
         if (s_last) {
           __threadfence();
+          INFERNB_TRACE(tr_clk[3] = clock64();)
           merge_unit_slots<T, D, GROUP, NT>(part_o, part_lse, it.slot_begin, it.slot_end, out, lse, out_row, tid);
+          INFERNB_TRACE(tr_clk[4] = clock64();)
           if (tid == 0) merge_count[it.merge_unit] = 0;   // ready for the next launch of the plan
         }
       }
+      __syncthreads();                           // every warp is done reading s_red before copies refill it
       if (++c_item >= item_end) break;
       new_item = true;
     } else {
@@ -416,6 +475,22 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
     }
   }
   mma::cp_async_wait<0>();
+#ifdef INFERNB_DECODE_TRACE
+  __syncthreads();
+  if (tid == 0 && blockIdx.x < INFERNB_DECODE_TRACE) {
+    unsigned long long gt1, *tr = infernb_decode_trace + blockIdx.x * 16;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(gt1));
+    unsigned smid;
+    asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
+    const unsigned long long clk1 = clock64();
+    tr[0] = tr_gt0;
+    tr[1] = gt1;
+    for (int i = 1; i < 9; ++i) tr[1 + i] = tr_clk[i] ? tr_clk[i] - tr_clk[0] : 0;
+    tr[10] = clk1 - tr_clk[0];
+    tr[11] = smid | (unsigned long long)(item_end - item_begin) << 32;
+    for (int w = 0; w < 4; ++w) tr[12 + w] = tr_warp[w] - tr_clk[0];
+  }
+#endif
 }
 
 }  // namespace infernb

@@ -53,6 +53,17 @@ __device__ __forceinline__ void mma16816<half>(float (&d)[4], const unsigned (&a
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// Value of lane (laneid & KEEP) | SRC (KEEP: low lane bits kept, SRC a compile-time lane with those bits zero):
+// shfl.sync.idx with segment mask KEEP, so the source lane is an immediate, not a register per SRC.
+template <int KEEP>
+__device__ __forceinline__ unsigned long long shfl_rows(unsigned long long v, int src) {
+  unsigned lo = unsigned(v), hi = unsigned(v >> 32);
+  asm volatile("shfl.sync.idx.b32 %0, %0, %2, %3, 0xffffffff;\n"
+               "shfl.sync.idx.b32 %1, %1, %2, %3, 0xffffffff;\n"
+               : "+r"(lo), "+r"(hi) : "r"(src), "n"((KEEP << 8) | 0x1f));
+  return (unsigned long long)hi << 32 | lo;
+}
+
 // Two floats -> one 32-bit register of two T (lower half = x).
 template <typename T> __device__ __forceinline__ unsigned pack2(float x, float y);
 template <> __device__ __forceinline__ unsigned pack2<__nv_bfloat16>(float x, float y) {

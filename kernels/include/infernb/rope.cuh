@@ -34,44 +34,104 @@ __device__ __forceinline__ void rope_pair(int p, int rotary_dim, int& da, int& d
   else { da = p; db = p + rotary_dim / 2; }
 }
 
+// Shared-memory tables of the K rotation (built once per CTA by rope_tables_init for the runtime rotary_dim).
+//   freq[p] = (cos f_p, sin f_p, f_p, 0), p < rotary_dim / 2        (one token's angle step, and the frequency)
+//   grp[j * (rotary_dim / 2) + p] = (cos, sin) of (j * rope_rows(rotary_dim)) * f_p     (a lane group's first row)
+//   base: per warp, rotary_dim / 2 float2 (the angles of the chunk's first row, rope_rotate_rows fills it)
+template <int ROPE>
+struct rope_layout_t {
+  // a lane's accesses are vectors of EPC pairs' first elements: 8 bytes half-rotated (the second elements are
+  // another vector), 16 bytes interleaved; so a lane keeps EPC = 4 angles live (no register spills beside the
+  // decode kernel's accumulators), and a row's vectors still cover all 32 banks once
+  static constexpr int EPC = 4;                           // pairs per lane and row
+  static constexpr int VEC = ROPE == 2 ? 8 : 4;           // elements per vector
+  static constexpr int GRP_ENTRIES = 32 * EPC;            // lane groups x pairs, for every fast-path rotary_dim
+  __device__ static int chunks(int rotary_dim) { return rotary_dim / (2 * EPC); }
+  // fast path: a lane owns one vector of pairs in a group of rows (rotary_dim / 2 pairs in vectors of EPC that
+  // tile 32 lanes); otherwise a lane per pair, element-wise
+  __device__ static bool fast(int rotary_dim) {
+    const int nc = chunks(rotary_dim);
+    return nc > 0 && rotary_dim % (2 * EPC) == 0 && 32 % nc == 0;
+  }
+  __device__ static int rows(int rotary_dim) { const int nc = chunks(rotary_dim); return nc >= 2 ? nc / 2 : 1; }
+};
+
+template <int ROPE>
+__device__ __forceinline__ void rope_tables_init(float4* freq, float2* grp, int rotary_dim, float log2_theta,
+                                                 float inv_scale, int tid, int nthreads) {
+  using L = rope_layout_t<ROPE>;
+  const int np = rotary_dim / 2;
+  for (int p = tid; p < np; p += nthreads) {
+    const float f = rope_freq(p, rotary_dim, log2_theta, inv_scale);
+    float sn, cs;
+    rope_sincos(1.f, f, &sn, &cs);
+    freq[p] = make_float4(cs, sn, f, 0.f);
+  }
+  if (!L::fast(rotary_dim)) return;
+  const int rows = L::rows(rotary_dim);
+  for (int i = tid; i < L::GRP_ENTRIES; i += nthreads) {     // (32 / chunks) groups x np pairs
+    const int j = i / np, p = i % np;
+    float sn, cs;
+    rope_sincos(float(j * rows), rope_freq(p, rotary_dim, log2_theta, inv_scale), &sn, &cs);
+    grp[i] = make_float2(cs, sn);
+  }
+}
+
 // Rotate rows [row0, row0 + 16) of a swizzled K tile (positions kpos0 + j; rows j >= valid stay as they are).
-// Fast path (rotary_dim / pairs-per-chunk divides 32): a lane owns one 16-byte chunk of the pairs' first elements
-// (and, half-rotated, the matching chunk of the second elements) and walks consecutive rows, so each access is
-// one 16-byte load or store and each angle moves to the next token by one complex multiply. Otherwise, a lane
-// per pair and element-wise accesses.
+// Fast path: the warp first computes the angles of position kpos0 for every pair (two accurate sin/cos per lane
+// for rotary_dim 128) into `base`; a lane then owns one 8-byte vector of the pairs' first elements (and,
+// half-rotated, the matching vector of the second elements) in a group of consecutive rows, starts from base x its
+// group's offset (one complex multiply) and moves to the next row by one complex multiply with the step from the
+// table, so each access is one 8-byte load or store. Otherwise, a lane per pair and element-wise accesses.
 template <typename T, int ROPE, int CH>
 __device__ __forceinline__ void rope_rotate_rows(T* s_k, int row0, int kpos0, int valid, int rotary_dim,
+                                                 const float4* freq, const float2* grp, float2* base,
                                                  float log2_theta, float inv_scale, int lane) {
-  constexpr int EPC = ROPE == 2 ? 4 : 8;                 // pairs whose first element lies in one 16-byte chunk
-  const int nc = rotary_dim / (2 * EPC);                 // such chunks (half: first half of rotary_dim)
-  if (nc > 0 && rotary_dim % (2 * EPC) == 0 && 32 % nc == 0) {
-    const int c = lane % nc, grp = lane / nc;
-    const int rows = nc >= 2 ? nc / 2 : 1;               // 16 rows * nc chunks over 32 lanes
-    const int r0 = grp * rows;
+  using L = rope_layout_t<ROPE>;
+  constexpr int EPC = L::EPC;
+  const int np = rotary_dim / 2;
+  if (L::fast(rotary_dim)) {
+    const int nc = L::chunks(rotary_dim);
+    for (int p = lane; p < np; p += 32) {
+      float sn, cs;
+      rope_sincos(float(kpos0), freq[p].z, &sn, &cs);
+      base[p] = make_float2(cs, sn);
+    }
+    __syncwarp();
+    const int c = lane % nc, j = lane / nc;
+    const int rows = L::rows(rotary_dim);
+    const int r0 = j * rows;
     if (r0 >= 16) return;
     float cs[EPC], sn[EPC], cf[EPC], sf[EPC];
 #pragma unroll
     for (int e = 0; e < EPC; ++e) {
-      const float f = rope_freq(c * EPC + e, rotary_dim, log2_theta, inv_scale);
-      rope_sincos(float(kpos0 + r0), f, &sn[e], &cs[e]);
-      rope_sincos(1.f, f, &sf[e], &cf[e]);
+      const int p = c * EPC + e;
+      const float2 b = base[p], o = grp[j * np + p];
+      const float4 st = freq[p];
+      cs[e] = b.x * o.x - b.y * o.y;
+      sn[e] = b.y * o.x + b.x * o.y;
+      cf[e] = st.x;
+      sf[e] = st.y;
     }
+    constexpr int V = L::VEC;
+    // element offset of vector v of row `row` in the swizzled tile (16-byte chunk v * V / 8, at (v * V) % 8)
+    auto at = [&](int row, int v) { return mma::swizzle<CH>(row, v * V / 8) * 8 + (v * V) % 8; };
     for (int i = 0; i < rows; ++i) {
       const int r = r0 + i;
       if (r < valid) {
-        T* pa = s_k + mma::swizzle<CH>(row0 + r, c) * 8;
-        vec_t<T, 8> a;
+        T* pa = s_k + at(row0 + r, c);
+        vec_t<T, V> a;
         a.load(pa);
-        if (ROPE == 2) {                                 // pairs (2e, 2e + 1) inside the chunk
+        if (ROPE == 2) {                                 // pairs (2e, 2e + 1) inside the vector
 #pragma unroll
           for (int e = 0; e < EPC; ++e) {
             const float x = to_float(a.elt[2 * e]), y = to_float(a.elt[2 * e + 1]);
             a.elt[2 * e] = from_float<T>(x * cs[e] - y * sn[e]);
             a.elt[2 * e + 1] = from_float<T>(y * cs[e] + x * sn[e]);
           }
-        } else {                                         // pairs (p, p + rotary_dim / 2): chunk c and chunk c + nc
-          T* pb = s_k + mma::swizzle<CH>(row0 + r, c + nc) * 8;
-          vec_t<T, 8> b;
+        } else {                                         // pairs (p, p + rotary_dim / 2): vectors c and c + nc
+          T* pb = s_k + at(row0 + r, c + nc);
+          vec_t<T, V> b;
           b.load(pb);
 #pragma unroll
           for (int e = 0; e < EPC; ++e) {
@@ -83,21 +143,21 @@ __device__ __forceinline__ void rope_rotate_rows(T* s_k, int row0, int kpos0, in
         }
         a.store(pa);
       }
+      if (i + 1 < rows) {
 #pragma unroll
-      for (int e = 0; e < EPC; ++e) {                   // next token: angle + f
-        const float c2 = cs[e] * cf[e] - sn[e] * sf[e];
-        sn[e] = sn[e] * cf[e] + cs[e] * sf[e];
-        cs[e] = c2;
+        for (int e = 0; e < EPC; ++e) {                 // next token: angle + f
+          const float c2 = cs[e] * cf[e] - sn[e] * sf[e];
+          sn[e] = sn[e] * cf[e] + cs[e] * sf[e];
+          cs[e] = c2;
+        }
       }
     }
     return;
   }
-  const int np = rotary_dim / 2;
   for (int p = lane; p < np; p += 32) {
-    const float f = rope_freq(p, rotary_dim, log2_theta, inv_scale);
-    float sn, cs, sf, cf;
-    rope_sincos(float(kpos0), f, &sn, &cs);
-    rope_sincos(1.f, f, &sf, &cf);
+    const float4 st = freq[p];
+    float sn, cs;
+    rope_sincos(float(kpos0), st.z, &sn, &cs);
     int da, db;
     rope_pair<ROPE>(p, rotary_dim, da, db);
     for (int j = 0; j < 16; ++j) {
@@ -108,8 +168,8 @@ __device__ __forceinline__ void rope_rotate_rows(T* s_k, int row0, int kpos0, in
         *pa = from_float<T>(a * cs - b * sn);
         *pb = from_float<T>(b * cs + a * sn);
       }
-      const float c2 = cs * cf - sn * sf;
-      sn = sn * cf + cs * sf;
+      const float c2 = cs * st.x - sn * st.y;
+      sn = sn * st.x + cs * st.y;
       cs = c2;
     }
   }

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# A/B of the decode kernel against a baseline checkout in one device call (see decode_ab.py):
+#   bash benchmarks/diag/decode_ab.sh BASELINE_DIR OUT_DIR [pytest -k expr]
+# BASELINE_DIR holds infernb/ and kernels/ of the commit to compare with (git archive HEAD infernb kernels).
+set -uo pipefail
+BASE=$1; OUT=$2; K=${3:-}
+export PYTHONUNBUFFERED=1
+SITE=/tmp/site
+PYTHONPATH=$PWD:$SITE INFERNB_CACHE_DIR=/tmp/ibc_new timeout 300 python3 benchmarks/diag/decode_ab.py --tag new --out $OUT/new.jsonl --trace
+[ "$BASE" = - ] || PYTHONPATH=$BASE:$SITE INFERNB_CACHE_DIR=/tmp/ibc_old timeout 200 python3 benchmarks/diag/decode_ab.py --tag old --out $OUT/old.jsonl
+PYTHONPATH=$PWD:$SITE python3 - "$OUT" <<'PY'
+import json, sys
+import os
+rows = [json.loads(l) for t in ("old", "new") if os.path.exists(f"{sys.argv[1]}/{t}.jsonl")
+        for l in open(f"{sys.argv[1]}/{t}.jsonl")]
+for r in rows:
+    if "trace" in r:
+        print(r["tag"], r["case"], "trace event", round(r["event_ms"] * 1e3, 1), "graph", round(r["graph_ms"] * 1e3, 1))
+        for k, v in r["trace"].items():
+            print("   ", k, v)
+for r in rows:
+    if "trace" not in r:
+        print(f'{r["tag"]:4s} {r["case"]:9s} {r.get("layout", r.get("variant", "")):8s} ms {r["ms"]*1e3:7.1f}us '
+              + (f'fi {r["fi_ms"]*1e3:7.1f}us ratio {r["ratio"]:.3f} ' if "fi_ms" in r else f'slowdown {r["slowdown"]:.3f} ')
+              + f'err {r["err"]:.2e}' + (f' graph {r["graph_ms"]*1e3:.1f}us' if "graph_ms" in r else ""))
+PY
+if [ -n "$K" ]; then
+  PYTHONPATH=$PWD:$SITE INFERNB_CACHE_DIR=/tmp/ibc_new timeout 240 python3 -m pytest -q -m gpu tests/ops/test_decode.py -p no:cacheprovider -o addopts="" -x $( [ "$K" = all ] || echo -k "$K" ) 2>&1 | tail -5
+fi
