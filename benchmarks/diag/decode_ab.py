@@ -101,6 +101,8 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--trace", action="store_true")
+    ap.add_argument("--tuning", type=int, nargs="*", default=[], help="also time plans for these CTAs per SM")
+    ap.add_argument("--cases", nargs="*", default=list(CASES))
     args = ap.parse_args()
     import flashinfer as fi
 
@@ -115,7 +117,27 @@ def main():
 
     ms = lambda fn: cuda_time(fn, runs=args.runs).median_ms  # noqa: E731
     ws = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")
-    for name, lens in CASES.items():
+    # host time per call (a one-token batch: the GPU work is shorter than the Python around it)
+    import time
+    cache, ids, q = random_decode_batch([16], **SHAPE)
+    table = cache.page_table(ids)
+    r = DecodeRunner(ib.plan([1], [16], page_table=table, **SHAPE), cache, table)
+    w = fi.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD", use_tensor_cores=True)
+    w.plan(table.indptr, table.indices, table.last_page_len, 32, 8, 128, 16, data_type=q.dtype, q_data_type=q.dtype)
+    host = {}
+    for tag, fn in (("infernb", lambda: r(q)), ("flashinfer", lambda: w.run(q, cache.pool))):
+        for _ in range(20):
+            fn()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(300):
+            fn()
+        host[tag] = (time.perf_counter() - t0) / 300 * 1e6
+        torch.cuda.synchronize()
+    emit(case="1x16", variant="host_us", ms=host["infernb"] / 1e3, slowdown=host["infernb"] / host["flashinfer"],
+         err=0.0, fi_host_us=host["flashinfer"])
+    for name in args.cases:
+        lens = CASES[name]
         layouts = ("NHD", "HND") if name in ("64x4096", "1x32768") else ("NHD",)
         for layout in layouts:
             cache, ids, q = random_decode_batch(lens, **SHAPE)
@@ -142,6 +164,13 @@ def main():
             if name == "1x32768" and layout == "NHD":
                 row["graph_ms"] = graph_ms(lambda: r(q), args.runs)
             emit(**row)
+            if layout == "NHD" and args.tuning:          # the same kernel on plans for more CTAs than slots
+                for ctas in args.tuning:
+                    pt = ib.plan([1] * len(lens), lens, page_table=table, ctas_per_sm=ctas, **SHAPE)
+                    rt = DecodeRunner(pt, c, table)
+                    terr = rel_error(rt(q)[0], ref)
+                    tt = ms(lambda: rt(q))
+                    emit(case=name, variant=f"plan_ctas{ctas}", ms=tt, slowdown=tt / t, err=terr, ratio=best / tt)
             if name == "64x4096" and layout == "NHD":
                 for vname, kw in (("rope", dict(rope=ib.RoPE())), ("softcap", dict(variant=ib.variants.softcap(30.)))):
                     rv = DecodeRunner(p, c, table, **kw)

@@ -86,6 +86,27 @@ class Kernel:
         fn(tuple(grid), tuple(block), kargs, shared_mem=shared_mem, stream=_stream(device_index))
 
 
+    def launcher(self, short_name: str, *, shared_mem: int = 0, device_index: int | None = None):
+        """A lean launch path for a hot loop: ``go = kernel.launcher(...)`` then ``go(grid, block, kargs)`` with
+        ``kargs`` already kernel arguments (``np.uint64`` device pointers, NumPy scalars), on torch's current
+        stream. The function lookup and the shared-memory opt-in happen once, here."""
+        import torch
+
+        if not torch.cuda.is_available():
+            raise DeviceError(f"cannot launch {self.spec.name}/{short_name}: no CUDA GPU is available")
+        dev = torch.cuda.current_device() if device_index is None else device_index
+        fn = self.function(short_name, dev)
+        if shared_mem > 48 * 1024 and self._smem_opt_in.get((dev, short_name), 0) < shared_mem:
+            from cupy.cuda import driver
+
+            driver.funcSetAttribute(fn.ptr, driver.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, shared_mem)
+            self._smem_opt_in[(dev, short_name)] = shared_mem
+
+        def go(grid, block, kargs):
+            fn(grid, block, kargs, shared_mem=shared_mem, stream=_stream(dev))
+        return go
+
+
 def _stream(device_index: int):
     """CuPy view of torch's current stream on ``device_index`` (cached per raw stream handle)."""
     import torch

@@ -266,7 +266,14 @@ class DecodeRunner:
                          np.float32(1.0 / rope.scale if rope else 1.0))
         self._smem = smem
         n_slots = len(plan.merge_slots)
-        self._part_shape = ((n_slots, plan.group, plan.head_dim), (n_slots, plan.group))
+        # partial states of split units: the runner's own (like merge_count: one runner, one stream at a time)
+        self._part = (torch.empty((n_slots, plan.group, plan.head_dim), dtype=torch.float32, device=pool.device),
+                      torch.empty((n_slots, plan.group), dtype=torch.float32, device=pool.device)) if n_slots else None
+        # the lean launch path: everything but q, the pool and the outputs is fixed for the runner's life
+        ptr = lambda t: np.uint64(t.data_ptr())  # noqa: E731
+        self._go = self.kernel.launcher("decode", shared_mem=smem, device_index=pool.device.index)
+        self._args_mid = (ptr(page_table.indices), ptr(self.items), ptr(self.cta_indptr), ptr(self.params))
+        self._args_tail = (ptr(self.merge_count), *self._scalars)
 
     def __call__(self, q: torch.Tensor, cache=None, *, out: torch.Tensor | None = None,
                  lse: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -285,26 +292,25 @@ class DecodeRunner:
         """
         p = self.plan
         pool = self._check(q, cache)
-        out = torch.empty(q.shape, dtype=q.dtype, device=q.device) if out is None else out
-        lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device) if lse is None else lse
-        out, lse = prepare_outputs((out, lse), [(tuple(q.shape), q.dtype), (tuple(q.shape[:2]), torch.float32)],
-                                   q.device, names=("out", "lse"))
+        if out is None and lse is None:
+            out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+            lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device)
+        else:
+            out = torch.empty(q.shape, dtype=q.dtype, device=q.device) if out is None else out
+            lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device) if lse is None else lse
+            out, lse = prepare_outputs((out, lse), [(tuple(q.shape), q.dtype), (tuple(q.shape[:2]), torch.float32)],
+                                       q.device, names=("out", "lse"))
         if pool.device.type != "cuda":
             o, s = emulate(p, q, kv_cache=pool, page_table=self.page_table, layout=self.layout, sm_scale=self.sm_scale,
                            rope=self.rope, **self.variant.reference_kwargs())
             return out.copy_(o), lse.copy_(s)
         if p.num_items == 0:
             return out.zero_(), lse.fill_(float("-inf"))
-        if len(p.merge_unit):
-            part_o = torch.empty(self._part_shape[0], dtype=torch.float32, device=q.device)
-            part_lse = torch.empty(self._part_shape[1], dtype=torch.float32, device=q.device)
-        else:
-            part_o, part_lse = out, lse                      # never touched: every item writes final output
-        dev = q.device.index
-        self.kernel.launch("decode", (p.num_ctas, 1, 1), (NUM_THREADS, 1, 1),
-                           (q, pool, self.page_table.indices, self.items, self.cta_indptr, self.params, out, lse,
-                            part_o, part_lse, self.merge_count, *self._scalars),
-                           shared_mem=self._smem, device_index=dev)
+        part_o, part_lse = self._part if self._part is not None else (out, lse)   # unsplit plans never write them
+        ptr = np.uint64
+        self._go((p.num_ctas, 1, 1), (NUM_THREADS, 1, 1),
+                 (ptr(q.data_ptr()), ptr(pool.data_ptr()), *self._args_mid, ptr(out.data_ptr()), ptr(lse.data_ptr()),
+                  ptr(part_o.data_ptr()), ptr(part_lse.data_ptr()), *self._args_tail))
         return out, lse
 
     def _check(self, q: torch.Tensor, cache) -> torch.Tensor:
