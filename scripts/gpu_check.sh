@@ -35,9 +35,11 @@ step "compute-sanitizer racecheck (decode)" compute-sanitizer --tool racecheck -
   python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/ops/test_decode.py \
   -k "grid and 32x8-128-NHD-bf16 or rotary_dims and 128-False or sigmoid"
 step "benchmark: decode" python3 benchmarks/bench_decode.py --out "$OUT"
-step "benchmark: jit latency" python3 benchmarks/bench_jit.py --out "$OUT"
-step "benchmark: merge" python3 benchmarks/bench_merge.py --out "$OUT"
-step "benchmark: paged append" python3 benchmarks/bench_append.py --out "$OUT"
-step "benchmark: planning time (this host's CPU)" python3 benchmarks/bench_plan.py --out "$OUT"
+if [ -z "${DECODE_ONLY:-}" ]; then   # DECODE_ONLY=1: only the decode benchmark (the others' kernels unchanged)
+  step "benchmark: jit latency" python3 benchmarks/bench_jit.py --out "$OUT"
+  step "benchmark: merge" python3 benchmarks/bench_merge.py --out "$OUT"
+  step "benchmark: paged append" python3 benchmarks/bench_append.py --out "$OUT"
+  step "benchmark: planning time (this host's CPU)" python3 benchmarks/bench_plan.py --out "$OUT"
+fi
 step "notebooks (nbval)" python3 -m pytest -q -p no:cacheprovider -o addopts="" --nbval-lax notebooks/
 exit $status

@@ -102,9 +102,16 @@ def main():
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--trace", action="store_true")
     ap.add_argument("--tuning", type=int, nargs="*", default=[], help="also time plans for these CTAs per SM")
+    ap.add_argument("--fixed-cost", type=float, nargs="*", default=[], help="also time plans with this fixed_cost")
+    ap.add_argument("--plan-fixed-cost", type=float, default=None, help="the main plans' fixed_cost")
     ap.add_argument("--cases", nargs="*", default=list(CASES))
+    ap.add_argument("--define", nargs="*", default=[], help="extra -D options for every infernb kernel")
     args = ap.parse_args()
     import flashinfer as fi
+
+    defines = tuple(f"-D{d}" for d in args.define)
+    def runner(*a, extra_options=(), **kw):
+        return DecodeRunner(*a, extra_options=tuple(extra_options) + defines, **kw)
 
     rows = []
 
@@ -121,7 +128,7 @@ def main():
     import time
     cache, ids, q = random_decode_batch([16], **SHAPE)
     table = cache.page_table(ids)
-    r = DecodeRunner(ib.plan([1], [16], page_table=table, **SHAPE), cache, table)
+    r = runner(ib.plan([1], [16], page_table=table, **SHAPE), cache, table)
     w = fi.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD", use_tensor_cores=True)
     w.plan(table.indptr, table.indices, table.last_page_len, 32, 8, 128, 16, data_type=q.dtype, q_data_type=q.dtype)
     host = {}
@@ -145,8 +152,9 @@ def main():
             c = cache if layout == "NHD" else as_hnd(cache)
             pool = c.pool
             nbytes = 2 * sum(lens) * 8 * 128 * 2
-            p = ib.plan([1] * len(lens), lens, page_table=table, **SHAPE)
-            r = DecodeRunner(p, c, table)
+            pkw = {} if args.plan_fixed_cost is None else {"fixed_cost": args.plan_fixed_cost}
+            p = ib.plan([1] * len(lens), lens, page_table=table, **pkw, **SHAPE)
+            r = runner(p, c, table)
             ref = reference(c, table, q)
             err = rel_error(r(q)[0], ref)
             t = ms(lambda: r(q))
@@ -167,18 +175,26 @@ def main():
             if layout == "NHD" and args.tuning:          # the same kernel on plans for more CTAs than slots
                 for ctas in args.tuning:
                     pt = ib.plan([1] * len(lens), lens, page_table=table, ctas_per_sm=ctas, **SHAPE)
-                    rt = DecodeRunner(pt, c, table)
+                    rt = runner(pt, c, table)
                     terr = rel_error(rt(q)[0], ref)
                     tt = ms(lambda: rt(q))
                     emit(case=name, variant=f"plan_ctas{ctas}", ms=tt, slowdown=tt / t, err=terr, ratio=best / tt)
+            if layout == "NHD":
+                for fc in args.fixed_cost:
+                    pt = ib.plan([1] * len(lens), lens, page_table=table, fixed_cost=fc, **SHAPE)
+                    rt = runner(pt, c, table)
+                    terr = rel_error(rt(q)[0], ref)
+                    tt = ms(lambda: rt(q))
+                    emit(case=name, variant=f"fixed_cost{fc:g}", ms=tt, slowdown=tt / t, err=terr, ratio=best / tt,
+                         items=int(pt.num_items))
             if name == "64x4096" and layout == "NHD":
                 for vname, kw in (("rope", dict(rope=ib.RoPE())), ("softcap", dict(variant=ib.variants.softcap(30.)))):
-                    rv = DecodeRunner(p, c, table, **kw)
+                    rv = runner(p, c, table, **kw)
                     verr = rel_error(rv(q)[0], reference(c, table, q, rope=kw.get("rope"), variant=kw.get("variant")))
                     vt = ms(lambda: rv(q))
                     emit(case=name, variant=vname, ms=vt, slowdown=vt / t, err=verr)
             if args.trace and layout == "NHD":
-                rt = DecodeRunner(p, c, table, extra_options=(f"-DINFERNB_DECODE_TRACE={TRACE_MAX}",))
+                rt = runner(p, c, table, extra_options=(f"-DINFERNB_DECODE_TRACE={TRACE_MAX}",))
                 rt(q)
                 tr = trace_rows(rt, q)
                 np.save(f"{args.out}.{name}.trace.npy", tr[:p.num_ctas])

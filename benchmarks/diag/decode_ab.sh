@@ -7,11 +7,12 @@ BASE=$1; OUT=$2; K=${3:-}; EXTRA=${AB_ARGS:-}
 export PYTHONUNBUFFERED=1
 SITE=/tmp/site
 PYTHONPATH=$PWD:$SITE INFERNB_CACHE_DIR=/tmp/ibc_new timeout 300 python3 benchmarks/diag/decode_ab.py --tag new --out $OUT/new.jsonl $EXTRA
+[ -z "${AB_DEFINE:-}" ] || PYTHONPATH=$PWD:$SITE INFERNB_CACHE_DIR=/tmp/ibc_new timeout 300 python3 benchmarks/diag/decode_ab.py --tag def --out $OUT/def.jsonl $(echo "$EXTRA" | sed 's/--trace//') --define $AB_DEFINE
 [ "$BASE" = - ] || PYTHONPATH=$BASE:$SITE INFERNB_CACHE_DIR=/tmp/ibc_old timeout 200 python3 benchmarks/diag/decode_ab.py --tag old --out $OUT/old.jsonl $(echo "$EXTRA" | sed 's/--trace//')
 PYTHONPATH=$PWD:$SITE python3 - "$OUT" <<'PY'
 import json, sys
 import os
-rows = [json.loads(l) for t in ("old", "new") if os.path.exists(f"{sys.argv[1]}/{t}.jsonl")
+rows = [json.loads(l) for t in ("old", "new", "def") if os.path.exists(f"{sys.argv[1]}/{t}.jsonl")
         for l in open(f"{sys.argv[1]}/{t}.jsonl")]
 for r in rows:
     if "trace" in r:

@@ -60,7 +60,8 @@ def smem_bytes(head_dim: int, group: int, stages: int | None = None, rope: int =
     per pair and warp (``kernels/include/infernb/rope.cuh``)."""
     stages = CONFIG[head_dim][0] if stages is None else stages
     tables = (head_dim // 2 * 16 + 32 * 4 * 8 + 4 * head_dim // 2 * 8) if rope else 0
-    return stages * 2 * 64 * head_dim * 2 + 16 * head_dim * 2 + 4 * 16 * 2 * 4 + tables
+    q_tiles = 1 if rope else stages                  # without RoPE, one Q tile per pipeline stage (prefetched)
+    return stages * 2 * 64 * head_dim * 2 + q_tiles * 16 * head_dim * 2 + 4 * 16 * 2 * 4 + 64 + tables
 
 
 def decode_spec(dtype: torch.dtype, head_dim: int, group: int, layout: str = "NHD", variant: Variant = NONE,

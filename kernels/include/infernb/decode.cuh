@@ -60,20 +60,27 @@ struct decode_cfg_t {
   static constexpr int ROW_HALVES = GROUP > 8 ? 2 : 1;          // mma rows g (+ g + 8 when GROUP > 8) in use
   static constexpr int STAGE_ELEMS = 2 * BLOCK_N * HEAD_DIM;    // K then V
   // shared memory, in bytes, in this order: K/V stages (the stage of an item's last chunk also holds the
-  // cross-warp O reduction at its end), the Q tile, (m, l) per warp and row, the RoPE tables (rope.cuh)
+  // cross-warp O reduction at its end), the Q tile, (m, l) per warp and row, flags, the RoPE tables (rope.cuh).
+  // All of it is dynamic (no static __shared__), so the block starts 1024-byte aligned (checked at entry): tiles
+  // of rows of CH * 16 bytes then start at multiples of their row pitch, and ldmatrix addresses are a per-lane
+  // constant XOR a compile-time one (see the consumer).
   static constexpr int SMEM_KV = STAGES * STAGE_ELEMS * 2;
   static constexpr int SMEM_Q = 16 * HEAD_DIM * 2;
-  static constexpr int SMEM_QO = SMEM_Q;
+  // Q tiles: without RoPE, the producer copies an item's Q rows with the item's first chunk, into one of STAGES
+  // buffers (the producer is at most STAGES - 1 chunks, so items, ahead); RoPE loads and rotates one tile in place
+  static constexpr int Q_BUFS = ROPE ? 1 : STAGES;
+  static constexpr int SMEM_QO = Q_BUFS * SMEM_Q;
   // the cross-warp O reduction [NUM_WARPS][GROUP][RED_STRIDE] fp32 lives in a K/V stage (16 GROUP HEAD_DIM bytes
   // <= a stage's 256 HEAD_DIM for GROUP <= 16); rows padded by 8 floats where the padding fits too
   static constexpr int RED_STRIDE = NUM_WARPS * GROUP * (HEAD_DIM + 8) * 4 <= STAGE_ELEMS * 2 ? HEAD_DIM + 8 : HEAD_DIM;
   static_assert(NUM_WARPS * GROUP * RED_STRIDE * 4 <= STAGE_ELEMS * 2, "the O reduction fits one K/V stage");
   static constexpr int SMEM_ML = NUM_WARPS * 16 * 2 * 4;
+  static constexpr int SMEM_FLAGS = 64;                         // the merge flag (and the trace build's clocks)
   static constexpr int SMEM_ROPE_FREQ = ROPE ? HEAD_DIM / 2 * 16 : 0;
   static constexpr int SMEM_ROPE_GRP = ROPE ? detail::rope_layout_t<ROPE>::GRP_ENTRIES * 8 : 0;
   static constexpr int SMEM_ROPE_BASE = ROPE ? NUM_WARPS * HEAD_DIM / 2 * 8 : 0;
   static constexpr int SMEM_ROPE = SMEM_ROPE_FREQ + SMEM_ROPE_GRP + SMEM_ROPE_BASE;
-  static constexpr int SMEM_BYTES = SMEM_KV + SMEM_QO + SMEM_ML + SMEM_ROPE;
+  static constexpr int SMEM_BYTES = SMEM_KV + SMEM_QO + SMEM_ML + SMEM_FLAGS + SMEM_ROPE;
   static_assert(sizeof(T) == 2, "decode runs on fp16 / bf16 (tensor-core operands)");
   static_assert(HEAD_DIM % 64 == 0, "HEAD_DIM must be a multiple of 64");
   static_assert(GROUP >= 1 && GROUP <= 16, "one mma tile holds up to 16 query heads per KV head");
@@ -117,16 +124,18 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
   constexpr bool SOFTMAX = VARIANT::USE_SOFTMAX;
 
   INFERNB_TRACE(unsigned long long tr_gt0; unsigned long long tr_clk[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
-                __shared__ unsigned long long tr_warp[4];
                 asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(tr_gt0)); tr_clk[0] = clock64();)
   const int item_begin = cta_indptr[blockIdx.x], item_end = cta_indptr[blockIdx.x + 1];
   if (item_begin >= item_end) return;
 
-  extern __shared__ __align__(128) unsigned char smem_raw[];
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  if (mma::smem_addr(smem_raw) % 1024 != 0) __trap();   // the XOR addressing below relies on it
   T* s_kv = reinterpret_cast<T*>(smem_raw);
   T* s_q = reinterpret_cast<T*>(smem_raw + cfg::SMEM_KV);
   float2* s_ml = reinterpret_cast<float2*>(smem_raw + cfg::SMEM_KV + cfg::SMEM_QO);
-  unsigned char* s_rope = smem_raw + cfg::SMEM_KV + cfg::SMEM_QO + cfg::SMEM_ML;
+  int* s_flags = reinterpret_cast<int*>(smem_raw + cfg::SMEM_KV + cfg::SMEM_QO + cfg::SMEM_ML);
+  INFERNB_TRACE(unsigned long long* tr_warp = reinterpret_cast<unsigned long long*>(s_flags + 8);)
+  unsigned char* s_rope = smem_raw + cfg::SMEM_KV + cfg::SMEM_QO + cfg::SMEM_ML + cfg::SMEM_FLAGS;
   float4* s_rope_freq = reinterpret_cast<float4*>(s_rope);
   float2* s_rope_grp = reinterpret_cast<float2*>(s_rope + cfg::SMEM_ROPE_FREQ);
   float2* s_rope_base = reinterpret_cast<float2*>(s_rope + cfg::SMEM_ROPE_FREQ + cfg::SMEM_ROPE_GRP);
@@ -145,7 +154,8 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
   // for its own copies (cp.async.wait_group + __syncwarp) and runs ahead of or behind the others until the
   // item's end. The producer's cursor (p_item, p_pos) and the next chunk's page ids are loaded one chunk ahead
   // (lane r < 16 holds row r's page id in p_page, shared by shuffles), so the copies never wait on the page table.
-  int p_item = item_begin, p_pos = 0, p_page = -1;
+  int p_item = item_begin, p_pos = 0, p_page = -1, p_ord = 0;     // p_ord: the item's ordinal in this CTA
+  bool p_first = true;                                              // the producer's next chunk starts an item
   decode_item_t p_it;
   const int w_row0 = warp * cfg::WARP_TOKENS;
   auto prefetch = [&](bool new_item) {
@@ -193,19 +203,33 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
         mma::cp_async16(sk + dst, src, valid);
         mma::cp_async16(sv + dst, src + kv_stride_b, valid);
       }
+      if (ROPE == 0 && p_first) {                // the item's Q rows, in the same group as its first keys
+        const T* qg = q + ((long long)p_it.q_token * num_qo_heads + (long long)p_it.kv_head * GROUP) * D;
+        const unsigned sq = mma::smem_addr(s_q + (p_ord % cfg::Q_BUFS) * (cfg::SMEM_Q / 2));
+        for (int i = tid; i < GROUP * CH; i += NT)    // this warp's share (i = tid mod NT)
+          mma::cp_async16(sq + mma::swizzle<CH>(i / CH, i % CH) * 16, qg + (i / CH) * D + (i % CH) * 8, true);
+      }
+      p_first = false;
       // advance: next chunk of this item, or the first chunk of the next item (an empty item has one chunk)
       bool next_item = false;
       if (p_pos + BN < p_it.pos_end) {
         p_pos += BN;
       } else {
         ++p_item;
-        next_item = true;
+        ++p_ord;
+        next_item = p_first = true;
       }
       prefetch(next_item);
     }
     mma::cp_async_commit();
   };
 
+  if (ROPE == 0 && GROUP < 16) {                // Q rows >= GROUP stay zero in every buffer (copies never write them)
+    for (int i = tid; i < cfg::Q_BUFS * (16 - GROUP) * CH; i += NT) {
+      const int b = i / ((16 - GROUP) * CH), r = GROUP + (i / CH) % (16 - GROUP), ch = i % CH;
+      *reinterpret_cast<uint4*>(s_q + b * (cfg::SMEM_Q / 2) + mma::swizzle<CH>(r, ch) * 8) = make_uint4(0, 0, 0, 0);
+    }
+  }
   if (ROPE != 0)                                 // read after the first item's barrier
     detail::rope_tables_init<ROPE>(s_rope_freq, s_rope_grp, rotary_dim, rope_log2_theta, rope_inv_scale, tid, NT);
   prefetch(true);
@@ -213,6 +237,15 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
   for (int s = 0; s < ST - 1; ++s) issue(s);
 
   // ---------------------------------------------------------------- consumer state
+  // ldmatrix row addresses of this lane (mma::kstep_addr): K rows (B operand of Q K^T: keys (lane & 7) + 8 *
+  // (lane >> 4), chunk (lane >> 3) & 1), Q rows (A operand: row lane & 15, chunk lane >> 4), V rows (B operand of
+  // P V, transposed: keys (lane & 7) + 8 * ((lane >> 3) & 1), chunk lane >> 4), relative to their tile
+  const int w_tok = warp * cfg::WARP_TOKENS;
+  const unsigned k_off = mma::swizzle<CH>(w_tok + (lane & 7) + (lane >> 4) * 8, (lane >> 3) & 1) * 16;
+  const unsigned v_off = mma::swizzle<CH>(w_tok + (lane & 7) + ((lane >> 3) & 1) * 8, lane >> 4) * 16;
+  const unsigned q_off = mma::swizzle<CH>(lane & 15, lane >> 4) * 16;
+  unsigned q_lane = 0;
+  int c_ord = 0;
   float o[DTILES][4];
   float m[2], l[2];                              // rows g and g + 8 (log2-domain running max, sum)
   int c_item = item_begin, c_pos = 0;
@@ -231,14 +264,10 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
       it = items[c_item];                        // (the previous item's epilogue ended with a barrier: s_q is free)
       c_pos = it.pos_start;
       const T* qg = q + ((long long)it.q_token * num_qo_heads + (long long)it.kv_head * GROUP) * D;
+      q_lane = mma::smem_addr(s_q + (c_ord++ % cfg::Q_BUFS) * (cfg::SMEM_Q / 2)) + q_off;
       if (ROPE == 0) {
-        for (int i = tid; i < 16 * CH; i += NT) {
-          const int r = i / CH, ch = i % CH;
-          vec_t<T, 8> x;
-          if (r < GROUP) x.load(qg + r * D + ch * 8);
-          else x.raw = make_uint4(0, 0, 0, 0);
-          x.store(s_q + mma::swizzle<CH>(r, ch) * 8);
-        }
+        // the producer's copies of this Q tile landed with the chunk (each thread waited for its own share; the
+        // barrier below publishes them)
       } else {
         const float qpos = float(it.kv_len - 1);
         for (int i = tid; i < 16 * D; i += NT) {
@@ -283,14 +312,13 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
       // dependent mma per n-tile instead of one twice as long)
       float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
       float s_odd[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
-      const unsigned q_base = mma::smem_addr(s_q), k_base = mma::smem_addr(s_k);
-      const int k_row = warp * cfg::WARP_TOKENS + (lane & 7) + (lane >> 4) * 8;
+      const unsigned k_lane = mma::smem_addr(s_k) + k_off;
 #pragma unroll
       for (int kk = 0; kk < KSTEPS; ++kk) {
         unsigned b[4];
-        mma::ldmatrix_x4(b, k_base + mma::swizzle<CH>(k_row, 2 * kk + ((lane >> 3) & 1)) * 16);
+        mma::ldmatrix_x4(b, mma::kstep_addr<CH>(k_lane, kk));
         unsigned a[4];
-        mma::ldmatrix_x4(a, q_base + mma::swizzle<CH>(lane & 15, 2 * kk + (lane >> 4)) * 16);
+        mma::ldmatrix_x4(a, mma::kstep_addr<CH>(q_lane, kk));
         if (kk % 2 == 0) {
           mma::mma16816<T>(s[0], a, b[0], b[1]);
           mma::mma16816<T>(s[1], a, b[2], b[3]);
@@ -359,12 +387,11 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
       // O += P V
       unsigned pa[4] = {mma::pack2<T>(s[0][0], s[0][1]), mma::pack2<T>(s[0][2], s[0][3]),
                         mma::pack2<T>(s[1][0], s[1][1]), mma::pack2<T>(s[1][2], s[1][3])};
-      const unsigned v_base = mma::smem_addr(s_v);
-      const int v_row = warp * cfg::WARP_TOKENS + (lane & 7) + ((lane >> 3) & 1) * 8;
+      const unsigned v_lane = mma::smem_addr(s_v) + v_off;
 #pragma unroll
       for (int jj = 0; jj < D / 16; ++jj) {
         unsigned b[4];
-        mma::ldmatrix_x4_trans(b, v_base + mma::swizzle<CH>(v_row, 2 * jj + (lane >> 4)) * 16);
+        mma::ldmatrix_x4_trans(b, mma::kstep_addr<CH>(v_lane, jj));
         mma::mma16816<T>(o[2 * jj], pa, b[0], b[1]);
         mma::mma16816<T>(o[2 * jj + 1], pa, b[2], b[3]);
       }
@@ -453,7 +480,7 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
         else part_lse[(long long)it.slot * GROUP + tid] = s_nat;
       }
       if (it.slot >= 0) {                        // split unit: the last of its items to finish merges them
-        __shared__ int s_last;
+        int& s_last = s_flags[0];
         __threadfence();                         // this CTA's partial state is visible device-wide ...
         __syncthreads();
         if (tid == 0) s_last = atomicAdd(merge_count + it.merge_unit, 1) == it.slot_end - it.slot_begin - 1;

@@ -82,6 +82,14 @@ __device__ __forceinline__ int swizzle(int row, int chunk) {
   static_assert(CHUNKS >= 8 && CHUNKS % 8 == 0, "swizzled rows need a multiple of 8 chunks (128 bytes)");
   return row * CHUNKS + (chunk ^ (row & 7));
 }
+// The ldmatrix address of 16-byte chunk 2 * kk + b (b = 0, 1) of row `row` in such a tile starting at `base`:
+//   base + swizzle(row, 2 kk + b) * 16 == (base + swizzle(row, b) * 16) ^ (32 kk)
+// when base is a multiple of the row pitch CHUNKS * 16: 2 kk + b == 2 kk ^ b, so the XOR with row % 8 splits
+// into (b ^ row % 8) and 2 kk, and (2 kk ^ x) * 16 < CHUNKS * 16 leaves row * CHUNKS * 16 and base untouched.
+// A lane computes the parenthesis once; each k-step's address is then one XOR with an immediate.
+template <int CHUNKS>
+__device__ __forceinline__ unsigned kstep_addr(unsigned lane_base, int kk) { return lane_base ^ unsigned(32 * kk); }
+
 // Element offset of element `col` of row `row` in such a tile of 2-byte elements (8 per chunk).
 template <int CHUNKS>
 __device__ __forceinline__ int swizzle_elem(int row, int col) { return swizzle<CHUNKS>(row, col >> 3) * 8 + (col & 7); }
