@@ -244,6 +244,51 @@ def test_planner_plans_for_the_kernels_occupancy():
     assert ib.plan([4], [100], num_qo_heads=8, num_kv_heads=2, head_dim=128, num_sms=10).num_ctas == 10   # prefill
 
 
+def _swizzle(row, chunk, ch):
+    """mma::swizzle (kernels/include/infernb/mma.cuh): 16-byte chunk offset in a [rows][ch chunks] tile."""
+    return row * ch + (chunk ^ (row & 7))
+
+
+@pytest.mark.parametrize("ch", [8, 16, 32], ids=["d64", "d128", "d256"])
+def test_kernel_address_identities(ch):
+    """The decode kernel's shortcuts equal the plain swizzled addresses (a mirror of its integer arithmetic):
+    ldmatrix rows as a per-lane base XOR 32 kk (mma::kstep_addr, tile bases multiples of the row pitch), and the
+    producer's copies: lane -> (column, rows), source lane (lane & (RPI - 1)) | RPI k, destination offset."""
+    pitch = ch * 16
+    for base in (0, pitch, 7 * pitch, 64 * pitch):           # stage / Q-buffer bases: multiples of the row pitch
+        for row in range(64):
+            for b in (0, 1):
+                lane_base = base + _swizzle(row, b, ch) * 16
+                for kk in range(ch // 2):
+                    assert base + _swizzle(row, 2 * kk + b, ch) * 16 == lane_base ^ (32 * kk)
+    rpi = 32 // ch
+    for w_row0 in (0, 16, 32, 48):
+        covered = set()
+        for lane in range(32):
+            cp_ch, cp_r0 = lane // rpi, lane % rpi
+            cp_row0, cp_x = (w_row0 + cp_r0) * ch * 16, (cp_ch ^ cp_r0) * 16
+            for k in range(ch // 2):
+                r = cp_r0 + rpi * k
+                assert ((lane & (rpi - 1)) | (rpi * k)) == r                      # shfl_rows' source lane
+                dst = cp_row0 + rpi * k * ch * 16 + (cp_x ^ (((rpi * k) & 7) * 16))
+                assert dst == _swizzle(w_row0 + r, cp_ch, ch) * 16
+                covered.add((r, cp_ch))
+        assert covered == {(r, c) for r in range(16) for c in range(ch)}      # every row and chunk, once
+
+
+def test_shared_memory_keeps_the_planned_occupancy():
+    """CONFIG's CTAs per SM fit Hopper's 228 KB per SM (1 KB reserved per CTA) with and without the RoPE
+    tables, and the trace build of the diagnostic (benchmarks/diag/decode_ab.py) compiles without spills."""
+    from infernb.jit import build
+    from infernb.ops.paged_decode import CONFIG, decode_spec
+
+    for d, (stages, ctas) in CONFIG.items():
+        for rope in (0, 1, 2):
+            assert ctas * (smem_bytes(d, 16, stages, rope) + 1024) <= 228 * 1024, (d, rope)
+    k = build(decode_spec(torch.bfloat16, 128, 4), arch="sm_90a", extra_options=("-DINFERNB_DECODE_TRACE=4096",))
+    assert not k.report.spills
+
+
 def test_bandwidth_chart_of_the_committed_run():
     run = ib.profile.committed_results("decode")
     assert run is not None and run["rows"], "benchmarks/results/decode_*.json is committed"
