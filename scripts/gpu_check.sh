@@ -35,7 +35,7 @@ step "compute-sanitizer memcheck (decode)" compute-sanitizer --tool memcheck --e
   -k "grid and (32x8-128-NHD-bf16 or 8x1-256-HND-f16 or 32x32-64-NHD-bf16) or rotary_dims or sigmoid or one_call"
 step "compute-sanitizer racecheck (decode)" compute-sanitizer --tool racecheck --error-exitcode 1 \
   python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/ops/test_decode.py \
-  -k "grid and 32x8-128-NHD-bf16 or rotary_dims and 128-False or sigmoid"
+  -k "grid and (32x8-128-NHD-bf16 or 32x8-64-NHD-bf16 or 32x8-256-HND-bf16) or rotary_dims and 128-False or sigmoid or runner_reuse"
 step "benchmark: decode" python3 benchmarks/bench_decode.py --out "$OUT"
 if [ -z "${DECODE_ONLY:-}" ]; then   # DECODE_ONLY=1: only the decode benchmark (the others' kernels unchanged)
   step "benchmark: jit latency" python3 benchmarks/bench_jit.py --out "$OUT"

@@ -55,7 +55,8 @@ def decode_ctas_per_sm(head_dim: int) -> int:
 
 def smem_bytes(head_dim: int, group: int, stages: int | None = None, rope: int = 0) -> int:
     """Dynamic shared memory of a decode specialization (the kernel's ``decode_cfg_t::SMEM_BYTES``; every
-    compile checks the two agree with a ``static_assert``). ``rope``: the kernel's RoPE mode (0 none, 1 half
+    compile checks the two agree with a ``static_assert``). It no longer depends on ``group`` (the O reduction
+    lives in a K/V stage); the argument stays for callers. ``rope``: the kernel's RoPE mode (0 none, 1 half
     rotated, 2 interleaved), whose tables take ``head_dim / 2`` float4 + 128 float2 + one float2
     per pair and warp (``kernels/include/infernb/rope.cuh``)."""
     stages = CONFIG[head_dim][0] if stages is None else stages
@@ -238,7 +239,9 @@ class DecodeRunner:
         self.sm_scale = plan.head_dim ** -0.5 if sm_scale is None else float(sm_scale)
         if pool.device.type != "cuda":
             return                                   # the emulator runs it (see __call__)
-        variant.check_device(pool.device)
+        # the kernel reads the variant's captured tensors through pointers packed now (traced again: a re-bound
+        # global is followed): check where they live, keep them alive
+        params, self._captures = variant.pack(pool.device)
         arch = device_info(pool.device.index).arch
         stages = default_stages(plan.head_dim, arch) if stages is None else stages
         smem = smem_bytes(plan.head_dim, plan.group, stages, 0 if rope is None else (2 if rope.interleave else 1))
@@ -251,15 +254,13 @@ class DecodeRunner:
                              "32-bit offsets")
         self.kernel = build(decode_spec(dt, plan.head_dim, plan.group, cache.layout, variant, rope, stages=stages,
                                         ctas_per_sm=ctas_per_sm), extra_options=tuple(extra_options))
-        # the kernel reads the variant's captured tensors through pointers packed now: keep them alive
-        self._captures = [t for t, _ in variant.generated.captures]
         a = plan_arrays(plan)
         items = a["items"].copy()
         items[:, 7] = page_table.indptr.cpu().numpy()[items[:, 0]]        # where each request's page ids start
         buf = torch.from_numpy(np.concatenate([items.ravel(), a["cta_indptr"]])).to(pool.device)
         self.items, self.cta_indptr = buf[:items.size], buf[items.size:]
         self.merge_count = torch.zeros(max(len(plan.merge_unit), 1), dtype=torch.int32, device=pool.device)
-        self.params = torch.frombuffer(bytearray(variant.params_bytes()), dtype=torch.uint8).to(pool.device)
+        self.params = torch.frombuffer(bytearray(params), dtype=torch.uint8).to(pool.device)
         rd = (rope.rotary_dim or plan.head_dim) if rope else plan.head_dim
         ps = plan.page_size
         self._scalars = (np.float32(self.sm_scale), np.int32(plan.num_kv_heads), np.int32(ps),
@@ -287,7 +288,8 @@ class DecodeRunner:
             out, lse: optional preallocated outputs ``[tokens, num_qo_heads, head_dim]`` q.dtype and
                 ``[tokens, num_qo_heads]`` float32 (contiguous, 16-byte aligned).
 
-        A runner's partial-state counters are its own: run one runner on one stream at a time.
+        A runner's partial-state counters and buffers are its own: run one runner on one stream at a time (a
+        CUDA graph that captured it counts as a use; replays of one graph are fine).
         Returns:
             ``(out [tokens, num_qo_heads, head_dim] q.dtype, lse [tokens, num_qo_heads] float32)``.
         """

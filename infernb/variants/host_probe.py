@@ -56,7 +56,7 @@ def host_probe(variant: Variant, scores: torch.Tensor, *, q_offset: int = 0) -> 
     """Evaluate the generated hooks on the CPU over ``scores`` ``[B, H, Q, K]``; same contract as
     :func:`infernb.variants.probe`. fp32 arithmetic without fused multiply-add contraction (``-ffp-contract=off``),
     so the result is what the C++ says, to float32 rounding."""
-    variant.check_device("cpu")
+    raw, captured = variant.pack("cpu")             # checks where the captured tensors live; keeps them alive
     src = _SHIM + variant.cuda + (_RUN % variant.cuda_name)
     key = hashlib.sha256((src + str(INCLUDE_DIR)).encode()).hexdigest()[:16]
     lib = _libs.get(key)
@@ -77,7 +77,7 @@ def host_probe(variant: Variant, scores: torch.Tensor, *, q_offset: int = 0) -> 
     B, H, Q, K = scores.shape
     out_s = torch.full_like(scores, float("nan"))
     out_m = torch.full(scores.shape, 255, dtype=torch.uint8)
-    params = ctypes.create_string_buffer(variant.params_bytes())
+    params = ctypes.create_string_buffer(raw)
     P = ctypes.c_void_p
     lib.run(params, P(scores.data_ptr()), P(out_s.data_ptr()), P(out_m.data_ptr()), B, H, Q, K, q_offset)
     return out_s, out_m.bool()

@@ -24,12 +24,12 @@ def probe(variant: Variant, scores: torch.Tensor, *, q_offset: int = 0) -> tuple
     """
     if not scores.is_cuda:
         raise ValueError("probe runs on the GPU: pass CUDA scores")
-    variant.check_device(scores.device)
+    raw, captured = variant.pack(scores.device)      # checks where the captured tensors live; keeps them alive
     B, H, Q, K = scores.shape
     scores = scores.float().contiguous()
     out_s = torch.full_like(scores, float("nan"))
     out_m = torch.full(scores.shape, 255, dtype=torch.uint8, device=scores.device)
-    params = torch.frombuffer(bytearray(variant.params_bytes()), dtype=torch.uint8).to(scores.device)
+    params = torch.frombuffer(bytearray(raw), dtype=torch.uint8).to(scores.device)
     total = scores.numel()
     if total:
         build(probe_spec(variant)).launch("probe", (min(-(-total // 256), 65535), 1, 1), (256, 1, 1),

@@ -162,20 +162,26 @@ class Variant:
 
     def check_device(self, device) -> None:
         """Every captured tensor must live where the kernel runs."""
+        self._check_captures(self.generated.captures, device)
+
+    def _check_captures(self, captures, device) -> None:
         device = torch.device(device)
-        for t, origin in self.generated.captures:
+        for t, origin in captures:
             if t.device.type != device.type or (device.index is not None and t.device.index not in (None, device.index)):
                 raise InputError(f"variant {self.name}: a tensor captured at {origin} is on {t.device}, but the "
                                  f"kernel runs on {device}; move it there (e.g. .to('{device}')) before defining "
                                  "the variant")
 
-    def params_bytes(self) -> bytes:
+    def pack(self, device=None) -> tuple[bytes, list[torch.Tensor]]:
         """``params_t`` packed as the generated struct lays it out (pointers of captured tensors, strides,
-        runtime scalars). Rebuilt on every call: new runtime values never need a recompile.
+        runtime scalars), and the tensors those pointers point into. Rebuilt on every call: new runtime values
+        never need a recompile.
 
         The mods are traced again first, so the kernel reads the tensors the Python functions capture *now*
         (the reference always does): a notebook that re-binds ``bias = ...`` gets the new tensor in both. If
         the re-traced code differs from the compiled one (another shape, dtype or expression), this raises.
+        With ``device``, every tensor packed must live there. Keep the returned tensors alive for as long as a
+        kernel may read the bytes (a re-bound global alone would not).
         """
         try:
             fresh = generate(self.cuda_name, self.score_mod, self.mask_mod, self.params, set(self.runtime),
@@ -187,6 +193,8 @@ class Variant:
             raise InputError(f"variant {self.name}: its Python now traces to different code than when it was "
                              "defined (a captured tensor re-bound with another shape or dtype, or a changed "
                              "function); define the variant again")
+        if device is not None:
+            self._check_captures(fresh.captures, device)
         vals, fmt = [], "="
         for f in fresh.fields:
             fmt += f.fmt
@@ -196,7 +204,11 @@ class Variant:
                 t, d = f.source
                 vals.append(t.data_ptr() if d is None else t.stride(d))
         raw = struct.pack(fmt, *vals) if fresh.fields else b"\0" * 4
-        return raw + b"\0" * (fresh.params_size - len(raw))
+        return raw + b"\0" * (fresh.params_size - len(raw)), [t for t, _ in fresh.captures]
+
+    def params_bytes(self) -> bytes:
+        """The packed ``params_t`` alone (see :meth:`pack`, which also returns the tensors to keep alive)."""
+        return self.pack()[0]
 
     def __repr__(self) -> str:
         rt = f", runtime={sorted(self.runtime)}" if self.runtime else ""

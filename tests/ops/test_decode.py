@@ -302,10 +302,55 @@ def test_bandwidth_chart_of_the_committed_run():
 @pytest.mark.parametrize("interleave", [False, True])
 @pytest.mark.parametrize("rotary_dim", [16, 24, 48, 64, 128])
 def test_decode_rope_rotary_dims(gen, interleave, rotary_dim):
-    """Both K-rotation paths: 16-byte chunks walking rows (rotary_dim / pairs-per-chunk divides 32) and the
-    element-wise fallback (24 and 48: 3 chunks, or pairs not filling chunks)."""
+    """Both K-rotation paths: a lane per vector of 4 pairs walking rows (rotary_dim / 8 divides 32) and the
+    element-wise fallback (24 and 48: 3 or 6 vectors)."""
     cache, ids, q = make_cache(gen, [1, 17, 300, 2500], 16, 4, 128, 16, device="cuda")
     run_checked(q, cache, ids, rope=ib.RoPE(theta=5e5, interleave=interleave, rotary_dim=rotary_dim), num_sms=8)
+
+
+@gpu
+@pytest.mark.parametrize("interleave", [False, True])
+@pytest.mark.parametrize("head_dim,rotary_dim", [(64, 32), (64, 64), (256, 128), (256, 256)])
+def test_decode_rope_head_dims(gen, head_dim, rotary_dim, interleave):
+    """RoPE tables and angle walks at head dims 64 (4 stages, 8 lane groups) and 256 (one group of 16 rows at
+    rotary_dim 256)."""
+    cache, ids, q = make_cache(gen, [1, 17, 300, 2500], 16, 4, head_dim, 16, device="cuda")
+    run_checked(q, cache, ids, rope=ib.RoPE(theta=5e5, interleave=interleave, rotary_dim=rotary_dim), num_sms=8)
+
+
+@gpu
+def test_decode_runner_reuse_other_cache_and_cuda_graph(gen):
+    """One runner, many calls: the split units' counters reset (a second call merges again), another pool of the
+    same shape at call time, and a CUDA-graph replay equal to the eager call (the kernel is deterministic)."""
+    cache, ids, q = make_cache(gen, [40, 3000, 9000], 32, 8, 128, 16, device="cuda")
+    table = cache.page_table(ids)
+    p = ib.plan([1] * 3, cache.lengths(ids), num_qo_heads=32, num_kv_heads=8, head_dim=128, num_sms=16)
+    assert len(p.merge_unit) > 0
+    r = DecodeRunner(p, cache, table)
+    o1, s1 = (t.clone() for t in r(q))
+    o2, s2 = r(q, out=torch.full_like(q, float("nan")),
+               lse=torch.full(q.shape[:2], float("nan"), dtype=torch.float32, device="cuda"))
+    assert torch.equal(o1, o2) and torch.equal(s1, s2)
+    assert_close(o1.float().cpu(), reference_decode(q, cache, ids)[0].cpu(), q.dtype, rowwise=True)
+    pool2 = torch.randn(cache.pool.shape, generator=gen).to(cache.pool.dtype).cuda()
+    o3, _ = r(q, pool2)
+    ref3 = ib.reference.paged_attention(q, pool2, table.indptr, table.indices, table.last_page_len)[0]
+    assert_close(o3.float().cpu(), ref3.cpu(), q.dtype, rowwise=True)
+    out = torch.full_like(q, float("nan"))
+    lse = torch.full(q.shape[:2], float("nan"), dtype=torch.float32, device="cuda")
+    st = torch.cuda.Stream()
+    st.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(st):
+        r(q, out=out, lse=lse)                       # warm-up on the capture stream
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g, stream=st):
+        r(q, out=out, lse=lse)
+    out.fill_(float("nan"))
+    g.replay()
+    g.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, o1) and torch.equal(lse, s1)
 
 
 def test_kernel_item_arrays_compute_the_reference(gen):

@@ -271,6 +271,23 @@ def test_zero_d_and_rebound_captures_are_read_at_run_time():
         w.params_bytes()
 
 
+def test_pack_returns_and_checks_the_tensors_it_points_into():
+    """The kernel side keeps alive, and checks the device of, the tensors the fresh trace packs (a re-bound
+    global), not the ones captured at definition."""
+    state = {"bias": torch.zeros(8)}
+    v = ib.Variant("rebound_pack", score_mod=lambda s, b, h, q, k: s + state["bias"][h])
+    raw, kept = v.pack("cpu")
+    assert kept == [state["bias"]] and struct.unpack("=Q", raw[:8])[0] == state["bias"].data_ptr()
+    new = torch.full((8,), 5.0)
+    state["bias"] = new
+    raw, kept = v.pack("cpu")
+    assert len(kept) == 1 and kept[0] is new and struct.unpack("=Q", raw[:8])[0] == new.data_ptr()
+    state["bias"] = torch.empty(8, device="meta")                # same code, but not where the kernel runs
+    with pytest.raises(InputError, match="is on meta"):
+        v.pack("cpu")
+    v.check_device("cpu")                                        # (the tensor captured at definition was fine)
+
+
 def test_tracing_rejects_what_torch_rejects_or_c_cannot_hold():
     with pytest.raises(V.TraceError, match="subtracting booleans"):
         ib.Variant("x", mask_mod=lambda b, h, q, k: (k <= q) - (k >= q))

@@ -16,8 +16,9 @@
 // that finishes a split unit's last item merges its partial states (merge_unit_slots), in the same launch.
 //
 // Fused RoPE (ROPE = 1 half-rotated / Llama, 2 interleaved / GPT-J): q is rotated at its position
-// (kv_len - 1) when loaded; each warp rotates its K rows in shared memory before the mma, a lane walking
-// consecutive rows of one 16-byte chunk, each angle advanced from the previous row by one complex multiply.
+// (kv_len - 1) when loaded; each warp rotates its K rows in shared memory before the mma (rope.cuh: angles of the
+// chunk's first row computed per pair, a lane walking consecutive rows of one vector of 4 pairs, each angle
+// advanced from the previous row by one complex multiply with a per-CTA table).
 #pragma once
 #include <infernb/common.cuh>
 #include <infernb/merge_states.cuh>

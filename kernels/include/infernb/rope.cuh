@@ -79,10 +79,11 @@ __device__ __forceinline__ void rope_tables_init(float4* freq, float2* grp, int 
 
 // Rotate rows [row0, row0 + 16) of a swizzled K tile (positions kpos0 + j; rows j >= valid stay as they are).
 // Fast path: the warp first computes the angles of position kpos0 for every pair (two accurate sin/cos per lane
-// for rotary_dim 128) into `base`; a lane then owns one 8-byte vector of the pairs' first elements (and,
+// for rotary_dim 128) into `base`; a lane then owns one vector of 4 pairs' first elements (and,
 // half-rotated, the matching vector of the second elements) in a group of consecutive rows, starts from base x its
 // group's offset (one complex multiply) and moves to the next row by one complex multiply with the step from the
-// table, so each access is one 8-byte load or store. Otherwise, a lane per pair and element-wise accesses.
+// table, so each access is one vector load or store (8 bytes half-rotated, 16 bytes interleaved). Otherwise, a
+// lane per pair and element-wise accesses.
 template <typename T, int ROPE, int CH>
 __device__ __forceinline__ void rope_rotate_rows(T* s_k, int row0, int kpos0, int valid, int rotary_dim,
                                                  const float4* freq, const float2* grp, float2* base,
