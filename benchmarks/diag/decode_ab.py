@@ -18,7 +18,7 @@ import torch
 
 import infernb as ib
 from infernb.ops.paged_decode import DecodeRunner
-from infernb.profile import cuda_time, random_decode_batch
+from infernb.profile import cuda_graph_time, cuda_time, random_decode_batch
 from infernb.testing import rel_error
 
 SHAPE = dict(num_qo_heads=32, num_kv_heads=8, head_dim=128, page_size=16)
@@ -31,27 +31,6 @@ def reference(c, table, q, rope=None, variant=None):
     kw = {} if variant is None else variant.reference_kwargs()
     return ib.reference.paged_attention(q, c.pool, table.indptr, table.indices, table.last_page_len,
                                         layout=c.layout, rope=rope, **kw)[0]
-
-
-def as_hnd(cache):
-    """The same cache with its pool in the HND layout (same page ids: the page table is reused)."""
-    from infernb.layout import PagedKVCache
-
-    hnd = PagedKVCache(num_pages=cache.num_pages, page_size=cache.page_size, num_kv_heads=cache.num_kv_heads,
-                       head_dim=cache.head_dim, dtype=cache.dtype, device=cache.pool.device, layout="HND")
-    hnd.pool.copy_(cache.pool.transpose(2, 3))
-    return hnd
-
-
-def graph_ms(fn, runs):
-    s = torch.cuda.Stream()
-    with torch.cuda.stream(s):
-        fn()
-        torch.cuda.synchronize()
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g, stream=s):
-            fn()
-    return cuda_time(g.replay, warmup=5, runs=runs).median_ms
 
 
 def trace_rows(runner, q):
@@ -149,7 +128,7 @@ def main():
         for layout in layouts:
             cache, ids, q = random_decode_batch(lens, **SHAPE)
             table = cache.page_table(ids)
-            c = cache if layout == "NHD" else as_hnd(cache)
+            c = cache if layout == "NHD" else cache.to_layout("HND")   # same page ids: the table is reused
             pool = c.pool
             nbytes = 2 * sum(lens) * 8 * 128 * 2
             pkw = {} if args.plan_fixed_cost is None else {"fixed_cost": args.plan_fixed_cost}
@@ -170,7 +149,7 @@ def main():
                 best = ft if best is None else min(best, ft)
             row.update(fi_ms=best, ratio=best / t)
             if name == "1x32768" and layout == "NHD":
-                row["graph_ms"] = graph_ms(lambda: r(q), args.runs)
+                row["graph_ms"] = cuda_graph_time(lambda: r(q), runs=args.runs).median_ms
             emit(**row)
             if layout == "NHD" and args.tuning:          # the same kernel on plans for more CTAs than slots
                 for ctas in args.tuning:
@@ -199,7 +178,7 @@ def main():
                 tr = trace_rows(rt, q)
                 np.save(f"{args.out}.{name}.trace.npy", tr[:p.num_ctas])
                 emit(case=name, trace=summarize_trace(tr, p.num_ctas), event_ms=ms(lambda: rt(q)),
-                     graph_ms=graph_ms(lambda: rt(q), args.runs))
+                     graph_ms=cuda_graph_time(lambda: rt(q), runs=args.runs).median_ms)
             del cache, c, pool, q, r
             torch.cuda.empty_cache()
     return 0

@@ -12,18 +12,7 @@ import infernb as ib  # noqa: E402
 HQ, HKV, D, PAGE = 32, 8, 128, 16
 from infernb.profile import random_decode_batch  # noqa: E402
 from infernb.ops.paged_decode import DecodeRunner  # noqa: E402
-from infernb.profile import cuda_time  # noqa: E402
-
-
-def graph_time(fn, reps=20):
-    s = torch.cuda.Stream()
-    with torch.cuda.stream(s):
-        fn()
-        torch.cuda.synchronize()
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g, stream=s):
-            fn()
-    return cuda_time(g.replay, warmup=5, runs=reps).median_ms
+from infernb.profile import cuda_graph_time, cuda_time  # noqa: E402
 
 
 for lens in ([16], [1024] * 8, [32768], [65536] + [512] * 63):
@@ -43,7 +32,7 @@ for lens in ([16], [1024] * 8, [32768], [65536] + [512] * 63):
         torch.cuda.synchronize()
         ev = cuda_time(lambda: r(q), runs=30).median_ms
         nf = cuda_time(lambda: r(q), runs=30, flush_l2=False).median_ms
-        gr = graph_time(lambda: r(q))
+        gr = cuda_graph_time(lambda: r(q)).median_ms
         print(f"{len(lens):3d} req sum {sum(lens):7d} {str(kw):28s} items {p.num_items:4d} split {len(p.merge_unit):3d} "
               f"host {host_us:6.1f}us  event {ev * 1e3:7.1f}us ({nbytes / ev / 1e9:.2f} TB/s)  noflush {nf * 1e3:7.1f}us  "
               f"graph {gr * 1e3:7.1f}us ({nbytes / gr / 1e9:.2f} TB/s)")

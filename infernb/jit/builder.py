@@ -69,22 +69,8 @@ class Kernel:
     def launch(self, short_name: str, grid, block, args, *, shared_mem: int = 0, device_index: int | None = None):
         """Launch ``short_name`` on torch's current stream. ``args``: torch tensors (passed as device
         pointers, zero copy) and NumPy scalars (passed by value; Python ints become int32, floats float32)."""
-        import torch
-
         kargs = tuple(_kernel_arg(a) for a in args)
-        if not torch.cuda.is_available():
-            raise DeviceError(f"cannot launch {self.spec.name}/{short_name}: no CUDA GPU is available "
-                              "(kernels compile without one, but run only on a GPU)")
-        if device_index is None:
-            device_index = torch.cuda.current_device()
-        fn = self._functions.get((device_index, short_name)) or self.function(short_name, device_index)
-        if shared_mem > 48 * 1024 and self._smem_opt_in.get((device_index, short_name), 0) < shared_mem:
-            from cupy.cuda import driver      # opt in to more than 48 KiB of dynamic shared memory (once)
-
-            driver.funcSetAttribute(fn.ptr, driver.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, shared_mem)
-            self._smem_opt_in[(device_index, short_name)] = shared_mem
-        fn(tuple(grid), tuple(block), kargs, shared_mem=shared_mem, stream=_stream(device_index))
-
+        self.launcher(short_name, shared_mem=shared_mem, device_index=device_index)(tuple(grid), tuple(block), kargs)
 
     def launcher(self, short_name: str, *, shared_mem: int = 0, device_index: int | None = None):
         """A lean launch path for a hot loop: ``go = kernel.launcher(...)`` then ``go(grid, block, kargs)`` with
@@ -93,11 +79,12 @@ class Kernel:
         import torch
 
         if not torch.cuda.is_available():
-            raise DeviceError(f"cannot launch {self.spec.name}/{short_name}: no CUDA GPU is available")
+            raise DeviceError(f"cannot launch {self.spec.name}/{short_name}: no CUDA GPU is available "
+                              "(kernels compile without one, but run only on a GPU)")
         dev = torch.cuda.current_device() if device_index is None else device_index
-        fn = self.function(short_name, dev)
+        fn = self._functions.get((dev, short_name)) or self.function(short_name, dev)
         if shared_mem > 48 * 1024 and self._smem_opt_in.get((dev, short_name), 0) < shared_mem:
-            from cupy.cuda import driver
+            from cupy.cuda import driver      # opt in to more than 48 KiB of dynamic shared memory (once)
 
             driver.funcSetAttribute(fn.ptr, driver.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, shared_mem)
             self._smem_opt_in[(dev, short_name)] = shared_mem

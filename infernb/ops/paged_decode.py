@@ -266,7 +266,6 @@ class DecodeRunner:
         self._scalars = (np.float32(self.sm_scale), np.int32(plan.num_kv_heads), np.int32(ps),
                          np.int32(ps.bit_length() - 1 if ps & (ps - 1) == 0 else -1), np.int32(rd), np.float32(math.log2(rope.theta) if rope else 0.0),
                          np.float32(1.0 / rope.scale if rope else 1.0))
-        self._smem = smem
         n_slots = len(plan.merge_slots)
         # partial states of split units: the runner's own (like merge_count: one runner, one stream at a time)
         self._part = (torch.empty((n_slots, plan.group, plan.head_dim), dtype=torch.float32, device=pool.device),
@@ -295,14 +294,10 @@ class DecodeRunner:
         """
         p = self.plan
         pool = self._check(q, cache)
-        if out is None and lse is None:
-            out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-            lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device)
-        else:
-            out = torch.empty(q.shape, dtype=q.dtype, device=q.device) if out is None else out
-            lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device) if lse is None else lse
-            out, lse = prepare_outputs((out, lse), [(tuple(q.shape), q.dtype), (tuple(q.shape[:2]), torch.float32)],
-                                       q.device, names=("out", "lse"))
+        # allocate what is missing, check what was given
+        specs = {"out": (tuple(q.shape), q.dtype), "lse": (tuple(q.shape[:2]), torch.float32)}
+        out, lse = (torch.empty(specs[n][0], dtype=specs[n][1], device=q.device) if t is None else
+                    prepare_outputs((t,), [specs[n]], q.device, names=(n,))[0] for n, t in (("out", out), ("lse", lse)))
         if pool.device.type != "cuda":
             o, s = emulate(p, q, kv_cache=pool, page_table=self.page_table, layout=self.layout, sm_scale=self.sm_scale,
                            rope=self.rope, **self.variant.reference_kwargs())

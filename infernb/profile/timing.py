@@ -50,3 +50,17 @@ def cuda_time(fn: Callable[[], object], *, warmup: int = 10, runs: int = 50, flu
     ms = sorted(s.elapsed_time(e) for s, e in zip(starts, ends))
     q = statistics.quantiles(ms, n=10) if len(ms) >= 2 else [ms[0]] * 9
     return Timing(statistics.median(ms), q[0], q[-1], runs)
+
+
+def cuda_graph_time(fn: Callable[[], object], *, runs: int = 20, flush_l2: bool = True) -> Timing:
+    """Time ``fn()`` captured once in a CUDA graph and replayed (:func:`cuda_time` of the replay): the GPU time
+    without the host's Python per call. ``fn`` runs once on the capture stream first (warm-up)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fn()
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g, stream=s):
+        fn()
+    return cuda_time(g.replay, warmup=5, runs=runs, flush_l2=flush_l2)

@@ -317,9 +317,9 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
 #pragma unroll
       for (int kk = 0; kk < KSTEPS; ++kk) {
         unsigned b[4];
-        mma::ldmatrix_x4(b, mma::kstep_addr<CH>(k_lane, kk));
+        mma::ldmatrix_x4(b, mma::kstep_addr(k_lane, kk));
         unsigned a[4];
-        mma::ldmatrix_x4(a, mma::kstep_addr<CH>(q_lane, kk));
+        mma::ldmatrix_x4(a, mma::kstep_addr(q_lane, kk));
         if (kk % 2 == 0) {
           mma::mma16816<T>(s[0], a, b[0], b[1]);
           mma::mma16816<T>(s[1], a, b[2], b[3]);
@@ -392,7 +392,7 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
 #pragma unroll
       for (int jj = 0; jj < D / 16; ++jj) {
         unsigned b[4];
-        mma::ldmatrix_x4_trans(b, mma::kstep_addr<CH>(v_lane, jj));
+        mma::ldmatrix_x4_trans(b, mma::kstep_addr(v_lane, jj));
         mma::mma16816<T>(o[2 * jj], pa, b[0], b[1]);
         mma::mma16816<T>(o[2 * jj + 1], pa, b[2], b[3]);
       }

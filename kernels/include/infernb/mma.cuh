@@ -87,7 +87,6 @@ __device__ __forceinline__ int swizzle(int row, int chunk) {
 // when base is a multiple of the row pitch CHUNKS * 16: 2 kk + b == 2 kk ^ b, so the XOR with row % 8 splits
 // into (b ^ row % 8) and 2 kk, and (2 kk ^ x) * 16 < CHUNKS * 16 leaves row * CHUNKS * 16 and base untouched.
 // A lane computes the parenthesis once; each k-step's address is then one XOR with an immediate.
-template <int CHUNKS>
 __device__ __forceinline__ unsigned kstep_addr(unsigned lane_base, int kk) { return lane_base ^ unsigned(32 * kk); }
 
 // Element offset of element `col` of row `row` in such a tile of 2-byte elements (8 per chunk).
