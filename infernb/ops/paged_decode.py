@@ -329,8 +329,9 @@ class DecodeRunner:
         if pool.dtype != self.dtype or tuple(pool.shape) != self._pool_shape:
             raise InputError(f"cache: expected a {self.dtype} page pool of shape {list(self._pool_shape)} (the "
                              f"runner's cache), got {pool.dtype} {list(pool.shape)}")
-        if getattr(cache, "layout", self.layout) != self.layout:
-            raise InputError(f"cache: layout {cache.layout}, the runner was built for {self.layout}")
+        layout = self.layout if isinstance(cache, torch.Tensor) else getattr(cache, "layout", self.layout)
+        if layout != self.layout:                     # (a bare pool tensor's .layout is torch's, not NHD/HND)
+            raise InputError(f"cache: layout {layout}, the runner was built for {self.layout}")
         if not pool.is_contiguous():
             raise InputError("cache: the page pool must be contiguous")
         if q.device.type == "cuda" and (not q.is_contiguous() or q.data_ptr() % 16):

@@ -57,6 +57,25 @@ def test_cpu_decode_variants_and_rope(gen, variant):
                 window_left=-1 if variant is None else variant.window_left)
 
 
+def test_cpu_runner_takes_a_bare_pool_or_another_cache_at_call_time(gen):
+    """A runner called with a pool tensor (not a PagedKVCache) of the planned shape attends over that pool; a cache
+    of the other layout is refused (a bare tensor's ``.layout`` is torch's, never compared with NHD/HND)."""
+    cache, ids, q = make_cache(gen, [40, 300], 8, 2, 64, 16)
+    table = cache.page_table(ids)
+    p = ib.plan([1, 1], [40, 300], num_qo_heads=8, num_kv_heads=2, head_dim=64, num_sms=4)
+    r = DecodeRunner(p, cache, table)
+    pool2 = torch.randn(cache.pool.shape, generator=gen).to(cache.pool.dtype)
+    o, s = r(q, pool2)
+    ref_o, ref_s = ib.reference.paged_attention(q, pool2, table.indptr, table.indices, table.last_page_len)
+    assert_close(o.double(), ref_o, q.dtype, rowwise=True)
+    assert_close(s.double(), ref_s, q.dtype, name="lse")
+    square, ids2, q2 = make_cache(gen, [40, 300], 8, 2, 64, 2)     # page size = KV heads: both layouts' shape
+    r2 = DecodeRunner(ib.plan([1, 1], [40, 300], num_qo_heads=8, num_kv_heads=2, head_dim=64, page_size=2, num_sms=4),
+                      square, square.page_table(ids2))
+    with pytest.raises(InputError, match="layout HND"):
+        r2(q2, square.to_layout("HND"))
+
+
 def test_plan_arrays_describe_every_item(gen):
     lens = [1, 15, 16, 17, 1000, 300, 2]
     p = ib.plan([1] * 7, lens, num_qo_heads=32, num_kv_heads=8, head_dim=128, num_sms=20)

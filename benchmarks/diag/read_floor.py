@@ -1,0 +1,96 @@
+"""How fast can this GPU *read* N bytes, timed the way the decode benchmark times a kernel (CUDA events, L2 flushed
+before each call, median)? The floor a decode of N KV bytes is held to, measured instead of assumed: a streaming
+read kernel (16-byte loads, several in flight per thread, no computation) at several grid shapes, the best shape
+per size, plus an empty launch (the events' own cost) and torch's device copy of N/2 bytes (N bytes moved).
+
+    python benchmarks/diag/read_floor.py [--out OUT.json] [--runs 50]
+
+Diagnostic (not a benchmark of infernb): prints a table and writes JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import cupy as cp
+import torch
+
+from infernb.profile import cuda_graph_time, cuda_time
+
+SRC = r"""
+extern "C" __global__ void __launch_bounds__(512) read_all(const uint4* __restrict__ p, unsigned long long n,
+                                                           unsigned* __restrict__ sink) {
+  // Grid-stride over n 16-byte vectors, UNROLL independent loads in flight per thread per step.
+  unsigned acc = 0;
+  unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+  const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
+  for (; i + (UNROLL - 1) * stride < n; i += UNROLL * stride) {
+    uint4 v[UNROLL];
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) v[u] = __ldcs(p + i + u * stride);
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) acc ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
+  }
+  for (; i < n; i += stride) { uint4 v = __ldcs(p + i); acc ^= v.x ^ v.y ^ v.z ^ v.w; }
+  if (acc == 0x9e3779b9u) sink[0] = acc;   // keeps the loads; practically never taken
+}
+extern "C" __global__ void empty() {}
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--runs", type=int, default=50)
+    args = ap.parse_args()
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    mods = {u: cp.RawModule(code=SRC.replace("UNROLL", str(u)), options=("-std=c++17",)) for u in (4, 8, 16)}
+    sink = cp.zeros(1, cp.uint32)
+    def stream():  # torch's current stream at call time (the graph capture runs on a side stream)
+        ts = torch.cuda.current_stream()
+        if hasattr(ts, "__cuda_stream__") and hasattr(cp.cuda.Stream, "from_external"):
+            return cp.cuda.Stream.from_external(ts)
+        return cp.cuda.ExternalStream(ts.cuda_stream)
+
+    empty = mods[4].get_function("empty")
+    rows = []
+    t = cuda_time(lambda: empty((1,), (32,), (), stream=stream()), runs=args.runs)
+    rows.append(dict(what="empty launch", bytes=0, ms=t.median_ms))
+    tg = cuda_graph_time(lambda: empty((1,), (32,), (), stream=stream()), runs=args.runs)
+    rows.append(dict(what="empty launch (graph)", bytes=0, ms=tg.median_ms))
+    for nbytes in (2**26, 2**27, 2**28, 2**30):
+        buf = torch.randn(nbytes // 2, dtype=torch.bfloat16, device="cuda")
+        p = cp.asarray(buf).view(cp.uint8)
+        n = nbytes // 16
+        best = None
+        for u, mod in mods.items():
+            f = mod.get_function("read_all")
+            for per_sm in (1, 2, 4, 8):
+                for threads in (256, 512):
+                    grid = sms * per_sm
+                    fn = lambda: f((grid,), (threads,), (p, cp.uint64(n), sink), stream=stream())  # noqa: E731
+                    ms = cuda_time(fn, runs=args.runs).median_ms
+                    if best is None or ms < best[0]:
+                        best = (ms, dict(unroll=u, ctas_per_sm=per_sm, threads=threads), fn)
+        ms, cfg, fn = best
+        gms = cuda_graph_time(fn, runs=args.runs).median_ms
+        rows.append(dict(what="read kernel (best shape)", bytes=nbytes, ms=ms, graph_ms=gms, TBps=nbytes / ms / 1e9,
+                         **cfg))
+        half = buf[: nbytes // 4]
+        dst = torch.empty_like(half)
+        cms = cuda_time(lambda: dst.copy_(half), runs=args.runs).median_ms
+        rows.append(dict(what="torch copy of bytes/2 (bytes moved)", bytes=nbytes, ms=cms, TBps=nbytes / cms / 1e9))
+        del buf, dst, half, p
+        torch.cuda.empty_cache()
+    print(f"{'what':<38}{'MB':>8}{'us':>9}{'graph us':>10}{'TB/s':>7}  shape")
+    for r in rows:
+        print(f"{r['what']:<38}{r['bytes'] / 1e6:8.1f}{r['ms'] * 1e3:9.1f}"
+              f"{r.get('graph_ms', float('nan')) * 1e3:10.1f}{r.get('TBps', float('nan')):7.2f}  "
+              + " ".join(f"{k}={r[k]}" for k in ("unroll", "ctas_per_sm", "threads") if k in r))
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(dict(device=torch.cuda.get_device_name(), rows=rows), fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
