@@ -225,7 +225,7 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
     mma::cp_async_commit();
   };
 
-  if (ROPE == 0 && GROUP < 16) {                // Q rows >= GROUP stay zero in every buffer (copies never write them)
+  if (GROUP < 16) {                             // Q rows >= GROUP stay zero in every buffer (nothing writes them)
     for (int i = tid; i < cfg::Q_BUFS * (16 - GROUP) * CH; i += NT) {
       const int b = i / ((16 - GROUP) * CH), r = GROUP + (i / CH) % (16 - GROUP), ch = i % CH;
       *reinterpret_cast<uint4*>(s_q + b * (cfg::SMEM_Q / 2) + mma::swizzle<CH>(r, ch) * 8) = make_uint4(0, 0, 0, 0);
@@ -270,24 +270,35 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
         // the producer's copies of this Q tile landed with the chunk (each thread waited for its own share; the
         // barrier below publishes them)
       } else {
+        // the item's raw Q rows into the tile, 16-byte vectors, every load issued before any is used (one global
+        // round trip); then each pair of each row rotated in place at position kv_len - 1 (frequencies from the
+        // CTA's table, written before the first item)
+        constexpr int QV = GROUP * CH, QV_PER = (QV + NT - 1) / NT;
+        uint4 qv[QV_PER];
+#pragma unroll
+        for (int k = 0; k < QV_PER; ++k) {
+          const int i = tid + k * NT;
+          if (QV % NT == 0 || i < QV) qv[k] = __ldg(reinterpret_cast<const uint4*>(qg + (i / CH) * D + (i % CH) * 8));
+        }
+#pragma unroll
+        for (int k = 0; k < QV_PER; ++k) {
+          const int i = tid + k * NT;
+          if (QV % NT == 0 || i < QV) *reinterpret_cast<uint4*>(s_q + mma::swizzle<CH>(i / CH, i % CH) * 8) = qv[k];
+        }
+        __syncthreads();
         const float qpos = float(it.kv_len - 1);
-        for (int i = tid; i < 16 * D; i += NT) {
-          const int r = i / D, d = i % D;
-          float x = 0.f;
-          if (r < GROUP) {
-            x = to_float(qg[r * D + d]);
-            if (d < rotary_dim) {
-              const int half_rd = rotary_dim / 2;
-              const int p = ROPE == 2 ? d / 2 : (d < half_rd ? d : d - half_rd);
-              const bool first = ROPE == 2 ? (d % 2 == 0) : (d < half_rd);
-              const int partner = ROPE == 2 ? (d ^ 1) : (first ? d + half_rd : d - half_rd);
-              const float y = to_float(qg[r * D + partner]);
-              float sn, cs;
-              detail::rope_sincos(qpos, detail::rope_freq(p, rotary_dim, rope_log2_theta, rope_inv_scale), &sn, &cs);
-              x = first ? x * cs - y * sn : x * cs + y * sn;
-            }
-          }
-          s_q[mma::swizzle_elem<CH>(r, d)] = from_float<T>(x);
+        const int np = rotary_dim / 2;
+        for (int i = tid; i < GROUP * np; i += NT) {
+          const int r = i / np, p = i % np;
+          int da, db;
+          detail::rope_pair<ROPE>(p, rotary_dim, da, db);
+          float sn, cs;
+          detail::rope_sincos(qpos, s_rope_freq[p].z, &sn, &cs);
+          T* pa = s_q + mma::swizzle_elem<CH>(r, da);
+          T* pb = s_q + mma::swizzle_elem<CH>(r, db);
+          const float a = to_float(*pa), b = to_float(*pb);
+          *pa = from_float<T>(a * cs - b * sn);
+          *pb = from_float<T>(b * cs + a * sn);
         }
       }
 #pragma unroll
