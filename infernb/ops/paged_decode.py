@@ -173,6 +173,30 @@ def plan_arrays(plan: Plan) -> dict:
     return got
 
 
+def cta_records(items: np.ndarray, cta_indptr: np.ndarray, page_table, page_size: int) -> torch.Tensor:
+    """Each CTA's record (``decode_cta_t`` in ``kernels/include/infernb/decode.cuh``), ``[num_ctas, 24]`` int32 on
+    the page table's device: (item_begin, item_end, first_page, 0), a copy of its first item (12 ints, ``items`` with
+    page_begin filled in) and the page ids of that item's pages ``first_page .. first_page + 7`` (``first_page =
+    pos_start // page_size``; -1 past the request's pages): the kernel's first copies need this one load only."""
+    n = len(cta_indptr) - 1
+    rec = np.zeros((n, 24), np.int32)
+    rec[:, 0], rec[:, 1], rec[:, 16:] = cta_indptr[:-1], cta_indptr[1:], -1
+    has = rec[:, 1] > rec[:, 0]
+    first = items[rec[has, 0]]
+    rec[has, 4:16] = first
+    rec[has, 2] = first[:, 2] // page_size
+    out = torch.from_numpy(rec).to(page_table.indices.device)
+    if has.any() and page_table.indices.numel():
+        indptr = page_table.indptr.cpu().numpy().astype(np.int64)
+        npages = indptr[first[:, 0] + 1] - indptr[first[:, 0]]
+        rel = rec[has, 2][:, None].astype(np.int64) + np.arange(8)
+        valid = rel < npages[:, None]
+        idx = torch.from_numpy(np.where(valid, first[:, 7][:, None] + rel, 0)).to(out.device)
+        pages = torch.where(torch.from_numpy(valid).to(out.device), page_table.indices[idx], -1)
+        out[torch.from_numpy(has).to(out.device), 16:] = pages.to(torch.int32)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- the runner
 class DecodeRunner:
     """A decode plan bound to its page table, variant and RoPE: call it once per layer.
@@ -257,8 +281,8 @@ class DecodeRunner:
         a = plan_arrays(plan)
         items = a["items"].copy()
         items[:, 7] = page_table.indptr.cpu().numpy()[items[:, 0]]        # where each request's page ids start
-        buf = torch.from_numpy(np.concatenate([items.ravel(), a["cta_indptr"]])).to(pool.device)
-        self.items, self.cta_indptr = buf[:items.size], buf[items.size:]
+        self.items = torch.from_numpy(items.ravel()).to(pool.device)
+        self.ctas = cta_records(items, a["cta_indptr"], page_table, plan.page_size)
         self.merge_count = torch.zeros(max(len(plan.merge_unit), 1), dtype=torch.int32, device=pool.device)
         self.params = torch.frombuffer(bytearray(params), dtype=torch.uint8).to(pool.device)
         rd = (rope.rotary_dim or plan.head_dim) if rope else plan.head_dim
@@ -273,7 +297,7 @@ class DecodeRunner:
         # the lean launch path: everything but q, the pool and the outputs is fixed for the runner's life
         ptr = lambda t: np.uint64(t.data_ptr())  # noqa: E731
         self._go = self.kernel.launcher("decode", shared_mem=smem, device_index=pool.device.index)
-        self._args_mid = (ptr(page_table.indices), ptr(self.items), ptr(self.cta_indptr), ptr(self.params))
+        self._args_mid = (ptr(page_table.indices), ptr(self.items), ptr(self.ctas), ptr(self.params))
         self._args_tail = (ptr(self.merge_count), *self._scalars)
 
     def __call__(self, q: torch.Tensor, cache=None, *, out: torch.Tensor | None = None,
@@ -379,4 +403,5 @@ def decode(q: torch.Tensor, cache, seq_ids: Sequence[int], *, variant: Variant |
     return (out, lse) if return_lse else out
 
 
-__all__ = ["DecodeRunner", "decode", "decode_spec", "plan_arrays", "run_decode", "smem_bytes", "specializations"]
+__all__ = ["DecodeRunner", "cta_records", "decode", "decode_spec", "plan_arrays", "run_decode", "smem_bytes",
+           "specializations"]

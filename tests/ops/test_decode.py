@@ -76,6 +76,38 @@ def test_cpu_runner_takes_a_bare_pool_or_another_cache_at_call_time(gen):
         r2(q2, square.to_layout("HND"))
 
 
+@pytest.mark.parametrize("page", [1, 3, 16, 64])
+def test_cta_records_hold_the_first_item_and_its_page_ids(gen, page):
+    """The kernel's per-CTA record: item range, the first item, and page ids such that each row of the first chunk
+    finds its page id there (the kernel's rel = page_idx - first_page < 8) or falls back to the page table; a
+    sliding-window plan (first keys not at 0) and an empty request included."""
+    from infernb.ops.paged_decode import cta_records
+
+    lens = [0, 1, 15, 300, 1000]
+    cache, ids, q = make_cache(gen, lens, 8, 2, 64, page)
+    table = cache.page_table(ids)
+    for window in (-1, 100):
+        p = ib.plan([1] * len(lens), lens, num_qo_heads=8, num_kv_heads=2, head_dim=64, page_size=page, num_sms=5,
+                    window_left=window)
+        a = plan_arrays(p)
+        items = a["items"].copy()
+        items[:, 7] = table.indptr.numpy()[items[:, 0]]
+        rec = cta_records(items, a["cta_indptr"], table, page).numpy()
+        assert rec.shape == (p.num_ctas, 24)
+        assert (rec[:, 0] == a["cta_indptr"][:-1]).all() and (rec[:, 1] == a["cta_indptr"][1:]).all()
+        checked = 0
+        for c in np.flatnonzero(rec[:, 1] > rec[:, 0]):
+            first = items[rec[c, 0]]
+            assert (rec[c, 4:16] == first).all() and rec[c, 2] == first[2] // page
+            for pos in range(first[2], min(first[3], first[2] + 64)):      # the first chunk's rows
+                rel = pos // page - rec[c, 2]
+                want = int(table.indices[first[7] + pos // page])
+                got = rec[c, 16 + rel] if rel < 8 else want                 # the kernel's fallback: the table
+                assert got == want, (c, pos)
+                checked += rel < 8
+        assert checked > 0
+
+
 def test_plan_arrays_describe_every_item(gen):
     lens = [1, 15, 16, 17, 1000, 300, 2]
     p = ib.plan([1] * 7, lens, num_qo_heads=32, num_kv_heads=8, head_dim=128, num_sms=20)

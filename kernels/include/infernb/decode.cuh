@@ -50,6 +50,16 @@ struct decode_item_t {
   int merge_unit, slot_begin, slot_end, pad;
 };
 
+// A CTA's record (built by DecodeRunner): its item range, a copy of its first item and the page ids of that item's
+// pages first_page .. first_page + 7 (-1 past the request's pages), so the first copies wait for one load (this
+// record) instead of three dependent ones (item range, item, page ids).
+struct decode_cta_t {
+  int item_begin, item_end, first_page, pad;
+  decode_item_t first;
+  int pages[8];
+};
+static_assert(sizeof(decode_item_t) == 48 && sizeof(decode_cta_t) == 96, "the records' layout (DecodeRunner's arrays)");
+
 template <typename T, int HEAD_DIM, int GROUP, int STAGES_, int ROPE = 0>
 struct decode_cfg_t {
   static constexpr int NUM_WARPS = 4;
@@ -95,8 +105,8 @@ struct decode_cfg_t {
 // pool:    NHD [num_pages, 2, page_size, num_kv_heads, HEAD_DIM] / HND [num_pages, 2, num_kv_heads, page_size,
 //          HEAD_DIM] T, index 0 = K, 1 = V
 // kv_indices [pages] int32: the page table's page ids (items carry where each request's start)
-// items:   [num_items] decode_item_t, ordered by CTA; cta_indptr [gridDim.x + 1]: CTA c runs items
-//          [cta_indptr[c], cta_indptr[c + 1])
+// items:   [num_items] decode_item_t, ordered by CTA; ctas [gridDim.x] decode_cta_t: CTA c runs items
+//          [ctas[c].item_begin, ctas[c].item_end)
 // out:     [num_tokens, num_qo_heads, HEAD_DIM] T; lse: [num_tokens, num_qo_heads] fp32 (natural log)
 // part_o:  [slots, GROUP, HEAD_DIM] fp32; part_lse: [slots, GROUP] fp32 (partial states of split units)
 // merge_count: [split units] int32, zero before the launch and left zero after it (the merging CTA resets it)
@@ -114,7 +124,7 @@ __global__ void __launch_bounds__(decode_cfg_t<T, HEAD_DIM, GROUP, STAGES, ROPE>
                                   INFERNB_DECODE_MIN_CTAS(MIN_CTAS))
 decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __restrict__ kv_indices,
               const decode_item_t* __restrict__ items,
-              const int* __restrict__ cta_indptr, const typename VARIANT::params_t* __restrict__ vparams,
+              const decode_cta_t* __restrict__ ctas, const typename VARIANT::params_t* __restrict__ vparams,
               T* __restrict__ out, float* __restrict__ lse, float* __restrict__ part_o, float* __restrict__ part_lse,
               int* __restrict__ merge_count, float sm_scale, int num_kv_heads, int page_size, int page_shift, int rotary_dim,
               float rope_log2_theta, float rope_inv_scale) {
@@ -126,8 +136,14 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
 
   INFERNB_TRACE(unsigned long long tr_gt0; unsigned long long tr_clk[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
                 asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(tr_gt0)); tr_clk[0] = clock64();)
-  const int item_begin = cta_indptr[blockIdx.x], item_end = cta_indptr[blockIdx.x + 1];
-  if (item_begin >= item_end) return;
+  // the CTA's record, all of it in flight at once: 16-byte loads of the header and first item, and lane j's page id
+  // (a CTA without items returns below, after the same loads)
+  const decode_cta_t* cta = ctas + blockIdx.x;
+  int4 rec[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) rec[i] = __ldg(reinterpret_cast<const int4*>(cta) + i);
+  const int head_page = __ldg(cta->pages + (threadIdx.x & 7));
+  const int item_begin = rec[0].x, item_end = rec[0].y, first_page = rec[0].z;
 
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   if (mma::smem_addr(smem_raw) % 1024 != 0) __trap();   // the XOR addressing below relies on it
@@ -233,7 +249,17 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
   }
   if (ROPE != 0)                                 // read after the first item's barrier
     detail::rope_tables_init<ROPE>(s_rope_freq, s_rope_grp, rotary_dim, rope_log2_theta, rope_inv_scale, tid, NT);
-  prefetch(true);
+  {                                              // prefetch(true) of the first item, from the CTA's record
+    memcpy(&p_it, rec + 1, sizeof(decode_item_t));
+    p_pos = p_it.pos_start;
+    const int pos = p_pos + w_row0 + (lane & 15);
+    const int page_idx = page_shift >= 0 ? pos >> page_shift : pos / page_size;
+    const int rel = page_idx - first_page;
+    const int from_head = __shfl_sync(0xffffffffu, head_page, rel & 7);
+    if (lane < cfg::WARP_TOKENS)
+      p_page = pos < p_it.pos_end ? (rel < 8 ? from_head : kv_indices[p_it.page_begin + page_idx]) : -1;
+  }
+  if (item_begin >= item_end) return;           // (its record's first item is zeros: no keys, no page ids read)
 #pragma unroll 1
   for (int s = 0; s < ST - 1; ++s) issue(s);
 
@@ -262,7 +288,8 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
     const T* s_v = s_k + BN * D;
 
     if (new_item) {                              // ---- load the item's Q tile (+ RoPE), reset the state
-      it = items[c_item];                        // (the previous item's epilogue ended with a barrier: s_q is free)
+      it = c_item == item_begin ? cta->first : items[c_item];   // (the first: cached, loaded with the record)
+      // (the previous item's epilogue ended with a barrier: s_q is free)
       c_pos = it.pos_start;
       const T* qg = q + ((long long)it.q_token * num_qo_heads + (long long)it.kv_head * GROUP) * D;
       q_lane = mma::smem_addr(s_q + (c_ord++ % cfg::Q_BUFS) * (cfg::SMEM_Q / 2)) + q_off;
