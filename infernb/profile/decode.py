@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..testing import rel_error
-from .timing import cuda_time
+from .timing import cuda_time, cuda_time_interleaved
 
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 
@@ -49,9 +49,11 @@ def profile_decode(cases: dict, *, num_qo_heads: int = 32, num_kv_heads: int = 8
                    progress: bool = True, extra=None) -> list[dict]:
     """Time decode of each batch of ``cases`` (``{name: kv_lens}``), bf16, on the GPU.
 
-    Every path's output is compared with infernb's before it is timed (``*_err_vs_infernb``). ``extra(name,
+    Every path's output is compared with infernb's before it is timed (``*_err_vs_infernb``); the paths of a case are
+    timed in interleaved rounds (:func:`~infernb.profile.cuda_time_interleaved`), so none of them gets the machine's
+    better or worse minutes alone. ``extra(name,
     ctx, row)``, if given, runs after the case's timings with ``ctx`` = dict(cache, table, q, plan, runner, out,
-    time=...) to add rows of its own (variants, tuning).
+    time=..., time_interleaved=...) to add rows of its own (variants, tuning).
 
     Returns one dict per case: ``infernb_ms``, ``flashinfer_ms`` (best of its two decode paths, with each path's
     time), ``sdpa_ms`` (uniform batches only), the matching ``*_TBps``, ``speedup_vs_flashinfer`` and the plan's
@@ -84,8 +86,7 @@ def profile_decode(cases: dict, *, num_qo_heads: int = 32, num_kv_heads: int = 8
         out = runner(q)[0]
         tbps = lambda t: nbytes / (t * 1e-3) / 1e12  # noqa: E731
         row = dict(case=name, batch=len(lens), kv_lens_sum=sum(lens), kv_bytes=nbytes, plan=p.stats())
-        m, lo, hi = ms(lambda: runner(q))
-        row.update(infernb_ms=m, infernb_p10_ms=lo, infernb_p90_ms=hi, infernb_TBps=tbps(m))
+        fns = {"infernb": lambda: runner(q)}
         if fi is not None:
             ws = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")
             for tc in (True, False):
@@ -94,22 +95,33 @@ def profile_decode(cases: dict, *, num_qo_heads: int = 32, num_kv_heads: int = 8
                        page_size, data_type=q.dtype, q_data_type=q.dtype)
                 path = "flashinfer_tc" if tc else "flashinfer_cc"
                 row[f"{path}_err_vs_infernb"] = rel_error(w.run(q, cache.pool), out)
-                row[f"{path}_ms"] = ms(lambda: w.run(q, cache.pool))[0]
-            best = min(row["flashinfer_tc_ms"], row["flashinfer_cc_ms"])
-            row.update(flashinfer_ms=best, flashinfer_TBps=tbps(best), speedup_vs_flashinfer=best / m)
+                fns[path] = (lambda w: lambda: w.run(q, cache.pool))(w)
+        k = v = None
         if sdpa and len(set(lens)) == 1:             # contiguous [batch, heads, len, dim] K/V, GQA
             pages = table.indices.long()
             kv = cache.pool[pages].reshape(len(lens), -1, 2, page_size, num_kv_heads, head_dim)
             kv = kv.transpose(2, 1).reshape(len(lens), 2, -1, num_kv_heads, head_dim)[:, :, :lens[0]]
             k, v = kv[:, 0].transpose(1, 2).contiguous(), kv[:, 1].transpose(1, 2).contiguous()
+            del kv
             sd = lambda: torch.nn.functional.scaled_dot_product_attention(q[:, :, None], k, v, enable_gqa=True)  # noqa
             row["sdpa_err_vs_infernb"] = rel_error(sd()[:, :, 0], out)
-            row["sdpa_ms"] = ms(sd)[0]
+            fns["sdpa"] = sd
+        t = cuda_time_interleaved(fns, warmup=10, runs=runs)
+        m = t["infernb"].median_ms
+        row.update(infernb_ms=m, infernb_p10_ms=t["infernb"].p10_ms, infernb_p90_ms=t["infernb"].p90_ms,
+                   infernb_TBps=tbps(m))
+        if fi is not None:
+            for path in ("flashinfer_tc", "flashinfer_cc"):
+                row[f"{path}_ms"] = t[path].median_ms
+            best = min(row["flashinfer_tc_ms"], row["flashinfer_cc_ms"])
+            row.update(flashinfer_ms=best, flashinfer_TBps=tbps(best), speedup_vs_flashinfer=best / m)
+        if "sdpa" in t:
+            row["sdpa_ms"] = t["sdpa"].median_ms
             row["sdpa_TBps"] = tbps(row["sdpa_ms"])
-            del k, v, kv
+        del k, v, fns
         if extra is not None:
-            extra(name, dict(cache=cache, table=table, q=q, plan=p, runner=runner, out=out, time=ms, rel=rel_error),
-                  row)
+            extra(name, dict(cache=cache, table=table, q=q, plan=p, runner=runner, out=out, time=ms, rel=rel_error,
+                             time_interleaved=lambda fns: cuda_time_interleaved(fns, warmup=10, runs=runs)), row)
         rows.append(row)
         del cache, runner, q, out
         torch.cuda.empty_cache()

@@ -52,6 +52,36 @@ def cuda_time(fn: Callable[[], object], *, warmup: int = 10, runs: int = 50, flu
     return Timing(statistics.median(ms), q[0], q[-1], runs)
 
 
+def cuda_time_interleaved(fns: dict[str, Callable[[], object]], *, warmup: int = 10, runs: int = 50,
+                          flush_l2: bool = True) -> dict[str, Timing]:
+    """:func:`cuda_time` of several ``{name: fn}`` in rounds (each round times every fn once, in turn), so that
+    drifting clocks or temperature weigh on all of them alike instead of on whichever ran last. Returns
+    ``{name: Timing}``. Use it to compare paths (ratios); each call is preceded by the L2 flush, as in cuda_time."""
+    if not torch.cuda.is_available():
+        raise RuntimeError("cuda_time_interleaved needs a CUDA device")
+    flush = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda") if flush_l2 else None
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    torch.cuda.synchronize()
+    ev = {k: [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(runs)]
+          for k in fns}
+    for i in range(runs):
+        for k, fn in fns.items():
+            if flush is not None:
+                flush.zero_()
+            ev[k][i][0].record()
+            fn()
+            ev[k][i][1].record()
+    torch.cuda.synchronize()
+    out = {}
+    for k in fns:
+        ms = sorted(a.elapsed_time(b) for a, b in ev[k])
+        q = statistics.quantiles(ms, n=10) if len(ms) >= 2 else [ms[0]] * 9
+        out[k] = Timing(statistics.median(ms), q[0], q[-1], runs)
+    return out
+
+
 def cuda_graph_time(fn: Callable[[], object], *, runs: int = 20, flush_l2: bool = True) -> Timing:
     """Time ``fn()`` captured once in a CUDA graph and replayed (:func:`cuda_time` of the replay): the GPU time
     without the host's Python per call. ``fn`` runs once on the capture stream first (warm-up)."""
