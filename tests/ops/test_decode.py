@@ -347,6 +347,9 @@ def test_bandwidth_chart_of_the_committed_run():
     names = {t.name for t in fig.data}
     assert "infernb" in names and len(fig.data[0].x) == len(run["rows"])
     assert any("copy ceiling" in a.text for a in fig.layout.annotations)
+    floor = next(t for t in fig.data if t.name.startswith("read floor"))   # the committed run measured it
+    r = run["rows"][0]
+    assert floor.y[0] == pytest.approx(r["kv_bytes"] / (r["read_floor_ms"] * 1e-3) / 1e12)
 
 
 @gpu
