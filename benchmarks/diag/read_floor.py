@@ -1,7 +1,10 @@
-"""How fast can this GPU *read* N bytes, timed the way the decode benchmark times a kernel (CUDA events, L2 flushed
-before each call, median)? The floor a decode of N KV bytes is held to, measured instead of assumed: a streaming
-read kernel (16-byte loads, several in flight per thread, no computation) at several grid shapes, the best shape
-per size, plus an empty launch (the events' own cost) and torch's device copy of N/2 bytes (N bytes moved).
+"""How fast does this GPU *read* N bytes, timed the way the decode benchmark times a kernel (CUDA events, L2
+flushed before each call, median)? References for a decode of N KV bytes, measured instead of assumed: a simple
+streaming read kernel (16-byte loads, several in flight per thread, no computation) at several grid shapes, the best
+shape per size, plus an empty launch (the events' own cost) and torch's device copy of N/2 bytes (N bytes moved).
+Neither is a hard floor (a decode streams its bytes as well as these kernels do: the uniform cases of
+bench_decode.py run as fast as the read kernel), but a kernel that must also compute cannot be expected to beat
+the copy by much.
 
     python benchmarks/diag/read_floor.py [--out OUT.json] [--runs 50]
 
@@ -15,7 +18,8 @@ import json
 import cupy as cp
 import torch
 
-from infernb.profile import cuda_graph_time, cuda_time
+from infernb.jit.builder import _stream as _torch_stream
+from infernb.profile import cuda_graph_time, cuda_time, cuda_time_interleaved
 
 SRC = r"""
 extern "C" __global__ void __launch_bounds__(512) read_all(const uint4* __restrict__ p, unsigned long long n,
@@ -39,10 +43,7 @@ extern "C" __global__ void empty() {}
 
 
 def _stream():  # torch's current stream at call time (a graph capture runs on a side stream)
-    ts = torch.cuda.current_stream()
-    if hasattr(ts, "__cuda_stream__") and hasattr(cp.cuda.Stream, "from_external"):
-        return cp.cuda.Stream.from_external(ts)
-    return cp.cuda.ExternalStream(ts.cuda_stream)
+    return _torch_stream(torch.cuda.current_device())
 
 
 _MODS: dict = {}
@@ -53,7 +54,7 @@ def read_floor(nbytes: int, runs: int = 50, buf: torch.Tensor | None = None) -> 
     of the decode benchmark: ``dict(ms, TBps, unroll, ctas_per_sm, threads, fn)``."""
     if not _MODS:
         _MODS.update({u: cp.RawModule(code=SRC.replace("UNROLL", str(u)), options=("-std=c++17",)) for u in (4, 8, 16)})
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
     sink = cp.zeros(1, cp.uint32)
     buf = torch.randn(nbytes // 2, dtype=torch.bfloat16, device="cuda") if buf is None else buf
     p, n = cp.asarray(buf).view(cp.uint8), nbytes // 16
@@ -68,6 +69,21 @@ def read_floor(nbytes: int, runs: int = 50, buf: torch.Tensor | None = None) -> 
                 if best is None or ms < best["ms"]:
                     best = dict(ms=ms, TBps=nbytes / ms / 1e9, unroll=u, ctas_per_sm=per_sm, threads=threads, fn=fn)
     return best
+
+
+def read_references(nbytes: int, runs: int = 50) -> dict:
+    """For ``nbytes``: the streaming read kernel's best grid shape (a short search, 10 calls per shape), then that
+    kernel and torch's device copy of ``nbytes / 2`` (``nbytes`` moved) timed in the same rounds (``runs``), so the
+    reported read time carries no best-of-many selection. Returns ``dict(read_ms, copy_ms, shape)``."""
+    buf = torch.randn(nbytes // 2, dtype=torch.bfloat16, device="cuda")
+    best = read_floor(nbytes, runs=10, buf=buf)
+    half = buf[: nbytes // 4]
+    dst = torch.empty_like(half)
+    t = cuda_time_interleaved({"read": best["fn"], "copy": lambda: dst.copy_(half)}, runs=runs)
+    shape = {k: best[k] for k in ("unroll", "ctas_per_sm", "threads")}
+    del buf, half, dst
+    torch.cuda.empty_cache()
+    return dict(read_ms=t["read"].median_ms, copy_ms=t["copy"].median_ms, shape=shape)
 
 
 def main() -> None:

@@ -173,28 +173,16 @@ def plan_arrays(plan: Plan) -> dict:
     return got
 
 
-def cta_records(items: np.ndarray, cta_indptr: np.ndarray, page_table, page_size: int) -> torch.Tensor:
-    """Each CTA's record (``decode_cta_t`` in ``kernels/include/infernb/decode.cuh``), ``[num_ctas, 24]`` int32 on
-    the page table's device: (item_begin, item_end, first_page, 0), a copy of its first item (12 ints, ``items`` with
-    page_begin filled in) and the page ids of that item's pages ``first_page .. first_page + 7`` (``first_page =
-    pos_start // page_size``; -1 past the request's pages): the kernel's first copies need this one load only."""
+def cta_records(items: np.ndarray, cta_indptr: np.ndarray) -> np.ndarray:
+    """Each CTA's record (``decode_cta_t`` in ``kernels/include/infernb/decode.cuh``), ``[num_ctas, 16]`` int32:
+    (item_begin, item_end, 0, 0) and a copy of its first item (zeros for a CTA without items), so the kernel's
+    first copies wait for this load and the page ids only. Page ids stay in the page table (read at run time)."""
     n = len(cta_indptr) - 1
-    rec = np.zeros((n, 24), np.int32)
-    rec[:, 0], rec[:, 1], rec[:, 16:] = cta_indptr[:-1], cta_indptr[1:], -1
+    rec = np.zeros((n, 16), np.int32)
+    rec[:, 0], rec[:, 1] = cta_indptr[:-1], cta_indptr[1:]
     has = rec[:, 1] > rec[:, 0]
-    first = items[rec[has, 0]]
-    rec[has, 4:16] = first
-    rec[has, 2] = first[:, 2] // page_size
-    out = torch.from_numpy(rec).to(page_table.indices.device)
-    if has.any() and page_table.indices.numel():
-        indptr = page_table.indptr.cpu().numpy().astype(np.int64)
-        npages = indptr[first[:, 0] + 1] - indptr[first[:, 0]]
-        rel = rec[has, 2][:, None].astype(np.int64) + np.arange(8)
-        valid = rel < npages[:, None]
-        idx = torch.from_numpy(np.where(valid, first[:, 7][:, None] + rel, 0)).to(out.device)
-        pages = torch.where(torch.from_numpy(valid).to(out.device), page_table.indices[idx], -1)
-        out[torch.from_numpy(has).to(out.device), 16:] = pages.to(torch.int32)
-    return out
+    rec[has, 4:] = items[rec[has, 0]]
+    return rec
 
 
 # ---------------------------------------------------------------------------------------------- the runner
@@ -282,7 +270,7 @@ class DecodeRunner:
         items = a["items"].copy()
         items[:, 7] = page_table.indptr.cpu().numpy()[items[:, 0]]        # where each request's page ids start
         self.items = torch.from_numpy(items.ravel()).to(pool.device)
-        self.ctas = cta_records(items, a["cta_indptr"], page_table, plan.page_size)
+        self.ctas = torch.from_numpy(cta_records(items, a["cta_indptr"])).to(pool.device)
         self.merge_count = torch.zeros(max(len(plan.merge_unit), 1), dtype=torch.int32, device=pool.device)
         self.params = torch.frombuffer(bytearray(params), dtype=torch.uint8).to(pool.device)
         rd = (rope.rotary_dim or plan.head_dim) if rope else plan.head_dim

@@ -88,8 +88,8 @@ def profile_decode(cases: dict, *, num_qo_heads: int = 32, num_kv_heads: int = 8
         row = dict(case=name, batch=len(lens), kv_lens_sum=sum(lens), kv_bytes=nbytes, plan=p.stats())
         fns = {"infernb": lambda: runner(q)}
         if fi is not None:
-            ws = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")
-            for tc in (True, False):
+            for tc in (True, False):                 # each path its own workspace, zeroed (as FlashInfer asks)
+                ws = torch.zeros(256 * 2**20, dtype=torch.uint8, device="cuda")
                 w = fi.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD", use_tensor_cores=tc)
                 w.plan(table.indptr, table.indices, table.last_page_len, num_qo_heads, num_kv_heads, head_dim,
                        page_size, data_type=q.dtype, q_data_type=q.dtype)

@@ -32,24 +32,7 @@ def cuda_time(fn: Callable[[], object], *, warmup: int = 10, runs: int = 50, flu
     Each timed call is preceded (outside the events) by a write of 256 MiB so that inputs are not served
     from L2 (50 MiB on H100) unless ``flush_l2=False``.
     """
-    if not torch.cuda.is_available():
-        raise RuntimeError("cuda_time needs a CUDA device")
-    flush = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda") if flush_l2 else None
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(runs)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(runs)]
-    for i in range(runs):
-        if flush is not None:
-            flush.zero_()
-        starts[i].record()
-        fn()
-        ends[i].record()
-    torch.cuda.synchronize()
-    ms = sorted(s.elapsed_time(e) for s, e in zip(starts, ends))
-    q = statistics.quantiles(ms, n=10) if len(ms) >= 2 else [ms[0]] * 9
-    return Timing(statistics.median(ms), q[0], q[-1], runs)
+    return cuda_time_interleaved({"fn": fn}, warmup=warmup, runs=runs, flush_l2=flush_l2)["fn"]
 
 
 def cuda_time_interleaved(fns: dict[str, Callable[[], object]], *, warmup: int = 10, runs: int = 50,
@@ -58,7 +41,7 @@ def cuda_time_interleaved(fns: dict[str, Callable[[], object]], *, warmup: int =
     drifting clocks or temperature weigh on all of them alike instead of on whichever ran last. Returns
     ``{name: Timing}``. Use it to compare paths (ratios); each call is preceded by the L2 flush, as in cuda_time."""
     if not torch.cuda.is_available():
-        raise RuntimeError("cuda_time_interleaved needs a CUDA device")
+        raise RuntimeError("CUDA timing needs a CUDA device")
     flush = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda") if flush_l2 else None
     for fn in fns.values():
         for _ in range(warmup):

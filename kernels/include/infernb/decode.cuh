@@ -50,15 +50,14 @@ struct decode_item_t {
   int merge_unit, slot_begin, slot_end, pad;
 };
 
-// A CTA's record (built by DecodeRunner): its item range, a copy of its first item and the page ids of that item's
-// pages first_page .. first_page + 7 (-1 past the request's pages), so the first copies wait for one load (this
-// record) instead of three dependent ones (item range, item, page ids).
+// A CTA's record (built by DecodeRunner): its item range and a copy of its first item, so the first copies wait for
+// two dependent loads (this record, then the page ids) instead of three. Page ids are always read from the page
+// table at run time (a table updated in place between calls is followed).
 struct decode_cta_t {
-  int item_begin, item_end, first_page, pad;
+  int item_begin, item_end, pad0, pad1;
   decode_item_t first;
-  int pages[8];
 };
-static_assert(sizeof(decode_item_t) == 48 && sizeof(decode_cta_t) == 96, "the records' layout (DecodeRunner's arrays)");
+static_assert(sizeof(decode_item_t) == 48 && sizeof(decode_cta_t) == 64, "the records' layout (DecodeRunner's arrays)");
 
 template <typename T, int HEAD_DIM, int GROUP, int STAGES_, int ROPE = 0>
 struct decode_cfg_t {
@@ -136,14 +135,12 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
 
   INFERNB_TRACE(unsigned long long tr_gt0; unsigned long long tr_clk[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
                 asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(tr_gt0)); tr_clk[0] = clock64();)
-  // the CTA's record, all of it in flight at once: 16-byte loads of the header and first item, and lane j's page id
-  // (a CTA without items returns below, after the same loads)
+  // the CTA's record, all of it in flight at once (four 16-byte loads; a CTA without items returns below, after them)
   const decode_cta_t* cta = ctas + blockIdx.x;
   int4 rec[4];
 #pragma unroll
   for (int i = 0; i < 4; ++i) rec[i] = __ldg(reinterpret_cast<const int4*>(cta) + i);
-  const int head_page = __ldg(cta->pages + (threadIdx.x & 7));
-  const int item_begin = rec[0].x, item_end = rec[0].y, first_page = rec[0].z;
+  const int item_begin = rec[0].x, item_end = rec[0].y;
 
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   if (mma::smem_addr(smem_raw) % 1024 != 0) __trap();   // the XOR addressing below relies on it
@@ -249,17 +246,10 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
   }
   if (ROPE != 0)                                 // read after the first item's barrier
     detail::rope_tables_init<ROPE>(s_rope_freq, s_rope_grp, rotary_dim, rope_log2_theta, rope_inv_scale, tid, NT);
-  {                                              // prefetch(true) of the first item, from the CTA's record
-    memcpy(&p_it, rec + 1, sizeof(decode_item_t));
-    p_pos = p_it.pos_start;
-    const int pos = p_pos + w_row0 + (lane & 15);
-    const int page_idx = page_shift >= 0 ? pos >> page_shift : pos / page_size;
-    const int rel = page_idx - first_page;
-    const int from_head = __shfl_sync(0xffffffffu, head_page, rel & 7);
-    if (lane < cfg::WARP_TOKENS)
-      p_page = pos < p_it.pos_end ? (rel < 8 ? from_head : kv_indices[p_it.page_begin + page_idx]) : -1;
-  }
-  if (item_begin >= item_end) return;           // (its record's first item is zeros: no keys, no page ids read)
+  memcpy(&p_it, rec + 1, sizeof(decode_item_t));   // prefetch(true) of the first item, from the CTA's record
+  p_pos = p_it.pos_start;
+  if (item_begin >= item_end) return;
+  prefetch(false);
 #pragma unroll 1
   for (int s = 0; s < ST - 1; ++s) issue(s);
 
@@ -288,7 +278,7 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
     const T* s_v = s_k + BN * D;
 
     if (new_item) {                              // ---- load the item's Q tile (+ RoPE), reset the state
-      it = c_item == item_begin ? cta->first : items[c_item];   // (the first: cached, loaded with the record)
+      it = c_item == item_begin ? cta->first : items[c_item];   // (the first: the record's lines, just loaded)
       // (the previous item's epilogue ended with a barrier: s_q is free)
       c_pos = it.pos_start;
       const T* qg = q + ((long long)it.q_token * num_qo_heads + (long long)it.kv_head * GROUP) * D;
