@@ -1,4 +1,5 @@
 """infernb.profile's timing helpers: interleaved rounds (GPU) and the clear error without CUDA."""
+import numpy as np
 import pytest
 import torch
 
@@ -22,3 +23,55 @@ def test_interleaved_timing_orders_and_separates_paths():
     for x in t.values():
         assert x.runs == 9 and 0 < x.p10_ms <= x.median_ms <= x.p90_ms
     assert t["large"].median_ms > 2 * t["small"].median_ms
+
+
+def test_trace_phases_and_timeline_from_raw_rows():
+    """trace_phases reads the kernel's 16 x u64 rows (global timer ns, clock deltas) into microseconds; empty rows
+    are dropped; cta_timeline draws one bar per CTA and phase, merges in red."""
+    rows = np.zeros((4, 16), np.uint64)
+    clk = 2000                                        # clocks per microsecond (2 GHz)
+    for i, (t0, t1, sm, merged) in enumerate([(1000, 11000, 5, False), (1500, 9500, 7, True), (1000, 8000, 5, False)]):
+        rows[i, 0], rows[i, 1] = t0, t1               # ns
+        rows[i, 2] = 2 * clk                          # first data 2 us after its start
+        rows[i, 6] = 6 * clk                          # all warps done
+        rows[i, 10] = (t1 - t0) // 1000 * clk         # total clocks
+        rows[i, 11] = sm | (2 << 32)
+        if merged:
+            rows[i, 4], rows[i, 5] = 6 * clk + 200, 7 * clk
+    ph = ib.profile.trace_phases(rows)
+    assert len(ph["start"]) == 3 and ph["clock_mhz"] == pytest.approx(2000)
+    assert ph["start"].tolist() == [0.0, 0.5, 0.0] and ph["end"].tolist() == [10.0, 8.5, 7.0]
+    assert ph["first_data"].tolist() == [2.0, 2.5, 2.0] and ph["stream_end"].tolist() == [6.0, 6.5, 6.0]
+    assert ph["sm"].tolist() == [5, 7, 5] and ph["items"].tolist() == [2, 2, 2]
+    assert np.isnan(ph["merge_start"][0]) and ph["merge_end"][1] == pytest.approx(7.5)
+    s = ib.profile.trace_summary(ph)
+    assert s["merges"] == 1 and s["span_us"] == 10.0 and s["first_data"] == [2.0, 2.0, 2.0, 2.0]
+    fig = ib.viz.cta_timeline(ph)
+    assert [len(t.y) for t in fig.data] == [3, 3, 3, 1]
+    with pytest.raises(ValueError, match="no CTA"):
+        ib.profile.trace_phases(np.zeros((2, 16), np.uint64))
+
+
+def test_committed_trace_draws():
+    run = ib.profile.committed_results("trace_decode")
+    assert run is not None, "benchmarks/results/trace_decode_*.json is committed"
+    for name, case in run["cases"].items():
+        fig = ib.viz.cta_timeline(case["phases"], subtitle=name)
+        assert len(fig.data[0].y) == case["summary"]["ctas"] > 0
+
+
+@gpu
+def test_decode_trace_records_every_cta():
+    """The trace build runs the same plan to the same output and records every CTA's phases in order."""
+    from infernb.profile import random_decode_batch
+
+    cache, ids, q = random_decode_batch([3000, 40, 9000], num_qo_heads=32, num_kv_heads=8, head_dim=128, page_size=16)
+    table = cache.page_table(ids)
+    p = ib.plan([1] * 3, cache.lengths(ids), page_table=table, num_qo_heads=32, num_kv_heads=8, head_dim=128,
+                num_sms=20)
+    raw = ib.profile.decode_trace(p, cache, table, q)
+    ph = ib.profile.trace_phases(raw)
+    assert raw.shape == (p.num_ctas, 16) and len(ph["start"]) == p.num_ctas
+    assert (ph["start"] <= ph["first_data"]).all() and (ph["first_data"] <= ph["stream_end"]).all()
+    assert (ph["stream_end"] <= ph["end"] + 1.0).all()    # (clock deltas vs the global timer: within ~0.3 us)
+    assert 0 < (~np.isnan(ph["merge_start"])).sum() <= len(p.merge_unit)     # (a CTA keeps its last merge only)

@@ -1,8 +1,8 @@
 """A/B of decode kernels in one device call: run this script once per checkout (PYTHONPATH=<checkout>) on the same
 machine and compare the JSON lines. Each run times, on the benchmark's shape (bf16, 32 q / 8 KV heads, d 128,
 page 16), its own infernb beside FlashInfer (best of its two decode paths, the cross-run noise reference), plus
-RoPE / soft-cap on 64 x 4096, the HND layout, CUDA-graph replay of the small case, and (with --trace, for kernels
-built with INFERNB_DECODE_TRACE) each CTA's timeline. Every infernb output is checked against the float64
+RoPE / soft-cap on 64 x 4096, the HND layout, CUDA-graph replay of the small case, and (with --trace,
+infernb.profile.decode_trace) each CTA's timeline. Every infernb output is checked against the float64
 reference first. Diagnostic: prints, and writes the rows to --out.
 
     python benchmarks/diag/decode_ab.py --tag new --out /tmp/new.jsonl [--trace] [--runs 30]
@@ -23,7 +23,6 @@ from infernb.testing import rel_error
 
 SHAPE = dict(num_qo_heads=32, num_kv_heads=8, head_dim=128, page_size=16)
 CASES = {"64x4096": [4096] * 64, "16x16384": [16384] * 16, "skewed": [65536] + [512] * 63, "1x32768": [32768]}
-TRACE_MAX = 4096
 
 
 def reference(c, table, q, rope=None, variant=None):
@@ -31,47 +30,6 @@ def reference(c, table, q, rope=None, variant=None):
     kw = {} if variant is None else variant.reference_kwargs()
     return ib.reference.paged_attention(q, c.pool, table.indptr, table.indices, table.last_page_len,
                                         layout=c.layout, rope=rope, **kw)[0]
-
-
-def trace_rows(runner, q):
-    """Per-CTA timeline (µs) of one launch after an L2 flush."""
-    import cupy as cp
-
-    mod = runner.kernel._modules[q.device.index]
-    ptr = mod.get_global_var("infernb_decode_trace")
-    if not isinstance(ptr, cp.cuda.MemoryPointer):
-        ptr = cp.cuda.MemoryPointer(cp.cuda.UnownedMemory(int(ptr), TRACE_MAX * 16 * 8, None), 0)
-    buf = cp.ndarray((TRACE_MAX * 16,), cp.uint64, memptr=ptr)
-    flush = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")
-    out = []
-    for _ in range(3):
-        buf.fill(0)
-        flush.zero_()
-        torch.cuda.synchronize()
-        runner(q)
-        torch.cuda.synchronize()
-        out.append(buf.get().reshape(TRACE_MAX, 16))
-    return out[-1]
-
-
-def summarize_trace(t, n_ctas):
-    """Percentiles (µs from the first CTA's start) of each CTA's phases; columns as in decode.cuh's trace."""
-    t = t[:n_ctas].astype(np.float64)
-    t = t[t[:, 0] > 0]
-    base = t[:, 0].min()
-    start, end = (t[:, 0] - base) / 1e3, (t[:, 1] - base) / 1e3
-    clk_per_us = np.median(t[:, 10] / np.maximum(t[:, 1] - t[:, 0], 1) * 1e3)
-    at = lambda col: start + t[:, col] / clk_per_us  # noqa: E731
-    pct = lambda x: [round(float(np.percentile(x, q)), 2) for q in (0, 50, 90, 100)] if len(x) else []  # noqa
-    warps = t[:, 12:16] / clk_per_us
-    split = t[:, 8] > 0
-    merged = t[:, 4] > 0
-    return dict(ctas=int(len(t)), clock_mhz=round(float(clk_per_us), 1), span_us=round(float(end.max()), 2),
-                start=pct(start), first_data=pct(at(2) - start), first_item_end=pct(at(9)),
-                last_stream_end_w0=pct(at(3)), warp_spread=pct(warps.max(1) - warps.min(1)),
-                all_warps_done=pct(at(6)), epi_o_done=pct(at(7) - at(6)), epi_count_done=pct(at(8)[split] - at(7)[split]),
-                merges=int(merged.sum()), merge_dur=pct(at(5)[merged] - at(4)[merged]),
-                end=pct(end), end_after_warps=pct(end - at(6)), items_max=int((t[:, 11].astype(np.int64) >> 32).max()))
 
 
 def main():
@@ -173,12 +131,11 @@ def main():
                     vt = ms(lambda: rv(q))
                     emit(case=name, variant=vname, ms=vt, slowdown=vt / t, err=verr)
             if args.trace and layout == "NHD":
-                rt = runner(p, c, table, extra_options=(f"-DINFERNB_DECODE_TRACE={TRACE_MAX}",))
-                rt(q)
-                tr = trace_rows(rt, q)
-                np.save(f"{args.out}.{name}.trace.npy", tr[:p.num_ctas])
-                emit(case=name, trace=summarize_trace(tr, p.num_ctas), event_ms=ms(lambda: rt(q)),
-                     graph_ms=cuda_graph_time(lambda: rt(q), runs=args.runs).median_ms)
+                from infernb.profile import decode_trace, trace_phases, trace_summary   # (checkouts that have it)
+
+                raw = decode_trace(p, c, table, q, extra_options=defines)
+                np.save(f"{args.out}.{name}.trace.npy", raw)
+                emit(case=name, trace=trace_summary(trace_phases(raw)))
             del cache, c, pool, q, r
             torch.cuda.empty_cache()
     return 0

@@ -17,7 +17,7 @@ rows = [json.loads(l) for t in ("old", "new", "def") if os.path.exists(f"{sys.ar
         for l in open(f"{sys.argv[1]}/{t}.jsonl")]
 for r in rows:
     if "trace" in r:
-        print(r["tag"], r["case"], "trace event", round(r["event_ms"] * 1e3, 1), "graph", round(r["graph_ms"] * 1e3, 1))
+        print(r["tag"], r["case"], "trace (us)")
         for k, v in r["trace"].items():
             print("   ", k, v)
 for r in rows:

@@ -4,6 +4,8 @@ from .kv import page_pool, sequence_pages
 from .profile import bandwidth_bars
 from .schedule import merge_map, plan_gantt
 from .sparse import block_sparse
+from .trace import cta_timeline
 from .variant import variant_grid
 
-__all__ = ["bandwidth_bars", "block_sparse", "merge_map", "page_pool", "plan_gantt", "sequence_pages", "variant_grid"]
+__all__ = ["bandwidth_bars", "block_sparse", "cta_timeline", "merge_map", "page_pool", "plan_gantt", "sequence_pages",
+           "variant_grid"]
