@@ -65,11 +65,16 @@ def smem_bytes(head_dim: int, group: int, stages: int | None = None, rope: int =
     return stages * 2 * 64 * head_dim * 2 + q_tiles * 16 * head_dim * 2 + 4 * 16 * 2 * 4 + 64 + tables
 
 
+def rope_mode(rope: RoPE | None) -> int:
+    """The kernel's ROPE template argument: 0 none, 1 half rotated (Llama), 2 interleaved (GPT-J)."""
+    return 0 if rope is None else (2 if rope.interleave else 1)
+
+
 def decode_spec(dtype: torch.dtype, head_dim: int, group: int, layout: str = "NHD", variant: Variant = NONE,
                 rope: RoPE | None = None, *, stages: int | None = None, ctas_per_sm: int | None = None) -> KernelSpec:
     """The decode kernel specialization for one (dtype, head dim, GQA group, pool layout, variant, RoPE layout);
     ``stages`` / ``ctas_per_sm`` override :data:`CONFIG` (for experiments)."""
-    mode = 0 if rope is None else (2 if rope.interleave else 1)          # the kernel's ROPE template argument
+    mode = rope_mode(rope)
     rope_tag = ["", "_rope", "_rope_interleave"][mode]
     st, ctas = CONFIG[head_dim]
     tuned = (stages not in (None, st)) or (ctas_per_sm not in (None, ctas))
@@ -256,7 +261,7 @@ class DecodeRunner:
         params, self._captures = variant.pack(pool.device)
         arch = device_info(pool.device.index).arch
         stages = default_stages(plan.head_dim, arch) if stages is None else stages
-        smem = smem_bytes(plan.head_dim, plan.group, stages, 0 if rope is None else (2 if rope.interleave else 1))
+        smem = smem_bytes(plan.head_dim, plan.group, stages, rope_mode(rope))
         limit = getattr(torch.cuda.get_device_properties(pool.device), "shared_memory_per_block_optin", smem)
         if smem > limit:
             raise InputError(f"the decode kernel for head_dim {plan.head_dim} needs {smem // 1024} KiB of shared "
@@ -275,8 +280,9 @@ class DecodeRunner:
         self.params = torch.frombuffer(bytearray(params), dtype=torch.uint8).to(pool.device)
         rd = (rope.rotary_dim or plan.head_dim) if rope else plan.head_dim
         ps = plan.page_size
-        self._scalars = (np.float32(self.sm_scale), np.int32(plan.num_kv_heads), np.int32(ps),
-                         np.int32(ps.bit_length() - 1 if ps & (ps - 1) == 0 else -1), np.int32(rd), np.float32(math.log2(rope.theta) if rope else 0.0),
+        page_shift = ps.bit_length() - 1 if ps & (ps - 1) == 0 else -1          # power-of-two pages: a shift
+        self._scalars = (np.float32(self.sm_scale), np.int32(plan.num_kv_heads), np.int32(ps), np.int32(page_shift),
+                         np.int32(rd), np.float32(math.log2(rope.theta) if rope else 0.0),
                          np.float32(1.0 / rope.scale if rope else 1.0))
         n_slots = len(plan.merge_slots)
         # partial states of split units: the runner's own (like merge_count: one runner, one stream at a time)
