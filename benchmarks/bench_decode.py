@@ -82,6 +82,8 @@ def main(argv=None) -> int:
         # and torch's device copy of half of them (the same bytes moved)
         ref = read_references(r["kv_bytes"], runs=args.runs)
         r.update(read_ref_ms=ref["read_ms"], copy_same_bytes_ms=ref["copy_ms"], read_ref_shape=ref["shape"])
+        for k in ("read_ref", "copy_same_bytes"):
+            r[f"{k}_TBps"] = r["kv_bytes"] / (r[f"{k}_ms"] * 1e-3) / 1e12
         if "flashinfer_ms" in r:
             r["target_ms"] = r["flashinfer_ms"] / r["target"]
         if "speedup_vs_flashinfer" in r:

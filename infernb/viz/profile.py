@@ -10,8 +10,8 @@ LABELS = {"infernb": "infernb", "flashinfer": "FlashInfer (best path)", "sdpa": 
 def bandwidth_bars(rows: list[dict], ceiling_tbps: float | None = None, *, title: str = "Decode: KV bytes read per second",
                    subtitle: str = ""):
     """Grouped bars of ``<path>_TBps`` per case (``rows`` from :func:`infernb.profile.profile_decode` or a committed
-    benchmark JSON), with the copy ceiling as a dashed line and, where the rows have them (``read_ref_ms``,
-    ``copy_same_bytes_ms``), marks for a streaming read and a device copy of each case's bytes; bars are labelled
+    benchmark JSON), with the copy ceiling as a dashed line and, where the rows have them (``read_ref_TBps``,
+    ``copy_same_bytes_TBps``), marks for a streaming read and a device copy of each case's bytes; bars are labelled
     with their time, and the ratio to FlashInfer is written under each case."""
     import plotly.graph_objects as go
 
@@ -24,14 +24,13 @@ def bandwidth_bars(rows: list[dict], ceiling_tbps: float | None = None, *, title
         text = [f"{r[path + '_ms'] * 1e3:.1f} us" if f"{path}_ms" in r else "" for r in rows]
         fig.add_trace(go.Bar(name=LABELS[path], x=cases, y=y, marker_color=color, text=text, textposition="outside",
                              hovertemplate="%{x}: %{y:.2f} TB/s (%{text})<extra>" + LABELS[path] + "</extra>"))
-    for key, label, color in (("read_ref_ms", "streaming read of the same bytes (no compute)", "#111827"),
-                              ("copy_same_bytes_ms", "device copy moving the same bytes", "#9ca3af")):
-        if not any(key in r for r in rows):      # references measured by benchmarks/bench_decode.py
+    for key, label, color in (("read_ref", "streaming read of the same bytes (no compute)", "#111827"),
+                              ("copy_same_bytes", "device copy moving the same bytes", "#9ca3af")):
+        if not any(f"{key}_TBps" in r for r in rows):      # references measured by benchmarks/bench_decode.py
             continue
-        y = [r["kv_bytes"] / (r[key] * 1e-3) / 1e12 if key in r else None for r in rows]
-        fig.add_trace(go.Scatter(name=label, x=cases, y=y, mode="markers",
+        fig.add_trace(go.Scatter(name=label, x=cases, y=[r.get(f"{key}_TBps") for r in rows], mode="markers",
                                  marker=dict(symbol="line-ew", size=34, line=dict(width=3, color=color)),
-                                 text=[f"{r[key] * 1e3:.1f} us" if key in r else "" for r in rows],
+                                 text=[f"{r[key + '_ms'] * 1e3:.1f} us" if f"{key}_ms" in r else "" for r in rows],
                                  hovertemplate="%{x}: %{y:.2f} TB/s (%{text})<extra>" + label + "</extra>"))
     if ceiling_tbps:
         fig.add_hline(y=ceiling_tbps, line_dash="dash", line_color="#111827",
