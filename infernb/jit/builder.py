@@ -66,6 +66,18 @@ class Kernel:
                 fn = self._functions[key] = mod.get_function(self.lowered[short_name])
         return fn
 
+    def global_array(self, name: str, count: int, dtype, device_index: int = 0):
+        """A CuPy array over the ``__device__`` global ``name`` (``count`` elements of ``dtype``) of this module on
+        GPU ``device_index`` (loaded if needed): for diagnostics a kernel writes there (e.g. the decode trace)."""
+        cp = _cupy()
+        self.function(next(iter(self.lowered)), device_index)          # loads the module
+        with cp.cuda.Device(device_index):
+            ptr = self._modules[device_index].get_global_var(name)
+            nbytes = count * np.dtype(dtype).itemsize
+            if not isinstance(ptr, cp.cuda.MemoryPointer):                # (CuPy versions return an address)
+                ptr = cp.cuda.MemoryPointer(cp.cuda.UnownedMemory(int(ptr), nbytes, None), 0)
+            return cp.ndarray((count,), dtype, memptr=ptr)
+
     def launch(self, short_name: str, grid, block, args, *, shared_mem: int = 0, device_index: int | None = None):
         """Launch ``short_name`` on torch's current stream. ``args``: torch tensors (passed as device
         pointers, zero copy) and NumPy scalars (passed by value; Python ints become int32, floats float32)."""

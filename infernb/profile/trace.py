@@ -54,20 +54,13 @@ def decode_trace(plan, cache, page_table, q: torch.Tensor, *, repeats: int = 3, 
     last of ``repeats`` launches, the first ones warm up). Builds its own runner with the trace compiled in
     (``runner_kw`` as for :class:`~infernb.ops.paged_decode.DecodeRunner`). The trace build is slower to compile
     and slightly slower to run; its timeline is for reading phases, not for timing."""
-    import cupy as cp
-
     from ..ops.paged_decode import DecodeRunner
 
     if plan.num_ctas > TRACE_MAX:
         raise ValueError(f"trace: the plan has {plan.num_ctas} CTAs, the trace build records {TRACE_MAX}")
     extra = tuple(runner_kw.pop("extra_options", ())) + (f"-DINFERNB_DECODE_TRACE={TRACE_MAX}",)
     runner = DecodeRunner(plan, cache, page_table, extra_options=extra, **runner_kw)
-    runner(q)                                    # compiles and loads the module on q's device
-    mod = runner.kernel._modules[q.device.index]
-    ptr = mod.get_global_var("infernb_decode_trace")
-    if not isinstance(ptr, cp.cuda.MemoryPointer):
-        ptr = cp.cuda.MemoryPointer(cp.cuda.UnownedMemory(int(ptr), TRACE_MAX * 16 * 8, None), 0)
-    buf = cp.ndarray((TRACE_MAX * 16,), cp.uint64, memptr=ptr)
+    buf = runner.kernel.global_array("infernb_decode_trace", TRACE_MAX * 16, np.uint64, q.device.index)
     flush = torch.empty(256 * 2**20, dtype=torch.uint8, device=q.device)
     for _ in range(repeats):
         buf.fill(0)
