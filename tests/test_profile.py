@@ -75,3 +75,18 @@ def test_decode_trace_records_every_cta():
     assert (ph["start"] <= ph["first_data"]).all() and (ph["first_data"] <= ph["stream_end"]).all()
     assert (ph["stream_end"] <= ph["end"] + 1.0).all()    # (clock deltas vs the global timer: within ~0.3 us)
     assert 0 < (~np.isnan(ph["merge_start"])).sum() <= len(p.merge_unit)     # (a CTA keeps its last merge only)
+
+
+def test_benchmark_stream_read_kernel_builds():
+    """The read reference of benchmarks/bench_decode.py (diag/read_floor.py) compiles for Hopper without spills."""
+    import importlib.util
+    from pathlib import Path
+
+    from infernb.jit import build
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "diag" / "read_floor.py"
+    spec = importlib.util.spec_from_file_location("read_floor", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    k = build(mod.SPEC, arch="sm_90a")
+    assert {r.name for r in k.report.kernels} >= {"read4", "read8", "read16", "empty"} and not k.report.spills

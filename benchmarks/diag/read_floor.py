@@ -15,59 +15,40 @@ from __future__ import annotations
 import argparse
 import json
 
-import cupy as cp
+import numpy as np
 import torch
 
-from infernb.jit.builder import _stream as _torch_stream
+from infernb.jit import KernelSpec, build
 from infernb.profile import cuda_graph_time, cuda_time, cuda_time_interleaved
 
-SRC = r"""
-extern "C" __global__ void __launch_bounds__(512) read_all(const uint4* __restrict__ p, unsigned long long n,
-                                                           unsigned* __restrict__ sink) {
-  // Grid-stride over n 16-byte vectors, UNROLL independent loads in flight per thread per step.
-  unsigned acc = 0;
-  unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
-  const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
-  for (; i + (UNROLL - 1) * stride < n; i += UNROLL * stride) {
-    uint4 v[UNROLL];
-#pragma unroll
-    for (int u = 0; u < UNROLL; ++u) v[u] = __ldcs(p + i + u * stride);
-#pragma unroll
-    for (int u = 0; u < UNROLL; ++u) acc ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
-  }
-  for (; i < n; i += stride) { uint4 v = __ldcs(p + i); acc ^= v.x ^ v.y ^ v.z ^ v.w; }
-  if (acc == 0x9e3779b9u) sink[0] = acc;   // keeps the loads; practically never taken
-}
-extern "C" __global__ void empty() {}
-"""
+UNROLLS = (4, 8, 16)
+SPEC = KernelSpec(family="stream_read", name="stream_read",                 # kernels/include/infernb/stream_read.cuh
+                  kernels=tuple((f"read{u}", f"infernb::stream_read_kernel<{u}>") for u in UNROLLS)
+                  + (("empty", "infernb::empty_kernel"),))
 
 
-def _stream():  # torch's current stream at call time (a graph capture runs on a side stream)
-    return _torch_stream(torch.cuda.current_device())
-
-
-_MODS: dict = {}
+def launcher(name: str):
+    """``go(grid, block, kargs)`` for entry point ``name`` of SPEC on the current device, torch's current stream."""
+    return build(SPEC).launcher(name, device_index=torch.cuda.current_device())
 
 
 def read_floor(nbytes: int, runs: int = 50, buf: torch.Tensor | None = None) -> dict:
     """The fastest read of ``nbytes`` (best of 24 grid shapes of the streaming read kernel), timed like a kernel
     of the decode benchmark: ``dict(ms, TBps, unroll, ctas_per_sm, threads, fn)``."""
-    if not _MODS:
-        _MODS.update({u: cp.RawModule(code=SRC.replace("UNROLL", str(u)), options=("-std=c++17",)) for u in (4, 8, 16)})
     sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
-    sink = cp.zeros(1, cp.uint32)
+    sink = torch.zeros(1, dtype=torch.int32, device="cuda")
     buf = torch.randn(nbytes // 2, dtype=torch.bfloat16, device="cuda") if buf is None else buf
-    p, n = cp.asarray(buf).view(cp.uint8), nbytes // 16
+    args = (np.uint64(buf.data_ptr()), np.uint64(nbytes // 16), np.uint64(sink.data_ptr()))
     best = None
-    for u, mod in _MODS.items():
-        f = mod.get_function("read_all")
+    for u in UNROLLS:
+        go = launcher(f"read{u}")
         for per_sm in (1, 2, 4, 8):
             for threads in (256, 512):
-                fn = (lambda f, g, t: lambda: f((g,), (t,), (p, cp.uint64(n), sink), stream=_stream()))(
-                    f, sms * per_sm, threads)
+                fn = (lambda go, g, t: lambda: go((g, 1, 1), (t, 1, 1), args))(go, sms * per_sm, threads)
                 ms = cuda_time(fn, runs=runs).median_ms
                 if best is None or ms < best["ms"]:
                     best = dict(ms=ms, TBps=nbytes / ms / 1e9, unroll=u, ctas_per_sm=per_sm, threads=threads, fn=fn)
+    best["fn"] = (lambda fn, keep: lambda: fn())(best["fn"], (buf, sink))   # the buffers live as long as fn
     return best
 
 
@@ -92,11 +73,10 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=50)
     args = ap.parse_args()
     rows = []
-    empty = lambda: cp.RawModule(code=SRC.replace("UNROLL", "4")).get_function("empty")  # noqa: E731
-    e = empty()
-    t = cuda_time(lambda: e((1,), (32,), (), stream=_stream()), runs=args.runs)
+    empty = launcher("empty")
+    t = cuda_time(lambda: empty((1, 1, 1), (32, 1, 1), ()), runs=args.runs)
     rows.append(dict(what="empty launch", bytes=0, ms=t.median_ms))
-    tg = cuda_graph_time(lambda: e((1,), (32,), (), stream=_stream()), runs=args.runs)
+    tg = cuda_graph_time(lambda: empty((1, 1, 1), (32, 1, 1), ()), runs=args.runs)
     rows.append(dict(what="empty launch (graph)", bytes=0, ms=tg.median_ms))
     for nbytes in (2**26, 2**27, 2**28, 2**30):
         buf = torch.randn(nbytes // 2, dtype=torch.bfloat16, device="cuda")
