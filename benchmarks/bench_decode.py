@@ -54,13 +54,11 @@ def main(argv=None) -> int:
         slopes = ib.variants.alibi_slopes(SHAPE["num_qo_heads"]).to("cuda")
         variants = {"softcap_30": dict(variant=ib.variants.softcap(30.0)), "alibi": dict(variant=ib.variants.alibi(slopes)),
                     "rope": dict(rope=ib.RoPE()), "sliding_window_1024": dict(variant=ib.variants.sliding_window(1024))}
+        from diag.decode_ab import reference      # float64 reference of a batch (rope, variant)
         errs = {}
         for vname, kw in variants.items():
             r = runners[vname] = DecodeRunner(p, cache, table, **kw)
-            v = kw.get("variant")
-            ref = ib.reference.paged_attention(q, cache.pool, table.indptr, table.indices, table.last_page_len,
-                                               rope=kw.get("rope"), **({} if v is None else v.reference_kwargs()))[0]
-            errs[vname] = ctx["rel"](r(q)[0], ref)
+            errs[vname] = ctx["rel"](r(q)[0], reference(cache, table, q, **kw))
         t = ctx["time_interleaved"]({k: (lambda r: lambda: r(q))(r) for k, r in runners.items()})
         pm = t["plain"].median_ms
         for k in runners:
