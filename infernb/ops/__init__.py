@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from ..jit import KernelSpec
 from ..layout import append_kernel
-from . import merge, paged_decode
+from . import merge, paged_decode, prefill as prefill_ops
 from .paged_decode import DecodeRunner, decode
 from .merge import merge_state, merge_states
+from .prefill import PrefillRunner, append, prefill
 from .run import run
 
 
@@ -14,7 +15,8 @@ def kernel_specializations() -> list[KernelSpec]:
     from ..variants import examples, probe_spec
 
     return [*merge.specializations(), *append_kernel.specializations(), *(probe_spec(v) for v in examples()),
-            *paged_decode.specializations()]
+            *paged_decode.specializations(), *prefill_ops.specializations()]
 
 
-__all__ = ["DecodeRunner", "decode", "kernel_specializations", "merge_state", "merge_states", "run"]
+__all__ = ["DecodeRunner", "PrefillRunner", "append", "decode", "kernel_specializations", "merge_state", "merge_states",
+           "prefill", "run"]

@@ -62,3 +62,47 @@ def prepare_outputs(out, shapes_dtypes: list[tuple[tuple, torch.dtype]], device:
             raise InputError(f"{name}: expected a contiguous, 16-byte aligned {dt} tensor of shape {list(shape)} "
                              f"on {device}, got {got}")
     return out
+
+
+def check_paged_inputs(plan, cache, page_table, rope=None) -> torch.dtype:
+    """A paged cache, its page table and RoPE against the plan they run (every paged kernel runner): cache shape and
+    dtype, the table's page size, dtype, range and device, its lengths against the plan's. Returns the dtype."""
+    import dataclasses
+
+    pool = cache.pool
+    dt = {"bf16": torch.bfloat16, "f16": torch.float16}.get(plan.dtype)
+    if dt is None:
+        raise InputError(f"plan dtype {plan.dtype!r}: the kernels run bf16 / f16")
+    checks = [("num_kv_heads", cache.num_kv_heads, plan.num_kv_heads), ("head_dim", cache.head_dim, plan.head_dim),
+              ("page_size", cache.page_size, plan.page_size), ("dtype", cache.dtype, dt)]
+    for name, got, want in checks:
+        if got != want:
+            raise InputError(f"cache.{name} = {got} but the plan was made for {want}")
+    if page_table.page_size != plan.page_size:
+        raise InputError(f"page_table.page_size = {page_table.page_size} but the plan has {plan.page_size}")
+    if not (page_table.indptr.is_contiguous() and page_table.indices.is_contiguous()):
+        raise InputError("page_table: indptr and indices must be contiguous int32 tensors")
+    dataclasses.replace(page_table, num_pages=cache.num_pages).validate()   # int32, in range of this pool
+    if page_table.indptr.device != pool.device or page_table.indices.device != pool.device:
+        raise InputError(f"page_table is on {page_table.indptr.device}, the cache on {pool.device}: move it "
+                         "with page_table.to(device)")
+    lens = page_table.kv_lens()
+    if lens != plan.kv_lens.tolist():
+        b = next((i for i, (x, y) in enumerate(zip(lens, plan.kv_lens.tolist())) if x != y), min(len(lens),
+                                                                                               plan.batch_size))
+        raise InputError(f"page_table does not match the plan: request {b} has "
+                         f"{lens[b] if b < len(lens) else 'no'} tokens in the table, "
+                         f"{plan.kv_lens[b] if b < plan.batch_size else 'none'} in the plan "
+                         f"({len(lens)} vs {plan.batch_size} requests)")
+    if page_table.num_pages is not None and page_table.num_pages > cache.num_pages:
+        raise InputError(f"page_table points into a pool of {page_table.num_pages} pages, the cache has "
+                         f"{cache.num_pages}")
+    check_rope(rope, plan.head_dim)
+    return dt
+
+
+def check_rope(rope, head_dim: int) -> None:
+    if rope is not None:
+        rd = rope.rotary_dim or head_dim
+        if rd > head_dim:
+            raise InputError(f"RoPE.rotary_dim = {rd} exceeds head_dim = {head_dim}")

@@ -12,7 +12,6 @@ their last item.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import weakref
 from typing import Sequence
@@ -26,7 +25,7 @@ from ..plan import Plan, emulate, plan as make_plan
 from ..reference import RoPE
 from ..variants import Variant
 from ..device import device_info
-from ._common import CUDA_TYPES, DTYPE_NAMES, HEAD_DIMS, prepare_outputs
+from ._common import CUDA_TYPES, DTYPE_NAMES, HEAD_DIMS, check_paged_inputs, prepare_outputs
 
 #: Query heads per KV head one mma tile holds.
 MAX_GROUP = 16
@@ -220,35 +219,7 @@ class DecodeRunner:
         pool = cache.pool if hasattr(cache, "pool") else None
         if pool is None:
             raise InputError("cache: expected a PagedKVCache")
-        dt = {"bf16": torch.bfloat16, "f16": torch.float16}[plan.dtype]
-        checks = [("num_kv_heads", cache.num_kv_heads, plan.num_kv_heads), ("head_dim", cache.head_dim, plan.head_dim),
-                  ("page_size", cache.page_size, plan.page_size), ("dtype", cache.dtype, dt)]
-        for name, got, want in checks:
-            if got != want:
-                raise InputError(f"cache.{name} = {got} but the plan was made for {want}")
-        if page_table.page_size != plan.page_size:
-            raise InputError(f"page_table.page_size = {page_table.page_size} but the plan has {plan.page_size}")
-        if not (page_table.indptr.is_contiguous() and page_table.indices.is_contiguous()):
-            raise InputError("page_table: indptr and indices must be contiguous int32 tensors")
-        dataclasses.replace(page_table, num_pages=cache.num_pages).validate()   # int32, in range of this pool
-        if page_table.indptr.device != pool.device or page_table.indices.device != pool.device:
-            raise InputError(f"page_table is on {page_table.indptr.device}, the cache on {pool.device}: move it "
-                             "with page_table.to(device)")
-        lens = page_table.kv_lens()
-        if lens != plan.kv_lens.tolist():
-            b = next((i for i, (x, y) in enumerate(zip(lens, plan.kv_lens.tolist())) if x != y), min(len(lens),
-                                                                                                   plan.batch_size))
-            raise InputError(f"page_table does not match the plan: request {b} has "
-                             f"{lens[b] if b < len(lens) else 'no'} tokens in the table, "
-                             f"{plan.kv_lens[b] if b < plan.batch_size else 'none'} in the plan "
-                             f"({len(lens)} vs {plan.batch_size} requests)")
-        if page_table.num_pages is not None and page_table.num_pages > cache.num_pages:
-            raise InputError(f"page_table points into a pool of {page_table.num_pages} pages, the cache has "
-                             f"{cache.num_pages}")
-        if rope is not None:
-            rd = rope.rotary_dim or plan.head_dim
-            if rd > plan.head_dim:
-                raise InputError(f"RoPE.rotary_dim = {rd} exceeds head_dim = {plan.head_dim}")
+        dt = check_paged_inputs(plan, cache, page_table, rope)
         self.plan, self.page_table, self.variant, self.rope = plan, page_table, variant, rope
         self.cache, self.layout, self.dtype, self.device = cache, cache.layout, dt, pool.device
         self._pool_shape = tuple(pool.shape)

@@ -128,14 +128,14 @@ merge_state_kernel(const T* __restrict__ v_a, const float* __restrict__ s_a, con
   merge_write<T, VEC>(acc, m, denom, invalid, v_out + row * HEAD_DIM, s_out + row, lane);
 }
 
-// Merge partial states [s0, s1) of GROUP rows into out / lse rows out_row + r (the split-KV epilogue, run by
-// the CTA that finished a unit's last item). part_o: [slots, GROUP, HEAD_DIM] fp32, part_lse: [slots, GROUP].
-template <typename T, int HEAD_DIM, int GROUP, int NUM_THREADS>
-__device__ __forceinline__ void merge_unit_slots(const float* part_o, const float* part_lse, int s0, int s1,
-                                                 T* out, float* lse, long long out_row, int tid) {
+// Merge partial states [s0, s1) of `rows` rows into out / lse row row_of(r) (the split-KV epilogue, run by the CTA
+// that finished a unit's last item). part_o: [slots, ROW_STRIDE, HEAD_DIM] fp32, part_lse: [slots, ROW_STRIDE].
+template <typename T, int HEAD_DIM, int ROW_STRIDE, int NUM_THREADS, typename ROW_OF>
+__device__ __forceinline__ void merge_slots_rows(const float* part_o, const float* part_lse, int s0, int s1, int rows,
+                                                 T* out, float* lse, ROW_OF row_of, int tid) {
   constexpr int TPR = HEAD_DIM / 4, RPP = NUM_THREADS / TPR;    // threads per row (one float4 each), rows per pass
   const int lane = tid % TPR;
-  for (int r = tid / TPR; r < GROUP; r += RPP) {
+  for (int r = tid / TPR; r < rows; r += RPP) {
     const float* sl = part_lse + r;
     const float* so = part_o + (long long)r * HEAD_DIM + lane * 4;
     // one pass, NB states in flight (they sit in L2, just written): the running max moves at most once per
@@ -151,8 +151,8 @@ __device__ __forceinline__ void merge_unit_slots(const float* part_o, const floa
 #pragma unroll
       for (int j = 0; j < NB; ++j) {
         if (j < n) {
-          sv[j] = __ldcg(sl + (long long)(k + j) * GROUP);
-          x[j] = __ldcg(reinterpret_cast<const float4*>(so + (long long)(k + j) * GROUP * HEAD_DIM));
+          sv[j] = __ldcg(sl + (long long)(k + j) * ROW_STRIDE);
+          x[j] = __ldcg(reinterpret_cast<const float4*>(so + (long long)(k + j) * ROW_STRIDE * HEAD_DIM));
         } else {
           sv[j] = -INFERNB_INF;
           x[j] = make_float4(0.f, 0.f, 0.f, 0.f);
@@ -177,9 +177,18 @@ __device__ __forceinline__ void merge_unit_slots(const float* part_o, const floa
       }
     }
     if (bad) m = __int_as_float(0x7fffffff);
-    merge_write<T, 4>(acc, m, denom, invalid_lse(m) || denom != denom, out + (out_row + r) * HEAD_DIM,
-                      lse + out_row + r, lane);
+    const long long orow = row_of(r);
+    merge_write<T, 4>(acc, m, denom, invalid_lse(m) || denom != denom, out + orow * HEAD_DIM, lse + orow, lane);
   }
+}
+
+// The decode form: GROUP rows (one token's query heads of a KV head) into out / lse rows out_row + r.
+// part_o: [slots, GROUP, HEAD_DIM] fp32, part_lse: [slots, GROUP].
+template <typename T, int HEAD_DIM, int GROUP, int NUM_THREADS>
+__device__ __forceinline__ void merge_unit_slots(const float* part_o, const float* part_lse, int s0, int s1,
+                                                 T* out, float* lse, long long out_row, int tid) {
+  merge_slots_rows<T, HEAD_DIM, GROUP, NUM_THREADS>(part_o, part_lse, s0, s1, GROUP, out, lse,
+                                                    [out_row](int r) { return out_row + r; }, tid);
 }
 
 }  // namespace infernb

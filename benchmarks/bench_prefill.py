@@ -1,0 +1,250 @@
+"""Prefill and append attention on tensor cores, side by side with FlashInfer (fa2) and PyTorch in one run.
+
+    python benchmarks/bench_prefill.py [--out DIR] [--runs N] [--flashinfer 0|1|2]
+
+Cases (issue 18; bf16, head_dim 128, 32 query / 8 KV heads):
+
+- ``causal_8192`` / ``causal_16384``: one request of n new tokens, causal, ragged K/V: infernb, FlashInfer's ragged
+  fa2 prefill, SDPA flash and cuDNN (K/V expanded to 32 heads outside the timing);
+- ``append_16x512_on_8192``: 16 requests x 512 new tokens onto 8192 cached, causal, paged (page 16, NHD): infernb's
+  append, FlashInfer's paged fa2 prefill;
+- ``skewed``: ragged causal 1 x 16384 + 63 x 512 new tokens: infernb's balanced plan, the same kernel on a naive
+  plan (one item per unit, round robin), FlashInfer fa2;
+- variants on ``causal_8192``: soft-cap 30, ALiBi, fused RoPE (Llama), each against plain causal in the same
+  rounds (FlashInfer fa2's logits_soft_cap / ALIBI / ROPE_LLAMA with ``--flashinfer 2``: each one more JIT build);
+- ``window_1024``: sliding window 1024 on 8192 causal: only the window's keys are read (FlashInfer fa2's
+  window_left with ``--flashinfer 2``).
+
+Every path is checked against the float64 reference (a row sample of the long cases) before it is timed. Times:
+CUDA events, median, L2 flushed, paths interleaved per round (``infernb.profile.cuda_time_interleaved``).
+TFLOP/s count the visible (q, k) pairs: 4 x heads x d x pairs. The bf16 GEMM ceiling (8192^3, torch) is measured
+in the same run. Writes ``prefill_<device>_<date>.json``.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import optional_flashinfer, parse_args, write_result  # noqa: E402
+
+HQ, HKV, D = 32, 8, 128
+#: planner settings compared on some cases: an item's fixed cost in key tokens (pipeline restart, Q tile, epilogue)
+FIXED_COSTS = [(f"fixed_cost{c}", dict(fixed_cost=float(c))) for c in (64, 1024)]
+
+
+def visible_pairs(qo, kv, causal, window=-1):
+    """(query, key) pairs the mask leaves visible, summed over requests (bottom-right aligned)."""
+    n = 0
+    for L, S in zip(qo, kv):
+        for i in range(L) if window >= 0 else ():
+            p = S - L + i
+            n += min(p, S - 1) - max(0, p - window) + 1
+        if window < 0:
+            n += sum(S - L + i + 1 for i in range(L)) if causal else L * S
+    return n
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv, runs=30, flashinfer=1)
+    import numpy as np
+    import torch
+
+    import infernb as ib
+    from infernb import reference
+    from infernb.ops.prefill import PrefillRunner
+    from infernb.profile import cuda_time, cuda_time_interleaved, device_name
+    from infernb.testing import rel_error
+
+    fi = optional_flashinfer() if args.flashinfer else None
+    dev, dt_ = "cuda", torch.bfloat16
+    g = torch.Generator(device=dev).manual_seed(0)
+    rnd = lambda *s: torch.randn(*s, device=dev, generator=g, dtype=dt_)  # noqa: E731
+    runs = args.runs
+    result = dict(device=device_name(), date=str(dt.date.today()), torch=torch.__version__,
+                  flashinfer=getattr(fi, "__version__", None), heads=[HQ, HKV], head_dim=D, dtype="bf16", cases=[])
+
+    # the GEMM ceiling, measured here
+    a, b = rnd(8192, 8192), rnd(8192, 8192)
+    t = cuda_time(lambda: a @ b, warmup=3, runs=10)
+    gemm = 2 * 8192 ** 3 / (t.median_ms * 1e-3) / 1e12
+    result["gemm_tflops"] = gemm
+    a = b = None
+    print(f"bf16 GEMM 8192^3: {gemm:.0f} TFLOP/s")
+    ws = {}
+
+    def workspace(name):
+        if name not in ws:
+            ws[name] = torch.zeros(256 * 2**20, dtype=torch.uint8, device=dev)
+        return ws[name]
+
+    def check(name, out, ref_rows, rows):
+        """out rows `rows` against the float64 reference rows."""
+        err = rel_error(out[rows].float().cpu(), ref_rows.cpu())
+        assert err < 2e-2, f"{name}: relative error {err:.2e} against the float64 reference"
+        return err
+
+    def ragged_case(name, qo, kv, *, causal=True, window=-1, variants=(), rope_cmp=False, naive=False,
+                    tile_cmp=False, plan_variants=()):
+        q, k, v = rnd(sum(qo), HQ, D), rnd(sum(kv), HKV, D), rnd(sum(kv), HKV, D)
+        qo_ptr, kv_ptr = np.r_[0, np.cumsum(qo)], np.r_[0, np.cumsum(kv)]
+        pairs = visible_pairs(qo, kv, causal, window)
+        flops = 4 * HQ * D * pairs
+        # reference on a sample of rows: the last 64 queries of the first and of the last request
+        ends = sorted({0, len(qo) - 1})
+        rows = torch.cat([torch.arange(qo_ptr[r + 1] - min(64, qo[r]), qo_ptr[r + 1]) for r in ends])
+        fns, errs = {}, {}
+
+        def ref_rows(variant=None, rope=None):
+            kw = {} if variant is None else variant.reference_kwargs()
+            outs = []
+            for r in ends:
+                L = min(64, qo[r])
+                o, _ = reference.attention(q[qo_ptr[r + 1] - L:qo_ptr[r + 1]], k[kv_ptr[r]:kv_ptr[r + 1]],
+                                           v[kv_ptr[r]:kv_ptr[r + 1]], [0, L], [0, kv[r]], causal=causal,
+                                           window_left=window, rope=rope, **kw)
+                outs.append(o)
+            return torch.cat(outs)
+
+        def add(label, plan, variant=None, rope=None):
+            r = PrefillRunner(plan, variant=variant, rope=rope)
+            out = r(q, k, v)[0]
+            errs[label] = check(label, out, ref_rows(variant, rope), rows)
+            fns[label] = lambda: r(q, k, v)
+
+        tq = ib.ops.prefill_ops.default_tile_q(np.mean(qo) * HQ / HKV, D)
+        fc = ib.ops.prefill_ops.traits(D, tq).fixed_cost
+        p = ib.plan(qo, kv, num_qo_heads=HQ, num_kv_heads=HKV, head_dim=D, causal=causal, window_left=window,
+                    tile_q=tq, ctas_per_sm=2, fixed_cost=fc)
+        add("infernb", p)
+        if tile_cmp:                                # the other query tile, same kernel family, same rounds
+            add(f"infernb_tile{192 - p.tile_q}", ib.plan(qo, kv, num_qo_heads=HQ, num_kv_heads=HKV, head_dim=D,
+                                                         causal=causal, window_left=window, tile_q=192 - p.tile_q,
+                                                         ctas_per_sm=2, fixed_cost=fc))
+        for pv_name, kw in plan_variants:           # planner settings, same kernel, same rounds
+            add(f"infernb_{pv_name}", ib.plan(qo, kv, num_qo_heads=HQ, num_kv_heads=HKV, head_dim=D, causal=causal,
+                                              window_left=window, tile_q=p.tile_q, ctas_per_sm=2, **kw))
+        if naive:
+            add("infernb_naive_plan", ib.plan(qo, kv, num_qo_heads=HQ, num_kv_heads=HKV, head_dim=D, causal=causal,
+                                              tile_q=p.tile_q, ctas_per_sm=2, strategy="naive", fixed_cost=fc))
+        for v_name, variant in variants:
+            add(f"infernb_{v_name}", p, variant=variant)
+        if rope_cmp:
+            add("infernb_rope", p, rope=ib.RoPE(theta=1e4))
+        qi, ki = torch.as_tensor(qo_ptr, dtype=torch.int32, device=dev), torch.as_tensor(kv_ptr, dtype=torch.int32,
+                                                                                             device=dev)
+        if fi is not None:
+            def fi_ragged(label, **kw):
+                w = fi.BatchPrefillWithRaggedKVCacheWrapper(workspace(label), "NHD", backend="fa2")
+                w.plan(qi, ki, HQ, HKV, D, causal=causal, q_data_type=dt_, **kw)
+                out = w.run(q, k, v)
+                fns[label] = lambda: w.run(q, k, v)
+                return out
+            out = fi_ragged("flashinfer_fa2", window_left=window)
+            errs["flashinfer_fa2"] = check("flashinfer_fa2", out, ref_rows(), rows)
+            if args.flashinfer >= 2:
+                for v_name, variant in variants:
+                    kw = dict(logits_soft_cap=30.0) if v_name == "softcap30" else dict(pos_encoding_mode="ALIBI")
+                    fi_ragged(f"flashinfer_fa2_{v_name}", **kw)
+                if rope_cmp:
+                    fi_ragged("flashinfer_fa2_rope", pos_encoding_mode="ROPE_LLAMA", rope_theta=1e4)
+        if len(qo) == 1 and window < 0:             # SDPA on the one request (K/V expanded to the query heads)
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+            qs = q.transpose(0, 1)[None]
+            ks = k.repeat_interleave(HQ // HKV, 1).transpose(0, 1)[None]
+            vs = v.repeat_interleave(HQ // HKV, 1).transpose(0, 1)[None]
+            for label, be in (("sdpa_flash", SDPBackend.FLASH_ATTENTION), ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION)):
+                try:
+                    with sdpa_kernel(be):
+                        out = torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, is_causal=causal)
+                    errs[label] = check(label, out[0].transpose(0, 1), ref_rows(), rows)
+
+                    def call(be=be):
+                        with sdpa_kernel(be):
+                            torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, is_causal=causal)
+                    fns[label] = call
+                except Exception as e:  # noqa: BLE001  (a backend this torch build lacks)
+                    print(f"{name}: {label} unavailable ({type(e).__name__}: {e})")
+        times = cuda_time_interleaved(fns, warmup=5, runs=runs)
+        row = dict(case=name, qo_lens=_short(qo), kv_lens=_short(kv), causal=causal, window_left=window,
+                   plan_tile_q=p.tile_q, plan_ctas=p.num_ctas, plan_items=p.num_items,
+                   plan_split_units=int(len(p.merge_unit)), visible_pairs=pairs, flops=flops, errors=errs)
+        for label, tm in times.items():
+            row[f"{label}_ms"] = tm.median_ms
+            row[f"{label}_p10_ms"], row[f"{label}_p90_ms"] = tm.p10_ms, tm.p90_ms
+            row[f"{label}_tflops"] = flops / (tm.median_ms * 1e-3) / 1e12
+        _ratios(row, times)
+        result["cases"].append(row)
+        _print(row, times, gemm)
+
+    def paged_case(name, qo, kv, page=16):
+        cache = ib.PagedKVCache(sum(-(-n // page) for n in kv) + 8, page, HKV, D, dtype=dt_, device=dev)
+        ids = cache.add_sequences(len(kv))
+        cache.append(ids, rnd(sum(kv), HKV, D), rnd(sum(kv), HKV, D), kv)
+        q = rnd(sum(qo), HQ, D)
+        table = cache.page_table(ids)
+        pairs = visible_pairs(qo, kv, True)
+        flops = 4 * HQ * D * pairs
+        tq = ib.ops.prefill_ops.default_tile_q(np.mean(qo) * HQ / HKV, D)
+        p = ib.plan(qo, kv, num_qo_heads=HQ, num_kv_heads=HKV, head_dim=D, page_size=page, causal=True,
+                    tile_q=tq, ctas_per_sm=2, page_table=table, fixed_cost=ib.ops.prefill_ops.traits(D, tq).fixed_cost)
+        r = PrefillRunner(p, cache, table)
+        out = r(q)[0]
+        qo_ptr = np.r_[0, np.cumsum(qo)]
+        ref, _ = reference.paged_attention(q[:qo[0]], cache.pool, table.indptr[:2], table.indices[:table.indptr[1]],
+                                           table.last_page_len[:1], [0, qo[0]], causal=True)
+        errs = {"infernb": check("infernb", out, ref, torch.arange(qo[0]))}
+        fns = {"infernb": lambda: r(q)}
+        if fi is not None:
+            w = fi.BatchPrefillWithPagedKVCacheWrapper(workspace("paged"), "NHD", backend="fa2")
+            i32 = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.int32, device=dev)  # noqa: E731
+            w.plan(i32(qo_ptr), table.indptr, table.indices, table.last_page_len, HQ, HKV, D, page, causal=True,
+                   q_data_type=dt_)
+            out = w.run(q, cache.pool)
+            errs["flashinfer_fa2"] = check("flashinfer_fa2", out, ref, torch.arange(qo[0]))
+            fns["flashinfer_fa2"] = lambda: w.run(q, cache.pool)
+        times = cuda_time_interleaved(fns, warmup=5, runs=runs)
+        row = dict(case=name, qo_lens=_short(qo), kv_lens=_short(kv), causal=True, page_size=page,
+                   plan_tile_q=p.tile_q, plan_ctas=p.num_ctas, plan_items=p.num_items,
+                   plan_split_units=int(len(p.merge_unit)), visible_pairs=pairs, flops=flops, errors=errs)
+        for label, tm in times.items():
+            row[f"{label}_ms"], row[f"{label}_tflops"] = tm.median_ms, flops / (tm.median_ms * 1e-3) / 1e12
+            row[f"{label}_p10_ms"], row[f"{label}_p90_ms"] = tm.p10_ms, tm.p90_ms
+        _ratios(row, times)
+        result["cases"].append(row)
+        _print(row, times, gemm)
+
+    ragged_case("causal_8192", [8192], [8192],
+                variants=[("softcap30", ib.variants.softcap(30.0)), ("alibi", ib.variants.alibi(ib.variants.alibi_slopes(HQ).to(dev)))], rope_cmp=True,
+                tile_cmp=True, plan_variants=FIXED_COSTS)
+    ragged_case("causal_16384", [16384], [16384])
+    paged_case("append_16x512_on_8192", [512] * 16, [8192 + 512] * 16)
+    ragged_case("skewed_1x16384_63x512", [16384] + [512] * 63, [16384] + [512] * 63, naive=True,
+                plan_variants=FIXED_COSTS)
+    ragged_case("window_1024_on_8192", [8192], [8192], window=1024)
+    path = write_result(args.out, f"prefill_{result['device']}_{result['date']}", result)
+    print(f"wrote {path}")
+    return 0
+
+
+def _short(lens):
+    return lens if len(lens) <= 4 else f"{lens[0]} + {len(lens) - 1} x {lens[1]}" if len(set(lens[1:])) == 1 \
+        else f"{len(lens)} requests"
+
+
+def _ratios(row, times):
+    """Each other path's time over infernb's (> 1: infernb is faster)."""
+    base = times["infernb"].median_ms
+    for label, tm in times.items():
+        if label != "infernb":
+            row[f"{label}_over_infernb"] = tm.median_ms / base
+
+
+def _print(row, times, gemm):
+    parts = [f"{k}={t.median_ms:.3f}ms ({row[k + '_tflops']:.0f} TF)" for k, t in times.items()]
+    print(f"{row['case']}: " + ", ".join(parts) + f"  [GEMM {gemm:.0f} TF]", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

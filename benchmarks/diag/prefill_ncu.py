@@ -1,0 +1,30 @@
+"""One prefill launch to profile with Nsight Compute (the benchmark's causal 8192 case, 32 / 8 heads, d 128):
+
+    ncu --clock-control none --section SpeedOfLight --section WarpStateStats --section ComputeWorkloadAnalysis \
+        -k regex:prefill --launch-skip 1 --launch-count 1 python3 benchmarks/diag/prefill_ncu.py [--tile 64]
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import torch  # noqa: E402
+
+import infernb as ib  # noqa: E402
+from infernb.ops.prefill import PrefillRunner  # noqa: E402
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--tile", type=int, default=64)
+ap.add_argument("--n", type=int, default=8192)
+a = ap.parse_args()
+g = torch.Generator(device="cuda").manual_seed(0)
+q = torch.randn(a.n, 32, 128, device="cuda", generator=g, dtype=torch.bfloat16)
+k = torch.randn(a.n, 8, 128, device="cuda", generator=g, dtype=torch.bfloat16)
+v = torch.randn(a.n, 8, 128, device="cuda", generator=g, dtype=torch.bfloat16)
+p = ib.plan([a.n], [a.n], num_qo_heads=32, num_kv_heads=8, head_dim=128, causal=True, tile_q=a.tile, ctas_per_sm=2)
+r = PrefillRunner(p)
+for _ in range(2):
+    r(q, k, v)
+torch.cuda.synchronize()
+print(p)

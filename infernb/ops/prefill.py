@@ -1,0 +1,511 @@
+"""Prefill and append attention on tensor cores: ragged or paged KV, one kernel body (``kernels/include/infernb/
+prefill.cuh``).
+
+Three doors, from lean to convenient:
+
+- :class:`PrefillRunner` binds a plan, its KV source (ragged, or a paged cache and its page table), a variant and
+  RoPE once, and is then called once per layer: ``out, lse = runner(q, k, v)`` or ``runner(q, cache=cache)``;
+- :func:`infernb.run` with a prefill plan builds the runner each call;
+- :func:`prefill` (ragged tensors, ``qo_indptr`` / ``kv_indptr``) and :func:`append` (new tokens of sequences of a
+  :class:`~infernb.layout.PagedKVCache`) plan too: for notebooks.
+
+Conventions are :mod:`infernb.reference`'s (FlashInfer's): causal masks align bottom-right, so a request with
+``qo_len`` new tokens and ``kv_len`` keys is an append of ``qo_len`` tokens onto ``kv_len - qo_len`` cached ones.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..device import device_info
+from ..errors import InputError
+from ..jit import KernelSpec, build
+from ..plan import Plan, emulate, plan as make_plan
+from ..reference import RoPE
+from ..variants import Variant
+from ._common import CUDA_TYPES, DTYPE_NAMES, HEAD_DIMS, check_paged_inputs, check_rope, prepare_outputs
+
+DTYPES = (torch.float16, torch.bfloat16)
+NUM_THREADS = 128
+NONE = Variant("none")
+KV_MODES = {"ragged": 0, "NHD": 1, "HND": 2}
+
+#: The work item the kernel reads (``prefill_item_t`` in ``kernels/include/infernb/prefill.cuh``; every compiled
+#: unit checks these offsets with ``static_assert``).
+PREFILL_ITEM = np.dtype([(n, np.int32) for n in (
+    "b", "kv_head", "q_start", "row0", "rows", "qo_len", "kv_len", "kv_start", "run_begin", "run_end", "slot",
+    "merge_unit", "slot_begin", "slot_end", "pad0", "pad1")])
+#: A key run ``[pos_start, pos_end)`` (``prefill_run_t``).
+PREFILL_RUN = np.dtype([("pos_start", np.int32), ("pos_end", np.int32)])
+
+
+@dataclasses.dataclass(frozen=True)
+class PrefillTraits:
+    """The prefill kernel family's facts for one (head dim, query tile): what the planner and the runner need.
+
+    Attributes:
+        head_dim, tile_q: the specialization (``tile_q`` = 64 ``m_tiles`` rows per warp x 4 warps).
+        m_tiles: 16-row mma tiles per warp; block_n: keys per pipeline stage; stages: K/V buffers.
+        ctas_per_sm: CTAs an SM keeps resident (registers and shared memory allow it); plan with this.
+        fixed_cost: an item's own cost in key tokens for the planner (pipeline restart, Q tile load, epilogue):
+            measured, benchmarks/NOTES.md (4, the decode figure, left CTAs of many short causal items a third of
+            the kernel behind; 256 ran 8192 causal 1.45x faster).
+    """
+
+    head_dim: int
+    tile_q: int
+    m_tiles: int
+    block_n: int
+    stages: int
+    ctas_per_sm: int
+    fixed_cost: float = 256.0
+
+    def smem_bytes(self, rope: int = 0) -> int:
+        """Dynamic shared memory per CTA (``prefill_cfg_t::SMEM_BYTES``; each compiled unit checks they agree)."""
+        d = self.head_dim
+        tables = (d // 2 * 16 + 32 * 4 * 8 + 4 * d // 2 * 8) if rope else 0
+        return self.stages * 2 * self.block_n * d * 2 + self.tile_q * d * 2 + 128 + self.tile_q * 8 + tables
+
+
+#: (head_dim, tile_q) -> traits. Two CTAs per SM everywhere (registers: <= 255 per thread x 128 threads; shared
+#: memory: <= 113 KiB each). Head dim 128 has no 128-row tile yet: with 32 rows per warp its accumulators
+#: (128 fp32 registers for O) and 32-key logits leave ptxas too few registers and it spills (benchmarks/NOTES.md).
+TRAITS = {(64, 128): PrefillTraits(64, 128, 2, 32, 2, 2), (64, 64): PrefillTraits(64, 64, 1, 64, 2, 2),
+          (128, 128): PrefillTraits(128, 128, 2, 16, 4, 2), (128, 64): PrefillTraits(128, 64, 1, 64, 2, 2),
+          (256, 64): PrefillTraits(256, 64, 1, 32, 2, 2)}
+TILES = (64, 128)
+
+
+def traits(head_dim: int, tile_q: int, rope: int = 0) -> PrefillTraits:
+    """The traits of a specialization; raises ``InputError`` for one the kernel does not have."""
+    t = TRAITS.get((head_dim, tile_q))
+    if t is None:
+        have = sorted(k for k in TRAITS if k[0] == head_dim)
+        raise InputError(f"the prefill kernel has no tile of {tile_q} rows for head_dim {head_dim} (it has "
+                         f"{[k[1] for k in have] or 'none: head dims ' + str(HEAD_DIMS)}); plan with tile_q="
+                         f"{default_tile_q(1 << 20, head_dim)}")
+    return t
+
+
+#: The largest query tile the default rule picks per head dim (measured, benchmarks/NOTES.md: at head dim 128 the
+#: 128-row tile, whose registers allow only 16-key stages, ran no faster than 64 rows on 8192 causal and slower on
+#: 16384).
+MAX_DEFAULT_TILE = {64: 128, 128: 64, 256: 64}
+
+
+def default_tile_q(rows_avg: float, head_dim: int) -> int:
+    """FlashInfer's tile rule (by the average packed rows per request), at least 64 rows (the kernel's 4 warps
+    of 16) and at most :data:`MAX_DEFAULT_TILE`: 128 when ``rows_avg > 64`` and the head dim allows it, else 64."""
+    return 128 if rows_avg > 64 and MAX_DEFAULT_TILE.get(head_dim, 64) >= 128 else 64
+
+
+def rope_mode(rope: RoPE | None) -> int:
+    return 0 if rope is None else (2 if rope.interleave else 1)
+
+
+def _struct_checks() -> str:
+    lines = [f"static_assert(sizeof(infernb::prefill_item_t) == {PREFILL_ITEM.itemsize} && "
+             f"sizeof(infernb::prefill_run_t) == {PREFILL_RUN.itemsize}, \"infernb.ops.prefill records\");"]
+    names = "".join(f"{n}," for n in PREFILL_ITEM.names)
+    lines.append(f'static_assert(infernb::str_eq(infernb::PREFILL_ITEM_NAMES, "{names}"), '
+                 '"infernb.ops.prefill.PREFILL_ITEM: fields (all int32) in the order of prefill_item_t");')
+    return "\n".join(lines)
+
+
+def prefill_spec(dtype: torch.dtype, head_dim: int, tile_q: int, kv: str = "ragged", causal: bool = False,
+                 variant: Variant = NONE, rope: RoPE | None = None) -> KernelSpec:
+    """The prefill specialization for (dtype, head dim, query tile, KV source ``"ragged"`` / ``"NHD"`` / ``"HND"``,
+    causal, variant, RoPE layout)."""
+    mode = rope_mode(rope)
+    tr = traits(head_dim, tile_q, mode)
+    g = variant.generated
+    score = variant.score_mod is not None or variant.cuda_score_mod is not None
+    mask = variant.mask_mod is not None or variant.cuda_mask_mod is not None
+    b = lambda x: "true" if x else "false"  # noqa: E731
+    args = (f"{CUDA_TYPES[dtype]}, {head_dim}, {tr.m_tiles}, {tr.block_n}, {tr.stages}, {KV_MODES[kv]}, {b(causal)}, "
+            f"{variant.cuda_name}, {b(score)}, {b(mask)}, {mode}, {tr.ctas_per_sm}")
+    cfg = f"infernb::prefill_cfg_t<{CUDA_TYPES[dtype]}, {head_dim}, {tr.m_tiles}, {tr.block_n}, {tr.stages}, {mode}>"
+    check = (f"static_assert({cfg}::SMEM_BYTES == {tr.smem_bytes(mode)} && {cfg}::TILE_Q == {tile_q}, "
+             "\"infernb.ops.prefill.PrefillTraits disagrees with prefill_cfg_t\");\n" + _struct_checks())
+    rope_tag = ["", "_rope", "_rope_interleave"][mode]
+    return KernelSpec(
+        family="prefill",
+        name=(f"prefill_{DTYPE_NAMES[dtype]}_hd{head_dim}_t{tile_q}_{kv.lower()}{'_causal' if causal else ''}"
+              f"{rope_tag}_{variant.name}_{variant.code_hash}"),
+        kernels=(("prefill", f"infernb::prefill_kernel<{args}>"),),
+        preamble=g.code + "\n" + check, preamble_origin=tuple(sorted(g.origins.items())))
+
+
+def specializations() -> list[KernelSpec]:
+    """What CI compiles: every (dtype, head dim, tile) ragged causal; the paged layouts and non-causal; RoPE; every
+    example variant (bf16, head dim 128, tile 64, paged NHD, causal)."""
+    from ..variants import examples
+
+    out = [prefill_spec(dt, d, tq, "ragged", True) for dt in DTYPES for (d, tq) in TRAITS]
+    out += [prefill_spec(torch.bfloat16, d, tq, kv, c) for (d, tq) in TRAITS for kv in ("NHD", "HND")
+            for c in (False, True)]
+    out += [prefill_spec(torch.bfloat16, d, default_tile_q(128, d), "ragged", False) for d in HEAD_DIMS]
+    out += [prefill_spec(torch.bfloat16, d, 64, kv, True, rope=RoPE(interleave=i))
+            for d in HEAD_DIMS for kv in ("ragged", "NHD") for i in (False, True)]
+    out += [prefill_spec(torch.bfloat16, 128, 64, "NHD", True, variant=v) for v in examples()]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- plan -> records
+def check_prefill_plan(plan: Plan, rope: int = 0) -> PrefillTraits:
+    """The prefill kernel runs plans of 64 / 128-row tiles (:data:`TRAITS`), bf16 / f16, head dims 64 / 128 / 256."""
+    if plan.head_dim not in HEAD_DIMS:
+        raise InputError(f"head_dim {plan.head_dim} is not supported by the prefill kernel; supported: {HEAD_DIMS}")
+    if plan.dtype not in ("bf16", "f16"):
+        raise InputError(f"plan dtype {plan.dtype!r}: the prefill kernel runs bf16 / f16")
+    if plan.num_items and not np.array_equal(plan.merge_slots, np.arange(len(plan.merge_slots))):
+        raise InputError("the prefill kernel needs a split unit's partial slots numbered consecutively "
+                         "(plan.merge_slots); plan with strategy='balanced'")
+    if plan.num_items > 1 and (np.diff(plan.item_cta) < 0).any():
+        raise InputError("plan items must be ordered by CTA")
+    return traits(plan.head_dim, plan.tile_q, rope)
+
+
+def plan_records(plan: Plan, kv_start: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The kernel's arrays for ``plan``: ``items [num_items]`` :data:`PREFILL_ITEM`, ``cta_ptr [num_ctas + 1]``
+    int32 (CTA c runs items ``cta_ptr[c]:cta_ptr[c+1]``) and ``runs [num_runs]`` :data:`PREFILL_RUN` (each item's
+    visible keys, the plan's segments cut to the item's range). ``kv_start [batch]``: where each request's keys
+    start (ragged: its ``kv_indptr``; paged: its page table ``indptr``)."""
+    H = plan.num_kv_heads
+    tile = plan.item_unit // H
+    b = plan.tile_request[tile]
+    first_tile = np.searchsorted(plan.tile_request, np.arange(plan.batch_size), side="left")
+    qo_ptr = np.concatenate(([0], np.cumsum(plan.qo_lens)))
+    items = np.zeros(plan.num_items, PREFILL_ITEM)
+    items["b"], items["kv_head"], items["q_start"] = b, plan.item_unit % H, qo_ptr[b]
+    items["row0"] = (tile - first_tile[b]) * plan.tile_q
+    items["rows"], items["qo_len"], items["kv_len"] = plan.tile_rows[tile], plan.qo_lens[b], plan.kv_lens[b]
+    items["kv_start"] = np.asarray(kv_start, np.int64)[b] if plan.num_items else 0
+    # runs: the segments of the item's tile, cut to the item's range [kv_start, kv_end) of the tile's compressed keys
+    seg_len = plan.seg_end - plan.seg_start
+    seg_c0 = np.concatenate(([0], np.cumsum(seg_len)))[:-1]                  # compressed start of every segment
+    seg_c0 = seg_c0 - np.repeat(seg_c0[plan.seg_indptr[:-1]] if len(seg_c0) else np.zeros(0, np.int64),
+                                np.diff(plan.seg_indptr))                   # ... relative to its tile
+    run_s, run_e, counts = [], [], np.zeros(plan.num_items, np.int64)
+    one_seg = bool((np.diff(plan.seg_indptr) == 1).all())
+    if one_seg:                                                             # causal / window / full: one run each
+        s0 = plan.seg_start[plan.seg_indptr[tile]] if plan.num_items else np.zeros(0, np.int64)
+        run_s, run_e = s0 + plan.item_kv_start, s0 + plan.item_kv_end
+        counts[:] = 1
+    else:
+        for i in range(plan.num_items):
+            t = int(tile[i])
+            lo, hi = int(plan.seg_indptr[t]), int(plan.seg_indptr[t + 1])
+            c0, c1 = int(plan.item_kv_start[i]), int(plan.item_kv_end[i])
+            for sgi in range(lo, hi):
+                a, z = int(seg_c0[sgi]), int(seg_c0[sgi] + seg_len[sgi])
+                if z > c0 and a < c1:
+                    run_s.append(int(plan.seg_start[sgi]) + max(c0, a) - a)
+                    run_e.append(int(plan.seg_start[sgi]) + min(c1, z) - a)
+                    counts[i] += 1
+    runs = np.zeros(int(counts.sum()), PREFILL_RUN)
+    runs["pos_start"], runs["pos_end"] = run_s, run_e
+    ptr = np.concatenate(([0], np.cumsum(counts)))
+    items["run_begin"], items["run_end"] = ptr[:-1], ptr[1:]
+    # split units: partial slots (consecutive per unit) and the merge counter
+    items["slot"] = plan.item_slot
+    split = plan.item_slot >= 0
+    munit = np.searchsorted(plan.merge_unit, plan.item_unit)
+    mu = np.clip(munit, 0, max(len(plan.merge_unit) - 1, 0))
+    items["merge_unit"] = np.where(split, munit, -1)
+    if len(plan.merge_unit):
+        items["slot_begin"] = np.where(split, plan.merge_indptr[mu], 0)
+        items["slot_end"] = np.where(split, plan.merge_indptr[mu + 1], 0)
+    cta_ptr = np.searchsorted(plan.item_cta, np.arange(plan.num_ctas + 1)).astype(np.int32)
+    return items, cta_ptr, runs
+
+
+# ---------------------------------------------------------------------------------------------- the runner
+class PrefillRunner:
+    """A prefill / append plan bound to its KV source, variant and RoPE: call it once per layer.
+
+    Args:
+        plan: from :func:`infernb.plan` with ``tile_q`` 64 or 128 (:func:`default_tile_q`).
+        cache, page_table: a :class:`~infernb.layout.PagedKVCache` and the :class:`~infernb.layout.PageTable` the
+            plan was made for (paged KV; any cache of the same shape works at call time, e.g. one per layer), or
+            neither: ragged ``k`` / ``v`` ``[sum(kv_lens), num_kv_heads, head_dim]`` passed at call time.
+        variant: a :class:`~infernb.variants.Variant` (default plain attention); its parameters are read now.
+        rope: :class:`~infernb.reference.RoPE` applied to q and to the (un-rotated) keys at their positions.
+        sm_scale: logit scale (default ``1 / sqrt(head_dim)``).
+        device: where ragged inputs will live (default ``"cuda"``; a CPU device runs the emulator).
+    """
+
+    def __init__(self, plan: Plan, cache=None, page_table=None, *, variant: Variant | None = None,
+                 rope: RoPE | None = None, sm_scale: float | None = None, device=None):
+        variant = NONE if variant is None else variant
+        if not isinstance(variant, Variant):
+            raise InputError(f"variant: expected an infernb Variant, got {type(variant).__name__}")
+        if not variant.softmax and len(plan.merge_unit):
+            raise InputError(f"variant {variant.name} is sigmoid attention: its split parts add up instead of "
+                             "merging by LSE; plan it unsplit (plan(..., merge_gain=float('inf')))")
+        if plan.block_masked:
+            raise InputError("the prefill kernel runs the plan's key segments; block-masked plans run through "
+                             "infernb.emulate(custom_masks=...) until block-sparse attention lands")
+        if (cache is None) != (page_table is None):
+            raise InputError("cache and page_table go together (paged KV), or neither (ragged k / v at call time)")
+        self.paged = cache is not None
+        if self.paged:
+            if not hasattr(cache, "pool"):
+                raise InputError("cache: expected a PagedKVCache")
+            self.dtype = check_paged_inputs(plan, cache, page_table, rope)
+            self.device = cache.pool.device
+            self.kv = cache.layout
+            self._pool_shape = tuple(cache.pool.shape)
+            kv_start = page_table.indptr.cpu().numpy()
+        else:
+            self.dtype = {"bf16": torch.bfloat16, "f16": torch.float16}.get(plan.dtype)
+            if self.dtype is None:
+                raise InputError(f"plan dtype {plan.dtype!r}: the prefill kernel runs bf16 / f16")
+            check_rope(rope, plan.head_dim)
+            self.device = torch.device("cuda" if device is None else device)
+            self.kv = "ragged"
+            kv_start = np.concatenate(([0], np.cumsum(plan.kv_lens)))
+        self.plan, self.cache, self.page_table, self.variant, self.rope = plan, cache, page_table, variant, rope
+        self.layout = cache.layout if self.paged else "NHD"
+        self.sm_scale = plan.head_dim ** -0.5 if sm_scale is None else float(sm_scale)
+        self._num_q = int(plan.qo_lens.sum())
+        self._num_kv = int(plan.kv_lens.sum())
+        if self.device.type != "cuda":
+            return                                       # the emulator runs it (see __call__)
+        mode = rope_mode(rope)
+        self.traits = tr = check_prefill_plan(plan, mode)
+        params, self._captures = variant.pack(self.device)
+        smem = tr.smem_bytes(mode)
+        limit = getattr(torch.cuda.get_device_properties(self.device), "shared_memory_per_block_optin", smem)
+        if smem > limit:
+            raise InputError(f"the prefill kernel for head_dim {plan.head_dim}, tile {plan.tile_q} needs "
+                             f"{smem // 1024} KiB of shared memory per CTA; this GPU allows {limit // 1024} KiB")
+        self.kernel = build(prefill_spec(self.dtype, plan.head_dim, plan.tile_q, self.kv, plan.causal, variant, rope),
+                            device_info(self.device.index).arch)
+        items, cta_ptr, runs = plan_records(plan, kv_start)
+        dev = self.device
+        to_dev = lambda a: torch.from_numpy(np.ascontiguousarray(a).view(np.int32).reshape(-1)).to(dev)  # noqa: E731
+        self.items, self.cta_ptr, self.runs = to_dev(items), to_dev(cta_ptr), to_dev(runs if len(runs) else
+                                                                                      np.zeros(1, PREFILL_RUN))
+        self.merge_count = torch.zeros(max(len(plan.merge_unit), 1), dtype=torch.int32, device=dev)
+        self.params = torch.frombuffer(bytearray(params), dtype=torch.uint8).to(dev)
+        n_slots = len(plan.merge_slots)
+        self._part = (torch.empty((n_slots, plan.tile_q, plan.head_dim), dtype=torch.float32, device=dev),
+                      torch.empty((n_slots, plan.tile_q), dtype=torch.float32, device=dev)) if n_slots else None
+        ps = plan.page_size
+        rd = (rope.rotary_dim or plan.head_dim) if rope else plan.head_dim
+        self._scalars = (np.float32(self.sm_scale), np.int32(plan.num_kv_heads), np.int32(plan.group),
+                         np.int32(plan.window_left), np.int32(ps), np.int32(ps.bit_length() - 1 if ps & (ps - 1) == 0
+                                                                            else -1),
+                         np.int32(rd), np.float32(math.log2(rope.theta) if rope else 0.0),
+                         np.float32(1.0 / rope.scale if rope else 1.0))
+        self._go = self.kernel.launcher("prefill", shared_mem=smem, device_index=dev.index)
+        ptr = lambda t: np.uint64(t.data_ptr())  # noqa: E731
+        idx = page_table.indices if self.paged else self.cta_ptr   # (ragged: never read)
+        self._args_mid = (ptr(idx), ptr(self.items), ptr(self.cta_ptr), ptr(self.runs), ptr(self.params))
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor | None = None, v: torch.Tensor | None = None, *,
+                 cache=None, out: torch.Tensor | None = None,
+                 lse: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention of the planned batch.
+
+        Args:
+            q: ``[sum(qo_lens), num_qo_heads, head_dim]`` fp16/bf16 (contiguous).
+            k, v: ragged runners: ``[sum(kv_lens), num_kv_heads, head_dim]``, q's dtype and device.
+            cache: paged runners: the cache to read (default: the one given at construction).
+            out, lse: optional preallocated outputs ``[sum(qo_lens), num_qo_heads, head_dim]`` q.dtype and
+                ``[sum(qo_lens), num_qo_heads]`` float32.
+        Returns:
+            ``(out [sum(qo_lens), num_qo_heads, head_dim] q.dtype, lse [sum(qo_lens), num_qo_heads] float32)``;
+            a row that sees no key has output 0 and LSE -inf.
+        """
+        p = self.plan
+        src = self._check(q, k, v, cache)
+        specs = {"out": (tuple(q.shape), q.dtype), "lse": (tuple(q.shape[:2]), torch.float32)}
+        out, lse = (torch.empty(specs[n][0], dtype=specs[n][1], device=q.device) if t is None else
+                    prepare_outputs((t,), [specs[n]], q.device, names=(n,))[0] for n, t in (("out", out), ("lse", lse)))
+        if q.device.type != "cuda":
+            kw = dict(kv_cache=src[0], page_table=self.page_table, layout=self.layout) if self.paged else {}
+            o, s = emulate(p, q, *(() if self.paged else src), sm_scale=self.sm_scale, rope=self.rope,
+                           **kw, **self.variant.reference_kwargs())
+            return out.copy_(o), lse.copy_(s)
+        if p.num_items == 0:
+            return out.zero_(), lse.fill_(float("-inf"))
+        part_o, part_lse = self._part if self._part is not None else (out, lse)   # unsplit plans never write them
+        kp, vp = (src[0], src[0]) if self.paged else src
+        ptr = np.uint64
+        self._go((p.num_ctas, 1, 1), (NUM_THREADS, 1, 1),
+                 (ptr(q.data_ptr()), ptr(kp.data_ptr()), ptr(vp.data_ptr()), *self._args_mid, ptr(out.data_ptr()),
+                  ptr(lse.data_ptr()), ptr(part_o.data_ptr()), ptr(part_lse.data_ptr()),
+                  ptr(self.merge_count.data_ptr()), *self._scalars))
+        return out, lse
+
+    def _check(self, q, k, v, cache):
+        p = self.plan
+        if not isinstance(q, torch.Tensor):
+            raise InputError(f"q: expected a tensor, got {type(q).__name__}")
+        shape = (self._num_q, p.num_qo_heads, p.head_dim)
+        if tuple(q.shape) != shape:
+            raise InputError(f"q: expected shape {list(shape)} [sum(qo_lens), num_qo_heads, head_dim] (from the "
+                             f"plan), got {list(q.shape)}")
+        if q.dtype != self.dtype:
+            raise InputError(f"q: expected dtype {self.dtype} (the plan's), got {q.dtype}")
+        if q.device != self.device and not (q.device.type == self.device.type == "cuda" and self.device.index is None):
+            raise InputError(f"q is on {q.device}; the runner was built for {self.device}")
+        cuda = q.device.type == "cuda"
+        if cuda and (not q.is_contiguous() or q.data_ptr() % 16):
+            raise InputError("q: expected a contiguous, 16-byte aligned tensor (use q.contiguous())")
+        if self.paged:
+            if k is not None or v is not None:
+                raise InputError("this runner reads a paged cache: pass cache=..., not k / v")
+            cache = self.cache if cache is None else cache
+            pool = cache.pool if hasattr(cache, "pool") else cache
+            if pool.dtype != self.dtype or tuple(pool.shape) != self._pool_shape or pool.device != q.device:
+                raise InputError(f"cache: expected a {self.dtype} page pool of shape {list(self._pool_shape)} on "
+                                 f"{q.device} (the runner's cache), got {pool.dtype} {list(pool.shape)} on {pool.device}")
+            if not pool.is_contiguous():
+                raise InputError("cache: the page pool must be contiguous")
+            return (pool,)
+        if k is None or v is None:
+            raise InputError("this runner reads ragged k and v: pass runner(q, k, v)")
+        kv_shape = (self._num_kv, p.num_kv_heads, p.head_dim)
+        for name, t in (("k", k), ("v", v)):
+            if not isinstance(t, torch.Tensor) or tuple(t.shape) != kv_shape:
+                got = list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise InputError(f"{name}: expected shape {list(kv_shape)} [sum(kv_lens), num_kv_heads, head_dim] "
+                                 f"(from the plan), got {got}")
+            if t.dtype != q.dtype or t.device != q.device:
+                raise InputError(f"{name}: expected {q.dtype} on {q.device} (q's), got {t.dtype} on {t.device}")
+            if cuda and (not t.is_contiguous() or t.data_ptr() % 16):
+                raise InputError(f"{name}: expected a contiguous, 16-byte aligned tensor (use {name}.contiguous())")
+        return k, v
+
+
+def run_prefill(plan: Plan, q: torch.Tensor, k=None, v=None, *, cache=None, page_table=None,
+                variant: Variant | None = None, rope: RoPE | None = None,
+                sm_scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One-off prefill of a planned batch (builds a :class:`PrefillRunner`; keep the runner to call it per layer)."""
+    r = PrefillRunner(plan, cache, page_table, variant=variant, rope=rope, sm_scale=sm_scale, device=q.device)
+    return r(q, k, v) if cache is None else r(q, cache=cache)
+
+
+# ---------------------------------------------------------------------------------------------- front doors
+def _indptr(name: str, x, n_rows: int) -> np.ndarray:
+    a = np.asarray(x.tolist() if hasattr(x, "tolist") else x)
+    if a.ndim != 1 or len(a) < 1 or (a.size and not np.issubdtype(a.dtype, np.integer)):
+        raise InputError(f"{name}: expected a 1-D integer sequence [batch_size + 1], got shape {a.shape} {a.dtype}")
+    a = a.astype(np.int64)
+    if a[0] != 0 or (np.diff(a) < 0).any():
+        bad = int(np.argmax(np.diff(a) < 0)) if a[0] == 0 else 0
+        raise InputError(f"{name}: must start at 0 and never decrease, got {a[:8].tolist()}... (entry {bad})")
+    if a[-1] != n_rows:
+        raise InputError(f"{name}: its last entry ({a[-1]}) must equal the number of rows of the tensor ({n_rows})")
+    return a
+
+
+def _check_qkv(q: torch.Tensor, num_kv_heads: int, head_dim: int) -> None:
+    if not isinstance(q, torch.Tensor) or q.dim() != 3:
+        raise InputError(f"q: expected [tokens, num_qo_heads, head_dim], got "
+                         f"{list(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__}")
+    if q.dtype not in DTYPES:
+        raise InputError(f"q: expected float16 or bfloat16, got {q.dtype}")
+    if q.shape[2] != head_dim:
+        raise InputError(f"q: head_dim {q.shape[2]}, the keys have {head_dim}")
+    if q.shape[1] % num_kv_heads:
+        raise InputError(f"q has {q.shape[1]} heads, not a multiple of the {num_kv_heads} KV heads")
+
+
+def _plan_for(q, qo_lens, kv_lens, num_kv_heads, head_dim, page_size, causal, window_left, variant, num_sms,
+              tile_q, rope=None):
+    window = window_left if window_left >= 0 else getattr(variant, "window_left", -1)
+    rows_avg = float(np.mean(qo_lens) * (q.shape[1] // num_kv_heads)) if len(qo_lens) else 0.0
+    tq = default_tile_q(rows_avg, head_dim) if tile_q is None else tile_q
+    tr = traits(head_dim, tq, rope_mode(rope))
+    return make_plan(qo_lens, kv_lens, num_qo_heads=q.shape[1], num_kv_heads=num_kv_heads, head_dim=head_dim,
+                     page_size=page_size, causal=causal, window_left=window, tile_q=tq, dtype=DTYPE_NAMES[q.dtype],
+                     num_sms=num_sms, ctas_per_sm=tr.ctas_per_sm, fixed_cost=tr.fixed_cost,
+                     merge_gain=0.05 if variant is None or variant.softmax else math.inf), window
+
+
+def prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qo_indptr, kv_indptr, *, causal: bool = False,
+            window_left: int = -1, variant: Variant | None = None, rope: RoPE | None = None,
+            sm_scale: float | None = None, return_lse: bool = False, tile_q: int | None = None, num_sms=None):
+    """Attention of a ragged batch in one call: plan it and run it (notebooks; serving code keeps the runner).
+
+    Args:
+        q: ``[qo_indptr[-1], num_qo_heads, head_dim]`` fp16/bf16: every request's queries, concatenated.
+        k, v: ``[kv_indptr[-1], num_kv_heads, head_dim]``, likewise (GQA when ``num_qo_heads > num_kv_heads``).
+        qo_indptr, kv_indptr: ``[batch + 1]`` int: request b's rows are ``q[qo_indptr[b]:qo_indptr[b+1]]`` etc.
+        causal: bottom-right aligned causal mask (needs ``qo_len <= kv_len``).
+        window_left: sliding window (``-1`` off): a query at position p sees keys ``>= p - window_left``; only
+            the keys inside it are read. A variant's ``window_left`` promise is used when this is ``-1``.
+        variant, rope, sm_scale: as in :class:`PrefillRunner`.
+        return_lse: also return the LSE ``[qo_indptr[-1], num_qo_heads]`` float32 (natural log).
+        tile_q: query tile rows (64 / 128; default :func:`default_tile_q`); num_sms: SMs to plan for.
+    Returns:
+        ``out [qo_indptr[-1], num_qo_heads, head_dim]`` q.dtype (and ``lse``).
+    """
+    for name, t in (("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 3:
+            raise InputError(f"{name}: expected [tokens, num_kv_heads, head_dim], got "
+                             f"{list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+    if k.shape != v.shape:
+        raise InputError(f"k and v must have one shape, got {list(k.shape)} and {list(v.shape)}")
+    _check_qkv(q, k.shape[1], k.shape[2])
+    if len({q.device, k.device, v.device}) != 1 or len({q.dtype, k.dtype, v.dtype}) != 1:
+        raise InputError(f"q, k, v must share a device and dtype, got {q.dtype}/{q.device}, {k.dtype}/{k.device}, "
+                         f"{v.dtype}/{v.device}")
+    qo = _indptr("qo_indptr", qo_indptr, q.shape[0])
+    kv = _indptr("kv_indptr", kv_indptr, k.shape[0])
+    if len(qo) != len(kv):
+        raise InputError(f"qo_indptr has {len(qo) - 1} requests, kv_indptr {len(kv) - 1}")
+    p, window = _plan_for(q, np.diff(qo), np.diff(kv), k.shape[1], k.shape[2], 16, causal, window_left, variant,
+                          num_sms, tile_q, rope)
+    out, lse = run_prefill(p, q.contiguous(), k.contiguous(), v.contiguous(), variant=variant, rope=rope,
+                           sm_scale=sm_scale)
+    return (out, lse) if return_lse else out
+
+
+def append(q: torch.Tensor, cache, seq_ids: Sequence[int], qo_lens: Sequence[int], *, causal: bool = True,
+           window_left: int = -1, variant: Variant | None = None, rope: RoPE | None = None,
+           sm_scale: float | None = None, return_lse: bool = False, tile_q: int | None = None, num_sms=None):
+    """Append attention: the newest ``qo_lens[i]`` tokens of each sequence attend to the whole sequence.
+
+    Args:
+        q: ``[sum(qo_lens), num_qo_heads, head_dim]``: sequence i's new tokens' queries, in ``seq_ids`` order.
+        cache: the :class:`~infernb.layout.PagedKVCache` whose sequences already hold the new tokens' K/V
+            (``cache.append`` them first).
+        seq_ids: live sequence ids; qo_lens: new tokens of each (``<=`` its length).
+        causal: bottom-right aligned (chunked prefill, speculative verification); window_left, variant, rope,
+            sm_scale, return_lse, tile_q, num_sms: as in :func:`prefill`.
+    Returns:
+        ``out [sum(qo_lens), num_qo_heads, head_dim]`` q.dtype (and ``lse [sum(qo_lens), num_qo_heads]``).
+    """
+    seq_ids = list(seq_ids)
+    table = cache.page_table(seq_ids)                 # raises on freed / unknown ids
+    qo_lens = np.asarray(list(qo_lens), np.int64)
+    if len(qo_lens) != len(seq_ids):
+        raise InputError(f"qo_lens has {len(qo_lens)} entries, seq_ids {len(seq_ids)}")
+    _check_qkv(q, cache.num_kv_heads, cache.head_dim)
+    if q.shape[0] != int(qo_lens.sum()):
+        raise InputError(f"q has {q.shape[0]} rows but sum(qo_lens) = {int(qo_lens.sum())}")
+    kv_lens = np.asarray(cache.lengths(seq_ids), np.int64)
+    if (qo_lens > kv_lens).any():
+        i = int(np.argmax(qo_lens > kv_lens))
+        raise InputError(f"qo_lens[{i}] = {qo_lens[i]} exceeds sequence {seq_ids[i]}'s length {kv_lens[i]}: append "
+                         "the new tokens' K/V to the cache first")
+    if q.dtype != cache.dtype or q.device != cache.pool.device:
+        raise InputError(f"q: expected {cache.dtype} on {cache.pool.device} (the cache's), got {q.dtype} on {q.device}")
+    p, _ = _plan_for(q, qo_lens, kv_lens, cache.num_kv_heads, cache.head_dim, cache.page_size, causal, window_left,
+                     variant, num_sms, tile_q, rope)
+    out, lse = run_prefill(p, q.contiguous(), cache=cache, page_table=table, variant=variant, rope=rope,
+                           sm_scale=sm_scale)
+    return (out, lse) if return_lse else out
+
+
+__all__ = ["PREFILL_ITEM", "PREFILL_RUN", "PrefillRunner", "PrefillTraits", "TRAITS", "append", "default_tile_q",
+           "plan_records", "prefill", "prefill_spec", "run_prefill", "specializations", "traits"]

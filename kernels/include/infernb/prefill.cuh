@@ -1,0 +1,449 @@
+// infernb: prefill / append attention on tensor cores (mma.sync m16n8k16, sm_80+), ragged or paged KV.
+//
+// A work item (infernb.ops.prefill builds them from a Plan) is one query tile of one request and one KV head: TILE_Q
+// packed rows (row R of a request = token R / GROUP, query head kv_head * GROUP + R % GROUP, so the GQA group shares
+// every K/V byte) against a list of key runs [pos_start, pos_end) (the tile's visible keys, cut by the plan:
+// causal, sliding window and block masks shorten or split them). A CTA runs the items the planner gave it.
+//
+// 4 warps; warp w owns rows [16 M w, 16 M (w + 1)) of the tile (M = M_TILES 16-row mma tiles), so no warp ever
+// needs another's logits. Per BLOCK_N-key chunk:
+//   S = Q K^T (Q and K from shared memory by ldmatrix)  ->  logits: scale, variant score_mod, masks  ->
+//   online softmax (softmax_state.cuh)  ->  O += P V (P from registers, V by ldmatrix.trans).
+// K/V chunks stream through STAGES shared-memory buffers with cp.async (STAGES - 1 in flight), straight from the
+// ragged tensors or the page pool; the page ids of the next chunk are loaded a chunk ahead. The epilogue writes the
+// normalized O (through shared memory, 16-byte stores) and the natural-log LSE, or, for an item of a split unit, its
+// partial state; the CTA that finishes a split unit's last item merges the unit (merge_states.cuh) in the launch.
+//
+// Masks: a chunk entirely inside the causal / window bounds of every row of the tile, with all its keys valid, skips
+// the per-element mask (only score_mod runs); a variant mask_mod (MASK_MOD) is evaluated on every visible logit.
+#pragma once
+#include <infernb/common.cuh>
+#include <infernb/merge_states.cuh>
+#include <infernb/mma.cuh>
+#include <infernb/rope.cuh>
+#include <infernb/softmax_state.cuh>
+#include <infernb/variant.cuh>
+
+namespace infernb {
+
+// Work item (infernb.ops.prefill.PREFILL_ITEM is the same record as a NumPy dtype; the generated unit checks the
+// offsets). Request b's query rows start at q token q_start (its qo_indptr); its keys at kv_start (ragged: the
+// token offset of its K/V in k / v; paged: its first entry in the page table's indices). The tile holds `rows`
+// packed rows starting at packed row row0 of the request. Key runs [run_begin, run_end) of the run array.
+// slot = -1: the item is its unit's only one and writes the output; otherwise partial state `slot`, the unit's
+// partial states being [slot_begin, slot_end), merged by the last of its items to finish (merge_count[merge_unit]).
+#define INFERNB_PREFILL_ITEM_FIELDS(X)                                                                             \
+  X(b) X(kv_head) X(q_start) X(row0) X(rows) X(qo_len) X(kv_len) X(kv_start) X(run_begin) X(run_end) X(slot)       \
+  X(merge_unit) X(slot_begin) X(slot_end) X(pad0) X(pad1)
+#define INFERNB_FIELD_DECL(n) int n;
+#define INFERNB_FIELD_NAME(n) #n ","
+struct prefill_item_t { INFERNB_PREFILL_ITEM_FIELDS(INFERNB_FIELD_DECL) };
+// "b,kv_head,...,": the generated unit compares it with PREFILL_ITEM's names (all fields are int32, so equal names in
+// equal order mean equal offsets)
+constexpr const char PREFILL_ITEM_NAMES[] = INFERNB_PREFILL_ITEM_FIELDS(INFERNB_FIELD_NAME);
+constexpr bool str_eq(const char* a, const char* b) { return *a == *b && (*a == 0 || str_eq(a + 1, b + 1)); }
+struct prefill_run_t { int pos_start, pos_end; };
+// A padding row's position (rows past the tile's end): no real position is this low.
+constexpr int PAD_ROW = -0x40000000;
+
+// KV_MODE: 0 ragged k / v [tokens, num_kv_heads, HEAD_DIM]; 1 paged NHD; 2 paged HND (decode.cuh's pool layouts).
+template <typename T, int HEAD_DIM, int M_TILES, int BLOCK_N, int STAGES_, int ROPE = 0>
+struct prefill_cfg_t {
+  static constexpr int NUM_WARPS = 4;
+  static constexpr int NUM_THREADS = 32 * NUM_WARPS;
+  static constexpr int WARP_ROWS = 16 * M_TILES;
+  static constexpr int TILE_Q = WARP_ROWS * NUM_WARPS;
+  static constexpr int CHUNKS = HEAD_DIM / 8;                   // 16-byte chunks per row
+  static constexpr int STAGES = STAGES_;
+  static constexpr int KV_TILE_ELEMS = BLOCK_N * HEAD_DIM;
+  static constexpr int STAGE_ELEMS = 2 * KV_TILE_ELEMS;        // K then V
+  // copies: each thread copies rows tid / CHUNKS + ROWS_PER_PASS * k, chunk tid % CHUNKS
+  static constexpr int ROWS_PER_PASS = NUM_THREADS / CHUNKS;
+  static constexpr int KV_PASSES = BLOCK_N / ROWS_PER_PASS;
+  static constexpr int Q_PASSES = TILE_Q / ROWS_PER_PASS;
+  // shared memory, bytes: K/V stages | Q tile (also the O tile of the epilogue) | flags | rows | RoPE tables
+  static constexpr int SMEM_KV = STAGES * STAGE_ELEMS * 2;
+  static constexpr int SMEM_Q = TILE_Q * HEAD_DIM * 2;
+  static constexpr int SMEM_FLAGS = 128;                       // the merge flag, the item record
+  static constexpr int SMEM_ROWS = TILE_Q * 8;                  // each row's (position, query head)
+  static constexpr int SMEM_ROPE_FREQ = ROPE ? HEAD_DIM / 2 * 16 : 0;
+  static constexpr int SMEM_ROPE_GRP = ROPE ? detail::rope_layout_t<ROPE>::GRP_ENTRIES * 8 : 0;
+  static constexpr int SMEM_ROPE_BASE = ROPE ? NUM_WARPS * HEAD_DIM / 2 * 8 : 0;
+  static constexpr int SMEM_ROPE = SMEM_ROPE_FREQ + SMEM_ROPE_GRP + SMEM_ROPE_BASE;
+  static constexpr int SMEM_BYTES = SMEM_KV + SMEM_Q + SMEM_FLAGS + SMEM_ROWS + SMEM_ROPE;
+  static_assert(sizeof(T) == 2, "prefill runs on fp16 / bf16 (tensor-core operands)");
+  static_assert(HEAD_DIM % 64 == 0, "HEAD_DIM must be a multiple of 64 (swizzled rows of >= 128 bytes)");
+  static_assert(BLOCK_N % 16 == 0 && BLOCK_N % ROWS_PER_PASS == 0 && TILE_Q % ROWS_PER_PASS == 0, "copy tiling");
+  static_assert(STAGES >= 2, "the pipeline needs at least two stages");
+  static_assert(SMEM_BYTES <= 227 * 1024, "shared memory budget of one SM");
+};
+
+// q:       [q_tokens, num_kv_heads * GROUP, HEAD_DIM] T (contiguous)
+// k, v:    ragged (KV_MODE 0): [kv_tokens, num_kv_heads, HEAD_DIM] T; paged: k = the page pool
+//          NHD [num_pages, 2, page_size, num_kv_heads, HEAD_DIM] / HND [num_pages, 2, num_kv_heads, page_size, HEAD_DIM],
+//          v unused
+// kv_indices: paged: the page table's page ids
+// items [num_items] prefill_item_t ordered by CTA; cta_ptr [gridDim.x + 1]: CTA c runs items [cta_ptr[c], cta_ptr[c+1])
+// runs [num_runs] prefill_run_t
+// out:     [q_tokens, num_qo_heads, HEAD_DIM] T; lse: [q_tokens, num_qo_heads] fp32 (natural log)
+// part_o:  [slots, TILE_Q, HEAD_DIM] fp32; part_lse: [slots, TILE_Q] fp32 (partial states of split units)
+// merge_count: [split units] int32, zero before the launch and left zero after it
+// window_left: -1 off; page_shift: log2(page_size) for power-of-two pages, else -1
+template <typename T, int HEAD_DIM, int M_TILES, int BLOCK_N, int STAGES, int KV_MODE, bool CAUSAL, typename VARIANT,
+          bool SCORE_MOD, bool MASK_MOD, int ROPE, int MIN_CTAS>
+__global__ void __launch_bounds__(prefill_cfg_t<T, HEAD_DIM, M_TILES, BLOCK_N, STAGES, ROPE>::NUM_THREADS, MIN_CTAS)
+prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+               const int* __restrict__ kv_indices, const prefill_item_t* __restrict__ items,
+               const int* __restrict__ cta_ptr, const prefill_run_t* __restrict__ runs,
+               const typename VARIANT::params_t* __restrict__ vparams, T* __restrict__ out, float* __restrict__ lse,
+               float* __restrict__ part_o, float* __restrict__ part_lse, int* __restrict__ merge_count,
+               float sm_scale, int num_kv_heads, int group, int window_left, int page_size, int page_shift,
+               int rotary_dim, float rope_log2_theta, float rope_inv_scale) {
+  using cfg = prefill_cfg_t<T, HEAD_DIM, M_TILES, BLOCK_N, STAGES, ROPE>;
+  constexpr int D = HEAD_DIM, CH = cfg::CHUNKS, BN = BLOCK_N, NT = cfg::NUM_THREADS, ST = STAGES, M = M_TILES;
+  constexpr int KSTEPS = D / 16;                 // k-steps of Q K^T
+  constexpr int NTILES = BN / 8;                 // 8-key n-tiles of S
+  constexpr int DTILES = D / 8;                  // 8-column n-tiles of O
+  constexpr bool SOFTMAX = VARIANT::USE_SOFTMAX;
+  constexpr bool PAGED = KV_MODE != 0, HND = KV_MODE == 2;
+
+  const int item_begin = cta_ptr[blockIdx.x], item_end = cta_ptr[blockIdx.x + 1];
+  if (item_begin >= item_end) return;
+
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  if (mma::smem_addr(smem_raw) % 1024 != 0) __trap();   // the XOR addressing of ldmatrix relies on it
+  T* s_kv = reinterpret_cast<T*>(smem_raw);
+  T* s_q = reinterpret_cast<T*>(smem_raw + cfg::SMEM_KV);
+  int* s_flags = reinterpret_cast<int*>(smem_raw + cfg::SMEM_KV + cfg::SMEM_Q);
+  prefill_item_t* s_item = reinterpret_cast<prefill_item_t*>(s_flags + 16);
+  int2* s_rows = reinterpret_cast<int2*>(smem_raw + cfg::SMEM_KV + cfg::SMEM_Q + cfg::SMEM_FLAGS);
+  unsigned char* s_rope = smem_raw + cfg::SMEM_KV + cfg::SMEM_Q + cfg::SMEM_FLAGS + cfg::SMEM_ROWS;
+  float4* s_rope_freq = reinterpret_cast<float4*>(s_rope);
+  float2* s_rope_grp = reinterpret_cast<float2*>(s_rope + cfg::SMEM_ROPE_FREQ);
+  float2* s_rope_base = reinterpret_cast<float2*>(s_rope + cfg::SMEM_ROPE_FREQ + cfg::SMEM_ROPE_GRP);
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+  const int num_qo_heads = num_kv_heads * group;
+  const typename VARIANT::params_t vp = *vparams;
+  // element strides of a key row (a page's K and V blocks hold < 2^31 elements: checked on the host)
+  const int head_stride = !PAGED ? D : (HND ? page_size * D : D);
+  const int tok_stride = HND ? D : num_kv_heads * D;
+  const int page_stride = 2 * page_size * num_kv_heads * D;     // paged: one page (K and V)
+  const int v_off = page_size * num_kv_heads * D;               // paged: K -> V of a page
+  if (ROPE != 0)
+    detail::rope_tables_init<ROPE>(s_rope_freq, s_rope_grp, rotary_dim, rope_log2_theta, rope_inv_scale, tid, NT);
+
+  // copy geometry: this thread's 16-byte chunk cp_ch of rows cp_r0 + ROWS_PER_PASS * i
+  const int cp_ch = tid % CH, cp_r0 = tid / CH;
+
+  // ldmatrix lane offsets (mma.cuh): Q (A of S = Q K^T): rows lane & 15, chunk lane >> 4; K (B, non-transposed):
+  // keys (lane & 7) + 8 (lane >> 4), chunk (lane >> 3) & 1; V (B of O = P V, transposed): keys (lane & 7) +
+  // 8 ((lane >> 3) & 1), chunk lane >> 4. Rows 16 further are 16 CH 16 bytes further (the swizzle repeats every 8).
+  const unsigned q_lane = mma::smem_addr(s_q) + mma::swizzle<CH>(warp * cfg::WARP_ROWS + (lane & 15), lane >> 4) * 16;
+  const unsigned k_lane_off = mma::swizzle<CH>((lane & 7) + (lane >> 4) * 8, (lane >> 3) & 1) * 16;
+  const unsigned v_lane_off = mma::swizzle<CH>((lane & 7) + ((lane >> 3) & 1) * 8, lane >> 4) * 16;
+  constexpr unsigned ROW16 = 16 * CH * 16;       // bytes of 16 rows
+
+#pragma unroll 1
+  for (int it_idx = item_begin; it_idx < item_end; ++it_idx) {
+    // the record in registers for the prologue, and in shared memory for the epilogue (fewer live registers in
+    // the main loop; published by the first chunk's barrier, rewritten only after the item's last barrier)
+    const prefill_item_t it = items[it_idx];
+    if (tid < 16) reinterpret_cast<int*>(s_item)[tid] = reinterpret_cast<const int*>(items + it_idx)[tid];
+    // K rows of the item's KV head: ragged k + (kv_start + pos) * tok_stride, paged through the page table
+    const T* kbase = k + (long long)it.kv_head * head_stride + (PAGED ? 0 : (long long)it.kv_start * tok_stride);
+    const T* vbase = PAGED ? kbase + v_off : v + (kbase - k);
+    const int* page_ids = kv_indices + it.kv_start;
+    const int qpos0 = it.kv_len - it.qo_len;       // position of the request's first query
+    // ------------------------------------------------------------ producer: chunk cursor (run, position)
+    int p_run = it.run_begin, p_pos = 0, p_end = 0;
+    if (p_run < it.run_end) { const prefill_run_t r = runs[p_run]; p_pos = r.pos_start; p_end = r.pos_end; }
+    int p_page[cfg::KV_PASSES];                     // paged: page ids of this thread's rows of the next chunk
+    auto prefetch_pages = [&]() {
+      if (!PAGED || p_run >= it.run_end) return;
+#pragma unroll
+      for (int i = 0; i < cfg::KV_PASSES; ++i) {
+        const int pos = p_pos + cp_r0 + cfg::ROWS_PER_PASS * i;
+        const int pidx = page_shift >= 0 ? pos >> page_shift : pos / page_size;
+        p_page[i] = pos < p_end ? page_ids[pidx] : -1;
+      }
+    };
+    auto issue = [&](int stage) {
+      if (p_run < it.run_end) {
+        const unsigned sk = mma::smem_addr(s_kv + stage * cfg::STAGE_ELEMS);
+        const unsigned sv = sk + cfg::KV_TILE_ELEMS * 2;
+#pragma unroll
+        for (int i = 0; i < cfg::KV_PASSES; ++i) {
+          const int row = cp_r0 + cfg::ROWS_PER_PASS * i;
+          const int pos = p_pos + row;
+          bool valid = pos < p_end;
+          long long off = 0;
+          if (PAGED) {
+            valid = p_page[i] >= 0;
+            const int slot = page_shift >= 0 ? pos & (page_size - 1) : pos % page_size;
+            off = (long long)p_page[i] * page_stride + slot * tok_stride;
+          } else {
+            off = (long long)pos * tok_stride;
+          }
+          off = valid ? off + cp_ch * 8 : 0;
+          const unsigned dst = mma::swizzle<CH>(row, cp_ch) * 16;
+          mma::cp_async16(sk + dst, valid ? kbase + off : k, valid);
+          mma::cp_async16(sv + dst, valid ? vbase + off : k, valid);
+        }
+        // advance the cursor to the next chunk and load its page ids (in flight while this chunk is computed)
+        p_pos += BN;
+        if (p_pos >= p_end && ++p_run < it.run_end) { const prefill_run_t r = runs[p_run]; p_pos = r.pos_start; p_end = r.pos_end; }
+        prefetch_pages();
+      }
+      mma::cp_async_commit();
+    };
+
+    // ------------------------------------------------------------ the Q tile (rows >= it.rows zero-filled)
+    prefetch_pages();
+    {
+      const long long q_row_stride = (long long)num_qo_heads * D;
+#pragma unroll
+      for (int i = 0; i < cfg::Q_PASSES; ++i) {
+        const int r = cp_r0 + cfg::ROWS_PER_PASS * i;
+        const int R = it.row0 + r;
+        const bool valid = r < it.rows;
+        const T* src = valid ? q + (long long)(it.q_start + R / group) * q_row_stride +
+                                   (long long)(it.kv_head * group + R % group) * D + cp_ch * 8 : q;
+        mma::cp_async16(mma::smem_addr(s_q) + mma::swizzle<CH>(r, cp_ch) * 16, src, valid);
+      }
+    }
+#pragma unroll 1
+    for (int s = 0; s < ST - 1; ++s) issue(s);      // the Q tile travels with the first chunk's group
+
+    // ------------------------------------------------------------ every row's position and query head (shared
+    // memory: read only by masked chunks and hooks, so the main loop keeps no registers for them)
+    for (int r = tid; r < cfg::TILE_Q; r += NT) {
+      const int R = it.row0 + r;
+      s_rows[r] = make_int2(r < it.rows ? qpos0 + R / group : PAD_ROW, it.kv_head * group + R % group);
+    }
+    // the tile's first and last query positions: chunks inside [.., first] (causal) and [last - window, ..] are full
+    const int tile_first = qpos0 + it.row0 / group, tile_last = qpos0 + (it.row0 + it.rows - 1) / group;
+
+    if (ROPE != 0) {                               // rotate the Q tile in place once it has landed
+      mma::cp_async_wait<0>();
+      __syncthreads();
+      const int np = rotary_dim / 2;
+      for (int i = tid; i < it.rows * np; i += NT) {
+        const int r = i / np, p = i % np;
+        int da, db;
+        detail::rope_pair<ROPE>(p, rotary_dim, da, db);
+        float sn, cs;
+        detail::rope_sincos(float(qpos0 + (it.row0 + r) / group), s_rope_freq[p].z, &sn, &cs);
+        T* pa = s_q + mma::swizzle_elem<CH>(r, da);
+        T* pb = s_q + mma::swizzle_elem<CH>(r, db);
+        const float a = to_float(*pa), b = to_float(*pb);
+        *pa = from_float<T>(a * cs - b * sn);
+        *pb = from_float<T>(b * cs + a * sn);
+      }
+    }
+
+    float o[M][DTILES][4];
+#pragma unroll
+    for (int mt = 0; mt < M; ++mt)
+#pragma unroll
+      for (int j = 0; j < DTILES; ++j) o[mt][j][0] = o[mt][j][1] = o[mt][j][2] = o[mt][j][3] = 0.f;
+    softmax_state_t<M, SOFTMAX> state;
+    state.init();
+    const float scale_log2 = sm_scale * LOG2E;
+
+    // ------------------------------------------------------------ the consumer: one chunk per iteration
+    int c_run = it.run_begin, c_pos = 0, c_end = 0;
+    if (c_run < it.run_end) { const prefill_run_t r = runs[c_run]; c_pos = r.pos_start; c_end = r.pos_end; }
+#pragma unroll 1
+    for (int chunk = 0; c_run < it.run_end; ++chunk) {
+      mma::cp_async_wait<ST - 2>();
+      __syncthreads();                             // the chunk (and the Q tile) landed; the oldest stage is free
+      issue((chunk + ST - 1) % ST);
+      T* s_k = s_kv + (chunk % ST) * cfg::STAGE_ELEMS;
+      const T* s_v = s_k + cfg::KV_TILE_ELEMS;
+      const int n_valid = c_end - c_pos < BN ? c_end - c_pos : BN;
+
+      if (ROPE != 0) {                             // warps rotate 16 K rows each in place, then all of them are read
+        if (warp * 16 < BN)
+          detail::rope_rotate_rows<T, ROPE, CH>(s_k, warp * 16, c_pos + warp * 16, n_valid - warp * 16, rotary_dim,
+                                               s_rope_freq, s_rope_grp, s_rope_base + warp * (D / 2),
+                                               rope_log2_theta, rope_inv_scale, lane);
+        __syncthreads();
+      }
+
+      // S = Q K^T
+      float s[M][NTILES][4];
+#pragma unroll
+      for (int mt = 0; mt < M; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NTILES; ++nt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.f;
+      const unsigned k_lane = mma::smem_addr(s_k) + k_lane_off;
+#pragma unroll
+      for (int kk = 0; kk < KSTEPS; ++kk) {
+        unsigned a[M][4];
+#pragma unroll
+        for (int mt = 0; mt < M; ++mt) mma::ldmatrix_x4(a[mt], mma::kstep_addr(q_lane + mt * ROW16, kk));
+#pragma unroll
+        for (int nj = 0; nj < NTILES / 2; ++nj) {
+          unsigned b[4];
+          mma::ldmatrix_x4(b, mma::kstep_addr(k_lane + nj * ROW16, kk));
+#pragma unroll
+          for (int mt = 0; mt < M; ++mt) {
+            mma::mma16816<T>(s[mt][2 * nj], a[mt], b[0], b[1]);
+            mma::mma16816<T>(s[mt][2 * nj + 1], a[mt], b[2], b[3]);
+          }
+        }
+      }
+
+      // logits -> hooks -> masks (log2 domain; masked = -inf, or 0 for sigmoid attention). A full chunk without
+      // hooks only scales (its padding rows, zero Q rows, stay finite and are never written).
+      const bool full = n_valid == BN && (!CAUSAL || c_pos + BN - 1 <= tile_first) &&
+                        (window_left < 0 || c_pos >= tile_last - window_left);
+      if (full && SOFTMAX && !SCORE_MOD && !MASK_MOD) {
+#pragma unroll
+        for (int mt = 0; mt < M; ++mt)
+#pragma unroll
+          for (int nt = 0; nt < NTILES; ++nt)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) s[mt][nt][i] *= scale_log2;
+      } else {
+#pragma unroll
+        for (int mt = 0; mt < M; ++mt) {
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int2 rw = s_rows[warp * cfg::WARP_ROWS + mt * 16 + g + 8 * h];   // (position, query head)
+#pragma unroll
+            for (int nt = 0; nt < NTILES; ++nt) {
+#pragma unroll
+              for (int c = 0; c < 2; ++c) {
+                const int i = 2 * h + c;
+                const int pos = c_pos + nt * 8 + 2 * t + c;
+                // hooks see only real (row, key) pairs: a padding row or a key past the run may index a captured
+                // tensor out of its range
+                bool ok = rw.x != PAD_ROW;
+                if (!full) {
+                  ok = ok && pos < c_pos + n_valid;
+                  if (CAUSAL) ok = ok && pos <= rw.x;
+                  ok = ok && (window_left < 0 || pos >= rw.x - window_left);
+                }
+                float x = s[mt][nt][i] * sm_scale;
+                if (SCORE_MOD && ok) x = VARIANT::score_mod(vp, x, it.b, rw.y, rw.x, pos);
+                if (MASK_MOD && ok) ok = VARIANT::mask_mod(vp, it.b, rw.y, rw.x, pos);
+                if (SOFTMAX) x = SCORE_MOD ? x * LOG2E : s[mt][nt][i] * scale_log2;
+                else x = vx::sigmoid(x);
+                s[mt][nt][i] = ok ? x : (SOFTMAX ? -INFERNB_INF : 0.f);
+              }
+            }
+          }
+        }
+      }
+      state.update(s, o);
+
+      // O += P V (P rounded to T as the A fragments of the k-steps first: S is dead before V is read)
+      unsigned pa[BN / 16][M][4];
+#pragma unroll
+      for (int kk = 0; kk < BN / 16; ++kk) {
+#pragma unroll
+        for (int mt = 0; mt < M; ++mt) {
+          pa[kk][mt][0] = mma::pack2<T>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+          pa[kk][mt][1] = mma::pack2<T>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+          pa[kk][mt][2] = mma::pack2<T>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+          pa[kk][mt][3] = mma::pack2<T>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+        }
+      }
+      const unsigned v_lane = mma::smem_addr(s_v) + v_lane_off;
+#pragma unroll
+      for (int kk = 0; kk < BN / 16; ++kk) {
+#pragma unroll
+        for (int jj = 0; jj < D / 16; ++jj) {
+          unsigned b[4];
+          mma::ldmatrix_x4_trans(b, mma::kstep_addr(v_lane + kk * ROW16, jj));
+#pragma unroll
+          for (int mt = 0; mt < M; ++mt) {
+            mma::mma16816<T>(o[mt][2 * jj], pa[kk][mt], b[0], b[1]);
+            mma::mma16816<T>(o[mt][2 * jj + 1], pa[kk][mt], b[2], b[3]);
+          }
+        }
+      }
+      // the consumer's cursor follows the producer's
+      c_pos += BN;
+      if (c_pos >= c_end && ++c_run < it.run_end) { const prefill_run_t r = runs[c_run]; c_pos = r.pos_start; c_end = r.pos_end; }
+    }
+    mma::cp_async_wait<0>();                       // (empty groups of the producer's overrun)
+
+    // ------------------------------------------------------------ epilogue
+    const prefill_item_t& e = *s_item;               // (read back: see the item's start)
+    float scale[2 * M], lse_r[2 * M];
+    state.finish(scale, lse_r);
+    if (e.slot < 0) {
+      // O rows (normalized, rounded to T) into this warp's own rows of the Q tile (only this warp reads them), then
+      // out with 16-byte stores
+      __syncwarp();
+#pragma unroll
+      for (int mt = 0; mt < M; ++mt) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int row = warp * cfg::WARP_ROWS + mt * 16 + g + 8 * h;
+#pragma unroll
+          for (int j = 0; j < DTILES; ++j) {
+            const unsigned val = mma::pack2<T>(o[mt][j][2 * h] * scale[2 * mt + h], o[mt][j][2 * h + 1] * scale[2 * mt + h]);
+            *reinterpret_cast<unsigned*>(s_q + mma::swizzle_elem<CH>(row, 8 * j + 2 * t)) = val;
+          }
+        }
+      }
+      __syncwarp();
+      const long long q_row_stride = (long long)num_qo_heads * D;
+      for (int i = lane; i < cfg::WARP_ROWS * CH; i += 32) {
+        const int row = warp * cfg::WARP_ROWS + i / CH, ch = i % CH;
+        if (row < e.rows) {
+          const int R = e.row0 + row;
+          T* dst = out + (long long)(e.q_start + R / group) * q_row_stride + (long long)(e.kv_head * group + R % group) * D;
+          *reinterpret_cast<uint4*>(dst + ch * 8) = *reinterpret_cast<const uint4*>(s_q + mma::swizzle<CH>(row, ch) * 8);
+        }
+      }
+      if (t == 0) {
+#pragma unroll
+        for (int r = 0; r < 2 * M; ++r) {
+          const int row = warp * cfg::WARP_ROWS + (r / 2) * 16 + g + (r % 2) * 8;
+          if (row < e.rows) {
+            const int R = e.row0 + row;
+            lse[(long long)(e.q_start + R / group) * num_qo_heads + e.kv_head * group + R % group] = lse_r[r];
+          }
+        }
+      }
+    } else {
+      // a split unit's part: fp32 partial output and LSE in slot `slot`
+#pragma unroll
+      for (int mt = 0; mt < M; ++mt) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int row = warp * cfg::WARP_ROWS + mt * 16 + g + 8 * h;
+          float* dst = part_o + ((long long)e.slot * cfg::TILE_Q + row) * D + 2 * t;
+#pragma unroll
+          for (int j = 0; j < DTILES; ++j)
+            *reinterpret_cast<float2*>(dst + 8 * j) =
+                make_float2(o[mt][j][2 * h] * scale[2 * mt + h], o[mt][j][2 * h + 1] * scale[2 * mt + h]);
+          if (t == 0) part_lse[(long long)e.slot * cfg::TILE_Q + row] = lse_r[2 * mt + h];
+        }
+      }
+      int& s_last = s_flags[0];
+      __threadfence();                             // this CTA's partial state is visible device-wide ...
+      __syncthreads();
+      if (tid == 0) s_last = atomicAdd(merge_count + e.merge_unit, 1) == e.slot_end - e.slot_begin - 1;
+      __syncthreads();                             // ... before it is counted
+      if (s_last) {
+        __threadfence();
+        const int q_start = e.q_start, row0 = e.row0, h0 = e.kv_head * group;
+        merge_slots_rows<T, D, cfg::TILE_Q, NT>(
+            part_o + (long long)e.slot_begin * cfg::TILE_Q * D, part_lse + (long long)e.slot_begin * cfg::TILE_Q, 0,
+            e.slot_end - e.slot_begin, e.rows, out, lse,
+            [=](int r) { const int R = row0 + r; return (long long)(q_start + R / group) * num_qo_heads + h0 + R % group; },
+            tid);
+        if (tid == 0) merge_count[e.merge_unit] = 0;   // ready for the next launch of the plan
+      }
+    }
+    __syncthreads();                               // the next item's copies overwrite the Q tile and the stages
+  }
+}
+
+}  // namespace infernb

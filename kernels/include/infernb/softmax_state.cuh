@@ -1,0 +1,89 @@
+// infernb: the online-softmax state of rows held in mma.m16n8k16 accumulator fragments (a kernel part).
+//
+// A warp holds M_TILES tiles of 16 query rows; lane (g = lane / 4, t = lane % 4) owns rows g and g + 8 of each tile
+// (index r = 2 m + half) and, for each 8-column n-tile of logits or output, the columns 2t, 2t + 1 (mma.cuh).
+// Logits arrive in the log2 domain (already scaled by log2(e)); -inf marks a masked logit.
+//
+//   state.init()                          m = -inf, l = 0 (softmax) / 0, 0 (sigmoid)
+//   state.update(s, o)                    new running max per row (reduced over the row's 4 lanes), o rescaled,
+//                                         s turned into probabilities exp2(s - m), l += their sum (this lane's part)
+//   state.finish(lse)                     l reduced over the row's lanes; returns per row the output scale
+//                                         (1 / l, or 0 for a row that saw no key) and writes the natural-log LSE
+//
+// A row that sees no key keeps m = -inf: its probabilities are exp2(-inf - 0) = 0, its output 0, its LSE -inf.
+// Sigmoid attention (SOFTMAX = false) has no max and no rescale: the output is the plain sum and lse = log(sum).
+#pragma once
+#include <infernb/common.cuh>
+
+namespace infernb {
+
+// 2^x by the SFU (ex2.approx.ftz: 2 ulp, exp2(-inf) = 0), without exp2f's denormal-range fix-up.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+template <int M_TILES, bool SOFTMAX>
+struct softmax_state_t {
+  static constexpr int ROWS = 2 * M_TILES;      // rows of this lane: (m, g) and (m, g + 8)
+  float m[ROWS], l[ROWS];
+
+  __device__ __forceinline__ void init() {
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) { m[r] = SOFTMAX ? -INFERNB_INF : 0.f; l[r] = 0.f; }
+  }
+
+  // s: [M_TILES][NT][4] logits (log2 domain) of NT n-tiles; o: [M_TILES][DT][4] output accumulators.
+  template <int NT, int DT>
+  __device__ __forceinline__ void update(float (&s)[M_TILES][NT][4], float (&o)[M_TILES][DT][4]) {
+#pragma unroll
+    for (int mt = 0; mt < M_TILES; ++mt) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = 2 * mt + h;
+        if (SOFTMAX) {
+          float mx = m[r];
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * h], s[mt][nt][2 * h + 1]));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+          const float base = mx == -INFERNB_INF ? 0.f : mx;   // a row with no key so far: probabilities 0
+          const float alpha = fast_exp2(m[r] - base);
+          m[r] = mx;
+          l[r] *= alpha;
+#pragma unroll
+          for (int j = 0; j < DT; ++j) { o[mt][j][2 * h] *= alpha; o[mt][j][2 * h + 1] *= alpha; }
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt) {
+            s[mt][nt][2 * h] = fast_exp2(s[mt][nt][2 * h] - base);
+            s[mt][nt][2 * h + 1] = fast_exp2(s[mt][nt][2 * h + 1] - base);
+            l[r] += s[mt][nt][2 * h] + s[mt][nt][2 * h + 1];
+          }
+        } else {
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt) l[r] += s[mt][nt][2 * h] + s[mt][nt][2 * h + 1];
+        }
+      }
+    }
+  }
+
+  // Reduce l over each row's 4 lanes; scale[r]: what the row's output is multiplied by; lse[r]: natural log.
+  __device__ __forceinline__ void finish(float (&scale)[ROWS], float (&lse)[ROWS]) {
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+      float x = l[r];
+      x += __shfl_xor_sync(0xffffffffu, x, 1);
+      x += __shfl_xor_sync(0xffffffffu, x, 2);
+      if (SOFTMAX) {
+        scale[r] = x > 0.f ? __fdividef(1.f, x) : 0.f;
+        lse[r] = x > 0.f ? (m[r] + log2f(x)) * LN2 : -INFERNB_INF;
+      } else {
+        scale[r] = 1.f;
+        lse[r] = logf(x);
+      }
+    }
+  }
+};
+
+}  // namespace infernb

@@ -1,0 +1,299 @@
+"""infernb.prefill / append / PrefillRunner: plan -> records, input checks and the CPU path everywhere; the CUDA
+kernel against the float64 reference over a grid at least as wide as FlashInfer's batch-prefill tests on a GPU
+(outputs poisoned with NaN first)."""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+import infernb as ib
+from infernb import InputError, reference
+from infernb.ops.prefill import PREFILL_ITEM, PrefillRunner, TRAITS, default_tile_q, plan_records
+from infernb.testing import assert_close
+
+from .decode_cases import make_cache
+
+gpu = pytest.mark.gpu
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def ragged(gen, qo_lens, kv_lens, hq, hkv, d, dtype=torch.bfloat16, device=DEV):
+    q = torch.randn(sum(qo_lens), hq, d, generator=gen).to(dtype).to(device)
+    k = torch.randn(sum(kv_lens), hkv, d, generator=gen).to(dtype).to(device)
+    v = torch.randn(sum(kv_lens), hkv, d, generator=gen).to(dtype).to(device)
+    return q, k, v, np.r_[0, np.cumsum(qo_lens)], np.r_[0, np.cumsum(kv_lens)]
+
+
+def check(out, lse, ref_o, ref_s, dtype):
+    """Output within the dtype's tolerance, row by row; LSE -inf exactly where the reference's is, close elsewhere."""
+    assert out.dtype == dtype and lse.dtype == torch.float32
+    ref_o, ref_s, out, lse = ref_o.cpu(), ref_s.cpu(), out.float().cpu(), lse.cpu()
+    assert not torch.isnan(out).any() and not torch.isnan(lse).any(), "NaN in the output (an unwritten row?)"
+    assert_close(out, ref_o, dtype, name="out", rowwise=True)
+    fin = torch.isfinite(ref_s)
+    assert torch.equal(torch.isfinite(lse), fin), "LSE: rows that see no key must be -inf exactly where the reference's are"
+    assert torch.equal(out[~fin], torch.zeros_like(out[~fin])), "rows that see no key must be 0"
+    if fin.any():
+        assert_close(lse[fin], ref_s[fin], dtype, name="lse")
+
+
+def run_ragged(gen, qo_lens, kv_lens, hq, hkv, d, *, dtype=torch.bfloat16, causal=False, window_left=-1,
+               variant=None, rope=None, num_sms=None, tile_q=None, strategy="balanced", merge_gain=0.05):
+    """Plan, poison, run through the runner, compare with the float64 reference; return the plan."""
+    q, k, v, qo_ptr, kv_ptr = ragged(gen, qo_lens, kv_lens, hq, hkv, d, dtype)
+    rows_avg = float(np.mean(qo_lens)) * hq // hkv
+    p = ib.plan(qo_lens, kv_lens, num_qo_heads=hq, num_kv_heads=hkv, head_dim=d, causal=causal,
+                window_left=window_left, tile_q=tile_q or default_tile_q(rows_avg, d), num_sms=num_sms,
+                strategy=strategy, merge_gain=merge_gain, ctas_per_sm=2, dtype=ib.jit.types.DTYPE_NAMES[dtype])
+    runner = PrefillRunner(p, variant=variant, rope=rope, device=q.device)
+    out = torch.full_like(q, float("nan"))
+    lse = torch.full(q.shape[:2], float("nan"), dtype=torch.float32, device=q.device)
+    o, s = runner(q, k, v, out=out, lse=lse)
+    assert o is out and s is lse
+    kw = {} if variant is None else variant.reference_kwargs()
+    ref_o, ref_s = reference.attention(q, k, v, qo_ptr, kv_ptr, causal=causal, window_left=window_left, rope=rope, **kw)
+    check(o, s, ref_o, ref_s, dtype)
+    return p
+
+
+def run_paged(gen, qo_lens, kv_lens, hq, hkv, d, page_size, layout, *, dtype=torch.bfloat16, causal=True,
+              rope=None, variant=None, num_sms=None):
+    cache, ids, _ = make_cache(gen, kv_lens, hq, hkv, d, page_size, layout=layout, dtype=dtype, device=DEV)
+    q = torch.randn(sum(qo_lens), hq, d, generator=gen).to(dtype).to(DEV)
+    out, lse = ib.append(q, cache, ids, qo_lens, causal=causal, rope=rope, variant=variant, return_lse=True,
+                         num_sms=num_sms)
+    t = cache.page_table(ids)
+    kw = {} if variant is None else variant.reference_kwargs()
+    ref_o, ref_s = reference.paged_attention(q, cache.pool, t.indptr, t.indices, t.last_page_len,
+                                             np.r_[0, np.cumsum(qo_lens)].tolist(), layout=layout, causal=causal,
+                                             rope=rope, **kw)
+    check(out, lse, ref_o, ref_s, dtype)
+
+
+# ---------------------------------------------------------------------------------------------- CPU
+def records_attention(p, q, k, v):
+    """The attention the kernel's records describe, computed from them alone (float64): every item's rows over
+    its runs' keys, split items merged by LSE. Proves on the CPU that the records cover the plan exactly."""
+    kv_ptr = np.r_[0, np.cumsum(p.kv_lens)]
+    items, cta_ptr, runs = plan_records(p, kv_ptr)
+    assert cta_ptr[0] == 0 and cta_ptr[-1] == len(items) and (np.diff(cta_ptr) >= 0).all()
+    g, hq = p.group, p.num_qo_heads
+    out = torch.full((q.shape[0], hq, q.shape[2]), float("nan"), dtype=torch.float64)
+    lse = torch.full((q.shape[0], hq), float("nan"), dtype=torch.float64)
+    parts = {}
+    for it in items:
+        R = it["row0"] + np.arange(it["rows"])
+        tok, head = it["q_start"] + R // g, it["kv_head"] * g + R % g
+        pos = np.concatenate([np.arange(r["pos_start"], r["pos_end"]) for r in runs[it["run_begin"]:it["run_end"]]]
+                             + [np.zeros(0, np.int64)])
+        qpos = it["kv_len"] - it["qo_len"] + R // g
+        kk = k[it["kv_start"] + pos, it["kv_head"]].double()
+        vv = v[it["kv_start"] + pos, it["kv_head"]].double()
+        s = (q[tok, head].double() @ kk.T) * p.head_dim ** -0.5
+        vis = torch.ones_like(s, dtype=torch.bool)
+        if p.causal:
+            vis &= torch.as_tensor(pos[None, :] <= qpos[:, None])
+        if p.window_left >= 0:
+            vis &= torch.as_tensor(pos[None, :] >= qpos[:, None] - p.window_left)
+        s = s.masked_fill(~vis, float("-inf"))
+        l = torch.logsumexp(s, 1)
+        o = torch.where(torch.isfinite(l)[:, None], torch.softmax(s, 1).nan_to_num(0.0) @ vv, 0.0)
+        if it["slot"] < 0:
+            out[tok, head], lse[tok, head] = o, l
+        else:
+            parts.setdefault((tuple(tok), tuple(head)), []).append((o, l))
+    for (tok, head), ps in parts.items():
+        mo, ml = reference.merge_states(torch.stack([x[0] for x in ps], 1)[:, :, None],
+                                        torch.stack([x[1] for x in ps], 1)[:, :, None])
+        out[list(tok), list(head)], lse[list(tok), list(head)] = mo[:, 0], ml[:, 0]
+    return out, lse
+
+
+@pytest.mark.parametrize("causal,window", [(False, -1), (True, -1), (True, 20), (False, 7)])
+@pytest.mark.parametrize("group,tile", [(1, 64), (4, 64), (8, 128), (3, 64)])
+def test_cpu_records_cover_the_plan(gen, causal, window, group, tile):
+    qo, kv = [1, 17, 37, 0, 64], [54, 97, 40, 5, 64]
+    q, k, v, qo_ptr, kv_ptr = ragged(gen, qo, kv, 2 * group, 2, 64, torch.float32, "cpu")
+    p = ib.plan(qo, kv, num_qo_heads=2 * group, num_kv_heads=2, head_dim=64, causal=causal, window_left=window,
+                tile_q=tile, num_sms=5, ctas_per_sm=1, merge_gain=0.0)
+    assert len(p.merge_unit) > 0                        # split units (and their merge) covered
+    out, lse = records_attention(p, q, k, v)
+    ref_o, ref_s = reference.attention(q, k, v, qo_ptr, kv_ptr, causal=causal, window_left=window)
+    assert torch.equal(torch.isfinite(lse), torch.isfinite(ref_s))
+    assert_close(out, ref_o, torch.float32, name="out")
+
+
+def test_cpu_record_fields_are_named_once():
+    assert PREFILL_ITEM.itemsize == 64 and all(PREFILL_ITEM.fields[n][0] == np.int32 for n in PREFILL_ITEM.names)
+    src = (ib.jit.spec.INCLUDE_DIR / "infernb" / "prefill.cuh").read_text()
+    for n in PREFILL_ITEM.names:
+        assert f"X({n})" in src
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_cpu_prefill_and_append_match_reference(gen, causal):
+    qo, kv = [3, 17, 1], [30, 17, 9]
+    q, k, v, qo_ptr, kv_ptr = ragged(gen, qo, kv, 8, 2, 64, torch.bfloat16, "cpu")
+    out, lse = ib.prefill(q, k, v, qo_ptr, kv_ptr, causal=causal, return_lse=True, num_sms=3)
+    ref_o, ref_s = reference.attention(q, k, v, qo_ptr, kv_ptr, causal=causal)
+    check(out, lse, ref_o, ref_s, torch.bfloat16)
+    cache, ids, _ = make_cache(gen, kv, 8, 2, 64, 16, dtype=torch.bfloat16)
+    q = torch.randn(sum(qo), 8, 64, generator=gen).to(torch.bfloat16)
+    out = ib.append(q, cache, ids, qo, causal=causal, rope=ib.RoPE(theta=100.0))
+    t = cache.page_table(ids)
+    ref_o, _ = reference.paged_attention(q, cache.pool, t.indptr, t.indices, t.last_page_len, qo_ptr.tolist(),
+                                         causal=causal, rope=ib.RoPE(theta=100.0))
+    assert_close(out.float(), ref_o, torch.bfloat16, rowwise=True)
+
+
+def test_cpu_bad_inputs_are_named(gen):
+    q, k, v, qo_ptr, kv_ptr = ragged(gen, [4, 4], [8, 8], 4, 2, 64, torch.bfloat16, "cpu")
+    with pytest.raises(InputError, match="qo_indptr"):
+        ib.prefill(q, k, v, [0, 5, 7], kv_ptr)
+    with pytest.raises(InputError, match="kv_indptr"):
+        ib.prefill(q, k, v, qo_ptr, [0, 9, 8])
+    with pytest.raises(InputError, match="multiple"):
+        ib.prefill(q[:, :3], k, v, qo_ptr, kv_ptr)
+    with pytest.raises(InputError, match="float16 or bfloat16"):
+        ib.prefill(q.float(), k.float(), v.float(), qo_ptr, kv_ptr)
+    with pytest.raises(InputError, match="k and v"):
+        ib.prefill(q, k, v[:, :1], qo_ptr, kv_ptr)
+    with pytest.raises(InputError, match="causal append needs qo_len <= kv_len"):
+        ib.prefill(q, k[:6], v[:6], qo_ptr, [0, 3, 6], causal=True)
+    with pytest.raises(InputError, match="no tile of 128 rows for head_dim 256"):
+        ib.ops.prefill_ops.traits(256, 128)
+    cache, ids, _ = make_cache(gen, [8, 8], 4, 2, 64, 4)
+    with pytest.raises(InputError, match="exceeds sequence"):
+        ib.append(torch.cat([q, q, q[:2]]), cache, ids, [9, 9])
+    cache.free(ids[1])
+    with pytest.raises(InputError):
+        ib.append(q, cache, ids, [4, 4])
+    p = ib.plan([4, 4], [8, 8], num_qo_heads=4, num_kv_heads=2, head_dim=64, tile_q=64)
+    r = PrefillRunner(p, device="cpu")
+    with pytest.raises(InputError, match="q: expected shape"):
+        r(q[:7], k, v)
+    with pytest.raises(InputError, match="k: expected shape"):
+        r(q, k[:7], v)
+    with pytest.raises(InputError, match="ragged k and v"):
+        r(q)
+
+
+def test_cpu_run_backends(gen):
+    q, k, v, qo_ptr, kv_ptr = ragged(gen, [5, 9], [9, 9], 4, 2, 64, torch.bfloat16, "cpu")
+    p = ib.plan([5, 9], [9, 9], num_qo_heads=4, num_kv_heads=2, head_dim=64, causal=True, tile_q=64)
+    o1, _ = ib.run(p, q, k=k, v=v)
+    o2, _ = ib.run(p, q, k=k, v=v, backend="emulator")
+    assert torch.equal(o1, o2)
+    with pytest.raises(InputError, match="needs CUDA tensors"):
+        ib.run(p, q, k=k, v=v, backend="kernel")
+    with pytest.raises(InputError, match="backend"):
+        ib.run(p, q, k=k, v=v, backend="gpu")
+
+
+# ---------------------------------------------------------------------------------------------- GPU
+# The grid of FlashInfer's batch-prefill tests (batch {1, 12, 17, 128}; kv_len {54, 97, 512, 2048, 16384};
+# qo_len {1, 17, 37, 127, 577}; page {1, 5, 16, 64}; group {1, 4, 8, 32}; head dim {64, 128, 256}; causal; NHD/HND;
+# RoPE; fp16 / bf16): every value of every axis appears, in combinations drawn once with a fixed seed.
+KV = [54, 97, 512, 2048]
+QO = [1, 17, 37, 127, 577]
+GRID = list(itertools.product([1, 12, 17], [1, 4, 8, 32], [64, 128, 256], [False, True]))
+
+
+@gpu
+@pytest.mark.parametrize("batch,group,d,causal", GRID, ids=[f"b{b}-g{g}-d{d}-{'causal' if c else 'full'}"
+                                                             for b, g, d, c in GRID])
+def test_gpu_ragged_grid(gen, batch, group, d, causal):
+    rng = np.random.default_rng(batch * 1000 + group * 10 + d + causal)
+    kv = rng.choice(KV, batch).tolist()
+    qo = [int(min(x, y)) if causal else int(y) for x, y in zip(kv, rng.choice(QO, batch))]
+    dtype = torch.bfloat16 if (batch + group) % 2 else torch.float16
+    run_ragged(gen, qo, kv, 2 * group if group < 32 else 32, 2 if group < 32 else 1, d, dtype=dtype, causal=causal)
+
+
+PAGED = [(1, "NHD", 64), (5, "HND", 128), (16, "NHD", 128), (64, "HND", 256), (16, "HND", 64), (5, "NHD", 256)]
+
+
+@gpu
+@pytest.mark.parametrize("page,layout,d", PAGED, ids=[f"p{p}-{l}-d{d}" for p, l, d in PAGED])
+@pytest.mark.parametrize("rope", [None, ib.RoPE(theta=1e4), ib.RoPE(theta=5e5, interleave=True)],
+                         ids=["norope", "rope", "rope_interleave"])
+@pytest.mark.parametrize("causal", [True, False])
+def test_gpu_paged_append(gen, page, layout, d, rope, causal):
+    rng = np.random.default_rng(page + d)
+    kv = rng.choice(KV, 12).tolist()
+    qo = [int(min(x, y)) for x, y in zip(kv, rng.choice(QO, 12))]
+    run_paged(gen, qo, kv, 16, 4, d, page, layout, causal=causal, rope=rope,
+              dtype=torch.bfloat16 if page != 5 else torch.float16)
+
+
+@gpu
+@pytest.mark.parametrize("case", ["batch128", "kv16384", "group32_mqa", "rope_partial", "tile128_d128"])
+def test_gpu_large_cases(gen, case):
+    if case == "batch128":
+        rng = np.random.default_rng(128)
+        kv = rng.choice(KV, 128).tolist()
+        run_ragged(gen, [min(17, x) for x in kv], kv, 32, 8, 128, causal=True)
+    elif case == "kv16384":
+        run_paged(gen, [577, 127], [16384, 16384], 32, 8, 128, 16, "NHD")
+    elif case == "tile128_d128":
+        run_ragged(gen, [577, 127], [2048, 512], 32, 8, 128, causal=True, tile_q=128)
+        run_ragged(gen, [300], [300], 16, 4, 128, tile_q=128, num_sms=2, merge_gain=0.0)
+    elif case == "group32_mqa":
+        run_ragged(gen, [127, 37], [2048, 97], 32, 1, 128, causal=True)
+    else:
+        run_paged(gen, [37, 17], [512, 97], 8, 2, 128, 16, "NHD", rope=ib.RoPE(rotary_dim=64))
+
+
+@gpu
+@pytest.mark.parametrize("num_sms", [3, 40, 132])
+def test_gpu_split_units_merge_in_the_launch(gen, num_sms):
+    # more CTAs than units: long rows are cut into several items, merged by the CTA that finishes a unit last; run
+    # twice (the merge counters must be left at zero)
+    for _ in range(2):
+        p = run_ragged(gen, [64, 37], [4096, 512], 16, 4, 128, causal=True, num_sms=num_sms, merge_gain=0.0)
+        assert len(p.merge_unit) > 0
+
+
+@gpu
+def test_gpu_window_and_edge_rows(gen):
+    run_ragged(gen, [577, 127, 1], [2048, 512, 54], 16, 4, 128, causal=True, window_left=100)
+    run_ragged(gen, [0, 17, 0, 1], [54, 0, 0, 1], 16, 4, 64)                 # empty requests, no keys, one key
+    # a window narrower than the query offset hides every key of the early rows (no causal): rows with no key
+    run_ragged(gen, [37], [37], 8, 2, 64, window_left=0)
+    hide = ib.Variant("hide_early", mask_mod=lambda b, h, q_idx, kv_idx: q_idx >= 20)
+    run_ragged(gen, [37, 5], [37, 40], 8, 2, 64, variant=hide)                # fully masked rows: 0 and -inf
+
+
+@gpu
+@pytest.mark.parametrize("variant", ib.variants.examples("cuda") if torch.cuda.is_available() else [],
+                         ids=lambda v: v.name)
+def test_gpu_every_builtin_variant(gen, variant):
+    # examples() capture 8-head slopes and 64 document ids: 8 query heads, keys <= 64
+    merge = 0.05 if variant.softmax else float("inf")
+    run_ragged(gen, [17, 64, 1], [40, 64, 54], 8, 2, 128, causal=True, variant=variant, merge_gain=merge)
+    run_paged(gen, [17, 30], [60, 30], 8, 2, 128, 16, "NHD", variant=variant, num_sms=None) if variant.softmax \
+        else None
+
+
+@gpu
+def test_gpu_runner_reuse_and_custom_scale(gen):
+    q, k, v, qo_ptr, kv_ptr = ragged(gen, [300, 40], [600, 40], 16, 4, 128)
+    p = ib.plan([300, 40], [600, 40], num_qo_heads=16, num_kv_heads=4, head_dim=128, causal=True, tile_q=64,
+                num_sms=4, ctas_per_sm=2, merge_gain=0.0)
+    r = PrefillRunner(p, sm_scale=0.3)
+    ref_o, ref_s = reference.attention(q, k, v, qo_ptr, kv_ptr, causal=True, sm_scale=0.3)
+    for _ in range(3):
+        o, s = r(q, k, v)
+        check(o, s, ref_o, ref_s, torch.bfloat16)
+    o2, _ = ib.run(p, q, k=k, v=v, sm_scale=0.3)
+    assert torch.equal(o2, o)
+    with pytest.raises(InputError, match="reference-only"):
+        ib.run(p, q, k=k, v=v, logits_soft_cap=3.0)
+
+
+def test_traits_fit_the_shared_memory_of_hopper_and_ampere():
+    for (d, tq), t in TRAITS.items():
+        assert t.tile_q == tq == 64 * t.m_tiles
+        assert t.ctas_per_sm * t.smem_bytes(rope=1) <= 227 * 1024
+        assert t.smem_bytes(rope=1) <= 163 * 1024             # one CTA on an A100
