@@ -34,6 +34,12 @@ HQ, HKV, D = 32, 8, 128
 FIXED_COSTS = [(f"fixed_cost{c}", dict(fixed_cost=float(c))) for c in (64, 1024)]
 
 
+def configs():
+    """Kernel configurations compared with the default on some cases (``PrefillRunner(config=...)``)."""
+    from infernb.ops.prefill import PrefillTraits
+    return [PrefillTraits(D, 64, 1, 32, 2, 3), PrefillTraits(D, 64, 1, 32, 3, 3)]
+
+
 def visible_pairs(qo, kv, causal, window=-1):
     """(query, key) pairs the mask leaves visible, summed over requests (bottom-right aligned)."""
     n = 0
@@ -86,7 +92,7 @@ def main(argv=None) -> int:
         return err
 
     def ragged_case(name, qo, kv, *, causal=True, window=-1, variants=(), rope_cmp=False, naive=False,
-                    tile_cmp=False, plan_variants=()):
+                    tile_cmp=False, plan_variants=(), configs=()):
         q, k, v = rnd(sum(qo), HQ, D), rnd(sum(kv), HKV, D), rnd(sum(kv), HKV, D)
         qo_ptr, kv_ptr = np.r_[0, np.cumsum(qo)], np.r_[0, np.cumsum(kv)]
         pairs = visible_pairs(qo, kv, causal, window)
@@ -107,8 +113,8 @@ def main(argv=None) -> int:
                 outs.append(o)
             return torch.cat(outs)
 
-        def add(label, plan, variant=None, rope=None):
-            r = PrefillRunner(plan, variant=variant, rope=rope)
+        def add(label, plan, variant=None, rope=None, config=None):
+            r = PrefillRunner(plan, variant=variant, rope=rope, config=config)
             out = r(q, k, v)[0]
             errs[label] = check(label, out, ref_rows(variant, rope), rows)
             fns[label] = lambda: r(q, k, v)
@@ -122,6 +128,10 @@ def main(argv=None) -> int:
             add(f"infernb_tile{192 - p.tile_q}", ib.plan(qo, kv, num_qo_heads=HQ, num_kv_heads=HKV, head_dim=D,
                                                          causal=causal, window_left=window, tile_q=192 - p.tile_q,
                                                          ctas_per_sm=2, fixed_cost=fc))
+        for cfg in configs:                          # kernel configurations, planned for their CTAs per SM
+            add(f"infernb_m{cfg.m_tiles}n{cfg.block_n}s{cfg.stages}c{cfg.ctas_per_sm}",
+                ib.plan(qo, kv, num_qo_heads=HQ, num_kv_heads=HKV, head_dim=D, causal=causal, window_left=window,
+                        tile_q=cfg.tile_q, ctas_per_sm=cfg.ctas_per_sm, fixed_cost=cfg.fixed_cost), config=cfg)
         for pv_name, kw in plan_variants:           # planner settings, same kernel, same rounds
             add(f"infernb_{pv_name}", ib.plan(qo, kv, num_qo_heads=HQ, num_kv_heads=HKV, head_dim=D, causal=causal,
                                               window_left=window, tile_q=p.tile_q, ctas_per_sm=2, **kw))
@@ -217,11 +227,11 @@ def main(argv=None) -> int:
 
     ragged_case("causal_8192", [8192], [8192],
                 variants=[("softcap30", ib.variants.softcap(30.0)), ("alibi", ib.variants.alibi(ib.variants.alibi_slopes(HQ).to(dev)))], rope_cmp=True,
-                tile_cmp=True, plan_variants=FIXED_COSTS)
-    ragged_case("causal_16384", [16384], [16384])
+                tile_cmp=True, plan_variants=FIXED_COSTS, configs=configs())
+    ragged_case("causal_16384", [16384], [16384], configs=configs())
     paged_case("append_16x512_on_8192", [512] * 16, [8192 + 512] * 16)
     ragged_case("skewed_1x16384_63x512", [16384] + [512] * 63, [16384] + [512] * 63, naive=True,
-                plan_variants=FIXED_COSTS)
+                plan_variants=FIXED_COSTS, configs=configs())
     ragged_case("window_1024_on_8192", [8192], [8192], window=1024)
     path = write_result(args.out, f"prefill_{result['device']}_{result['date']}", result)
     print(f"wrote {path}")

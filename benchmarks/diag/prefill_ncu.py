@@ -22,7 +22,9 @@ g = torch.Generator(device="cuda").manual_seed(0)
 q = torch.randn(a.n, 32, 128, device="cuda", generator=g, dtype=torch.bfloat16)
 k = torch.randn(a.n, 8, 128, device="cuda", generator=g, dtype=torch.bfloat16)
 v = torch.randn(a.n, 8, 128, device="cuda", generator=g, dtype=torch.bfloat16)
-p = ib.plan([a.n], [a.n], num_qo_heads=32, num_kv_heads=8, head_dim=128, causal=True, tile_q=a.tile, ctas_per_sm=2)
+tr = ib.ops.prefill_ops.traits(128, a.tile)
+p = ib.plan([a.n], [a.n], num_qo_heads=32, num_kv_heads=8, head_dim=128, causal=True, tile_q=a.tile,
+            ctas_per_sm=tr.ctas_per_sm, fixed_cost=tr.fixed_cost)
 r = PrefillRunner(p)
 for _ in range(2):
     r(q, k, v)

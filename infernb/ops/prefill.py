@@ -117,11 +117,19 @@ def _struct_checks() -> str:
 
 
 def prefill_spec(dtype: torch.dtype, head_dim: int, tile_q: int, kv: str = "ragged", causal: bool = False,
-                 variant: Variant = NONE, rope: RoPE | None = None) -> KernelSpec:
+                 variant: Variant = NONE, rope: RoPE | None = None, *,
+                 config: PrefillTraits | None = None) -> KernelSpec:
     """The prefill specialization for (dtype, head dim, query tile, KV source ``"ragged"`` / ``"NHD"`` / ``"HND"``,
-    causal, variant, RoPE layout)."""
+    causal, variant, RoPE layout); ``config`` overrides :data:`TRAITS` (experiments: stages, keys per stage, CTAs
+    per SM)."""
     mode = rope_mode(rope)
     tr = traits(head_dim, tile_q, mode)
+    tuned = config is not None and config != tr
+    if config is not None:
+        if (config.head_dim, config.tile_q) != (head_dim, tile_q):
+            raise InputError(f"config is for head_dim {config.head_dim}, tile {config.tile_q}; the spec is for "
+                             f"{head_dim}, {tile_q}")
+        tr = config
     g = variant.generated
     score = variant.score_mod is not None or variant.cuda_score_mod is not None
     mask = variant.mask_mod is not None or variant.cuda_mask_mod is not None
@@ -135,7 +143,8 @@ def prefill_spec(dtype: torch.dtype, head_dim: int, tile_q: int, kv: str = "ragg
     return KernelSpec(
         family="prefill",
         name=(f"prefill_{DTYPE_NAMES[dtype]}_hd{head_dim}_t{tile_q}_{kv.lower()}{'_causal' if causal else ''}"
-              f"{rope_tag}_{variant.name}_{variant.code_hash}"),
+              f"{rope_tag}_{variant.name}_{variant.code_hash}"
+              f"{f'_m{tr.m_tiles}n{tr.block_n}s{tr.stages}c{tr.ctas_per_sm}' if tuned else ''}"),
         kernels=(("prefill", f"infernb::prefill_kernel<{args}>"),),
         preamble=g.code + "\n" + check, preamble_origin=tuple(sorted(g.origins.items())))
 
@@ -237,10 +246,13 @@ class PrefillRunner:
         rope: :class:`~infernb.reference.RoPE` applied to q and to the (un-rotated) keys at their positions.
         sm_scale: logit scale (default ``1 / sqrt(head_dim)``).
         device: where ragged inputs will live (default ``"cuda"``; a CPU device runs the emulator).
+        config: experiments: a :class:`PrefillTraits` other than :data:`TRAITS`' for the plan's tile (plan with
+            its ``ctas_per_sm``).
     """
 
     def __init__(self, plan: Plan, cache=None, page_table=None, *, variant: Variant | None = None,
-                 rope: RoPE | None = None, sm_scale: float | None = None, device=None):
+                 rope: RoPE | None = None, sm_scale: float | None = None, device=None,
+                 config: PrefillTraits | None = None):
         variant = NONE if variant is None else variant
         if not isinstance(variant, Variant):
             raise InputError(f"variant: expected an infernb Variant, got {type(variant).__name__}")
@@ -277,15 +289,16 @@ class PrefillRunner:
         if self.device.type != "cuda":
             return                                       # the emulator runs it (see __call__)
         mode = rope_mode(rope)
-        self.traits = tr = check_prefill_plan(plan, mode)
+        tr = check_prefill_plan(plan, mode)
+        self.traits = tr = tr if config is None else config
         params, self._captures = variant.pack(self.device)
         smem = tr.smem_bytes(mode)
         limit = getattr(torch.cuda.get_device_properties(self.device), "shared_memory_per_block_optin", smem)
         if smem > limit:
             raise InputError(f"the prefill kernel for head_dim {plan.head_dim}, tile {plan.tile_q} needs "
                              f"{smem // 1024} KiB of shared memory per CTA; this GPU allows {limit // 1024} KiB")
-        self.kernel = build(prefill_spec(self.dtype, plan.head_dim, plan.tile_q, self.kv, plan.causal, variant, rope),
-                            device_info(self.device.index).arch)
+        self.kernel = build(prefill_spec(self.dtype, plan.head_dim, plan.tile_q, self.kv, plan.causal, variant, rope,
+                                         config=config), device_info(self.device.index).arch)
         items, cta_ptr, runs = plan_records(plan, kv_start)
         dev = self.device
         to_dev = lambda a: torch.from_numpy(np.ascontiguousarray(a).view(np.int32).reshape(-1)).to(dev)  # noqa: E731
