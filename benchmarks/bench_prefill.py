@@ -37,7 +37,7 @@ FIXED_COSTS = [(f"fixed_cost{c}", dict(fixed_cost=float(c))) for c in (64, 1024)
 def configs():
     """Kernel configurations compared with the default on some cases (``PrefillRunner(config=...)``)."""
     from infernb.ops.prefill import PrefillTraits
-    return [PrefillTraits(D, 64, 1, 32, 2, 3), PrefillTraits(D, 64, 1, 32, 3, 3)]
+    return [PrefillTraits(D, 64, 1, 32, 3, 3)]
 
 
 def visible_pairs(qo, kv, causal, window=-1):
@@ -225,13 +225,12 @@ def main(argv=None) -> int:
         result["cases"].append(row)
         _print(row, times, gemm)
 
-    ragged_case("causal_8192", [8192], [8192],
-                variants=[("softcap30", ib.variants.softcap(30.0)), ("alibi", ib.variants.alibi(ib.variants.alibi_slopes(HQ).to(dev)))], rope_cmp=True,
-                tile_cmp=True, plan_variants=FIXED_COSTS, configs=configs())
-    ragged_case("causal_16384", [16384], [16384], configs=configs())
+    alibi = ib.variants.alibi(ib.variants.alibi_slopes(HQ).to(dev))
+    ragged_case("causal_8192", [8192], [8192], variants=[("softcap30", ib.variants.softcap(30.0)), ("alibi", alibi)],
+                rope_cmp=True, tile_cmp=True, plan_variants=FIXED_COSTS, configs=configs())
+    ragged_case("causal_16384", [16384], [16384])
     paged_case("append_16x512_on_8192", [512] * 16, [8192 + 512] * 16)
-    ragged_case("skewed_1x16384_63x512", [16384] + [512] * 63, [16384] + [512] * 63, naive=True,
-                plan_variants=FIXED_COSTS, configs=configs())
+    ragged_case("skewed_1x16384_63x512", [16384] + [512] * 63, [16384] + [512] * 63, naive=True)
     ragged_case("window_1024_on_8192", [8192], [8192], window=1024)
     path = write_result(args.out, f"prefill_{result['device']}_{result['date']}", result)
     print(f"wrote {path}")

@@ -9,6 +9,7 @@ import torch
 
 import infernb as ib
 from infernb import InputError, reference
+from infernb.reference import apply_rope
 from infernb.ops.prefill import PREFILL_ITEM, PrefillRunner, TRAITS, default_tile_q, plan_records
 from infernb.testing import assert_close
 
@@ -25,17 +26,36 @@ def ragged(gen, qo_lens, kv_lens, hq, hkv, d, dtype=torch.bfloat16, device=DEV):
     return q, k, v, np.r_[0, np.cumsum(qo_lens)], np.r_[0, np.cumsum(kv_lens)]
 
 
-def check(out, lse, ref_o, ref_s, dtype):
-    """Output within the dtype's tolerance, row by row; LSE -inf exactly where the reference's is, close elsewhere."""
+def check(out, lse, ref_o, ref_s, dtype, exact_o=None):
+    """Output within the dtype's tolerance, row by row; LSE -inf exactly where the reference's is, close elsewhere.
+    ``exact_o``: with fused RoPE, ``ref_o`` is the reference on q / k rotated and rounded to the operand dtype (what
+    the kernel is specified to compute: rotate in fp32, round once when the tile is formed) and ``exact_o`` the
+    reference on unrounded rotations, which the whole output must also be within the tolerance of."""
     assert out.dtype == dtype and lse.dtype == torch.float32
     ref_o, ref_s, out, lse = ref_o.cpu(), ref_s.cpu(), out.float().cpu(), lse.cpu()
     assert not torch.isnan(out).any() and not torch.isnan(lse).any(), "NaN in the output (an unwritten row?)"
     assert_close(out, ref_o, dtype, name="out", rowwise=True)
+    if exact_o is not None:
+        assert_close(out, exact_o.cpu(), dtype, name="out against the unrounded rotation")
     fin = torch.isfinite(ref_s)
     assert torch.equal(torch.isfinite(lse), fin), "LSE: rows that see no key must be -inf exactly where the reference's are"
     assert torch.equal(out[~fin], torch.zeros_like(out[~fin])), "rows that see no key must be 0"
     if fin.any():
         assert_close(lse[fin], ref_s[fin], dtype, name="lse")
+
+
+def reference_rounded_rope(q, k, v, qo_lens, kv_lens, rope, **kw):
+    """float64 attention of q / k rotated at their positions in float64 and rounded to their dtype (the fused-RoPE
+    kernels' operands), then no RoPE: the oracle of a tensor-core kernel that rotates before forming its tiles."""
+    qr, kr = torch.empty_like(q), torch.empty_like(k)
+    qo_ptr, kv_ptr = np.r_[0, np.cumsum(qo_lens)], np.r_[0, np.cumsum(kv_lens)]
+    for b, (L, S) in enumerate(zip(qo_lens, kv_lens)):
+        pos_q = torch.arange(S - L, S, device=q.device)
+        qr[qo_ptr[b]:qo_ptr[b + 1]] = apply_rope(q[qo_ptr[b]:qo_ptr[b + 1]], pos_q, rope,
+                                                 compute_dtype=torch.float64).to(q.dtype)
+        kr[kv_ptr[b]:kv_ptr[b + 1]] = apply_rope(k[kv_ptr[b]:kv_ptr[b + 1]], torch.arange(S, device=q.device), rope,
+                                                 compute_dtype=torch.float64).to(k.dtype)
+    return reference.attention(qr, kr, v, qo_ptr, kv_ptr, **kw)
 
 
 def run_ragged(gen, qo_lens, kv_lens, hq, hkv, d, *, dtype=torch.bfloat16, causal=False, window_left=-1,
@@ -53,7 +73,12 @@ def run_ragged(gen, qo_lens, kv_lens, hq, hkv, d, *, dtype=torch.bfloat16, causa
     assert o is out and s is lse
     kw = {} if variant is None else variant.reference_kwargs()
     ref_o, ref_s = reference.attention(q, k, v, qo_ptr, kv_ptr, causal=causal, window_left=window_left, rope=rope, **kw)
-    check(o, s, ref_o, ref_s, dtype)
+    if rope is None:
+        check(o, s, ref_o, ref_s, dtype)
+    else:
+        rnd_o, rnd_s = reference_rounded_rope(q, k, v, qo_lens, kv_lens, rope, causal=causal, window_left=window_left,
+                                              **kw)
+        check(o, s, rnd_o, rnd_s, dtype, exact_o=ref_o)
     return p
 
 
@@ -68,7 +93,12 @@ def run_paged(gen, qo_lens, kv_lens, hq, hkv, d, page_size, layout, *, dtype=tor
     ref_o, ref_s = reference.paged_attention(q, cache.pool, t.indptr, t.indices, t.last_page_len,
                                              np.r_[0, np.cumsum(qo_lens)].tolist(), layout=layout, causal=causal,
                                              rope=rope, **kw)
-    check(out, lse, ref_o, ref_s, dtype)
+    if rope is None:
+        check(out, lse, ref_o, ref_s, dtype)
+    else:
+        k, v, _ = reference.gather_paged_kv(cache.pool, t.indptr, t.indices, t.last_page_len, layout=layout)
+        rnd_o, rnd_s = reference_rounded_rope(q, k, v, qo_lens, kv_lens, rope, causal=causal, **kw)
+        check(out, lse, rnd_o, rnd_s, dtype, exact_o=ref_o)
 
 
 # ---------------------------------------------------------------------------------------------- CPU

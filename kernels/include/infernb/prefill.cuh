@@ -172,23 +172,36 @@ prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
       if (p_run < it.run_end) {
         const unsigned sk = mma::smem_addr(s_kv + stage * cfg::STAGE_ELEMS);
         const unsigned sv = sk + cfg::KV_TILE_ELEMS * 2;
+        if (!PAGED && p_pos + BN <= p_end) {
+          // a full ragged chunk: one address, then a constant step per pass; no checks
+          const T* ks = kbase + (long long)(p_pos + cp_r0) * tok_stride + cp_ch * 8;
+          const long long vs = vbase - kbase;
+          const int step = cfg::ROWS_PER_PASS * tok_stride;
 #pragma unroll
-        for (int i = 0; i < cfg::KV_PASSES; ++i) {
-          const int row = cp_r0 + cfg::ROWS_PER_PASS * i;
-          const int pos = p_pos + row;
-          bool valid = pos < p_end;
-          long long off = 0;
-          if (PAGED) {
-            valid = p_page[i] >= 0;
-            const int slot = page_shift >= 0 ? pos & (page_size - 1) : pos % page_size;
-            off = (long long)p_page[i] * page_stride + slot * tok_stride;
-          } else {
-            off = (long long)pos * tok_stride;
+          for (int i = 0; i < cfg::KV_PASSES; ++i) {
+            const unsigned dst = mma::swizzle<CH>(cp_r0 + cfg::ROWS_PER_PASS * i, cp_ch) * 16;
+            mma::cp_async16(sk + dst, ks + (long long)i * step, true);
+            mma::cp_async16(sv + dst, ks + vs + (long long)i * step, true);
           }
-          off = valid ? off + cp_ch * 8 : 0;
-          const unsigned dst = mma::swizzle<CH>(row, cp_ch) * 16;
-          mma::cp_async16(sk + dst, valid ? kbase + off : k, valid);
-          mma::cp_async16(sv + dst, valid ? vbase + off : k, valid);
+        } else {
+#pragma unroll
+          for (int i = 0; i < cfg::KV_PASSES; ++i) {
+            const int row = cp_r0 + cfg::ROWS_PER_PASS * i;
+            const int pos = p_pos + row;
+            bool valid = pos < p_end;
+            long long off = 0;
+            if (PAGED) {
+              valid = p_page[i] >= 0;
+              const int slot = page_shift >= 0 ? pos & (page_size - 1) : pos % page_size;
+              off = (long long)p_page[i] * page_stride + slot * tok_stride;
+            } else {
+              off = (long long)pos * tok_stride;
+            }
+            off = valid ? off + cp_ch * 8 : 0;
+            const unsigned dst = mma::swizzle<CH>(row, cp_ch) * 16;
+            mma::cp_async16(sk + dst, valid ? kbase + off : k, valid);
+            mma::cp_async16(sv + dst, valid ? vbase + off : k, valid);
+          }
         }
         // advance the cursor to the next chunk and load its page ids (in flight while this chunk is computed)
         p_pos += BN;
@@ -271,12 +284,8 @@ prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
         __syncthreads();
       }
 
-      // S = Q K^T
+      // S = Q K^T (the first k-step starts from a zero accumulator, no register clears)
       float s[M][NTILES][4];
-#pragma unroll
-      for (int mt = 0; mt < M; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < NTILES; ++nt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.f;
       const unsigned k_lane = mma::smem_addr(s_k) + k_lane_off;
 #pragma unroll
       for (int kk = 0; kk < KSTEPS; ++kk) {
@@ -289,8 +298,13 @@ prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
           mma::ldmatrix_x4(b, mma::kstep_addr(k_lane + nj * ROW16, kk));
 #pragma unroll
           for (int mt = 0; mt < M; ++mt) {
-            mma::mma16816<T>(s[mt][2 * nj], a[mt], b[0], b[1]);
-            mma::mma16816<T>(s[mt][2 * nj + 1], a[mt], b[2], b[3]);
+            if (kk == 0) {
+              mma::mma16816_zero<T>(s[mt][2 * nj], a[mt], b[0], b[1]);
+              mma::mma16816_zero<T>(s[mt][2 * nj + 1], a[mt], b[2], b[3]);
+            } else {
+              mma::mma16816<T>(s[mt][2 * nj], a[mt], b[0], b[1]);
+              mma::mma16816<T>(s[mt][2 * nj + 1], a[mt], b[2], b[3]);
+            }
           }
         }
       }

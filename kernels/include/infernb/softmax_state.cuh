@@ -5,7 +5,8 @@
 // Logits arrive in the log2 domain (already scaled by log2(e)); -inf marks a masked logit.
 //
 //   state.init()                          m = -inf, l = 0 (softmax) / 0, 0 (sigmoid)
-//   state.update(s, o)                    new running max per row (reduced over the row's 4 lanes), o rescaled,
+//   state.update(s, o)                    new running max per row (reduced over the row's 4 lanes), o rescaled
+//                                         (skipped when no row of the warp has a new max: alpha = 1 everywhere),
 //                                         s turned into probabilities exp2(s - m), l += their sum (this lane's part)
 //   state.finish(lse)                     l reduced over the row's lanes; returns per row the output scale
 //                                         (1 / l, or 0 for a row that saw no key) and writes the natural-log LSE
@@ -37,32 +38,54 @@ struct softmax_state_t {
   // s: [M_TILES][NT][4] logits (log2 domain) of NT n-tiles; o: [M_TILES][DT][4] output accumulators.
   template <int NT, int DT>
   __device__ __forceinline__ void update(float (&s)[M_TILES][NT][4], float (&o)[M_TILES][DT][4]) {
+    if (!SOFTMAX) {
+#pragma unroll
+      for (int mt = 0; mt < M_TILES; ++mt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt) l[2 * mt + h] += s[mt][nt][2 * h] + s[mt][nt][2 * h + 1];
+      return;
+    }
+    float alpha[ROWS], base[ROWS];
+    bool moved = false;
 #pragma unroll
     for (int mt = 0; mt < M_TILES; ++mt) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int r = 2 * mt + h;
-        if (SOFTMAX) {
-          float mx = m[r];
+        float mx = m[r];
 #pragma unroll
-          for (int nt = 0; nt < NT; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * h], s[mt][nt][2 * h + 1]));
-          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-          const float base = mx == -INFERNB_INF ? 0.f : mx;   // a row with no key so far: probabilities 0
-          const float alpha = fast_exp2(m[r] - base);
-          m[r] = mx;
-          l[r] *= alpha;
+        for (int nt = 0; nt < NT; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * h], s[mt][nt][2 * h + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        base[r] = mx == -INFERNB_INF ? 0.f : mx;   // a row with no key so far: probabilities 0
+        alpha[r] = fast_exp2(m[r] - base[r]);
+        moved |= mx != m[r];
+        m[r] = mx;
+        l[r] *= alpha[r];
+      }
+    }
+    // rescale the output rows only when some row of the warp has a new max (later chunks of long rows mostly don't)
+    if (__any_sync(0xffffffffu, moved)) {
 #pragma unroll
-          for (int j = 0; j < DT; ++j) { o[mt][j][2 * h] *= alpha; o[mt][j][2 * h + 1] *= alpha; }
+      for (int mt = 0; mt < M_TILES; ++mt)
 #pragma unroll
-          for (int nt = 0; nt < NT; ++nt) {
-            s[mt][nt][2 * h] = fast_exp2(s[mt][nt][2 * h] - base);
-            s[mt][nt][2 * h + 1] = fast_exp2(s[mt][nt][2 * h + 1] - base);
-            l[r] += s[mt][nt][2 * h] + s[mt][nt][2 * h + 1];
-          }
-        } else {
+        for (int j = 0; j < DT; ++j) {
+          o[mt][j][0] *= alpha[2 * mt]; o[mt][j][1] *= alpha[2 * mt];
+          o[mt][j][2] *= alpha[2 * mt + 1]; o[mt][j][3] *= alpha[2 * mt + 1];
+        }
+    }
 #pragma unroll
-          for (int nt = 0; nt < NT; ++nt) l[r] += s[mt][nt][2 * h] + s[mt][nt][2 * h + 1];
+    for (int mt = 0; mt < M_TILES; ++mt) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = 2 * mt + h;
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          s[mt][nt][2 * h] = fast_exp2(s[mt][nt][2 * h] - base[r]);
+          s[mt][nt][2 * h + 1] = fast_exp2(s[mt][nt][2 * h + 1] - base[r]);
+          l[r] += s[mt][nt][2 * h] + s[mt][nt][2 * h + 1];
         }
       }
     }
