@@ -40,18 +40,6 @@ def configs():
     return [PrefillTraits(D, 64, 1, 32, 3, 3)]
 
 
-def visible_pairs(qo, kv, causal, window=-1):
-    """(query, key) pairs the mask leaves visible, summed over requests (bottom-right aligned)."""
-    n = 0
-    for L, S in zip(qo, kv):
-        for i in range(L) if window >= 0 else ():
-            p = S - L + i
-            n += min(p, S - 1) - max(0, p - window) + 1
-        if window < 0:
-            n += sum(S - L + i + 1 for i in range(L)) if causal else L * S
-    return n
-
-
 def main(argv=None) -> int:
     args = parse_args(argv, runs=30, flashinfer=1)
     import numpy as np
@@ -60,7 +48,7 @@ def main(argv=None) -> int:
     import infernb as ib
     from infernb import reference
     from infernb.ops.prefill import PrefillRunner
-    from infernb.profile import cuda_time, cuda_time_interleaved, device_name
+    from infernb.profile import cuda_time, cuda_time_interleaved, device_name, visible_pairs
     from infernb.testing import rel_error
 
     fi = optional_flashinfer() if args.flashinfer else None

@@ -90,3 +90,30 @@ def test_benchmark_stream_read_kernel_builds():
     spec.loader.exec_module(mod)
     k = build(mod.SPEC, arch="sm_90a")
     assert {r.name for r in k.report.kernels} >= {"read4", "read8", "read16", "empty"} and not k.report.spills
+
+
+@pytest.mark.parametrize("causal,window", [(False, -1), (True, -1), (True, 3), (False, 2)])
+def test_visible_pairs_counts_the_reference_mask(causal, window):
+    """visible_pairs (the FLOP count of the prefill benchmark) equals the number of keys the reference's mask keeps."""
+    qo, kv = [1, 5, 7, 0, 9], [4, 5, 12, 3, 9]
+    brute = 0
+    for L, S in zip(qo, kv):
+        i = torch.arange(L)[:, None] + (S - L)
+        j = torch.arange(S)[None, :]
+        keep = torch.ones(L, S, dtype=torch.bool)
+        if causal:
+            keep &= j <= i
+        if window >= 0:
+            keep &= j >= i - window
+        brute += int(keep.sum())
+    assert ib.profile.visible_pairs(qo, kv, causal, window) == brute
+
+
+def test_committed_prefill_run_draws():
+    run = ib.profile.committed_results("prefill")
+    assert run is not None and run["gemm_tflops"] > 0
+    fig = ib.viz.tflops_bars(run["cases"], run["gemm_tflops"], subtitle="committed")
+    names = {t.name for t in fig.data}
+    assert {"infernb", "FlashInfer fa2"} <= names
+    for c in run["cases"]:                                   # every path of every case was checked before timing
+        assert all(e < 2e-2 for e in c["errors"].values()), c["case"]

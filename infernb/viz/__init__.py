@@ -1,11 +1,11 @@
 """Pictures: pure functions from infernb data structures to plotly figures (no computation, no CuPy).
 plotly is imported inside each function, so ``import infernb.viz`` is cheap."""
 from .kv import page_pool, sequence_pages
-from .profile import bandwidth_bars
+from .profile import bandwidth_bars, tflops_bars
 from .schedule import merge_map, plan_gantt
 from .sparse import block_sparse
 from .trace import cta_timeline
 from .variant import variant_grid
 
 __all__ = ["bandwidth_bars", "block_sparse", "cta_timeline", "merge_map", "page_pool", "plan_gantt", "sequence_pages",
-           "variant_grid"]
+           "tflops_bars", "variant_grid"]

@@ -1,4 +1,5 @@
-"""Benchmark pictures: bandwidth of each path per case against the device's copy ceiling."""
+"""Benchmark pictures: bandwidth of each path per case against the device's copy ceiling (decode); TFLOP/s of each
+path per case against the GEMM ceiling (prefill)."""
 from __future__ import annotations
 
 from ._style import base_layout
@@ -41,4 +42,33 @@ def bandwidth_bars(rows: list[dict], ceiling_tbps: float | None = None, *, title
                                text=f"{r['speedup_vs_flashinfer']:.2f}x FlashInfer")
     fig.update_layout(**base_layout(title + (f"<br><sup>{subtitle}</sup>" if subtitle else "")), barmode="group",
                       yaxis_title="TB/s of KV read", height=430, legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+#: prefill paths drawn by tflops_bars, in order: (key in the rows, label, colour)
+PREFILL_PATHS = (("infernb", "infernb", "#2563eb"), ("flashinfer_fa2", "FlashInfer fa2", "#f59e0b"),
+                 ("sdpa_flash", "torch SDPA flash", "#6b7280"), ("sdpa_cudnn", "torch SDPA cuDNN", "#10b981"))
+
+
+def tflops_bars(rows: list[dict], gemm_tflops: float | None = None, *, title: str = "Prefill: attention TFLOP/s",
+                subtitle: str = ""):
+    """Grouped bars of ``<path>_tflops`` per case (``rows`` from :func:`infernb.profile.profile_prefill` or the
+    ``cases`` of a committed ``prefill_*.json``), labelled with each path's time; the bf16 GEMM ceiling measured in
+    the same run as a dashed line."""
+    import plotly.graph_objects as go
+
+    cases = [r["case"] for r in rows]
+    fig = go.Figure()
+    for key, label, color in PREFILL_PATHS:
+        if not any(f"{key}_tflops" in r for r in rows):
+            continue
+        fig.add_trace(go.Bar(name=label, x=cases, y=[r.get(f"{key}_tflops") for r in rows], marker_color=color,
+                             text=[f"{r[key + '_ms']:.2f} ms" if f"{key}_ms" in r else "" for r in rows],
+                             textposition="outside",
+                             hovertemplate="%{x}: %{y:.0f} TFLOP/s (%{text})<extra>" + label + "</extra>"))
+    if gemm_tflops:
+        fig.add_hline(y=gemm_tflops, line_dash="dash", line_color="#111827",
+                      annotation_text=f"bf16 GEMM {gemm_tflops:.0f} TFLOP/s", annotation_position="top left")
+    fig.update_layout(**base_layout(title + (f"<br><sup>{subtitle}</sup>" if subtitle else "")), barmode="group",
+                      yaxis_title="TFLOP/s (visible pairs)", height=430, legend=dict(orientation="h", y=-0.25))
     return fig
