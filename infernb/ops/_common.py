@@ -106,3 +106,37 @@ def check_rope(rope, head_dim: int) -> None:
         rd = rope.rotary_dim or head_dim
         if rd > head_dim:
             raise InputError(f"RoPE.rotary_dim = {rd} exceeds head_dim = {head_dim}")
+
+
+def check_q(q, shape: tuple, dims: str, dtype: torch.dtype, device: torch.device, what: str) -> None:
+    """A runner's ``q`` at call time: a tensor of the plan's shape, the runner's dtype and device; on CUDA contiguous
+    and 16-byte aligned (kernels load it in 16-byte vectors). ``what`` names where the dtype comes from."""
+    if not isinstance(q, torch.Tensor):
+        raise InputError(f"q: expected a tensor, got {type(q).__name__}")
+    if tuple(q.shape) != tuple(shape):
+        raise InputError(f"q: expected shape {list(shape)} {dims} (from the plan), got {list(q.shape)}")
+    if q.dtype != dtype:
+        raise InputError(f"q: expected dtype {dtype} ({what}), got {q.dtype}")
+    if q.device != device:
+        raise InputError(f"q is on {q.device}; the runner was built for {device}")
+    if q.device.type == "cuda" and (not q.is_contiguous() or q.data_ptr() % 16):
+        raise InputError("q: expected a contiguous, 16-byte aligned tensor (use q.contiguous())")
+
+
+def check_pool(cache, dtype: torch.dtype, pool_shape: tuple, layout: str, device: torch.device) -> torch.Tensor:
+    """The page pool a paged runner reads at call time (a PagedKVCache or a bare pool tensor): the runner's dtype,
+    shape, layout and device, contiguous. Returns the pool tensor."""
+    pool = cache.pool if hasattr(cache, "pool") else cache
+    if not isinstance(pool, torch.Tensor):
+        raise InputError(f"cache: expected a PagedKVCache or its pool tensor, got {type(cache).__name__}")
+    if pool.device != device:
+        raise InputError(f"the cache is on {pool.device}; the runner was built for {device}")
+    if pool.dtype != dtype or tuple(pool.shape) != tuple(pool_shape):
+        raise InputError(f"cache: expected a {dtype} page pool of shape {list(pool_shape)} (the runner's cache), "
+                         f"got {pool.dtype} {list(pool.shape)}")
+    got = layout if isinstance(cache, torch.Tensor) else getattr(cache, "layout", layout)
+    if got != layout:                             # (a bare pool tensor's .layout is torch's, not NHD/HND)
+        raise InputError(f"cache: layout {got}, the runner was built for {layout}")
+    if not pool.is_contiguous():
+        raise InputError("cache: the page pool must be contiguous")
+    return pool

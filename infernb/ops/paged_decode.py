@@ -25,7 +25,7 @@ from ..plan import Plan, emulate, plan as make_plan
 from ..reference import RoPE
 from ..variants import Variant
 from ..device import device_info
-from ._common import CUDA_TYPES, DTYPE_NAMES, HEAD_DIMS, check_paged_inputs, prepare_outputs
+from ._common import CUDA_TYPES, DTYPE_NAMES, HEAD_DIMS, check_paged_inputs, check_pool, check_q, prepare_outputs
 
 #: Query heads per KV head one mma tile holds.
 MAX_GROUP = 16
@@ -302,30 +302,10 @@ class DecodeRunner:
 
     def _check(self, q: torch.Tensor, cache) -> torch.Tensor:
         p = self.plan
-        cache = self.cache if cache is None else cache
-        pool = cache.pool if hasattr(cache, "pool") else cache
-        if not isinstance(q, torch.Tensor):
-            raise InputError(f"q: expected a tensor, got {type(q).__name__}")
-        shape = (self._num_tokens, p.num_qo_heads, p.head_dim)
-        if tuple(q.shape) != shape:
-            raise InputError(f"q: expected shape {list(shape)} [tokens, num_qo_heads, head_dim] (from the plan), "
-                             f"got {list(q.shape)}")
-        if q.dtype != self.dtype:
-            raise InputError(f"q: expected dtype {self.dtype} (the cache's), got {q.dtype}")
-        if q.device != self.device or pool.device != self.device:
-            raise InputError(f"q is on {q.device} and the cache on {pool.device}; the runner was built for "
-                             f"{self.device}")
-        if pool.dtype != self.dtype or tuple(pool.shape) != self._pool_shape:
-            raise InputError(f"cache: expected a {self.dtype} page pool of shape {list(self._pool_shape)} (the "
-                             f"runner's cache), got {pool.dtype} {list(pool.shape)}")
-        layout = self.layout if isinstance(cache, torch.Tensor) else getattr(cache, "layout", self.layout)
-        if layout != self.layout:                     # (a bare pool tensor's .layout is torch's, not NHD/HND)
-            raise InputError(f"cache: layout {layout}, the runner was built for {self.layout}")
-        if not pool.is_contiguous():
-            raise InputError("cache: the page pool must be contiguous")
-        if q.device.type == "cuda" and (not q.is_contiguous() or q.data_ptr() % 16):
-            raise InputError("q: expected a contiguous, 16-byte aligned tensor (use q.contiguous())")
-        return pool
+        check_q(q, (self._num_tokens, p.num_qo_heads, p.head_dim), "[tokens, num_qo_heads, head_dim]", self.dtype,
+                self.device, "the cache's")
+        return check_pool(self.cache if cache is None else cache, self.dtype, self._pool_shape, self.layout,
+                          self.device)
 
 
 def run_decode(plan: Plan, q: torch.Tensor, cache, page_table, *, variant: Variant | None = None,

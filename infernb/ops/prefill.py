@@ -27,7 +27,8 @@ from ..jit import KernelSpec, build
 from ..plan import Plan, emulate, plan as make_plan
 from ..reference import RoPE
 from ..variants import Variant
-from ._common import CUDA_TYPES, DTYPE_NAMES, HEAD_DIMS, check_paged_inputs, check_rope, prepare_outputs
+from ._common import (CUDA_TYPES, DTYPE_NAMES, HEAD_DIMS, check_paged_inputs, check_pool, check_q, check_rope,
+                      prepare_outputs)
 
 DTYPES = (torch.float16, torch.bfloat16)
 NUM_THREADS = 128
@@ -273,12 +274,17 @@ class PrefillRunner:
             self.kv = cache.layout
             self._pool_shape = tuple(cache.pool.shape)
             kv_start = page_table.indptr.cpu().numpy()
+            if 2 * plan.page_size * plan.num_kv_heads * plan.head_dim >= 2**31:
+                raise InputError("a page's K and V blocks exceed 2^31 elements: the prefill kernel addresses a page "
+                                 "with 32-bit strides")
         else:
             self.dtype = {"bf16": torch.bfloat16, "f16": torch.float16}.get(plan.dtype)
             if self.dtype is None:
                 raise InputError(f"plan dtype {plan.dtype!r}: the prefill kernel runs bf16 / f16")
             check_rope(rope, plan.head_dim)
             self.device = torch.device("cuda" if device is None else device)
+            if self.device.type == "cuda" and self.device.index is None:
+                self.device = torch.device("cuda", torch.cuda.current_device())
             self.kv = "ragged"
             kv_start = np.concatenate(([0], np.cumsum(plan.kv_lens)))
         self.plan, self.cache, self.page_table, self.variant, self.rope = plan, cache, page_table, variant, rope
@@ -359,30 +365,14 @@ class PrefillRunner:
 
     def _check(self, q, k, v, cache):
         p = self.plan
-        if not isinstance(q, torch.Tensor):
-            raise InputError(f"q: expected a tensor, got {type(q).__name__}")
-        shape = (self._num_q, p.num_qo_heads, p.head_dim)
-        if tuple(q.shape) != shape:
-            raise InputError(f"q: expected shape {list(shape)} [sum(qo_lens), num_qo_heads, head_dim] (from the "
-                             f"plan), got {list(q.shape)}")
-        if q.dtype != self.dtype:
-            raise InputError(f"q: expected dtype {self.dtype} (the plan's), got {q.dtype}")
-        if q.device != self.device and not (q.device.type == self.device.type == "cuda" and self.device.index is None):
-            raise InputError(f"q is on {q.device}; the runner was built for {self.device}")
+        check_q(q, (self._num_q, p.num_qo_heads, p.head_dim), "[sum(qo_lens), num_qo_heads, head_dim]", self.dtype,
+                self.device, "the plan's")
         cuda = q.device.type == "cuda"
-        if cuda and (not q.is_contiguous() or q.data_ptr() % 16):
-            raise InputError("q: expected a contiguous, 16-byte aligned tensor (use q.contiguous())")
         if self.paged:
             if k is not None or v is not None:
                 raise InputError("this runner reads a paged cache: pass cache=..., not k / v")
-            cache = self.cache if cache is None else cache
-            pool = cache.pool if hasattr(cache, "pool") else cache
-            if pool.dtype != self.dtype or tuple(pool.shape) != self._pool_shape or pool.device != q.device:
-                raise InputError(f"cache: expected a {self.dtype} page pool of shape {list(self._pool_shape)} on "
-                                 f"{q.device} (the runner's cache), got {pool.dtype} {list(pool.shape)} on {pool.device}")
-            if not pool.is_contiguous():
-                raise InputError("cache: the page pool must be contiguous")
-            return (pool,)
+            return (check_pool(self.cache if cache is None else cache, self.dtype, self._pool_shape, self.layout,
+                               self.device),)
         if k is None or v is None:
             raise InputError("this runner reads ragged k and v: pass runner(q, k, v)")
         kv_shape = (self._num_kv, p.num_kv_heads, p.head_dim)

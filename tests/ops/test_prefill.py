@@ -207,6 +207,21 @@ def test_cpu_bad_inputs_are_named(gen):
         r(q, k[:7], v)
     with pytest.raises(InputError, match="ragged k and v"):
         r(q)
+    # a paged runner: the cache it reads at call time must be the runner's kind (dtype, shape, layout, device)
+    cache, ids, _ = make_cache(gen, [8, 8], 4, 2, 64, 2, layout="NHD")
+    other, _, _ = make_cache(gen, [8, 8], 4, 2, 64, 2, layout="HND")        # same pool shape (page 2 = 2 heads)
+    t = cache.page_table(ids)
+    p = ib.plan([4, 4], [8, 8], num_qo_heads=4, num_kv_heads=2, head_dim=64, page_size=2, tile_q=64, page_table=t)
+    r = PrefillRunner(p, cache, t)
+    assert torch.equal(r(q)[0], r(q, cache=cache.pool)[0])                 # the bare pool tensor works too
+    with pytest.raises(InputError, match="layout HND"):
+        r(q, cache=other)
+    with pytest.raises(InputError, match="page pool of shape"):
+        r(q, cache=cache.pool[:-1])
+    with pytest.raises(InputError, match="not k / v"):
+        r(q, k, v)
+    with pytest.raises(InputError, match="q: expected dtype"):
+        r(q.half())
 
 
 def test_cpu_run_backends(gen):
