@@ -140,3 +140,17 @@ def check_pool(cache, dtype: torch.dtype, pool_shape: tuple, layout: str, device
     if not pool.is_contiguous():
         raise InputError("cache: the page pool must be contiguous")
     return pool
+
+
+def check_variant(variant, plan):
+    """A runner's variant (``None``: plain attention, ``none``): an infernb Variant; a sigmoid one needs an unsplit
+    plan (its parts add up instead of merging by LSE). Returns the variant."""
+    from ..variants import Variant
+
+    variant = Variant("none") if variant is None else variant
+    if not isinstance(variant, Variant):
+        raise InputError(f"variant: expected an infernb Variant, got {type(variant).__name__}")
+    if not variant.softmax and len(plan.merge_unit):
+        raise InputError(f"variant {variant.name} is sigmoid attention: its split parts add up instead of "
+                         "merging by LSE; plan it unsplit (plan(..., merge_gain=float('inf')))")
+    return variant

@@ -25,7 +25,8 @@ from ..plan import Plan, emulate, plan as make_plan
 from ..reference import RoPE
 from ..variants import Variant
 from ..device import device_info
-from ._common import CUDA_TYPES, DTYPE_NAMES, HEAD_DIMS, check_paged_inputs, check_pool, check_q, prepare_outputs
+from ._common import (CUDA_TYPES, DTYPE_NAMES, HEAD_DIMS, check_paged_inputs, check_pool, check_q, check_variant,
+                      prepare_outputs)
 
 #: Query heads per KV head one mma tile holds.
 MAX_GROUP = 16
@@ -210,12 +211,7 @@ class DecodeRunner:
                  sm_scale: float | None = None, stages: int | None = None, ctas_per_sm: int | None = None,
                  extra_options: tuple[str, ...] = ()):
         check_decode_plan(plan)
-        variant = NONE if variant is None else variant
-        if not isinstance(variant, Variant):
-            raise InputError(f"variant: expected an infernb Variant, got {type(variant).__name__}")
-        if not variant.softmax and len(plan.merge_unit):
-            raise InputError(f"variant {variant.name} is sigmoid attention: its split parts add up instead of "
-                             "merging by LSE; plan it unsplit (plan(..., merge_gain=float('inf')))")
+        variant = check_variant(variant, plan)
         pool = cache.pool if hasattr(cache, "pool") else None
         if pool is None:
             raise InputError("cache: expected a PagedKVCache")

@@ -28,7 +28,7 @@ from ..plan import Plan, emulate, plan as make_plan
 from ..reference import RoPE
 from ..variants import Variant
 from ._common import (CUDA_TYPES, DTYPE_NAMES, HEAD_DIMS, check_paged_inputs, check_pool, check_q, check_rope,
-                      prepare_outputs)
+                      check_variant, prepare_outputs)
 
 DTYPES = (torch.float16, torch.bfloat16)
 NUM_THREADS = 128
@@ -254,12 +254,7 @@ class PrefillRunner:
     def __init__(self, plan: Plan, cache=None, page_table=None, *, variant: Variant | None = None,
                  rope: RoPE | None = None, sm_scale: float | None = None, device=None,
                  config: PrefillTraits | None = None):
-        variant = NONE if variant is None else variant
-        if not isinstance(variant, Variant):
-            raise InputError(f"variant: expected an infernb Variant, got {type(variant).__name__}")
-        if not variant.softmax and len(plan.merge_unit):
-            raise InputError(f"variant {variant.name} is sigmoid attention: its split parts add up instead of "
-                             "merging by LSE; plan it unsplit (plan(..., merge_gain=float('inf')))")
+        variant = check_variant(variant, plan)
         if plan.block_masked:
             raise InputError("the prefill kernel runs the plan's key segments; block-masked plans run through "
                              "infernb.emulate(custom_masks=...) until block-sparse attention lands")
