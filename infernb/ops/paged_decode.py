@@ -28,6 +28,17 @@ from ..device import device_info
 from ._common import (CUDA_TYPES, DTYPE_NAMES, HEAD_DIMS, check_paged_inputs, check_pool, check_q, check_variant,
                       prepare_outputs)
 
+#: The decode work item (``decode_item_t`` in ``kernels/include/infernb/decode.cuh``; every compiled unit checks the
+#: names, all int32 in this order): the keys ``[pos_start, pos_end)`` of KV head ``kv_head`` of request ``b``, whose page
+#: ids start at ``page_begin`` in the page table, the query row ``q_token``, the partial slot (-1: writes the output)
+#: and the split unit's merge counter and slots.
+DECODE_ITEM = np.dtype([(n, np.int32) for n in (
+    "b", "kv_head", "pos_start", "pos_end", "q_token", "kv_len", "slot", "page_begin", "merge_unit", "slot_begin",
+    "slot_end", "pad")])
+#: A CTA's record (``decode_cta_t``): its item range and a copy of its first item.
+DECODE_CTA = np.dtype([("item_begin", np.int32), ("item_end", np.int32), ("pad0", np.int32), ("pad1", np.int32),
+                       ("first", DECODE_ITEM)])
+
 #: Query heads per KV head one mma tile holds.
 MAX_GROUP = 16
 NUM_THREADS = 128
@@ -85,6 +96,10 @@ def decode_spec(dtype: torch.dtype, head_dim: int, group: int, layout: str = "NH
     check = (f"static_assert(infernb::decode_cfg_t<{CUDA_TYPES[dtype]}, {head_dim}, {group}, {st}, {mode}>::SMEM_BYTES"
              f" == {smem_bytes(head_dim, group, st, mode)}, \"infernb.ops.paged_decode.smem_bytes disagrees with "
              "decode_cfg_t\");")
+    names = "".join(f"{n}," for n in DECODE_ITEM.names)
+    check += (f'\nstatic_assert(infernb::decode_str_eq(infernb::DECODE_ITEM_NAMES, "{names}") && '
+              f"sizeof(infernb::decode_item_t) == {DECODE_ITEM.itemsize} && sizeof(infernb::decode_cta_t) == "
+              f'{DECODE_CTA.itemsize}, "infernb.ops.paged_decode.DECODE_ITEM / DECODE_CTA");')
     tune = f"_s{st}c{ctas}" if tuned else ""
     return KernelSpec(
         family="decode",
@@ -127,12 +142,9 @@ def check_decode_plan(plan: Plan) -> None:
 
 
 def plan_arrays(plan: Plan) -> dict:
-    """Host arrays the kernel reads, derived once per plan (int32, cached on the plan):
-
-    ``items [num_items, 12]`` = (request, kv_head, pos_start, pos_end, q_token, kv_len, slot, page_begin,
-    merge_unit, slot_begin, slot_end, 0) (``kernels/include/infernb/decode.cuh``'s ``decode_item_t``;
-    page_begin is 0 here: it comes from the page table, see :class:`DecodeRunner`), ``cta_indptr
-    [num_ctas + 1]`` (CTA c runs items ``cta_indptr[c]:cta_indptr[c + 1]``)."""
+    """Host arrays the kernel reads, derived once per plan (cached on the plan): ``items [num_items]``
+    :data:`DECODE_ITEM` records (``page_begin`` is 0 here: it comes from the page table, see :class:`DecodeRunner`)
+    and ``cta_indptr [num_ctas + 1]`` int32 (CTA c runs items ``cta_indptr[c]:cta_indptr[c + 1]``)."""
     got = _plan_arrays.get(plan)
     if got is not None:
         return got
@@ -152,20 +164,22 @@ def plan_arrays(plan: Plan) -> dict:
     munit = np.where(split, munit, -1)
     s0 = np.where(split, plan.merge_indptr[np.minimum(munit, len(plan.merge_unit) - 1).clip(0)], 0)
     s1 = np.where(split, plan.merge_indptr[(munit + 1).clip(0, len(plan.merge_unit))], 0)
-    zero = np.zeros_like(b)
-    items = np.stack([b, plan.item_unit % H, seg0 + plan.item_kv_start, seg0 + plan.item_kv_end, q_token,
-                      plan.kv_lens[b], plan.item_slot, zero, munit, s0, s1, zero], axis=1).astype(np.int32)
+    items = np.zeros(plan.num_items, DECODE_ITEM)
+    for name, val in (("b", b), ("kv_head", plan.item_unit % H), ("pos_start", seg0 + plan.item_kv_start),
+                      ("pos_end", seg0 + plan.item_kv_end), ("q_token", q_token), ("kv_len", plan.kv_lens[b]),
+                      ("slot", plan.item_slot), ("merge_unit", munit), ("slot_begin", s0), ("slot_end", s1)):
+        items[name] = val
     if plan.num_items > 1 and (np.diff(plan.item_cta) < 0).any():
         raise InputError("plan items must be ordered by CTA")
     cta_indptr = np.searchsorted(plan.item_cta, np.arange(plan.num_ctas + 1)).astype(np.int32)
     if plan.num_items == 0:
-        got = _plan_arrays[plan] = dict(items=items.reshape(0, 12), cta_indptr=cta_indptr)
+        got = _plan_arrays[plan] = dict(items=items, cta_indptr=cta_indptr)
         return got
     # A CTA whose last item is the first part of a split unit runs that item first: the unit's other parts
     # (at the start of the next CTA's list) also finish early, so its merge overlaps the streaming instead of
     # adding to the kernel's tail.
     first, count = cta_indptr[:-1].astype(np.int64), np.diff(cta_indptr).astype(np.int64)
-    rotate = (count >= 2) & (items[np.maximum(cta_indptr[1:] - 1, 0), 6] >= 0)
+    rotate = (count >= 2) & (items["slot"][np.maximum(cta_indptr[1:] - 1, 0)] >= 0)
     if rotate.any():
         cta = plan.item_cta
         pos = np.arange(plan.num_items) - first[cta]
@@ -179,14 +193,13 @@ def plan_arrays(plan: Plan) -> dict:
 
 
 def cta_records(items: np.ndarray, cta_indptr: np.ndarray) -> np.ndarray:
-    """Each CTA's record (``decode_cta_t`` in ``kernels/include/infernb/decode.cuh``), ``[num_ctas, 16]`` int32:
-    (item_begin, item_end, 0, 0) and a copy of its first item (zeros for a CTA without items), so the kernel's
-    first copies wait for this load and the page ids only. Page ids stay in the page table (read at run time)."""
-    n = len(cta_indptr) - 1
-    rec = np.zeros((n, 16), np.int32)
-    rec[:, 0], rec[:, 1] = cta_indptr[:-1], cta_indptr[1:]
-    has = rec[:, 1] > rec[:, 0]
-    rec[has, 4:] = items[rec[has, 0]]
+    """Each CTA's record, ``[num_ctas]`` :data:`DECODE_CTA` (``decode_cta_t`` in ``kernels/include/infernb/decode.cuh``):
+    its item range and a copy of its first item (zeros for a CTA without items), so the kernel's first copies wait
+    for this load and the page ids only. Page ids stay in the page table (read at run time)."""
+    rec = np.zeros(len(cta_indptr) - 1, DECODE_CTA)
+    rec["item_begin"], rec["item_end"] = cta_indptr[:-1], cta_indptr[1:]
+    has = rec["item_end"] > rec["item_begin"]
+    rec["first"][has] = items[rec["item_begin"][has]]
     return rec
 
 
@@ -240,9 +253,10 @@ class DecodeRunner:
                                         ctas_per_sm=ctas_per_sm), extra_options=tuple(extra_options))
         a = plan_arrays(plan)
         items = a["items"].copy()
-        items[:, 7] = page_table.indptr.cpu().numpy()[items[:, 0]]        # where each request's page ids start
-        self.items = torch.from_numpy(items.ravel()).to(pool.device)
-        self.ctas = torch.from_numpy(cta_records(items, a["cta_indptr"])).to(pool.device)
+        items["page_begin"] = page_table.indptr.cpu().numpy()[items["b"]]  # where each request's page ids start
+        as_i32 = lambda r: torch.from_numpy(np.ascontiguousarray(r).view(np.int32).reshape(-1))  # noqa: E731
+        self.items = as_i32(items).to(pool.device)
+        self.ctas = as_i32(cta_records(items, a["cta_indptr"])).to(pool.device)
         self.merge_count = torch.zeros(max(len(plan.merge_unit), 1), dtype=torch.int32, device=pool.device)
         self.params = torch.frombuffer(bytearray(params), dtype=torch.uint8).to(pool.device)
         rd = (rope.rotary_dim or plan.head_dim) if rope else plan.head_dim

@@ -84,11 +84,12 @@ def test_cta_records_hold_each_ctas_range_and_first_item(gen):
     p = ib.plan([1] * len(lens), lens, num_qo_heads=8, num_kv_heads=2, head_dim=64, num_sms=40)
     a = plan_arrays(p)
     rec = cta_records(a["items"], a["cta_indptr"])
-    assert rec.shape == (p.num_ctas, 16) and rec.dtype == np.int32
-    assert (rec[:, 0] == a["cta_indptr"][:-1]).all() and (rec[:, 1] == a["cta_indptr"][1:]).all()
-    has = rec[:, 1] > rec[:, 0]
+    assert rec.shape == (p.num_ctas,) and rec.dtype.itemsize == 64
+    assert (rec["item_begin"] == a["cta_indptr"][:-1]).all() and (rec["item_end"] == a["cta_indptr"][1:]).all()
+    has = rec["item_end"] > rec["item_begin"]
     assert has.any() and not has.all()                  # more CTAs than items: some have none
-    assert (rec[has, 4:] == a["items"][rec[has, 0]]).all() and (rec[~has, 2:] == 0).all()
+    assert (rec["first"][has] == a["items"][rec["item_begin"][has]]).all()
+    assert (rec[~has].view(np.int32).reshape(-1, 16)[:, 2:] == 0).all()
 
 
 def test_plan_arrays_describe_every_item(gen):
@@ -96,12 +97,15 @@ def test_plan_arrays_describe_every_item(gen):
     p = ib.plan([1] * 7, lens, num_qo_heads=32, num_kv_heads=8, head_dim=128, num_sms=20)
     a = plan_arrays(p)
     items, ind = a["items"], a["cta_indptr"]
-    assert items.shape == (p.num_items, 12) and items.dtype == np.int32
+    assert items.shape == (p.num_items,) and items.dtype.itemsize == 48
+    assert all(items.dtype.fields[n][0] == np.int32 for n in items.dtype.names)
     assert ind[0] == 0 and ind[-1] == p.num_items and (np.diff(ind) >= 0).all()
     for c in range(p.num_ctas):                         # CTA c runs exactly its items
         assert (p.item_cta[ind[c]:ind[c + 1]] == c).all()
     covered = {}
-    for b, h, s, e, tok, kvl, slot, _, m, s0, s1, _ in items.tolist():
+    for it in items:
+        b, h, s, e, tok, kvl = (int(it[n]) for n in ("b", "kv_head", "pos_start", "pos_end", "q_token", "kv_len"))
+        slot, m, s0, s1 = (int(it[n]) for n in ("slot", "merge_unit", "slot_begin", "slot_end"))
         assert tok == b and kvl == lens[b] and 0 <= s <= e <= lens[b]
         covered.setdefault((b, h), []).append((s, e))
         if slot >= 0:                                   # its unit's slots, and the unit's index among split units
@@ -418,7 +422,7 @@ def test_kernel_item_arrays_compute_the_reference(gen):
     table = cache.page_table(ids)
     p = ib.plan([1] * len(lens), lens, num_qo_heads=8, num_kv_heads=2, head_dim=64, num_sms=6)
     items = plan_arrays(p)["items"].copy()
-    items[:, 7] = table.indptr.numpy()[items[:, 0]]
+    items["page_begin"] = table.indptr.numpy()[items["b"]]
     ind = plan_arrays(p)["cta_indptr"]
     pool = cache.pool.double()
     g = p.group
@@ -427,7 +431,10 @@ def test_kernel_item_arrays_compute_the_reference(gen):
     part_o, part_s = {}, {}
     count = np.zeros(max(len(p.merge_unit), 1), np.int64)
     for c in range(p.num_ctas):                         # CTAs one after the other, items in the kernel's order
-        for b, h, s, e, tok, kvl, slot, page_begin, m, s0, s1, _ in items[ind[c]:ind[c + 1]].tolist():
+        for it in items[ind[c]:ind[c + 1]]:
+            b, h, s, e, tok, kvl = (int(it[n]) for n in ("b", "kv_head", "pos_start", "pos_end", "q_token", "kv_len"))
+            slot, page_begin = int(it["slot"]), int(it["page_begin"])
+            m, s0, s1 = int(it["merge_unit"]), int(it["slot_begin"]), int(it["slot_end"])
             pos = torch.arange(s, e)
             pages = table.indices[page_begin + pos // 16].long()
             k = pool[pages, 0, pos % 16, h]                # [keys, d]
