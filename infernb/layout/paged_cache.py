@@ -51,7 +51,7 @@ class PagedKVCache:
                  dtype: torch.dtype = torch.float16, device="cpu", layout: str = "NHD"):
         for name, val in (("num_pages", num_pages), ("page_size", page_size), ("num_kv_heads", num_kv_heads),
                           ("head_dim", head_dim)):
-            if not isinstance(val, (int, np.integer)) or val < 1:
+            if not _is_int(val) or val < 1:
                 raise InputError(f"{name}: expected a positive integer, got {val!r}")
         if layout not in LAYOUTS:
             raise InputError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
@@ -96,7 +96,7 @@ class PagedKVCache:
 
     def pages(self, seq_id: int) -> list[int]:
         """Page ids of a sequence, in logical order."""
-        r = self._rows([seq_id])[0]
+        r = self._rows(_seq_ids([seq_id]))[0]
         return self._table[r, :self._npages[r]].tolist()
 
     def snapshot(self) -> PoolSnapshot:
@@ -127,7 +127,7 @@ class PagedKVCache:
     # ------------------------------------------------------------------ lifecycle
     def add_sequences(self, num: int = 1) -> list[int]:
         """Create ``num`` empty sequences; return their ids (never reused)."""
-        if not isinstance(num, (int, np.integer)) or num < 0:
+        if not _is_int(num) or num < 0:
             raise InputError(f"num: expected a non-negative integer, got {num!r}")
         if num > len(self._free_rows):
             self._grow(rows=len(self._row) + num)
@@ -141,7 +141,7 @@ class PagedKVCache:
 
     def free(self, seq_ids: int | Iterable[int]) -> None:
         """Release sequences; pages no other sequence shares return to the pool. Freeing twice is an error."""
-        ids = [seq_ids] if isinstance(seq_ids, (int, np.integer)) else list(seq_ids)
+        ids = _seq_ids(seq_ids, scalar_ok=True)
         if len(set(ids)) != len(ids):
             raise InputError(f"seq_ids: each sequence may appear once, got {ids}")
         rows = self._rows(ids)
@@ -159,6 +159,8 @@ class PagedKVCache:
         """New sequence sharing ``seq_id``'s full pages (shared prefix); a partly filled last page is copied
         into a page of its own. Returns the child's id. Raises :class:`OutOfPagesError` (changing nothing)
         if that copy needs a page and none is free."""
+        if not _is_int(seq_id):
+            raise InputError(f"seq_id: expected one integer sequence id, got {seq_id!r}")
         pr = self._rows([seq_id])[0]
         n, length = int(self._npages[pr]), int(self._len[pr])
         partial = length % self.page_size != 0
@@ -193,12 +195,17 @@ class PagedKVCache:
         on a GPU pool (``kernels/include/infernb/paged_append.cuh``), or two vectorized ``index_put`` calls on
         a CPU pool. No loop over tokens either way.
         """
-        ids = list(seq_ids)
+        ids = _seq_ids(seq_ids)
         self._rows(ids)
         if len(set(ids)) != len(ids):
             raise InputError(f"seq_ids: each sequence may appear once per append, got {ids}")
         if lengths is None:
             lengths = [1] * len(ids)
+        if isinstance(lengths, torch.Tensor):
+            lengths = lengths.tolist()
+        lengths = list(lengths) if isinstance(lengths, (list, tuple, np.ndarray)) else lengths
+        if not isinstance(lengths, list) or not all(_is_int(x) for x in lengths):
+            raise InputError(f"lengths: expected a sequence of integer token counts, got {lengths!r}")
         lengths = [int(x) for x in lengths]
         if len(lengths) != len(ids):
             raise InputError(f"lengths: expected {len(ids)} entries (one per sequence), got {len(lengths)}")
@@ -212,6 +219,17 @@ class PagedKVCache:
                                  f"{list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
             if not t.is_floating_point():
                 raise InputError(f"{name}: expected a floating dtype, got {t.dtype}")
+            if t.layout != torch.strided or t.device.type == "meta":
+                raise InputError(f"{name}: expected a dense tensor holding data, got a {t.layout} tensor on "
+                                 f"{t.device}")
+        # the data the pool will receive, converted (and detached: a cache stores values, never an autograd
+        # graph) before any bookkeeping, so a tensor that cannot be read fails here and changes nothing
+        try:
+            kk = k.detach().to(self.device, self.dtype).contiguous()
+            vv = v.detach().to(self.device, self.dtype).contiguous()
+        except (RuntimeError, NotImplementedError, TypeError) as e:
+            raise InputError(f"k / v: cannot be copied to the pool's device {self.device} as {self.dtype} "
+                             f"({type(e).__name__}: {e}); nothing was changed") from e
 
         # 1. plan the pages (vectorized over sequences) and check capacity before touching anything.
         #    Invariant: a row of length L holds exactly ceil(L / page_size) pages.
@@ -229,7 +247,16 @@ class PagedKVCache:
         into_old = (lens > 0) & (old % P != 0)
         if into_old.any() and (self._refcount[self._table[rows[into_old], old[into_old] // P]] > 1).any():
             raise AssertionError("internal: an append would write into a page shared by a fork")
-        # 2. commit the bookkeeping
+        # 2. commit the bookkeeping (saved first: a failed write puts it back, so the call is all-or-nothing)
+        saved = self._save_state()
+        try:
+            self._commit_append(rows, need, total_need, new_len, old, lens, total, kk, vv)
+        except BaseException:
+            self._restore_state(saved)
+            raise
+
+    def _commit_append(self, rows, need, total_need, new_len, old, lens, total, kk, vv) -> None:
+        P = self.page_size
         if total_need:
             self._grow(pages=int((-(-new_len // P)).max()))
             new = self._pop(total_need)
@@ -247,8 +274,6 @@ class PagedKVCache:
         dest = np.empty((2, total), dtype=np.int32)
         dest[0] = self._table[tok_row, pos // P]
         dest[1] = pos % P
-        kk = k.to(self.device, self.dtype)
-        vv = v.to(self.device, self.dtype)
         if self.device.type == "cuda" and self.head_dim in append_kernel.APPEND_HEAD_DIMS:
             append_kernel.append_paged_kv(self.pool, self.layout, kk, vv, self._to_device(dest))
             return
@@ -285,7 +310,7 @@ class PagedKVCache:
 
     def gather(self, seq_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A sequence's K and V as contiguous ``[length, num_kv_heads, head_dim]`` tensors (copies)."""
-        r = self._rows([seq_id])[0]
+        r = self._rows(_seq_ids([seq_id]))[0]
         pages = torch.from_numpy(self._table[r, :self._npages[r]]).to(self.device)
         kv = self.pool[pages]                                                # [n, 2, P, H, D] or [n, 2, H, P, D]
         if self.layout == "HND":
@@ -322,11 +347,20 @@ class PagedKVCache:
         return new
 
     # ------------------------------------------------------------------ helpers
+    def _save_state(self) -> tuple:
+        """The bookkeeping, copied (what an append may change)."""
+        return (self._table.copy(), self._npages.copy(), self._len.copy(), self._refcount.copy(), self._free.copy(),
+                self._nfree, list(self._free_rows))
+
+    def _restore_state(self, saved: tuple) -> None:
+        (self._table, self._npages, self._len, self._refcount, self._free, self._nfree, self._free_rows) = saved
+
     def _rows(self, seq_ids) -> np.ndarray:
-        """Rows of live sequence ids (``InputError`` naming a freed or unknown id)."""
+        """Rows of live sequence ids (``InputError`` naming a freed or unknown id, or ids that are not integers)."""
+        seq_ids = _seq_ids(seq_ids)
         try:
             return np.fromiter((self._row[i] for i in seq_ids), dtype=np.int64)
-        except (KeyError, TypeError):
+        except KeyError:
             for i in seq_ids:
                 if i not in self._row:
                     raise InputError(f"seq_ids: {self._unknown(i)}") from None
@@ -364,3 +398,25 @@ class PagedKVCache:
             return f"sequence {i} was already freed"
         live = self.seq_ids
         return f"sequence {i} does not exist (live ids: {live[:16]}{'...' if len(live) > 16 else ''})"
+
+
+def _is_int(x) -> bool:
+    """An integer and not a bool (``True`` is an int to Python, never a count or an id here)."""
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def _seq_ids(seq_ids, scalar_ok: bool = False) -> list[int]:
+    """``seq_ids`` as a list of ints, or ``InputError`` naming it (a scalar where a sequence is expected, nested
+    lists, floats, bools)."""
+    if scalar_ok and _is_int(seq_ids):
+        return [int(seq_ids)]
+    if isinstance(seq_ids, torch.Tensor):
+        seq_ids = seq_ids.tolist()
+    if isinstance(seq_ids, (str, bytes)) or not isinstance(seq_ids, Iterable):
+        raise InputError(f"seq_ids: expected a sequence of integer ids{' or one id' if scalar_ok else ''}, got "
+                         f"{seq_ids!r}")
+    ids = list(seq_ids)
+    bad = [i for i in ids if not _is_int(i)]
+    if bad:
+        raise InputError(f"seq_ids: expected integer ids, got {bad[0]!r} in {ids}")
+    return [int(i) for i in ids]
