@@ -48,11 +48,15 @@ class BlockSparse:
     # ------------------------------------------------------------------ constructors
     @classmethod
     def from_dense(cls, mask: torch.Tensor, block: tuple[int, int]) -> "BlockSparse":
-        """From a dense boolean ``[M, N]`` mask (``True`` = visible)."""
+        """From a dense boolean ``[M, N]`` mask (``True`` = visible). Additive float masks (0 / -inf) are refused:
+        ``.bool()`` would read -inf as visible; pass ``mask == 0`` for one."""
         if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
             raise InputError(f"mask: expected a 2-D boolean tensor [M, N], got "
                              f"{list(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__}")
-        mask = mask.bool().cpu()
+        if mask.dtype != torch.bool:
+            raise InputError(f"mask: expected torch.bool (True = visible), got {mask.dtype}; for an additive mask "
+                             "(0 = visible, -inf = hidden) pass `mask == 0`")
+        mask = mask.cpu()
         return cls._build(lambda r0, r1, c0, c1: mask[r0:r1, c0:c1], tuple(mask.shape), _check_block(block))
 
     @classmethod
@@ -209,9 +213,13 @@ class BlockSparse:
 
 def _check_block(block) -> tuple[int, int]:
     try:
-        R, C = (int(x) for x in block)
+        R, C = block
     except Exception:
         raise InputError(f"block: expected (R, C), got {block!r}") from None
+    for x in (R, C):
+        if not isinstance(x, (int, np.integer)) or isinstance(x, (bool, np.bool_)):
+            raise InputError(f"block: expected two integers (R, C), got {block!r}")
+    R, C = int(R), int(C)
     if R < 1 or C < 1:
         raise InputError(f"block: expected positive sizes, got {(R, C)}")
     return R, C

@@ -32,6 +32,17 @@ class PageTable:
     page_size: int
     num_pages: int | None = None
 
+    def __post_init__(self):
+        if not _is_int(self.page_size) or self.page_size < 1:
+            raise InputError(f"PageTable.page_size: expected a positive integer, got {self.page_size!r}")
+        if self.num_pages is not None and (not _is_int(self.num_pages) or self.num_pages < 0):
+            raise InputError(f"PageTable.num_pages: expected a non-negative integer or None, got {self.num_pages!r}")
+        # tables on the CPU are checked as they are made (cheap); a table on a GPU is checked by the kernels'
+        # runners (validate() reads it back to the host)
+        if all(isinstance(t, torch.Tensor) and t.device.type == "cpu"
+               for t in (self.indptr, self.indices, self.last_page_len)):
+            self.validate()
+
     @classmethod
     def from_lists(cls, pages: list[list[int]], lengths: list[int], page_size: int, *, num_pages: int | None = None,
                    device="cpu", validate: bool = True) -> "PageTable":
@@ -125,6 +136,16 @@ class PageTable:
                 b = int(np.searchsorted(ptr, j, side="right") - 1)
                 raise InputError(f"PageTable: request {b} refers to page {idx[j]}, outside the pool "
                                  f"[0, {self.num_pages if self.num_pages is not None else 'inf'})")
+            # a page twice in one request would hold two positions' keys at once (pages are shared only across
+            # requests, by forks)
+            req = np.repeat(np.arange(self.batch_size), d)
+            key = req * (int(idx.max()) + 1) + idx.astype(np.int64)
+            srt = np.sort(key)
+            dup = srt[1:] == srt[:-1]
+            if dup.any():
+                k = int(srt[1:][dup][0])
+                b, page = divmod(k, int(idx.max()) + 1)
+                raise InputError(f"PageTable: request {b} lists page {page} more than once")
         return self
 
     def __str__(self) -> str:
@@ -133,3 +154,7 @@ class PageTable:
                 f"tokens={sum(lens)}, kv_lens={lens if len(lens) <= 8 else lens[:8] + ['...']}, device={self.device})")
 
     __repr__ = __str__
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))

@@ -1,0 +1,57 @@
+"""Issue 12, items 5-7: page tables, dense masks and plan parameters that used to pass silently."""
+import math
+
+import pytest
+import torch
+
+import infernb as ib
+from infernb import InputError, PageTable
+
+i32 = lambda x: torch.tensor(x, dtype=torch.int32)  # noqa: E731
+
+
+@pytest.mark.parametrize("indices,num_pages,match", [
+    ([3, 1, 3], 8, "request 0 lists page 3 more than once"),
+    ([3, -1, 2], None, "outside the pool"),
+    ([3, 999, 2], 8, "outside the pool"),
+])
+def test_page_table_rejects_repeated_and_out_of_range_pages_when_made(indices, num_pages, match):
+    with pytest.raises(InputError, match=match):
+        PageTable(i32([0, 3]), i32(indices), i32([2]), 4, num_pages)
+
+
+def test_page_table_allows_a_page_in_two_requests_and_rejects_non_integer_sizes():
+    t = PageTable(i32([0, 2, 4]), i32([5, 1, 5, 2]), i32([4, 1]), 4, 8)       # page 5 shared (a fork)
+    assert t.kv_lens() == [8, 5]
+    bs = ib.BlockSparse.from_page_table(t)
+    assert bs.to_dense().sum().item() == 13                                   # every key of both requests
+    for ps in (4.0, True, 0):
+        with pytest.raises(InputError, match="page_size"):
+            PageTable(i32([0, 1]), i32([1]), i32([2]), ps)
+    with pytest.raises(InputError, match="num_pages"):
+        PageTable(i32([0, 1]), i32([1]), i32([2]), 4, 8.5)
+
+
+def test_from_dense_refuses_additive_float_masks():
+    additive = torch.tensor([[0.0, float("-inf")], [0.0, 0.0]])
+    with pytest.raises(InputError, match="mask == 0"):
+        ib.BlockSparse.from_dense(additive, (1, 1))
+    bs = ib.BlockSparse.from_dense(additive == 0, (1, 1))
+    assert torch.equal(bs.to_dense(), additive == 0)
+
+
+@pytest.mark.parametrize("block", [(2.5, 1), (True, 1), ("2", 1)])
+def test_block_shapes_must_be_integers(block):
+    with pytest.raises(InputError, match="block"):
+        ib.BlockSparse.from_dense(torch.ones(4, 4, dtype=torch.bool), block)
+
+
+@pytest.mark.parametrize("kw,name", [(dict(fixed_cost=math.nan), "fixed_cost"), (dict(fixed_cost=-1.0), "fixed_cost"),
+                                     (dict(fixed_cost=math.inf), "fixed_cost"), (dict(rows_balance=0.0), "rows_balance"),
+                                     (dict(rows_balance=math.nan), "rows_balance"),
+                                     (dict(merge_gain=-0.5), "merge_gain"), (dict(window_left=2.5), "window_left"),
+                                     (dict(window_left=True), "window_left"), (dict(num_sms=True), "num_sms")])
+def test_plan_checks_its_numeric_parameters(kw, name):
+    with pytest.raises(InputError, match=name):
+        ib.plan([1, 4], [10, 20], num_qo_heads=4, num_kv_heads=2, head_dim=64, **kw)
+    ib.plan([1, 4], [10, 20], num_qo_heads=4, num_kv_heads=2, head_dim=64, merge_gain=math.inf)   # allowed
