@@ -178,7 +178,8 @@ def build(spec: KernelSpec, arch: str | None = None, *, extra_options: tuple[str
         note, entry = "", None
         if not force:
             try:
-                entry = cache.read_entry(path)
+                entry = cache.read_entry(path, expect=dict(name=spec.name, arch=arch,
+                                                           kernels=[short for short, _ in spec.kernels]))
             except cache.CorruptEntry as e:
                 note = f"rebuilt: corrupt cache entry ({e})"
                 warnings.warn(f"infernb: cache entry {path} is damaged ({e}); recompiling", stacklevel=2)

@@ -35,7 +35,7 @@ def compile_spec(spec: KernelSpec, arch: str, extra_options: tuple[str, ...] = (
                                source=source) from None
         log = nvrtc.getProgramLog(prog)
         lowered = {short: nvrtc.getLoweredName(prog, expr) for short, expr in spec.kernels}
-        cubin = nvrtc.getCUBIN(prog)
+        cubin = toolchain.get_cubin(prog)
     finally:
         nvrtc.destroyProgram(prog)
     return dict(cubin=bytes(cubin), log=log, lowered=lowered, seconds=time.perf_counter() - t0)

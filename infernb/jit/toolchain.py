@@ -30,6 +30,44 @@ def nvrtc():
 
 
 @functools.lru_cache(maxsize=None)
+def _nvrtc_library():
+    """The NVRTC shared library CuPy loaded, through ctypes (for the calls CuPy's binding gets wrong)."""
+    import ctypes
+    import re as _re
+
+    nvrtc()                                   # loads it
+    try:
+        with open("/proc/self/maps") as f:
+            paths = sorted({line.split()[-1] for line in f if _re.search(r"/libnvrtc\.so", line)})
+    except OSError:
+        paths = []
+    for path in paths or ["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so"]:
+        try:
+            lib = ctypes.CDLL(path)
+            lib.nvrtcGetCUBINSize, lib.nvrtcGetCUBIN    # noqa: B018 (both symbols present)
+            return lib
+        except (OSError, AttributeError):
+            continue
+    raise DeviceError("could not open the NVRTC library CuPy uses (to read whole cubins)")
+
+
+def get_cubin(prog) -> bytes:
+    """The whole cubin of a compiled NVRTC program (``nvrtcGetCUBINSize`` bytes). CuPy 14.2's ``getCUBIN`` drops
+    the last byte (it strips a trailing NUL as for PTX; cubins have none): the driver still loads such a file, but
+    ``nvdisasm`` / ``cuobjdump`` reject it."""
+    import ctypes
+
+    lib = _nvrtc_library()
+    size = ctypes.c_size_t()
+    if lib.nvrtcGetCUBINSize(ctypes.c_void_p(int(prog)), ctypes.byref(size)) != 0:
+        raise DeviceError("nvrtcGetCUBINSize failed")
+    buf = ctypes.create_string_buffer(size.value)
+    if lib.nvrtcGetCUBIN(ctypes.c_void_p(int(prog)), buf) != 0:
+        raise DeviceError("nvrtcGetCUBIN failed")
+    return buf.raw
+
+
+@functools.lru_cache(maxsize=None)
 def nvrtc_version() -> tuple[int, int]:
     """NVRTC ``(major, minor)``."""
     return tuple(nvrtc().getVersion())

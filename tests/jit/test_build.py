@@ -78,6 +78,68 @@ def test_corrupt_entry_is_rebuilt(fresh_cache, damage):
     assert jit.build(spec, "sm_80").report.cache_hit      # the rebuilt entry is sound
 
 
+def _rewrite_header(path, edit):
+    """Rewrite an entry's JSON header with ``edit(meta)`` (a valid file, lengths adjusted, checksums untouched)."""
+    import json
+    import struct
+
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[8:16])
+    meta = json.loads(data[16:16 + n])
+    edit(meta)
+    header = json.dumps(meta).encode()
+    path.write_bytes(data[:8] + struct.pack("<Q", len(header)) + header + data[16 + n:])
+
+
+@pytest.mark.parametrize("damage", ["renamed key", "missing field", "null log", "altered entry point",
+                                    "altered arch", "other kernel"])
+def test_a_damaged_or_altered_header_is_rebuilt(fresh_cache, damage):
+    """Issue 12, item 11: the header is checked as a whole (checksum and fields), not just the cubin."""
+    spec = merge_spec(torch.float16, 128)
+    good = jit.build(spec, "sm_80")
+    (path,) = fresh_cache.glob("*.ibk")
+    edits = {
+        "renamed key": lambda m: m.__setitem__("lowerd", m.pop("lowered")),
+        "missing field": lambda m: m.pop("compile_seconds"),
+        "null log": lambda m: m.__setitem__("log", None),
+        "altered entry point": lambda m: m["lowered"].__setitem__(next(iter(m["lowered"])), "_Z3fooPv"),
+        "altered arch": lambda m: m.__setitem__("arch", "sm_90a"),
+        "other kernel": lambda m: m.__setitem__("lowered", {"other": "_Z3fooPv"}),
+    }
+    _rewrite_header(path, edits[damage])
+    jit.clear_memory_cache()
+    with pytest.warns(UserWarning, match="damaged"):
+        k = jit.build(spec, "sm_80")
+    assert not k.report.cache_hit and k.lowered == good.lowered
+
+
+def test_cached_cubins_are_whole_elf_files(fresh_cache):
+    """Issue 12, item 12: the cubin is nvrtcGetCUBINSize bytes (CuPy's getCUBIN drops the last one): its ELF
+    structures end exactly at its end, in memory and after a round trip through the disk cache."""
+    import struct
+
+    def elf_end(c):
+        phoff, shoff = struct.unpack_from("<QQ", c, 0x20)
+        phentsize, phnum, shentsize, shnum = struct.unpack_from("<HHHH", c, 0x36)
+        end = max(64, phoff + phentsize * phnum, shoff + shentsize * shnum)
+        for i in range(shnum):
+            sh_type, = struct.unpack_from("<I", c, shoff + i * shentsize + 4)
+            off, size = struct.unpack_from("<QQ", c, shoff + i * shentsize + 0x18)
+            end = max(end, off + size) if sh_type != 8 else end          # SHT_NOBITS takes no file space
+        for i in range(phnum):
+            off, = struct.unpack_from("<Q", c, phoff + i * phentsize + 8)
+            filesz, = struct.unpack_from("<Q", c, phoff + i * phentsize + 0x20)
+            end = max(end, off + filesz)
+        return end
+
+    spec = merge_spec(torch.bfloat16, 64)
+    k = jit.build(spec, "sm_90a")
+    assert k.cubin[:4] == b"\x7fELF" and len(k.cubin) == elf_end(k.cubin)
+    jit.clear_memory_cache()
+    k2 = jit.build(spec, "sm_90a")
+    assert k2.report.cache_hit and k2.cubin == k.cubin
+
+
 def test_two_processes_compiling_at_once_both_succeed(fresh_cache):
     code = textwrap.dedent("""
         import sys, torch, infernb
