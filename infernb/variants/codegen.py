@@ -157,7 +157,34 @@ def _literal(v, kind: str) -> str:
 def trace_fn(fn, arg_names: list[str], arg_kinds: list[str], extra: dict):
     """Call ``fn`` with Syms for its standard arguments and ``extra`` keyword values (Syms for runtime params)."""
     args = [Sym("arg", (n,), k, origin="") for n, k in zip(arg_names, arg_kinds)]
-    return fn(*args, **extra)
+    try:
+        return fn(*args, **extra)
+    except TraceError:
+        raise
+    except Exception as e:             # torch or Python refusing a traced value: name the user's line anyway
+        raise TraceError(f"{type(e).__name__} while tracing {getattr(fn, '__name__', 'the mod')} at "
+                         f"{_user_frame(e.__traceback__)}: {e}. Traced mods take Python scalars, traced values, "
+                         "the operators and the torch functions of infernb.variants.trace.TORCH_FUNCS, and captured "
+                         "tensors indexed with traced values; for anything else write the hook in CUDA "
+                         "(Variant(cuda_score_mod=..., cuda_mask_mod=...))") from e
+
+
+def _user_frame(tb) -> str:
+    """``file:line  source`` of the innermost traceback frame that is not infernb's, torch's or the standard
+    library's (the mod's own line)."""
+    import linecache
+    import os
+
+    from .trace import _SKIP_FILES, _STDLIB
+
+    found = "<unknown>"
+    while tb is not None:
+        fn = os.path.abspath(tb.tb_frame.f_code.co_filename)
+        if fn not in _SKIP_FILES and f"{os.sep}torch{os.sep}" not in fn and not fn.startswith(_STDLIB + os.sep):
+            src = linecache.getline(tb.tb_frame.f_code.co_filename, tb.tb_lineno).strip()
+            found = f"{os.path.basename(fn)}:{tb.tb_lineno}  {src}".rstrip()
+        tb = tb.tb_next
+    return found
 
 
 def generate(cname: str, score_mod, mask_mod, params: dict, runtime: set, softmax: bool,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ..jit.spec import INCLUDE_DIR
+from ..jit.spec import INCLUDE_DIR, kernels_digest
 from .variant import Variant
 
 _SHIM = r"""
@@ -58,7 +58,8 @@ def host_probe(variant: Variant, scores: torch.Tensor, *, q_offset: int = 0) -> 
     so the result is what the C++ says, to float32 rounding."""
     raw, captured = variant.pack("cpu")             # checks where the captured tensors live; keeps them alive
     src = _SHIM + variant.cuda + (_RUN % variant.cuda_name)
-    key = hashlib.sha256((src + str(INCLUDE_DIR)).encode()).hexdigest()[:16]
+    # keyed like the JIT cache: the source and the contents of every file under kernels/ (variant.cuh included)
+    key = hashlib.sha256((src + kernels_digest()).encode()).hexdigest()[:16]
     lib = _libs.get(key)
     if lib is None:
         out_dir = Path(tempfile.gettempdir()) / "infernb-host-probe"

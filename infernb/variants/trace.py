@@ -57,9 +57,28 @@ class Sym:
         raise TraceError(f"int() of a traced value at {user_line()}: use x.to(torch.int32) / x.long() instead")
 
     def __float__(self):
-        raise TraceError(f"float() of a traced value at {user_line()}: use x.float() instead")
+        raise TraceError(f"a traced value was turned into a Python float at {user_line()} (float(), or a math.* "
+                         "function, which needs one): use the torch function on the traced value instead "
+                         "(torch.exp, torch.log, torch.tanh, ...), or x.float() to convert")
 
     __index__ = __int__
+
+    def _no(what: str, fix: str):
+        def f(self, *a):
+            raise TraceError(f"{what} of a traced value at {user_line()} is not traceable: {fix}")
+        return f
+
+    __round__ = _no("round()", "write torch.floor(x + 0.5) (rounding half up)")
+    __floor__ = _no("math.floor()", "use torch.floor(x)")
+    __ceil__ = _no("math.ceil()", "use torch.ceil(x)")
+    __trunc__ = _no("math.trunc()", "use torch.div(x, 1, rounding_mode='trunc') or x.long()")
+    __divmod__ = __rdivmod__ = _no("divmod()", "write x // y and x % y")
+    __lshift__ = __rlshift__ = _no("<<", "multiply by a power of two (x * 2**n)")
+    __rshift__ = __rrshift__ = _no(">>", "floor-divide by a power of two (x // 2**n)")
+    __matmul__ = __rmatmul__ = _no("@", "traced values are scalars")
+    __complex__ = _no("complex()", "traced mods compute in float32 / int64 / bool")
+    __getitem__ = _no("indexing", "traced values are scalars; index a captured tensor with them instead")
+    del _no
 
     def __len__(self):
         raise TraceError(f"len() of a traced value at {user_line()}: traced values are scalars")
@@ -227,22 +246,44 @@ def where(c, a, b) -> Sym:
     return Sym("where", (c, a, b), kind)
 
 
-def minimum(a, b) -> Sym:
+def _tensor_other(name: str, b) -> None:
+    """torch's elementwise max / min take a tensor as ``other``; ``torch.max(x, 0)`` is a reduction over dim 0 (a
+    different function, returning values and indices): refuse what torch would not compute elementwise."""
+    if not isinstance(b, (Sym, torch.Tensor)):
+        raise TraceError(f"torch.{name}(x, {b!r}) at {user_line()}: in torch a Python number there is "
+                         f"{'a dimension to reduce over' if name in ('max', 'min') else 'not accepted'}, not an "
+                         f"elementwise bound; use torch.clamp(x, {'min' if name in ('max', 'maximum') else 'max'}="
+                         f"{b!r}) or torch.{'maximum' if name in ('max', 'maximum') else 'minimum'}(x, other_tensor)")
+
+
+def minimum(a, b, _name="minimum") -> Sym:
+    _tensor_other(_name, b)
     a, b = _lift(a), _lift(b)
     return Sym("min", (a, b), _num_kind(a, b))
 
 
-def maximum(a, b) -> Sym:
+def maximum(a, b, _name="maximum") -> Sym:
+    _tensor_other(_name, b)
     a, b = _lift(a), _lift(b)
     return Sym("max", (a, b), _num_kind(a, b))
 
 
+def _reduce_or_elementwise(name: str):
+    def f(a, b=None, *rest, **kw):
+        if b is None or rest or kw:
+            raise TraceError(f"torch.{name} with {'no second argument' if b is None else 'dim / keepdim'} at "
+                             f"{user_line()} is a reduction; traced mods are elementwise: use torch.{name}imum"
+                             "(x, other) or torch.clamp")
+        return (maximum if name == "max" else minimum)(a, b, _name=name)
+    return f
+
+
 def clamp(x, min=None, max=None) -> Sym:  # noqa: A002
-    x = _lift(x)
+    x = _lift(x)                                   # (torch.clamp takes numbers or tensors as bounds)
     if min is not None:
-        x = maximum(x, min)
+        x = Sym("max", (x, _lift(min)), _num_kind(x, _lift(min)))
     if max is not None:
-        x = minimum(x, max)
+        x = Sym("min", (x, _lift(max)), _num_kind(x, _lift(max)))
     return x
 
 
@@ -290,7 +331,8 @@ def _f(op):
 
 
 TORCH_FUNCS = {
-    "where": where, "minimum": minimum, "maximum": maximum, "min": minimum, "max": maximum, "clamp": clamp,
+    "where": where, "minimum": minimum, "maximum": maximum, "min": _reduce_or_elementwise("min"),
+    "max": _reduce_or_elementwise("max"), "clamp": clamp,
     "clip": clamp, "tanh": _f("tanh"), "exp": _f("exp"), "exp2": _f("exp2"), "log": _f("log"), "log2": _f("log2"),
     "log1p": _f("log1p"), "sqrt": _f("sqrt"), "rsqrt": _f("rsqrt"), "sigmoid": _f("sigmoid"), "sin": _f("sin"),
     "cos": _f("cos"), "erf": _f("erf"), "floor": _f("floor"), "ceil": _f("ceil"), "abs": lambda x: unary("abs", x),
@@ -310,6 +352,9 @@ TORCH_FUNCS = {
     "__eq__": lambda a, b: binary("eq", a, b), "__ne__": lambda a, b: binary("ne", a, b),
     "__and__": lambda a, b: binary("and", a, b), "__or__": lambda a, b: binary("or", a, b),
 }
+# torch.special's spellings of the same functions (their __torch_function__ names carry a prefix)
+TORCH_FUNCS.update({"special_erf": TORCH_FUNCS["erf"], "special_expit": TORCH_FUNCS["sigmoid"],
+                    "special_exp2": TORCH_FUNCS["exp2"], "special_log1p": TORCH_FUNCS["log1p"]})
 METHOD_FUNCS = {k: TORCH_FUNCS[k] for k in ("tanh", "exp", "log", "sqrt", "sigmoid", "abs", "clamp", "clip", "floor",
                                              "ceil", "sign", "log1p", "exp2", "log2", "sin", "cos", "erf", "rsqrt")}
 

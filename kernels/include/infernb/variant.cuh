@@ -23,6 +23,12 @@
 #include <infernb/common.cuh>
 #endif
 
+#if !defined(__CUDACC__) && !defined(__CUDACC_RTC__)
+// The host twin (infernb.variants.host_probe, g++): CUDA math functions the generated code may call that the C
+// library lacks.
+inline float rsqrtf(float x) { return 1.f / sqrtf(x); }
+#endif
+
 namespace infernb {
 namespace vx {
 
