@@ -324,8 +324,11 @@ class PagedKVCache:
         n = self._npages[rows]
         indptr = np.zeros(len(rows) + 1, dtype=np.int32)
         np.cumsum(n, out=indptr[1:])
-        block = self._table[rows, :int(n.max()) if len(rows) else 0]
-        indices = block[np.arange(block.shape[1])[None, :] < n[:, None]].astype(np.int32)
+        # the pages of each row, gathered entry by entry (no [rows, max pages] copy of the block table: one long
+        # sequence among thousands of short ones would make it gigabytes)
+        total = int(indptr[-1])
+        col = np.arange(total, dtype=np.int64) - np.repeat(indptr[:-1].astype(np.int64), n)
+        indices = self._table[np.repeat(rows, n), col].astype(np.int32)
         lens = self._len[rows]
         last = np.where(n > 0, lens - (n - 1) * self.page_size, 0).astype(np.int32)
         t = PageTable(torch.from_numpy(indptr).to(self.device), torch.from_numpy(indices).to(self.device),

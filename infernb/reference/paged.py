@@ -78,7 +78,14 @@ def gather_paged_kv(kv_cache, kv_page_indptr, kv_page_indices, kv_last_page_len,
     indices = torch.as_tensor(kv_page_indices)
     check_tensor("kv_page_indices", indices, ndim=1, dims="[num_used_pages]", floating=False)
     ptr = check_indptr("kv_page_indptr", kv_page_indptr, indices.numel(), total_name="len(kv_page_indices)")
-    lens = kv_lengths(ptr, kv_last_page_len, page_size)
+    try:
+        lens = kv_lengths(ptr, kv_last_page_len, page_size)
+    except InputError as e:
+        # the page size is read off the pool's shape, which depends on the layout: a wrong layout is the usual cause
+        raise InputError(f"{e} (the page size {page_size} was read from a pool of shape "
+                         f"{list(kv_cache.shape if isinstance(kv_cache, torch.Tensor) else kp.shape)} as layout "
+                         f"{layout!r}: if the pool is {'HND' if layout == 'NHD' else 'NHD'}, pass layout="
+                         f"'{'HND' if layout == 'NHD' else 'NHD'}')") from None
     if indices.numel():
         lo, hi = int(indices.min()), int(indices.max())
         if lo < 0 or hi >= num_pages:

@@ -55,3 +55,25 @@ def test_plan_checks_its_numeric_parameters(kw, name):
     with pytest.raises(InputError, match=name):
         ib.plan([1, 4], [10, 20], num_qo_heads=4, num_kv_heads=2, head_dim=64, **kw)
     ib.plan([1, 4], [10, 20], num_qo_heads=4, num_kv_heads=2, head_dim=64, merge_gain=math.inf)   # allowed
+
+
+def test_an_hnd_pool_read_as_nhd_says_the_layout_is_the_likely_cause():
+    cache = ib.PagedKVCache(8, 16, 2, 8, dtype=torch.float32, layout="HND")
+    ids = cache.add_sequences(1)
+    cache.append(ids, torch.randn(20, 2, 8), torch.randn(20, 2, 8), lengths=[20])
+    t = cache.page_table(ids)
+    p = ib.plan([1], [20], num_qo_heads=2, num_kv_heads=2, head_dim=8)
+    with pytest.raises(InputError, match="layout='HND'"):
+        ib.emulate(p, torch.randn(1, 2, 8), kv_cache=cache.pool, page_table=t)     # raw pool, layout not given
+    out, _ = ib.emulate(p, torch.randn(1, 2, 8), kv_cache=cache.pool, page_table=t, layout="HND")
+    assert torch.isfinite(out).all()
+
+
+def test_page_table_of_one_long_sequence_among_many_short_ones_is_exact():
+    cache = ib.PagedKVCache(700, 1, 1, 4, dtype=torch.float32)
+    ids = cache.add_sequences(50)
+    lens = [600] + [1] * 49
+    cache.append(ids, torch.randn(sum(lens), 1, 4), torch.randn(sum(lens), 1, 4), lengths=lens)
+    t = cache.page_table(ids[::-1])
+    assert t.kv_lens() == lens[::-1]
+    assert [t.pages_of(i) for i in range(50)] == [cache.pages(i) for i in ids[::-1]]
