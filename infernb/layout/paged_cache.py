@@ -3,7 +3,7 @@
 The pool is one tensor (FlashInfer's layout): ``[num_pages, 2, page_size, num_kv_heads, head_dim]`` for
 ``NHD`` or ``[num_pages, 2, num_kv_heads, page_size, head_dim]`` for ``HND`` (index 0 = K, 1 = V).
 Bookkeeping lives on the CPU in NumPy arrays, vectorized over sequences and tokens (no Python loop over
-either in ``append``): a *block table* ``[rows, max_pages]`` of page ids per sequence (vLLM's name for it),
+either in ``append``): a *block table* of page ids per sequence (vLLM's name for it; ragged, ``block_table.py``),
 page counts and lengths per row, reference counts per page, and a stack of free pages. Data moves in one
 CUDA kernel on a GPU pool, or in vectorized torch indexing on a CPU pool.
 
@@ -20,6 +20,7 @@ import torch
 from ..errors import InputError, OutOfPagesError
 from . import append_kernel
 from .convert import LAYOUTS, convert_pool_layout
+from .block_table import BlockTable
 from .page_table import PageTable
 from .snapshot import PoolSnapshot
 
@@ -66,7 +67,7 @@ class PagedKVCache:
         self._refcount = np.zeros(num_pages, dtype=np.int32)
         self._free = np.arange(num_pages - 1, -1, -1, dtype=np.int64)   # stack: pops give 0, 1, 2, ... first
         self._nfree = num_pages
-        self._table = np.full((16, 8), -1, dtype=np.int64)              # block table: row -> page ids
+        self._table = BlockTable(16)                                    # block table: row -> page ids (ragged)
         self._npages = np.zeros(16, dtype=np.int64)                     # pages held per row
         self._len = np.zeros(16, dtype=np.int64)                        # tokens per row
         self._row: dict[int, int] = {}                                  # live seq id -> row (creation order)
@@ -97,7 +98,7 @@ class PagedKVCache:
     def pages(self, seq_id: int) -> list[int]:
         """Page ids of a sequence, in logical order."""
         r = self._rows(_seq_ids([seq_id]))[0]
-        return self._table[r, :self._npages[r]].tolist()
+        return self._table.row(r, int(self._npages[r])).tolist()
 
     def snapshot(self) -> PoolSnapshot:
         """Copy of the bookkeeping for pictures and statistics."""
@@ -106,11 +107,11 @@ class PagedKVCache:
         seq_pages, seq_lens = {}, {}
         for sid, r in reversed(self._row.items()):           # the first creator of a shared page wins
             n, length = int(self._npages[r]), int(self._len[r])
-            pages = self._table[r, :n]
+            pages = self._table.row(r, n)
             owner[pages] = sid
             fill[pages] = np.minimum(self.page_size, length - np.arange(n) * self.page_size)
         for sid, r in self._row.items():
-            seq_pages[sid] = self._table[r, :self._npages[r]].tolist()
+            seq_pages[sid] = self._table.row(r, int(self._npages[r])).tolist()
             seq_lens[sid] = int(self._len[r])
         return PoolSnapshot(owner, self._refcount.copy(), fill, seq_pages, seq_lens, self.page_size)
 
@@ -130,7 +131,7 @@ class PagedKVCache:
         if not _is_int(num) or num < 0:
             raise InputError(f"num: expected a non-negative integer, got {num!r}")
         if num > len(self._free_rows):
-            self._grow(rows=len(self._row) + num)
+            self._grow(len(self._row) + num)
         ids = list(range(self._next_id, self._next_id + num))
         self._next_id += num
         for i in ids:
@@ -146,10 +147,10 @@ class PagedKVCache:
             raise InputError(f"seq_ids: each sequence may appear once, got {ids}")
         rows = self._rows(ids)
         for i, r in zip(ids, rows):
-            pages = self._table[r, :self._npages[r]]          # distinct within a row
+            pages = self._table.row(r, int(self._npages[r])).copy()     # distinct within a row
             self._refcount[pages] -= 1
             self._push(pages[self._refcount[pages] == 0])
-            self._table[r, :self._npages[r]] = -1
+            self._table.release(r)
             self._npages[r] = self._len[r] = 0
             del self._row[i]
             self._free_rows.append(int(r))
@@ -169,13 +170,14 @@ class PagedKVCache:
                                   f"has no free page (0 of {self.num_pages}); nothing was changed")
         (child,) = self.add_sequences(1)
         cr = self._row[child]
-        pages = self._table[pr, :n].copy()
+        pages = self._table.row(pr, n).copy()
         if partial:
             (new,) = self._pop(1)
             self.pool[new] = self.pool[pages[-1]]
             pages[-1] = new
         self._refcount[pages] += 1
-        self._table[cr, :n] = pages
+        self._table.reserve(np.array([cr]), np.array([n]), np.array([0]))
+        self._table.set(np.full(n, cr), np.arange(n), pages)
         self._npages[cr], self._len[cr] = n, length
         return child
 
@@ -245,35 +247,37 @@ class PagedKVCache:
                                   f"{self._nfree} of {self.num_pages} are free; nothing was changed")
         # a write into an existing partly filled page must not hit a shared page (fork keeps this true)
         into_old = (lens > 0) & (old % P != 0)
-        if into_old.any() and (self._refcount[self._table[rows[into_old], old[into_old] // P]] > 1).any():
+        if into_old.any() and (self._refcount[self._table.get(rows[into_old], old[into_old] // P)] > 1).any():
             raise AssertionError("internal: an append would write into a page shared by a fork")
-        # 2. commit the bookkeeping (saved first: a failed write puts it back, so the call is all-or-nothing)
-        saved = self._save_state()
-        try:
-            self._commit_append(rows, need, total_need, new_len, old, lens, total, kk, vv)
-        except BaseException:
-            self._restore_state(saved)
-            raise
-
-    def _commit_append(self, rows, need, total_need, new_len, old, lens, total, kk, vv) -> None:
-        P = self.page_size
+        # 2. the pages the new tokens go to: existing ones from the table, new ones peeked off the free stack (a pop
+        #    takes them in this order); the data is written before any bookkeeping changes, so a write that fails
+        #    leaves the cache as it was (all-or-nothing)
+        new = self._free[self._nfree - total_need:self._nfree][::-1].copy()
+        if total:
+            tok_row = np.repeat(rows, lens)
+            pos = np.repeat(old - (np.cumsum(lens) - lens), lens) + np.arange(total)
+            j = pos // P
+            held = np.repeat(self._npages[rows], lens)
+            inside = j < held
+            dest = np.empty((2, total), dtype=np.int32)
+            dest[0, inside] = self._table.get(tok_row[inside], j[inside])
+            first_new = np.repeat(np.cumsum(need) - need, lens)         # the row's first new page in `new`
+            dest[0, ~inside] = new[(first_new + j - held)[~inside]]
+            dest[1] = pos % P
+            self._write(dest, kk, vv)
+        # 3. commit the bookkeeping (plain NumPy: cannot fail halfway)
         if total_need:
-            self._grow(pages=int((-(-new_len // P)).max()))
-            new = self._pop(total_need)
-            first_new = np.repeat(np.cumsum(need) - need, need)
-            r_rep = np.repeat(rows, need)
-            self._table[r_rep, np.repeat(self._npages[rows], need) + np.arange(total_need) - first_new] = new
+            self._table.reserve(rows, -(-new_len // P), self._npages[rows])
+            self._pop(total_need)
+            first = np.repeat(np.cumsum(need) - need, need)
+            self._table.set(np.repeat(rows, need), np.repeat(self._npages[rows], need) + np.arange(total_need) - first,
+                            new)
             self._refcount[new] = 1
             self._npages[rows] += need
         self._len[rows] = new_len
-        if total == 0:
-            return
-        # 3. destination (page, slot) of every new token, vectorized over tokens
-        tok_row = np.repeat(rows, lens)
-        pos = np.repeat(old - (np.cumsum(lens) - lens), lens) + np.arange(total)
-        dest = np.empty((2, total), dtype=np.int32)
-        dest[0] = self._table[tok_row, pos // P]
-        dest[1] = pos % P
+
+    def _write(self, dest: np.ndarray, kk: torch.Tensor, vv: torch.Tensor) -> None:
+        """K/V rows to their (page, slot): one CUDA kernel on a GPU pool, two indexed writes on a CPU pool."""
         if self.device.type == "cuda" and self.head_dim in append_kernel.APPEND_HEAD_DIMS:
             append_kernel.append_paged_kv(self.pool, self.layout, kk, vv, self._to_device(dest))
             return
@@ -311,7 +315,7 @@ class PagedKVCache:
     def gather(self, seq_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A sequence's K and V as contiguous ``[length, num_kv_heads, head_dim]`` tensors (copies)."""
         r = self._rows(_seq_ids([seq_id]))[0]
-        pages = torch.from_numpy(self._table[r, :self._npages[r]]).to(self.device)
+        pages = torch.from_numpy(self._table.row(r, int(self._npages[r])).copy()).to(self.device)
         kv = self.pool[pages]                                                # [n, 2, P, H, D] or [n, 2, H, P, D]
         if self.layout == "HND":
             kv = kv.transpose(2, 3)
@@ -328,7 +332,7 @@ class PagedKVCache:
         # sequence among thousands of short ones would make it gigabytes)
         total = int(indptr[-1])
         col = np.arange(total, dtype=np.int64) - np.repeat(indptr[:-1].astype(np.int64), n)
-        indices = self._table[np.repeat(rows, n), col].astype(np.int32)
+        indices = self._table.get(np.repeat(rows, n), col).astype(np.int32)
         lens = self._len[rows]
         last = np.where(n > 0, lens - (n - 1) * self.page_size, 0).astype(np.int32)
         t = PageTable(torch.from_numpy(indptr).to(self.device), torch.from_numpy(indices).to(self.device),
@@ -342,7 +346,7 @@ class PagedKVCache:
         new = PagedKVCache.__new__(PagedKVCache)
         new.__dict__.update({k: v for k, v in self.__dict__.items() if k != "pool"})
         for name in ("_refcount", "_free", "_table", "_npages", "_len"):
-            setattr(new, name, getattr(self, name).copy())
+            setattr(new, name, getattr(self, name).copy())      # (BlockTable.copy too)
         new._row, new._free_rows, new._freed = dict(self._row), list(self._free_rows), set(self._freed)
         new.layout = layout
         new._ring, new._ring_pos = [], 0
@@ -350,14 +354,6 @@ class PagedKVCache:
         return new
 
     # ------------------------------------------------------------------ helpers
-    def _save_state(self) -> tuple:
-        """The bookkeeping, copied (what an append may change)."""
-        return (self._table.copy(), self._npages.copy(), self._len.copy(), self._refcount.copy(), self._free.copy(),
-                self._nfree, list(self._free_rows))
-
-    def _restore_state(self, saved: tuple) -> None:
-        (self._table, self._npages, self._len, self._refcount, self._free, self._nfree, self._free_rows) = saved
-
     def _rows(self, seq_ids) -> np.ndarray:
         """Rows of live sequence ids (``InputError`` naming a freed or unknown id, or ids that are not integers)."""
         seq_ids = _seq_ids(seq_ids)
@@ -378,23 +374,16 @@ class PagedKVCache:
         self._free[self._nfree:self._nfree + len(pages)] = pages[::-1]
         self._nfree += len(pages)
 
-    def _grow(self, rows: int = 0, pages: int = 0) -> None:
-        """Enlarge the block table to at least ``rows`` rows and ``pages`` columns (doubling)."""
-        R, C = self._table.shape
-        nr, nc = max(R, rows), max(C, pages)
-        if nr > R:
-            nr = max(nr, 2 * R)
-        if nc > C:
-            nc = max(nc, 2 * C)
-        if (nr, nc) == (R, C):
+    def _grow(self, rows: int) -> None:
+        """At least ``rows`` rows of bookkeeping (doubling)."""
+        R = self._table.rows
+        if rows <= R:
             return
-        table = np.full((nr, nc), -1, dtype=np.int64)
-        table[:R, :C] = self._table
-        self._table = table
-        if nr > R:
-            self._npages = np.concatenate([self._npages, np.zeros(nr - R, dtype=np.int64)])
-            self._len = np.concatenate([self._len, np.zeros(nr - R, dtype=np.int64)])
-            self._free_rows = list(range(nr - 1, R - 1, -1)) + self._free_rows
+        nr = max(rows, 2 * R)
+        self._table.grow_rows(nr)
+        self._npages = np.concatenate([self._npages, np.zeros(nr - R, dtype=np.int64)])
+        self._len = np.concatenate([self._len, np.zeros(nr - R, dtype=np.int64)])
+        self._free_rows = list(range(nr - 1, R - 1, -1)) + self._free_rows
 
     def _unknown(self, i) -> str:
         if i in self._freed:

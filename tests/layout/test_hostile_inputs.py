@@ -77,3 +77,20 @@ def test_page_table_of_one_long_sequence_among_many_short_ones_is_exact():
     t = cache.page_table(ids[::-1])
     assert t.kv_lens() == lens[::-1]
     assert [t.pages_of(i) for i in range(50)] == [cache.pages(i) for i in ids[::-1]]
+
+
+def test_block_table_memory_follows_the_pages_held():
+    """One 1M-token sequence among 4096 short ones: the block table holds ~their pages, not rows x max pages
+    (dense, that was 4096 x 65536 x 8 bytes = 2 GiB), and the page table is built from it directly."""
+    import time
+
+    page, n_long = 16, 1 << 20
+    cache = ib.PagedKVCache(n_long // page + 4096 + 8, page, 1, 8, dtype=torch.float16)
+    ids = cache.add_sequences(4096)
+    lens = [n_long] + [3] * 4095
+    cache.append(ids, torch.randn(sum(lens), 1, 8), torch.randn(sum(lens), 1, 8), lengths=lens)
+    assert cache._table.nbytes() < 8 * 4 * (n_long // page + 4096)     # a few bytes per page held
+    t0 = time.perf_counter()
+    t = cache.page_table(ids)
+    assert time.perf_counter() - t0 < 2.0
+    assert t.kv_lens() == lens and t.num_used_pages == n_long // page + 4095
