@@ -107,8 +107,8 @@ def attention(
     if len(qo) != len(kv):
         raise InputError(f"qo_indptr has {len(qo) - 1} requests but kv_indptr has {len(kv) - 1}")
     batch = len(qo) - 1
-    if window_left < -1:
-        raise InputError(f"window_left: expected -1 (off) or >= 0, got {window_left}")
+    if not isinstance(window_left, int) or isinstance(window_left, bool) or window_left < -1:
+        raise InputError(f"window_left: expected an integer, -1 (off) or >= 0, got {window_left!r}")
     if logits_soft_cap < 0:
         raise InputError(f"logits_soft_cap: expected >= 0 (0 = off), got {logits_soft_cap}")
     if alibi_slopes is not None:

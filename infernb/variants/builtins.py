@@ -9,6 +9,12 @@ from ..errors import InputError
 from .variant import Variant
 
 
+def _is_int(x) -> bool:
+    import numpy as np
+
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
 def causal() -> Variant:
     """Bottom-right aligned causal mask: a query sees keys at or before its position."""
     def mask_mod(b, h, q_idx, kv_idx):
@@ -18,8 +24,8 @@ def causal() -> Variant:
 
 def sliding_window(window: int, *, causal: bool = True) -> Variant:
     """Keys within ``window`` positions to the left (FlashInfer's ``window_left``), causal by default."""
-    if window < 0:
-        raise InputError(f"window: expected >= 0, got {window}")
+    if not _is_int(window) or window < 0:
+        raise InputError(f"window: expected an integer >= 0, got {window!r}")
 
     def mask_mod(b, h, q_idx, kv_idx, window):
         m = kv_idx >= q_idx - window
@@ -30,6 +36,8 @@ def sliding_window(window: int, *, causal: bool = True) -> Variant:
 
 def prefix_lm(prefix_len: int) -> Variant:
     """Bidirectional over the first ``prefix_len`` positions, causal after (PrefixLM / T5 decoder prompts)."""
+    if not _is_int(prefix_len) or prefix_len < 0:
+        raise InputError(f"prefix_len: expected an integer >= 0, got {prefix_len!r}")
     def mask_mod(b, h, q_idx, kv_idx, prefix_len):
         return (kv_idx <= q_idx) | (kv_idx < prefix_len)
     return Variant(f"prefix_lm_{prefix_len}", mask_mod=mask_mod, params={"prefix_len": int(prefix_len)})

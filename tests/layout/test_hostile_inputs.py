@@ -94,3 +94,13 @@ def test_block_table_memory_follows_the_pages_held():
     t = cache.page_table(ids)
     assert time.perf_counter() - t0 < 2.0
     assert t.kv_lens() == lens and t.num_used_pages == n_long // page + 4095
+
+
+@pytest.mark.parametrize("call", [lambda: ib.variants.sliding_window(2.5), lambda: ib.variants.sliding_window(True),
+                                  lambda: ib.variants.prefix_lm(3.5),
+                                  lambda: ib.reference.attention(torch.randn(2, 1, 4), torch.randn(2, 1, 4),
+                                                                 torch.randn(2, 1, 4), window_left=2.5)],
+                         ids=["sliding_window float", "sliding_window bool", "prefix_lm float", "reference window"])
+def test_window_sizes_must_be_integers(call):
+    with pytest.raises(InputError):
+        call()
