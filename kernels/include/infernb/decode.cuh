@@ -92,10 +92,8 @@ struct decode_cfg_t {
   static_assert(NUM_WARPS * GROUP * RED_STRIDE * 4 <= STAGE_ELEMS * 2, "the O reduction fits one K/V stage");
   static constexpr int SMEM_ML = NUM_WARPS * 16 * 2 * 4;
   static constexpr int SMEM_FLAGS = 64;                         // the merge flag (and the trace build's clocks)
-  static constexpr int SMEM_ROPE_FREQ = ROPE ? HEAD_DIM / 2 * 16 : 0;
-  static constexpr int SMEM_ROPE_GRP = ROPE ? detail::rope_layout_t<ROPE>::GRP_ENTRIES * 8 : 0;
-  static constexpr int SMEM_ROPE_BASE = ROPE ? NUM_WARPS * HEAD_DIM / 2 * 8 : 0;
-  static constexpr int SMEM_ROPE = SMEM_ROPE_FREQ + SMEM_ROPE_GRP + SMEM_ROPE_BASE;
+  using rope_smem = detail::rope_smem_t<ROPE, HEAD_DIM, NUM_WARPS>;   // the RoPE tables (rope.cuh)
+  static constexpr int SMEM_ROPE = rope_smem::BYTES;
   static constexpr int SMEM_BYTES = SMEM_KV + SMEM_QO + SMEM_ML + SMEM_FLAGS + SMEM_ROPE;
   static_assert(sizeof(T) == 2, "decode runs on fp16 / bf16 (tensor-core operands)");
   static_assert(HEAD_DIM % 64 == 0, "HEAD_DIM must be a multiple of 64");
@@ -155,10 +153,10 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
   float2* s_ml = reinterpret_cast<float2*>(smem_raw + cfg::SMEM_KV + cfg::SMEM_QO);
   int* s_flags = reinterpret_cast<int*>(smem_raw + cfg::SMEM_KV + cfg::SMEM_QO + cfg::SMEM_ML);
   INFERNB_TRACE(unsigned long long* tr_warp = reinterpret_cast<unsigned long long*>(s_flags + 8);)
-  unsigned char* s_rope = smem_raw + cfg::SMEM_KV + cfg::SMEM_QO + cfg::SMEM_ML + cfg::SMEM_FLAGS;
-  float4* s_rope_freq = reinterpret_cast<float4*>(s_rope);
-  float2* s_rope_grp = reinterpret_cast<float2*>(s_rope + cfg::SMEM_ROPE_FREQ);
-  float2* s_rope_base = reinterpret_cast<float2*>(s_rope + cfg::SMEM_ROPE_FREQ + cfg::SMEM_ROPE_GRP);
+  const typename cfg::rope_smem rope_tab(smem_raw + cfg::SMEM_KV + cfg::SMEM_QO + cfg::SMEM_ML + cfg::SMEM_FLAGS);
+  float4* s_rope_freq = rope_tab.freq;
+  float2* s_rope_grp = rope_tab.grp;
+  float2* s_rope_base = rope_tab.base;
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   const int num_qo_heads = num_kv_heads * GROUP;

@@ -66,10 +66,8 @@ struct prefill_cfg_t {
   static constexpr int SMEM_Q = TILE_Q * HEAD_DIM * 2;
   static constexpr int SMEM_FLAGS = 128;                       // the merge flag, the item record
   static constexpr int SMEM_ROWS = TILE_Q * 8;                  // each row's (position, query head)
-  static constexpr int SMEM_ROPE_FREQ = ROPE ? HEAD_DIM / 2 * 16 : 0;
-  static constexpr int SMEM_ROPE_GRP = ROPE ? detail::rope_layout_t<ROPE>::GRP_ENTRIES * 8 : 0;
-  static constexpr int SMEM_ROPE_BASE = ROPE ? NUM_WARPS * HEAD_DIM / 2 * 8 : 0;
-  static constexpr int SMEM_ROPE = SMEM_ROPE_FREQ + SMEM_ROPE_GRP + SMEM_ROPE_BASE;
+  using rope_smem = detail::rope_smem_t<ROPE, HEAD_DIM, NUM_WARPS>;   // the RoPE tables (rope.cuh)
+  static constexpr int SMEM_ROPE = rope_smem::BYTES;
   static constexpr int SMEM_BYTES = SMEM_KV + SMEM_Q + SMEM_FLAGS + SMEM_ROWS + SMEM_ROPE;
   static_assert(sizeof(T) == 2, "prefill runs on fp16 / bf16 (tensor-core operands)");
   static_assert(HEAD_DIM % 64 == 0, "HEAD_DIM must be a multiple of 64 (swizzled rows of >= 128 bytes)");
@@ -117,10 +115,10 @@ prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
   int* s_flags = reinterpret_cast<int*>(smem_raw + cfg::SMEM_KV + cfg::SMEM_Q);
   prefill_item_t* s_item = reinterpret_cast<prefill_item_t*>(s_flags + 16);
   int2* s_rows = reinterpret_cast<int2*>(smem_raw + cfg::SMEM_KV + cfg::SMEM_Q + cfg::SMEM_FLAGS);
-  unsigned char* s_rope = smem_raw + cfg::SMEM_KV + cfg::SMEM_Q + cfg::SMEM_FLAGS + cfg::SMEM_ROWS;
-  float4* s_rope_freq = reinterpret_cast<float4*>(s_rope);
-  float2* s_rope_grp = reinterpret_cast<float2*>(s_rope + cfg::SMEM_ROPE_FREQ);
-  float2* s_rope_base = reinterpret_cast<float2*>(s_rope + cfg::SMEM_ROPE_FREQ + cfg::SMEM_ROPE_GRP);
+  const typename cfg::rope_smem rope_tab(smem_raw + cfg::SMEM_KV + cfg::SMEM_Q + cfg::SMEM_FLAGS + cfg::SMEM_ROWS);
+  float4* s_rope_freq = rope_tab.freq;
+  float2* s_rope_grp = rope_tab.grp;
+  float2* s_rope_base = rope_tab.base;
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   const int num_qo_heads = num_kv_heads * group;

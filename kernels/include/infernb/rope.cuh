@@ -56,6 +56,22 @@ struct rope_layout_t {
   __device__ static int rows(int rotary_dim) { const int nc = chunks(rotary_dim); return nc >= 2 ? nc / 2 : 1; }
 };
 
+// The three tables' places in a kernel's RoPE shared-memory region (`region` 16-byte aligned), for HEAD_DIM and
+// NUM_WARPS warps: freq [HEAD_DIM / 2] float4 | grp [GRP_ENTRIES] float2 | base [NUM_WARPS][HEAD_DIM / 2] float2.
+template <int ROPE, int HEAD_DIM, int NUM_WARPS>
+struct rope_smem_t {
+  static constexpr int FREQ_BYTES = ROPE ? HEAD_DIM / 2 * 16 : 0;
+  static constexpr int GRP_BYTES = ROPE ? rope_layout_t<ROPE>::GRP_ENTRIES * 8 : 0;
+  static constexpr int BASE_BYTES = ROPE ? NUM_WARPS * HEAD_DIM / 2 * 8 : 0;
+  static constexpr int BYTES = FREQ_BYTES + GRP_BYTES + BASE_BYTES;
+  float4* freq;
+  float2* grp;
+  float2* base;
+  __device__ __forceinline__ explicit rope_smem_t(unsigned char* region)
+      : freq(reinterpret_cast<float4*>(region)), grp(reinterpret_cast<float2*>(region + FREQ_BYTES)),
+        base(reinterpret_cast<float2*>(region + FREQ_BYTES + GRP_BYTES)) {}
+};
+
 template <int ROPE>
 __device__ __forceinline__ void rope_tables_init(float4* freq, float2* grp, int rotary_dim, float log2_theta,
                                                  float inv_scale, int tid, int nthreads) {
