@@ -22,7 +22,7 @@ fi
 if [ "${PREFILL_SANITIZE:-1}" = 1 ]; then
   step "compute-sanitizer memcheck (prefill)" compute-sanitizer --tool memcheck --error-exitcode 1 \
     python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/ops/test_prefill.py \
-    -k "gpu and (b12-g4-d128-causal or b17-g8-d64-full or (p5-HND-d128 and rope_interleave and True) or split or edge)"
+    -k "gpu and (b12-g4-d128-causal or b17-g8-d64-full or (p5-HND-d128 and rope_interleave and True) or split or edge or tile128)"
   step "compute-sanitizer racecheck (prefill)" compute-sanitizer --tool racecheck --error-exitcode 1 \
     python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/ops/test_prefill.py \
     -k "gpu and (b1-g4-d128-causal or b12-g8-d256-full or (p16-NHD-d128 and rope and False) or (split and 3))"
