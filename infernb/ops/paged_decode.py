@@ -299,7 +299,7 @@ class DecodeRunner:
                     prepare_outputs((t,), [specs[n]], q.device, names=(n,))[0] for n, t in (("out", out), ("lse", lse)))
         if pool.device.type != "cuda":
             o, s = emulate(p, q, kv_cache=pool, page_table=self.page_table, layout=self.layout, sm_scale=self.sm_scale,
-                           rope=self.rope, **self.variant.reference_kwargs())
+                           rope=self.rope, compute_dtype=torch.float32, **self.variant.reference_kwargs())
             return out.copy_(o), lse.copy_(s)
         if p.num_items == 0:
             return out.zero_(), lse.fill_(float("-inf"))

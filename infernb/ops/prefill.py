@@ -345,7 +345,7 @@ class PrefillRunner:
         if q.device.type != "cuda":
             kw = dict(kv_cache=src[0], page_table=self.page_table, layout=self.layout) if self.paged else {}
             o, s = emulate(p, q, *(() if self.paged else src), sm_scale=self.sm_scale, rope=self.rope,
-                           **kw, **self.variant.reference_kwargs())
+                           compute_dtype=torch.float32, **kw, **self.variant.reference_kwargs())
             return out.copy_(o), lse.copy_(s)
         if p.num_items == 0:
             return out.zero_(), lse.fill_(float("-inf"))

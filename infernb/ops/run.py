@@ -37,8 +37,9 @@ def run(plan: Plan, q: torch.Tensor, kv_cache=None, *, page_table=None, k: torch
         **options: reference-only options of :func:`infernb.plan.emulate` (logits_soft_cap, alibi_slopes,
             custom_masks, compute_dtype): emulator only (the kernels take these as variants).
     Returns:
-        ``(out [sum(qo_lens), num_qo_heads, head_dim], lse [sum(qo_lens), num_qo_heads])``: from a kernel
-        ``q.dtype`` and float32; from the emulator ``compute_dtype`` (float64 by default).
+        ``(out [sum(qo_lens), num_qo_heads, head_dim] q.dtype, lse [sum(qo_lens), num_qo_heads] float32)``, from a
+        kernel or from the emulator computing in fp32 (float64 inputs: float64 throughout); with an explicit
+        ``compute_dtype`` option, the emulator's results in that dtype.
     """
     if backend not in BACKENDS:
         raise InputError(f"backend: expected one of {BACKENDS}, got {backend!r}")
@@ -65,4 +66,11 @@ def run(plan: Plan, q: torch.Tensor, kv_cache=None, *, page_table=None, k: torch
                            sm_scale=sm_scale)
     if variant is not None:
         options.update(variant.reference_kwargs())
-    return emulate(plan, q, k, v, kv_cache=kv_cache, page_table=page_table, rope=rope, sm_scale=sm_scale, **options)
+    if "compute_dtype" in options:                 # an explicit precision: its results as they are
+        return emulate(plan, q, k, v, kv_cache=kv_cache, page_table=page_table, rope=rope, sm_scale=sm_scale,
+                       **options)
+    # like a kernel: the input dtype out (computed in fp32, or float64 for float64 inputs), so rounding is real
+    wide = q.dtype == torch.float64
+    out, lse = emulate(plan, q, k, v, kv_cache=kv_cache, page_table=page_table, rope=rope, sm_scale=sm_scale,
+                       compute_dtype=torch.float64 if wide else torch.float32, **options)
+    return out.to(q.dtype), lse.to(torch.float64 if wide else torch.float32)

@@ -342,3 +342,19 @@ def test_traits_fit_the_shared_memory_of_hopper_and_ampere():
         assert t.tile_q == tq == 64 * t.m_tiles
         assert t.ctas_per_sm * t.smem_bytes(rope=1) <= 227 * 1024
         assert t.smem_bytes(rope=1) <= 163 * 1024             # one CTA on an A100
+
+
+def test_cpu_run_keeps_the_input_dtype(gen):
+    """The emulator behind ib.run on CPU tensors answers like a kernel: bf16 in, bf16 out computed in fp32 (real
+    rounding, within the bf16 tolerance, not 1e-16); float64 in, float64 out."""
+    q, k, v, qo_ptr, kv_ptr = ragged(gen, [5, 9], [9, 30], 4, 2, 64, torch.bfloat16, "cpu")
+    p = ib.plan([5, 9], [9, 30], num_qo_heads=4, num_kv_heads=2, head_dim=64, causal=True, tile_q=64)
+    out, lse = ib.run(p, q, k=k, v=v)
+    assert out.dtype == torch.bfloat16 and lse.dtype == torch.float32
+    ref, _ = reference.attention(q, k, v, qo_ptr, kv_ptr, causal=True)
+    err = ib.testing.rel_error(out, ref)
+    assert 1e-5 < err < ib.testing.tolerance(torch.bfloat16)
+    out64, lse64 = ib.run(p, q.double(), k=k.double(), v=v.double())
+    assert out64.dtype == lse64.dtype == torch.float64 and ib.testing.rel_error(out64, ref) < 1e-12
+    o, _ = ib.run(p, q, k=k, v=v, compute_dtype=torch.float64)              # an explicit precision is kept
+    assert o.dtype == torch.float64
