@@ -87,6 +87,7 @@ class BlockSparse:
 
         if not isinstance(table, PageTable):
             raise InputError(f"table: expected a PageTable, got {type(table).__name__}")
+        table.validate()                     # (a table on a GPU is not checked when made; a repeated page is refused)
         P, R = table.page_size, int(rows_per_request)
         num_pages = table.num_pages if table.num_pages is not None else int(table.indices.max()) + 1 if table.num_used_pages else 0
         ptr = table.indptr.cpu().numpy().astype(np.int64)
