@@ -35,7 +35,9 @@ setup() {
 
 case "$job" in
   setup) setup ;;
-  lab)   setup; exec "$VENV/bin/jupyter" lab notebooks/ "$@" ;;
+  lab)   setup
+         root=(); [ "$(id -u)" = 0 ] && root=(--allow-root)    # JupyterLab refuses to start as root without it
+         exec "$VENV/bin/jupyter" lab "${root[@]}" notebooks/ "$@" ;;
   test)  setup; exec "$VENV/bin/python" -m pytest "$@" ;;
   *) echo "usage: $0 {lab|test|setup} [args...]" >&2; exit 2 ;;
 esac
