@@ -115,10 +115,12 @@ prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
   int* s_flags = reinterpret_cast<int*>(smem_raw + cfg::SMEM_KV + cfg::SMEM_Q);
   prefill_item_t* s_item = reinterpret_cast<prefill_item_t*>(s_flags + 16);
   int2* s_rows = reinterpret_cast<int2*>(smem_raw + cfg::SMEM_KV + cfg::SMEM_Q + cfg::SMEM_FLAGS);
-  const typename cfg::rope_smem rope_tab(smem_raw + cfg::SMEM_KV + cfg::SMEM_Q + cfg::SMEM_FLAGS + cfg::SMEM_ROWS);
-  float4* s_rope_freq = rope_tab.freq;
-  float2* s_rope_grp = rope_tab.grp;
-  float2* s_rope_base = rope_tab.base;
+  // (the RoPE tables' places spelled out, not through cfg::rope_smem as in decode: that form compiles to other
+  // machine code here, and this is the code the GPU tests ran)
+  unsigned char* s_rope = smem_raw + cfg::SMEM_KV + cfg::SMEM_Q + cfg::SMEM_FLAGS + cfg::SMEM_ROWS;
+  float4* s_rope_freq = reinterpret_cast<float4*>(s_rope);
+  float2* s_rope_grp = reinterpret_cast<float2*>(s_rope + cfg::rope_smem::FREQ_BYTES);
+  float2* s_rope_base = reinterpret_cast<float2*>(s_rope + cfg::rope_smem::FREQ_BYTES + cfg::rope_smem::GRP_BYTES);
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   const int num_qo_heads = num_kv_heads * group;
