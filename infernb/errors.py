@@ -26,3 +26,10 @@ class DeviceError(InfernbError, RuntimeError):
 
 class OutOfPagesError(InfernbError, RuntimeError):
     """The page pool has too few free pages for an append or fork; nothing was changed."""
+
+
+def is_int(x) -> bool:
+    """An integer (Python or NumPy) and not a bool: ``True`` is an int to Python, never a count, size or id here."""
+    import numpy as np
+
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))

@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, is_int
 
 #: Elements evaluated per chunk by :meth:`BlockSparse.from_mask_mod` (bounds memory, not work).
 CHUNK_ELEMENTS = 1 << 24
@@ -218,7 +218,7 @@ def _check_block(block) -> tuple[int, int]:
     except Exception:
         raise InputError(f"block: expected (R, C), got {block!r}") from None
     for x in (R, C):
-        if not isinstance(x, (int, np.integer)) or isinstance(x, (bool, np.bool_)):
+        if not is_int(x):
             raise InputError(f"block: expected two integers (R, C), got {block!r}")
     R, C = int(R), int(C)
     if R < 1 or C < 1:

@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, is_int
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -33,9 +33,9 @@ class PageTable:
     num_pages: int | None = None
 
     def __post_init__(self):
-        if not _is_int(self.page_size) or self.page_size < 1:
+        if not is_int(self.page_size) or self.page_size < 1:
             raise InputError(f"PageTable.page_size: expected a positive integer, got {self.page_size!r}")
-        if self.num_pages is not None and (not _is_int(self.num_pages) or self.num_pages < 0):
+        if self.num_pages is not None and (not is_int(self.num_pages) or self.num_pages < 0):
             raise InputError(f"PageTable.num_pages: expected a non-negative integer or None, got {self.num_pages!r}")
         # tables on the CPU are checked as they are made (cheap); a table on a GPU is checked by the kernels'
         # runners (validate() reads it back to the host)
@@ -154,7 +154,3 @@ class PageTable:
                 f"tokens={sum(lens)}, kv_lens={lens if len(lens) <= 8 else lens[:8] + ['...']}, device={self.device})")
 
     __repr__ = __str__
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))

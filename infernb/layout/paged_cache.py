@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from ..errors import InputError, OutOfPagesError
+from ..errors import InputError, OutOfPagesError, is_int
 from . import append_kernel
 from .convert import LAYOUTS, convert_pool_layout
 from .block_table import BlockTable
@@ -52,7 +52,7 @@ class PagedKVCache:
                  dtype: torch.dtype = torch.float16, device="cpu", layout: str = "NHD"):
         for name, val in (("num_pages", num_pages), ("page_size", page_size), ("num_kv_heads", num_kv_heads),
                           ("head_dim", head_dim)):
-            if not _is_int(val) or val < 1:
+            if not is_int(val) or val < 1:
                 raise InputError(f"{name}: expected a positive integer, got {val!r}")
         if layout not in LAYOUTS:
             raise InputError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
@@ -97,7 +97,7 @@ class PagedKVCache:
 
     def pages(self, seq_id: int) -> list[int]:
         """Page ids of a sequence, in logical order."""
-        r = self._rows(_seq_ids([seq_id]))[0]
+        r = self._rows([seq_id])[0]
         return self._table.row(r, int(self._npages[r])).tolist()
 
     def snapshot(self) -> PoolSnapshot:
@@ -128,7 +128,7 @@ class PagedKVCache:
     # ------------------------------------------------------------------ lifecycle
     def add_sequences(self, num: int = 1) -> list[int]:
         """Create ``num`` empty sequences; return their ids (never reused)."""
-        if not _is_int(num) or num < 0:
+        if not is_int(num) or num < 0:
             raise InputError(f"num: expected a non-negative integer, got {num!r}")
         if num > len(self._free_rows):
             self._grow(len(self._row) + num)
@@ -160,7 +160,7 @@ class PagedKVCache:
         """New sequence sharing ``seq_id``'s full pages (shared prefix); a partly filled last page is copied
         into a page of its own. Returns the child's id. Raises :class:`OutOfPagesError` (changing nothing)
         if that copy needs a page and none is free."""
-        if not _is_int(seq_id):
+        if not is_int(seq_id):
             raise InputError(f"seq_id: expected one integer sequence id, got {seq_id!r}")
         pr = self._rows([seq_id])[0]
         n, length = int(self._npages[pr]), int(self._len[pr])
@@ -206,7 +206,7 @@ class PagedKVCache:
         if isinstance(lengths, torch.Tensor):
             lengths = lengths.tolist()
         lengths = list(lengths) if isinstance(lengths, (list, tuple, np.ndarray)) else lengths
-        if not isinstance(lengths, list) or not all(_is_int(x) for x in lengths):
+        if not isinstance(lengths, list) or not all(is_int(x) for x in lengths):
             raise InputError(f"lengths: expected a sequence of integer token counts, got {lengths!r}")
         lengths = [int(x) for x in lengths]
         if len(lengths) != len(ids):
@@ -252,7 +252,7 @@ class PagedKVCache:
         # 2. the pages the new tokens go to: existing ones from the table, new ones peeked off the free stack (a pop
         #    takes them in this order); the data is written before any bookkeeping changes, so a write that fails
         #    leaves the cache as it was (all-or-nothing)
-        new = self._free[self._nfree - total_need:self._nfree][::-1].copy()
+        new = self._peek(total_need)
         if total:
             tok_row = np.repeat(rows, lens)
             pos = np.repeat(old - (np.cumsum(lens) - lens), lens) + np.arange(total)
@@ -314,7 +314,7 @@ class PagedKVCache:
 
     def gather(self, seq_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A sequence's K and V as contiguous ``[length, num_kv_heads, head_dim]`` tensors (copies)."""
-        r = self._rows(_seq_ids([seq_id]))[0]
+        r = self._rows([seq_id])[0]
         pages = torch.from_numpy(self._table.row(r, int(self._npages[r])).copy()).to(self.device)
         kv = self.pool[pages]                                                # [n, 2, P, H, D] or [n, 2, H, P, D]
         if self.layout == "HND":
@@ -365,8 +365,12 @@ class PagedKVCache:
                     raise InputError(f"seq_ids: {self._unknown(i)}") from None
             raise
 
+    def _peek(self, n: int) -> np.ndarray:
+        """The ``n`` pages the next pop returns, in its order (a copy; the stack is unchanged)."""
+        return self._free[self._nfree - n:self._nfree][::-1].copy()
+
     def _pop(self, n: int) -> np.ndarray:
-        out = self._free[self._nfree - n:self._nfree][::-1].copy()
+        out = self._peek(n)
         self._nfree -= n
         return out
 
@@ -392,15 +396,10 @@ class PagedKVCache:
         return f"sequence {i} does not exist (live ids: {live[:16]}{'...' if len(live) > 16 else ''})"
 
 
-def _is_int(x) -> bool:
-    """An integer and not a bool (``True`` is an int to Python, never a count or an id here)."""
-    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
-
-
 def _seq_ids(seq_ids, scalar_ok: bool = False) -> list[int]:
     """``seq_ids`` as a list of ints, or ``InputError`` naming it (a scalar where a sequence is expected, nested
     lists, floats, bools)."""
-    if scalar_ok and _is_int(seq_ids):
+    if scalar_ok and is_int(seq_ids):
         return [int(seq_ids)]
     if isinstance(seq_ids, torch.Tensor):
         seq_ids = seq_ids.tolist()
@@ -408,7 +407,7 @@ def _seq_ids(seq_ids, scalar_ok: bool = False) -> list[int]:
         raise InputError(f"seq_ids: expected a sequence of integer ids{' or one id' if scalar_ok else ''}, got "
                          f"{seq_ids!r}")
     ids = list(seq_ids)
-    bad = [i for i in ids if not _is_int(i)]
+    bad = [i for i in ids if not is_int(i)]
     if bad:
         raise InputError(f"seq_ids: expected integer ids, got {bad[0]!r} in {ids}")
     return [int(i) for i in ids]

@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from ..device import device_info
-from ..errors import InputError
+from ..errors import InputError, is_int
 from .plan import Plan
 
 DTYPES = ("bf16", "f16", "f32")
@@ -71,21 +71,22 @@ def plan(qo_lens: Sequence[int], kv_lens: Sequence[int], *, num_qo_heads: int, n
     for name, val in (("num_qo_heads", num_qo_heads), ("num_kv_heads", num_kv_heads), ("head_dim", head_dim),
                       ("page_size", page_size), ("ctas_per_sm", ctas_per_sm),
                       ("num_sms", 1 if num_sms is None else num_sms), ("tile_q", 1 if tile_q is None else tile_q)):
-        if not isinstance(val, (int, np.integer)) or isinstance(val, (bool, np.bool_)) or val < 1:
+        if not is_int(val) or val < 1:
             raise InputError(f"{name}: expected a positive integer, got {val!r}")
     if num_qo_heads % num_kv_heads:
         raise InputError(f"num_qo_heads ({num_qo_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
     if causal and (qo > kv).any():
         b = int(np.argmax(qo > kv))
         raise InputError(f"causal append needs qo_len <= kv_len, but request {b} has qo_len {qo[b]} > kv_len {kv[b]}")
-    if not isinstance(window_left, (int, np.integer)) or isinstance(window_left, (bool, np.bool_)) or window_left < -1:
+    if not is_int(window_left) or window_left < -1:
         raise InputError(f"window_left: expected an integer, -1 (off) or >= 0, got {window_left!r}")
-    for name, val, lo in (("fixed_cost", fixed_cost, 0.0), ("rows_balance", rows_balance, None),
-                          ("merge_gain", merge_gain, 0.0)):
-        ok = isinstance(val, (int, float, np.integer, np.floating)) and not isinstance(val, (bool, np.bool_))
-        if not ok or val != val or (lo is not None and val < lo) or (lo is None and not val > 0) or \
-                (name != "merge_gain" and val == float("inf")):
-            want = "> 0" if lo is None else ">= 0" + (" (inf: never split)" if name == "merge_gain" else ", finite")
+    # (name, value, the smallest allowed, whether 0 itself is allowed, whether +inf is)
+    for name, val, zero_ok, inf_ok in (("fixed_cost", fixed_cost, True, False), ("rows_balance", rows_balance, False,
+                                                                                  False),
+                                       ("merge_gain", merge_gain, True, True)):
+        number = isinstance(val, (int, float, np.integer, np.floating)) and not isinstance(val, (bool, np.bool_))
+        if not number or not (val >= 0 if zero_ok else val > 0) or (val == float("inf") and not inf_ok):
+            want = (">= 0" if zero_ok else "> 0") + (" (inf: never split)" if inf_ok else ", finite")
             raise InputError(f"{name}: expected a number {want}, got {val!r}")
     if dtype not in DTYPES:
         raise InputError(f"dtype: expected one of {DTYPES}, got {dtype!r}")

@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, is_int
 from ._checks import check_indptr, check_tensor
 from .rope import RoPE, apply_rope
 
@@ -107,7 +107,7 @@ def attention(
     if len(qo) != len(kv):
         raise InputError(f"qo_indptr has {len(qo) - 1} requests but kv_indptr has {len(kv) - 1}")
     batch = len(qo) - 1
-    if not isinstance(window_left, int) or isinstance(window_left, bool) or window_left < -1:
+    if not is_int(window_left) or window_left < -1:
         raise InputError(f"window_left: expected an integer, -1 (off) or >= 0, got {window_left!r}")
     if logits_soft_cap < 0:
         raise InputError(f"logits_soft_cap: expected >= 0 (0 = off), got {logits_soft_cap}")

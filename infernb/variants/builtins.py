@@ -5,14 +5,8 @@ import math
 
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, is_int
 from .variant import Variant
-
-
-def _is_int(x) -> bool:
-    import numpy as np
-
-    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
 
 
 def causal() -> Variant:
@@ -24,7 +18,7 @@ def causal() -> Variant:
 
 def sliding_window(window: int, *, causal: bool = True) -> Variant:
     """Keys within ``window`` positions to the left (FlashInfer's ``window_left``), causal by default."""
-    if not _is_int(window) or window < 0:
+    if not is_int(window) or window < 0:
         raise InputError(f"window: expected an integer >= 0, got {window!r}")
 
     def mask_mod(b, h, q_idx, kv_idx, window):
@@ -36,7 +30,7 @@ def sliding_window(window: int, *, causal: bool = True) -> Variant:
 
 def prefix_lm(prefix_len: int) -> Variant:
     """Bidirectional over the first ``prefix_len`` positions, causal after (PrefixLM / T5 decoder prompts)."""
-    if not _is_int(prefix_len) or prefix_len < 0:
+    if not is_int(prefix_len) or prefix_len < 0:
         raise InputError(f"prefix_len: expected an integer >= 0, got {prefix_len!r}")
     def mask_mod(b, h, q_idx, kv_idx, prefix_len):
         return (kv_idx <= q_idx) | (kv_idx < prefix_len)
