@@ -1,12 +1,52 @@
 """Shared argument handling for the public ops."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..errors import InputError
+from ..variants import Variant
 from ..jit.types import CUDA_TYPES, DTYPE_NAMES, aligned16  # noqa: F401  (one table for every kernel family)
 
 HEAD_DIMS = (64, 128, 256)
+#: Element types of the tensor-core kernels (decode, prefill).
+DTYPES = (torch.float16, torch.bfloat16)
+
+
+#: Plain attention (identity hooks): the runners' default variant.
+NONE = Variant("none")
+
+
+def plan_dtype(plan) -> torch.dtype:
+    """The torch dtype a tensor-core kernel runs for ``plan.dtype`` (bf16 / f16), or ``InputError``."""
+    dt = {"bf16": torch.bfloat16, "f16": torch.float16}.get(plan.dtype)
+    if dt is None:
+        raise InputError(f"plan dtype {plan.dtype!r}: the kernels run bf16 / f16")
+    return dt
+
+
+def rope_mode(rope) -> int:
+    """The kernels' ROPE template argument: 0 none, 1 half rotated (Llama), 2 interleaved (GPT-J)."""
+    return 0 if rope is None else (2 if rope.interleave else 1)
+
+
+def rope_table_bytes(head_dim: int, rope: int, num_warps: int = 4) -> int:
+    """Shared memory of the RoPE tables (``rope_smem_t::BYTES`` in ``kernels/include/infernb/rope.cuh``):
+    ``head_dim / 2`` float4, 128 float2 and one float2 per pair and warp; 0 without RoPE."""
+    return (head_dim // 2 * 16 + 32 * 4 * 8 + num_warps * head_dim // 2 * 8) if rope else 0
+
+
+def record_check(dtype, struct: str, names: str) -> str:
+    """The generated unit's check that a kernel record (``struct``, its field-name string ``names``; both in
+    ``infernb::``) is laid out as the NumPy ``dtype`` of int32 fields (common.cuh, "Records")."""
+    fields = "".join(f"{n}," for n in dtype.names)
+    return (f'static_assert(infernb::str_eq(infernb::{names}, "{fields}") && sizeof(infernb::{struct}) == '
+            f'{dtype.itemsize}, "{struct}: fields (all int32) and order as the NumPy record");')
+
+
+def records_to_device(records, device) -> torch.Tensor:
+    """A NumPy record array (int32 fields) as the flat int32 tensor a kernel reads, on ``device``."""
+    return torch.from_numpy(np.ascontiguousarray(records).view(np.int32).reshape(-1)).to(device)
 
 
 def check_dtype(name: str, t: torch.Tensor, allowed=tuple(DTYPE_NAMES)) -> None:
@@ -70,9 +110,7 @@ def check_paged_inputs(plan, cache, page_table, rope=None) -> torch.dtype:
     import dataclasses
 
     pool = cache.pool
-    dt = {"bf16": torch.bfloat16, "f16": torch.float16}.get(plan.dtype)
-    if dt is None:
-        raise InputError(f"plan dtype {plan.dtype!r}: the kernels run bf16 / f16")
+    dt = plan_dtype(plan)
     checks = [("num_kv_heads", cache.num_kv_heads, plan.num_kv_heads), ("head_dim", cache.head_dim, plan.head_dim),
               ("page_size", cache.page_size, plan.page_size), ("dtype", cache.dtype, dt)]
     for name, got, want in checks:
@@ -145,9 +183,7 @@ def check_pool(cache, dtype: torch.dtype, pool_shape: tuple, layout: str, device
 def check_variant(variant, plan):
     """A runner's variant (``None``: plain attention, ``none``): an infernb Variant; a sigmoid one needs an unsplit
     plan (its parts add up instead of merging by LSE). Returns the variant."""
-    from ..variants import Variant
-
-    variant = Variant("none") if variant is None else variant
+    variant = NONE if variant is None else variant
     if not isinstance(variant, Variant):
         raise InputError(f"variant: expected an infernb Variant, got {type(variant).__name__}")
     if not variant.softmax and len(plan.merge_unit):

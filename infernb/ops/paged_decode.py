@@ -25,8 +25,9 @@ from ..plan import Plan, emulate, plan as make_plan
 from ..reference import RoPE
 from ..variants import Variant
 from ..device import device_info
-from ._common import (CUDA_TYPES, DTYPE_NAMES, HEAD_DIMS, check_paged_inputs, check_pool, check_q, check_variant,
-                      prepare_outputs)
+from ._common import (CUDA_TYPES, DTYPE_NAMES, DTYPES, HEAD_DIMS, check_paged_inputs, check_pool, check_q,
+                      NONE, check_variant, prepare_outputs, record_check, records_to_device, rope_mode,
+                      rope_table_bytes)
 
 #: The decode work item (``decode_item_t`` in ``kernels/include/infernb/decode.cuh``; every compiled unit checks the
 #: names, all int32 in this order): the keys ``[pos_start, pos_end)`` of KV head ``kv_head`` of request ``b``, whose page
@@ -42,8 +43,6 @@ DECODE_CTA = np.dtype([("item_begin", np.int32), ("item_end", np.int32), ("pad0"
 #: Query heads per KV head one mma tile holds.
 MAX_GROUP = 16
 NUM_THREADS = 128
-DTYPES = (torch.float16, torch.bfloat16)
-NONE = Variant("none")                              # plain attention (identity hooks)
 
 
 #: head_dim -> (pipeline stages, CTAs per SM). Occupancy beats pipeline depth (benchmarks/NOTES.md): three CTAs
@@ -71,14 +70,9 @@ def smem_bytes(head_dim: int, group: int, stages: int | None = None, rope: int =
     rotated, 2 interleaved), whose tables take ``head_dim / 2`` float4 + 128 float2 + one float2
     per pair and warp (``kernels/include/infernb/rope.cuh``)."""
     stages = CONFIG[head_dim][0] if stages is None else stages
-    tables = (head_dim // 2 * 16 + 32 * 4 * 8 + 4 * head_dim // 2 * 8) if rope else 0
+    tables = rope_table_bytes(head_dim, rope)
     q_tiles = 1 if rope else stages                  # without RoPE, one Q tile per pipeline stage (prefetched)
     return stages * 2 * 64 * head_dim * 2 + q_tiles * 16 * head_dim * 2 + 4 * 16 * 2 * 4 + 64 + tables
-
-
-def rope_mode(rope: RoPE | None) -> int:
-    """The kernel's ROPE template argument: 0 none, 1 half rotated (Llama), 2 interleaved (GPT-J)."""
-    return 0 if rope is None else (2 if rope.interleave else 1)
 
 
 def decode_spec(dtype: torch.dtype, head_dim: int, group: int, layout: str = "NHD", variant: Variant = NONE,
@@ -96,10 +90,8 @@ def decode_spec(dtype: torch.dtype, head_dim: int, group: int, layout: str = "NH
     check = (f"static_assert(infernb::decode_cfg_t<{CUDA_TYPES[dtype]}, {head_dim}, {group}, {st}, {mode}>::SMEM_BYTES"
              f" == {smem_bytes(head_dim, group, st, mode)}, \"infernb.ops.paged_decode.smem_bytes disagrees with "
              "decode_cfg_t\");")
-    names = "".join(f"{n}," for n in DECODE_ITEM.names)
-    check += (f'\nstatic_assert(infernb::decode_str_eq(infernb::DECODE_ITEM_NAMES, "{names}") && '
-              f"sizeof(infernb::decode_item_t) == {DECODE_ITEM.itemsize} && sizeof(infernb::decode_cta_t) == "
-              f'{DECODE_CTA.itemsize}, "infernb.ops.paged_decode.DECODE_ITEM / DECODE_CTA");')
+    check += ("\n" + record_check(DECODE_ITEM, "decode_item_t", "DECODE_ITEM_NAMES") +
+              f'\nstatic_assert(sizeof(infernb::decode_cta_t) == {DECODE_CTA.itemsize}, "DECODE_CTA");')
     tune = f"_s{st}c{ctas}" if tuned else ""
     return KernelSpec(
         family="decode",
@@ -254,9 +246,8 @@ class DecodeRunner:
         a = plan_arrays(plan)
         items = a["items"].copy()
         items["page_begin"] = page_table.indptr.cpu().numpy()[items["b"]]  # where each request's page ids start
-        as_i32 = lambda r: torch.from_numpy(np.ascontiguousarray(r).view(np.int32).reshape(-1))  # noqa: E731
-        self.items = as_i32(items).to(pool.device)
-        self.ctas = as_i32(cta_records(items, a["cta_indptr"])).to(pool.device)
+        self.items = records_to_device(items, pool.device)
+        self.ctas = records_to_device(cta_records(items, a["cta_indptr"]), pool.device)
         self.merge_count = torch.zeros(max(len(plan.merge_unit), 1), dtype=torch.int32, device=pool.device)
         self.params = torch.frombuffer(bytearray(params), dtype=torch.uint8).to(pool.device)
         rd = (rope.rotary_dim or plan.head_dim) if rope else plan.head_dim

@@ -27,12 +27,11 @@ from ..jit import KernelSpec, build
 from ..plan import Plan, emulate, plan as make_plan
 from ..reference import RoPE
 from ..variants import Variant
-from ._common import (CUDA_TYPES, DTYPE_NAMES, HEAD_DIMS, check_paged_inputs, check_pool, check_q, check_rope,
-                      check_variant, prepare_outputs)
+from ._common import (CUDA_TYPES, DTYPE_NAMES, DTYPES, HEAD_DIMS, check_paged_inputs, check_pool, check_q, check_rope,
+                      NONE, check_variant, plan_dtype, prepare_outputs, record_check, records_to_device,
+                      rope_mode, rope_table_bytes)
 
-DTYPES = (torch.float16, torch.bfloat16)
 NUM_THREADS = 128
-NONE = Variant("none")
 KV_MODES = {"ragged": 0, "NHD": 1, "HND": 2}
 
 #: The work item the kernel reads (``prefill_item_t`` in ``kernels/include/infernb/prefill.cuh``; every compiled
@@ -68,8 +67,8 @@ class PrefillTraits:
     def smem_bytes(self, rope: int = 0) -> int:
         """Dynamic shared memory per CTA (``prefill_cfg_t::SMEM_BYTES``; each compiled unit checks they agree)."""
         d = self.head_dim
-        tables = (d // 2 * 16 + 32 * 4 * 8 + 4 * d // 2 * 8) if rope else 0
-        return self.stages * 2 * self.block_n * d * 2 + self.tile_q * d * 2 + 128 + self.tile_q * 8 + tables
+        return (self.stages * 2 * self.block_n * d * 2 + self.tile_q * d * 2 + 128 + self.tile_q * 8 +
+                rope_table_bytes(d, rope))
 
 
 #: (head_dim, tile_q) -> traits. Two CTAs per SM everywhere (registers: <= 255 per thread x 128 threads; shared
@@ -78,7 +77,6 @@ class PrefillTraits:
 TRAITS = {(64, 128): PrefillTraits(64, 128, 2, 32, 2, 2), (64, 64): PrefillTraits(64, 64, 1, 64, 2, 2),
           (128, 128): PrefillTraits(128, 128, 2, 16, 4, 2), (128, 64): PrefillTraits(128, 64, 1, 64, 2, 2),
           (256, 64): PrefillTraits(256, 64, 1, 32, 2, 2)}
-TILES = (64, 128)
 
 
 def traits(head_dim: int, tile_q: int, rope: int = 0) -> PrefillTraits:
@@ -104,17 +102,9 @@ def default_tile_q(rows_avg: float, head_dim: int) -> int:
     return 128 if rows_avg > 64 and MAX_DEFAULT_TILE.get(head_dim, 64) >= 128 else 64
 
 
-def rope_mode(rope: RoPE | None) -> int:
-    return 0 if rope is None else (2 if rope.interleave else 1)
-
-
 def _struct_checks() -> str:
-    lines = [f"static_assert(sizeof(infernb::prefill_item_t) == {PREFILL_ITEM.itemsize} && "
-             f"sizeof(infernb::prefill_run_t) == {PREFILL_RUN.itemsize}, \"infernb.ops.prefill records\");"]
-    names = "".join(f"{n}," for n in PREFILL_ITEM.names)
-    lines.append(f'static_assert(infernb::str_eq(infernb::PREFILL_ITEM_NAMES, "{names}"), '
-                 '"infernb.ops.prefill.PREFILL_ITEM: fields (all int32) in the order of prefill_item_t");')
-    return "\n".join(lines)
+    return (record_check(PREFILL_ITEM, "prefill_item_t", "PREFILL_ITEM_NAMES") +
+            f'\nstatic_assert(sizeof(infernb::prefill_run_t) == {PREFILL_RUN.itemsize}, "PREFILL_RUN");')
 
 
 def prefill_spec(dtype: torch.dtype, head_dim: int, tile_q: int, kv: str = "ragged", causal: bool = False,
@@ -273,9 +263,7 @@ class PrefillRunner:
                 raise InputError("a page's K and V blocks exceed 2^31 elements: the prefill kernel addresses a page "
                                  "with 32-bit strides")
         else:
-            self.dtype = {"bf16": torch.bfloat16, "f16": torch.float16}.get(plan.dtype)
-            if self.dtype is None:
-                raise InputError(f"plan dtype {plan.dtype!r}: the prefill kernel runs bf16 / f16")
+            self.dtype = plan_dtype(plan)
             check_rope(rope, plan.head_dim)
             self.device = torch.device("cuda" if device is None else device)
             if self.device.type == "cuda" and self.device.index is None:
@@ -302,9 +290,8 @@ class PrefillRunner:
                                          config=config), device_info(self.device.index).arch)
         items, cta_ptr, runs = plan_records(plan, kv_start)
         dev = self.device
-        to_dev = lambda a: torch.from_numpy(np.ascontiguousarray(a).view(np.int32).reshape(-1)).to(dev)  # noqa: E731
-        self.items, self.cta_ptr, self.runs = to_dev(items), to_dev(cta_ptr), to_dev(runs if len(runs) else
-                                                                                      np.zeros(1, PREFILL_RUN))
+        self.items, self.cta_ptr = records_to_device(items, dev), records_to_device(cta_ptr, dev)
+        self.runs = records_to_device(runs if len(runs) else np.zeros(1, PREFILL_RUN), dev)
         self.merge_count = torch.zeros(max(len(plan.merge_unit), 1), dtype=torch.int32, device=dev)
         self.params = torch.frombuffer(bytearray(params), dtype=torch.uint8).to(dev)
         n_slots = len(plan.merge_slots)

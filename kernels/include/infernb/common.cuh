@@ -40,6 +40,14 @@ struct vec_t {
   __device__ __forceinline__ void load_stream(const T* ptr) { raw = __ldg(reinterpret_cast<const raw_t*>(ptr)); }
 };
 
+// Records that cross from the planner to a kernel (work items, CTA records): an X-macro lists the fields (all int32),
+// the struct is declared from it with INFERNB_RECORD_FIELD and its field names joined into a string with
+// INFERNB_RECORD_NAME ("b,kv_head,...,"), which each generated unit compares with the NumPy dtype's names (str_eq):
+// equal names in equal order mean equal offsets. (NVRTC has no offsetof.)
+#define INFERNB_RECORD_FIELD(n) int n;
+#define INFERNB_RECORD_NAME(n) #n ","
+constexpr bool str_eq(const char* a, const char* b) { return *a == *b && (*a == 0 || str_eq(a + 1, b + 1)); }
+
 // Elements per 16-byte vector.
 template <typename T> constexpr int vec16_size() { return 16 / int(sizeof(T)); }
 

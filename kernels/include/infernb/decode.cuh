@@ -47,14 +47,9 @@ namespace infernb {
 #define INFERNB_DECODE_ITEM_FIELDS(X)                                                                              \
   X(b) X(kv_head) X(pos_start) X(pos_end) X(q_token) X(kv_len) X(slot) X(page_begin) X(merge_unit) X(slot_begin)     \
   X(slot_end) X(pad)
-#define INFERNB_DECODE_FIELD_DECL(n) int n;
-#define INFERNB_DECODE_FIELD_NAME(n) #n ","
-struct decode_item_t { INFERNB_DECODE_ITEM_FIELDS(INFERNB_DECODE_FIELD_DECL) };
-// "b,kv_head,...,": the generated unit compares it with infernb.ops.paged_decode.DECODE_ITEM's names (all int32)
-constexpr const char DECODE_ITEM_NAMES[] = INFERNB_DECODE_ITEM_FIELDS(INFERNB_DECODE_FIELD_NAME);
-constexpr bool decode_str_eq(const char* a, const char* b) {
-  return *a == *b && (*a == 0 || decode_str_eq(a + 1, b + 1));
-}
+struct decode_item_t { INFERNB_DECODE_ITEM_FIELDS(INFERNB_RECORD_FIELD) };
+// checked against infernb.ops.paged_decode.DECODE_ITEM (common.cuh, "Records")
+constexpr const char DECODE_ITEM_NAMES[] = INFERNB_DECODE_ITEM_FIELDS(INFERNB_RECORD_NAME);
 
 // A CTA's record (built by DecodeRunner): its item range and a copy of its first item, so the first copies wait for
 // two dependent loads (this record, then the page ids) instead of three. Page ids are always read from the page

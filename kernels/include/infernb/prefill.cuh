@@ -35,13 +35,9 @@ namespace infernb {
 #define INFERNB_PREFILL_ITEM_FIELDS(X)                                                                             \
   X(b) X(kv_head) X(q_start) X(row0) X(rows) X(qo_len) X(kv_len) X(kv_start) X(run_begin) X(run_end) X(slot)       \
   X(merge_unit) X(slot_begin) X(slot_end) X(pad0) X(pad1)
-#define INFERNB_FIELD_DECL(n) int n;
-#define INFERNB_FIELD_NAME(n) #n ","
-struct prefill_item_t { INFERNB_PREFILL_ITEM_FIELDS(INFERNB_FIELD_DECL) };
-// "b,kv_head,...,": the generated unit compares it with PREFILL_ITEM's names (all fields are int32, so equal names in
-// equal order mean equal offsets)
-constexpr const char PREFILL_ITEM_NAMES[] = INFERNB_PREFILL_ITEM_FIELDS(INFERNB_FIELD_NAME);
-constexpr bool str_eq(const char* a, const char* b) { return *a == *b && (*a == 0 || str_eq(a + 1, b + 1)); }
+struct prefill_item_t { INFERNB_PREFILL_ITEM_FIELDS(INFERNB_RECORD_FIELD) };
+// checked against infernb.ops.prefill.PREFILL_ITEM (common.cuh, "Records")
+constexpr const char PREFILL_ITEM_NAMES[] = INFERNB_PREFILL_ITEM_FIELDS(INFERNB_RECORD_NAME);
 struct prefill_run_t { int pos_start, pos_end; };
 // A padding row's position (rows past the tile's end): no real position is this low.
 constexpr int PAD_ROW = -0x40000000;
