@@ -9,7 +9,7 @@ import struct
 import numpy as np
 import torch
 
-from .trace import Sym, TraceError
+from .trace import Sym, TraceError, user_line_of
 
 CTYPE = {"float": "float", "int": "long long", "bool": "bool"}     # integers in 64 bits, like torch
 #: unary ops with one fixed CUDA spelling ({} = the operand)
@@ -163,28 +163,11 @@ def trace_fn(fn, arg_names: list[str], arg_kinds: list[str], extra: dict):
         raise
     except Exception as e:             # torch or Python refusing a traced value: name the user's line anyway
         raise TraceError(f"{type(e).__name__} while tracing {getattr(fn, '__name__', 'the mod')} at "
-                         f"{_user_frame(e.__traceback__)}: {e}. Traced mods take Python scalars, traced values, "
+                         f"{user_line_of(e.__traceback__)}: {e}. Traced mods take Python scalars, traced values, "
                          "the operators and the torch functions of infernb.variants.trace.TORCH_FUNCS, and captured "
                          "tensors indexed with traced values; for anything else write the hook in CUDA "
                          "(Variant(cuda_score_mod=..., cuda_mask_mod=...))") from e
 
-
-def _user_frame(tb) -> str:
-    """``file:line  source`` of the innermost traceback frame that is not infernb's, torch's or the standard
-    library's (the mod's own line)."""
-    import linecache
-    import os
-
-    from .trace import _SKIP_FILES, _STDLIB
-
-    found = "<unknown>"
-    while tb is not None:
-        fn = os.path.abspath(tb.tb_frame.f_code.co_filename)
-        if fn not in _SKIP_FILES and f"{os.sep}torch{os.sep}" not in fn and not fn.startswith(_STDLIB + os.sep):
-            src = linecache.getline(tb.tb_frame.f_code.co_filename, tb.tb_lineno).strip()
-            found = f"{os.path.basename(fn)}:{tb.tb_lineno}  {src}".rstrip()
-        tb = tb.tb_next
-    return found
 
 
 def generate(cname: str, score_mod, mask_mod, params: dict, runtime: set, softmax: bool,

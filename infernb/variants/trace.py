@@ -25,17 +25,36 @@ class TraceError(InfernbError, TypeError):
     """A score_mod / mask_mod uses Python that cannot be turned into CUDA."""
 
 
+def _is_user_code(filename: str) -> bool:
+    """Code of the variant's author: not the tracer, torch or the standard library."""
+    fn = os.path.abspath(filename)
+    return fn not in _SKIP_FILES and f"{os.sep}torch{os.sep}" not in fn and not fn.startswith(_STDLIB + os.sep)
+
+
+def _where(filename: str, lineno: int) -> str:
+    src = linecache.getline(filename, lineno).strip()
+    return f"{os.path.basename(filename)}:{lineno}  {src}".rstrip()
+
+
 def user_line() -> str:
     """``file:line  source`` of the innermost frame that is the variant's own code (not the tracer, torch or
     the standard library): the line of the score_mod / mask_mod that did the operation."""
     f = sys._getframe(1)
     while f is not None:
-        fn = os.path.abspath(f.f_code.co_filename)
-        if fn not in _SKIP_FILES and f"{os.sep}torch{os.sep}" not in fn and not fn.startswith(_STDLIB + os.sep):
-            src = linecache.getline(f.f_code.co_filename, f.f_lineno).strip()
-            return f"{os.path.basename(f.f_code.co_filename)}:{f.f_lineno}  {src}".rstrip()
+        if _is_user_code(f.f_code.co_filename):
+            return _where(f.f_code.co_filename, f.f_lineno)
         f = f.f_back
     return "<unknown>"
+
+
+def user_line_of(tb) -> str:
+    """:func:`user_line` of an exception's traceback: its innermost frame that is the variant's own code."""
+    found = "<unknown>"
+    while tb is not None:
+        if _is_user_code(tb.tb_frame.f_code.co_filename):
+            found = _where(tb.tb_frame.f_code.co_filename, tb.tb_lineno)
+        tb = tb.tb_next
+    return found
 
 
 class Sym:
@@ -280,10 +299,10 @@ def _reduce_or_elementwise(name: str):
 
 def clamp(x, min=None, max=None) -> Sym:  # noqa: A002
     x = _lift(x)                                   # (torch.clamp takes numbers or tensors as bounds)
-    if min is not None:
-        x = Sym("max", (x, _lift(min)), _num_kind(x, _lift(min)))
-    if max is not None:
-        x = Sym("min", (x, _lift(max)), _num_kind(x, _lift(max)))
+    for op, bound in (("max", min), ("min", max)):
+        if bound is not None:
+            bound = _lift(bound)
+            x = Sym(op, (x, bound), _num_kind(x, bound))
     return x
 
 
