@@ -48,7 +48,9 @@ def main(argv=None) -> int:
     import infernb as ib
     from infernb import reference
     from infernb.ops.prefill import PrefillRunner
-    from infernb.profile import cuda_time, cuda_time_interleaved, device_name, visible_pairs
+    from infernb.ops.prefill import plan_batch
+    from infernb.profile import (cuda_time, cuda_time_interleaved, device_name, flashinfer_ragged, sdpa_paths,
+                                 timing_fields, visible_pairs)
     from infernb.testing import rel_error
 
     fi = optional_flashinfer() if args.flashinfer else None
@@ -107,38 +109,29 @@ def main(argv=None) -> int:
             errs[label] = check(label, out, ref_rows(variant, rope), rows)
             fns[label] = lambda: r(q, k, v)
 
-        tq = ib.ops.prefill_ops.default_tile_q(np.mean(qo) * HQ / HKV, D)
-        fc = ib.ops.prefill_ops.traits(D, tq).fixed_cost
-        p = ib.plan(qo, kv, num_qo_heads=HQ, num_kv_heads=HKV, head_dim=D, causal=causal, window_left=window,
-                    tile_q=tq, ctas_per_sm=2, fixed_cost=fc)
+        shape = dict(num_qo_heads=HQ, num_kv_heads=HKV, head_dim=D, causal=causal, window_left=window)
+        p = plan_batch(qo, kv, dtype=dt_, **shape)       # what ib.prefill plans
+        fc = p.fixed_cost
         add("infernb", p)
         if tile_cmp:                                # the other query tile, same kernel family, same rounds
-            add(f"infernb_tile{192 - p.tile_q}", ib.plan(qo, kv, num_qo_heads=HQ, num_kv_heads=HKV, head_dim=D,
-                                                         causal=causal, window_left=window, tile_q=192 - p.tile_q,
-                                                         ctas_per_sm=2, fixed_cost=fc))
+            add(f"infernb_tile{192 - p.tile_q}", plan_batch(qo, kv, dtype=dt_, tile_q=192 - p.tile_q, **shape))
         for cfg in configs:                          # kernel configurations, planned for their CTAs per SM
             add(f"infernb_m{cfg.m_tiles}n{cfg.block_n}s{cfg.stages}c{cfg.ctas_per_sm}",
-                ib.plan(qo, kv, num_qo_heads=HQ, num_kv_heads=HKV, head_dim=D, causal=causal, window_left=window,
-                        tile_q=cfg.tile_q, ctas_per_sm=cfg.ctas_per_sm, fixed_cost=cfg.fixed_cost), config=cfg)
+                ib.plan(qo, kv, tile_q=cfg.tile_q, ctas_per_sm=cfg.ctas_per_sm, fixed_cost=cfg.fixed_cost, **shape),
+                config=cfg)
         for pv_name, kw in plan_variants:           # planner settings, same kernel, same rounds
-            add(f"infernb_{pv_name}", ib.plan(qo, kv, num_qo_heads=HQ, num_kv_heads=HKV, head_dim=D, causal=causal,
-                                              window_left=window, tile_q=p.tile_q, ctas_per_sm=2, **kw))
+            add(f"infernb_{pv_name}", ib.plan(qo, kv, tile_q=p.tile_q, ctas_per_sm=2, **kw, **shape))
         if naive:
-            add("infernb_naive_plan", ib.plan(qo, kv, num_qo_heads=HQ, num_kv_heads=HKV, head_dim=D, causal=causal,
-                                              tile_q=p.tile_q, ctas_per_sm=2, strategy="naive", fixed_cost=fc))
+            add("infernb_naive_plan", ib.plan(qo, kv, tile_q=p.tile_q, ctas_per_sm=2, strategy="naive", fixed_cost=fc,
+                                              **shape))
         for v_name, variant in variants:
             add(f"infernb_{v_name}", p, variant=variant)
         if rope_cmp:
             add("infernb_rope", p, rope=ib.RoPE(theta=1e4))
-        qi, ki = torch.as_tensor(qo_ptr, dtype=torch.int32, device=dev), torch.as_tensor(kv_ptr, dtype=torch.int32,
-                                                                                             device=dev)
         if fi is not None:
             def fi_ragged(label, **kw):
-                w = fi.BatchPrefillWithRaggedKVCacheWrapper(workspace(label), "NHD", backend="fa2")
-                w.plan(qi, ki, HQ, HKV, D, causal=causal, q_data_type=dt_, **kw)
-                out = w.run(q, k, v)
-                fns[label] = lambda: w.run(q, k, v)
-                return out
+                fns[label] = flashinfer_ragged(fi, q, k, v, qo, kv, causal=causal, workspace=workspace(label), **kw)
+                return fns[label]()
             out = fi_ragged("flashinfer_fa2", window_left=window)
             errs["flashinfer_fa2"] = check("flashinfer_fa2", out, ref_rows(), rows)
             if args.flashinfer >= 2:
@@ -148,30 +141,17 @@ def main(argv=None) -> int:
                 if rope_cmp:
                     fi_ragged("flashinfer_fa2_rope", pos_encoding_mode="ROPE_LLAMA", rope_theta=1e4)
         if len(qo) == 1 and window < 0:             # SDPA on the one request (K/V expanded to the query heads)
-            from torch.nn.attention import SDPBackend, sdpa_kernel
-            qs = q.transpose(0, 1)[None]
-            ks = k.repeat_interleave(HQ // HKV, 1).transpose(0, 1)[None]
-            vs = v.repeat_interleave(HQ // HKV, 1).transpose(0, 1)[None]
-            for label, be in (("sdpa_flash", SDPBackend.FLASH_ATTENTION), ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION)):
-                try:
-                    with sdpa_kernel(be):
-                        out = torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, is_causal=causal)
-                    errs[label] = check(label, out[0].transpose(0, 1), ref_rows(), rows)
-
-                    def call(be=be):
-                        with sdpa_kernel(be):
-                            torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, is_causal=causal)
-                    fns[label] = call
-                except Exception as e:  # noqa: BLE001  (a backend this torch build lacks)
-                    print(f"{name}: {label} unavailable ({type(e).__name__}: {e})")
+            calls, missing = sdpa_paths(q, k, v, causal=causal)
+            for label, call in calls.items():
+                errs[label] = check(label, call(), ref_rows(), rows)
+                fns[label] = call
+            for label, why in missing.items():
+                print(f"{name}: {label} unavailable ({why})")
         times = cuda_time_interleaved(fns, warmup=5, runs=runs)
         row = dict(case=name, qo_lens=_short(qo), kv_lens=_short(kv), causal=causal, window_left=window,
                    plan_tile_q=p.tile_q, plan_ctas=p.num_ctas, plan_items=p.num_items,
-                   plan_split_units=int(len(p.merge_unit)), visible_pairs=pairs, flops=flops, errors=errs)
-        for label, tm in times.items():
-            row[f"{label}_ms"] = tm.median_ms
-            row[f"{label}_p10_ms"], row[f"{label}_p90_ms"] = tm.p10_ms, tm.p90_ms
-            row[f"{label}_tflops"] = flops / (tm.median_ms * 1e-3) / 1e12
+                   plan_split_units=int(len(p.merge_unit)), visible_pairs=pairs, flops=flops, errors=errs,
+                   **timing_fields(times, flops))
         _ratios(row, times)
         result["cases"].append(row)
         _print(row, times, gemm)
@@ -184,9 +164,8 @@ def main(argv=None) -> int:
         table = cache.page_table(ids)
         pairs = visible_pairs(qo, kv, True)
         flops = 4 * HQ * D * pairs
-        tq = ib.ops.prefill_ops.default_tile_q(np.mean(qo) * HQ / HKV, D)
-        p = ib.plan(qo, kv, num_qo_heads=HQ, num_kv_heads=HKV, head_dim=D, page_size=page, causal=True,
-                    tile_q=tq, ctas_per_sm=2, page_table=table, fixed_cost=ib.ops.prefill_ops.traits(D, tq).fixed_cost)
+        p = plan_batch(qo, kv, num_qo_heads=HQ, num_kv_heads=HKV, head_dim=D, dtype=dt_, page_size=page, causal=True,
+                       page_table=table)                 # what ib.append plans
         r = PrefillRunner(p, cache, table)
         out = r(q)[0]
         qo_ptr = np.r_[0, np.cumsum(qo)]
@@ -206,9 +185,7 @@ def main(argv=None) -> int:
         row = dict(case=name, qo_lens=_short(qo), kv_lens=_short(kv), causal=True, page_size=page,
                    plan_tile_q=p.tile_q, plan_ctas=p.num_ctas, plan_items=p.num_items,
                    plan_split_units=int(len(p.merge_unit)), visible_pairs=pairs, flops=flops, errors=errs)
-        for label, tm in times.items():
-            row[f"{label}_ms"], row[f"{label}_tflops"] = tm.median_ms, flops / (tm.median_ms * 1e-3) / 1e12
-            row[f"{label}_p10_ms"], row[f"{label}_p90_ms"] = tm.p10_ms, tm.p90_ms
+        row.update(timing_fields(times, flops))
         _ratios(row, times)
         result["cases"].append(row)
         _print(row, times, gemm)

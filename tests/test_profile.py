@@ -117,3 +117,37 @@ def test_committed_prefill_run_draws():
     assert {"infernb", "FlashInfer fa2"} <= names
     for c in run["cases"]:                                   # every path of every case was checked before timing
         assert all(e < 2e-2 for e in c["errors"].values()), c["case"]
+
+
+def test_prefill_comparison_paths_on_the_cpu():
+    """The shared pieces of the prefill comparisons (bench_prefill, profile_prefill): SDPA's paths report what they
+    cannot run, FlashInfer's wrapper is planned with the batch's shape, timings turn into the JSON's fields."""
+    import types
+
+    from infernb.profile.prefill import flashinfer_ragged, sdpa_paths, timing_fields
+    from infernb.profile.timing import Timing
+
+    q, k, v = torch.randn(5, 4, 16), torch.randn(7, 2, 16), torch.randn(7, 2, 16)
+    calls, missing = sdpa_paths(q, k, v, causal=True)
+    assert set(calls) | set(missing) == {"sdpa_flash", "sdpa_cudnn"}
+    for call in calls.values():
+        assert call().shape == q.shape
+    seen = {}
+
+    class Wrapper:
+        def __init__(self, ws, layout, backend):
+            seen.update(layout=layout, backend=backend)
+
+        def plan(self, qo, kv, hq, hkv, d, **kw):
+            seen.update(qo=qo.tolist(), kv=kv.tolist(), shape=(hq, hkv, d), **kw)
+
+        def run(self, q, k, v):
+            return q
+
+    fi = types.SimpleNamespace(BatchPrefillWithRaggedKVCacheWrapper=Wrapper)
+    run = flashinfer_ragged(fi, q, k, v, [2, 3], [3, 4], causal=True, workspace=torch.empty(0), window_left=2)
+    assert run() is q
+    assert seen == dict(layout="NHD", backend="fa2", qo=[0, 2, 5], kv=[0, 3, 7], shape=(4, 2, 16), causal=True,
+                        q_data_type=torch.float32, window_left=2)
+    row = timing_fields({"infernb": Timing(2.0, 1.5, 2.5, 10)}, 4e12)
+    assert row == dict(infernb_ms=2.0, infernb_p10_ms=1.5, infernb_p90_ms=2.5, infernb_tflops=2000.0)

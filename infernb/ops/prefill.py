@@ -404,16 +404,21 @@ def _check_qkv(q: torch.Tensor, num_kv_heads: int, head_dim: int) -> None:
         raise InputError(f"q has {q.shape[1]} heads, not a multiple of the {num_kv_heads} KV heads")
 
 
-def _plan_for(q, qo_lens, kv_lens, num_kv_heads, head_dim, page_size, causal, window_left, variant, num_sms,
-              tile_q, rope=None):
+def plan_batch(qo_lens, kv_lens, *, num_qo_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype,
+               page_size: int = 16, causal: bool = False, window_left: int = -1, variant: Variant | None = None,
+               rope: RoPE | None = None, tile_q: int | None = None, num_sms=None, page_table=None) -> Plan:
+    """:func:`infernb.plan` for the prefill kernel: its default query tile (:func:`default_tile_q`), its traits' CTAs
+    per SM and per-item cost, the variant's window promise when ``window_left`` is ``-1``, and no split for sigmoid
+    variants. What :func:`prefill` and :func:`append` run."""
     window = window_left if window_left >= 0 else getattr(variant, "window_left", -1)
-    rows_avg = float(np.mean(qo_lens) * (q.shape[1] // num_kv_heads)) if len(qo_lens) else 0.0
+    qo_lens = np.asarray(qo_lens)
+    rows_avg = float(np.mean(qo_lens) * (num_qo_heads // num_kv_heads)) if len(qo_lens) else 0.0
     tq = default_tile_q(rows_avg, head_dim) if tile_q is None else tile_q
     tr = traits(head_dim, tq, rope_mode(rope))
-    return make_plan(qo_lens, kv_lens, num_qo_heads=q.shape[1], num_kv_heads=num_kv_heads, head_dim=head_dim,
-                     page_size=page_size, causal=causal, window_left=window, tile_q=tq, dtype=DTYPE_NAMES[q.dtype],
-                     num_sms=num_sms, ctas_per_sm=tr.ctas_per_sm, fixed_cost=tr.fixed_cost,
-                     merge_gain=0.05 if variant is None or variant.softmax else math.inf), window
+    return make_plan(qo_lens, kv_lens, num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
+                     page_size=page_size, page_table=page_table, causal=causal, window_left=window, tile_q=tq,
+                     dtype=DTYPE_NAMES[dtype], num_sms=num_sms, ctas_per_sm=tr.ctas_per_sm, fixed_cost=tr.fixed_cost,
+                     merge_gain=0.05 if variant is None or variant.softmax else math.inf)
 
 
 def prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qo_indptr, kv_indptr, *, causal: bool = False,
@@ -448,8 +453,9 @@ def prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qo_indptr, kv_ind
     kv = _indptr("kv_indptr", kv_indptr, k.shape[0])
     if len(qo) != len(kv):
         raise InputError(f"qo_indptr has {len(qo) - 1} requests, kv_indptr {len(kv) - 1}")
-    p, window = _plan_for(q, np.diff(qo), np.diff(kv), k.shape[1], k.shape[2], 16, causal, window_left, variant,
-                          num_sms, tile_q, rope)
+    p = plan_batch(np.diff(qo), np.diff(kv), num_qo_heads=q.shape[1], num_kv_heads=k.shape[1], head_dim=k.shape[2],
+                   dtype=q.dtype, causal=causal, window_left=window_left, variant=variant, rope=rope, tile_q=tile_q,
+                   num_sms=num_sms)
     out, lse = run_prefill(p, q.contiguous(), k.contiguous(), v.contiguous(), variant=variant, rope=rope,
                            sm_scale=sm_scale)
     return (out, lse) if return_lse else out
@@ -485,12 +491,13 @@ def append(q: torch.Tensor, cache, seq_ids: Sequence[int], qo_lens: Sequence[int
                          "the new tokens' K/V to the cache first")
     if q.dtype != cache.dtype or q.device != cache.pool.device:
         raise InputError(f"q: expected {cache.dtype} on {cache.pool.device} (the cache's), got {q.dtype} on {q.device}")
-    p, _ = _plan_for(q, qo_lens, kv_lens, cache.num_kv_heads, cache.head_dim, cache.page_size, causal, window_left,
-                     variant, num_sms, tile_q, rope)
+    p = plan_batch(qo_lens, kv_lens, num_qo_heads=q.shape[1], num_kv_heads=cache.num_kv_heads,
+                   head_dim=cache.head_dim, dtype=q.dtype, page_size=cache.page_size, causal=causal,
+                   window_left=window_left, variant=variant, rope=rope, tile_q=tile_q, num_sms=num_sms)
     out, lse = run_prefill(p, q.contiguous(), cache=cache, page_table=table, variant=variant, rope=rope,
                            sm_scale=sm_scale)
     return (out, lse) if return_lse else out
 
 
 __all__ = ["PREFILL_ITEM", "PREFILL_RUN", "PrefillRunner", "PrefillTraits", "TRAITS", "append", "default_tile_q",
-           "plan_records", "prefill", "prefill_spec", "run_prefill", "specializations", "traits"]
+           "plan_batch", "plan_records", "prefill", "prefill_spec", "run_prefill", "specializations", "traits"]

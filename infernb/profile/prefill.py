@@ -28,13 +28,57 @@ def gemm_ceiling_tflops(n: int = 8192, runs: int = 10) -> float:
     return 2 * n ** 3 / (ms * 1e-3) / 1e12
 
 
+def flashinfer_ragged(flashinfer, q, k, v, qo_lens, kv_lens, *, causal: bool, workspace: torch.Tensor | None = None,
+                      **plan_kwargs):
+    """FlashInfer's ragged fa2 prefill of ``q, k, v`` (``qo_lens`` / ``kv_lens`` per request), planned once;
+    returns the call that runs it (and returns its output ``[tokens, num_qo_heads, head_dim]``). ``plan_kwargs``:
+    its options (``window_left``, ``logits_soft_cap``, ``pos_encoding_mode``, ...)."""
+    ptr = lambda x: torch.as_tensor(np.r_[0, np.cumsum(x)], dtype=torch.int32, device=q.device)  # noqa: E731
+    ws = torch.zeros(256 * 2**20, dtype=torch.uint8, device=q.device) if workspace is None else workspace
+    w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(ws, "NHD", backend="fa2")
+    w.plan(ptr(qo_lens), ptr(kv_lens), q.shape[1], k.shape[1], q.shape[2], causal=causal, q_data_type=q.dtype,
+           **plan_kwargs)
+    return lambda: w.run(q, k, v)
+
+
+def sdpa_paths(q, k, v, *, causal: bool) -> tuple[dict, dict]:
+    """torch SDPA's flash and cuDNN backends on one request (``q [tokens, num_qo_heads, d]``, ``k, v [keys,
+    num_kv_heads, d]``; K/V expanded to the query heads here, outside any timing). Returns ``({label: call},
+    {label: why it is unavailable})``; each call returns ``[tokens, num_qo_heads, d]``."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    rep = q.shape[1] // k.shape[1]
+    qs, ks, vs = (t.transpose(0, 1)[None] for t in (q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)))
+    calls, missing = {}, {}
+    for label, be in (("sdpa_flash", SDPBackend.FLASH_ATTENTION), ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION)):
+        def call(be=be):
+            with sdpa_kernel(be):
+                return torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, is_causal=causal)[0].transpose(0, 1)
+        try:
+            call()
+            calls[label] = call
+        except RuntimeError as e:                         # a backend this torch build or GPU lacks
+            missing[label] = f"{type(e).__name__}: {e}"
+    return calls, missing
+
+
+def timing_fields(times: dict, flops: float) -> dict:
+    """``{<path>_ms, <path>_p10_ms, <path>_p90_ms, <path>_tflops}`` of interleaved timings (the benchmark JSON's
+    schema)."""
+    row = {}
+    for label, t in times.items():
+        row[f"{label}_ms"], row[f"{label}_p10_ms"], row[f"{label}_p90_ms"] = t.median_ms, t.p10_ms, t.p90_ms
+        row[f"{label}_tflops"] = flops / (t.median_ms * 1e-3) / 1e12
+    return row
+
+
 def profile_prefill(cases: dict, *, num_qo_heads: int = 32, num_kv_heads: int = 8, head_dim: int = 128,
                     causal: bool = True, runs: int = 20, seed: int = 0) -> list[dict]:
     """Time the prefill of each ragged batch ``{name: (qo_lens, kv_lens)}`` (bf16, random inputs) with infernb, with
     FlashInfer's ragged fa2 prefill when it is installed, and, for one-request batches, with SDPA flash and cuDNN
     (K/V expanded to the query heads outside the timing). Returns rows ``{case, flops, <path>_ms, <path>_tflops}``
     in the schema of ``benchmarks/bench_prefill.py``'s JSON (:func:`infernb.viz.tflops_bars` draws them)."""
-    from ..ops.prefill import PrefillRunner, _plan_for
+    from ..ops.prefill import PrefillRunner, plan_batch
 
     g = torch.Generator(device="cuda").manual_seed(seed)
     rows = []
@@ -42,39 +86,19 @@ def profile_prefill(cases: dict, *, num_qo_heads: int = 32, num_kv_heads: int = 
         q = torch.randn(sum(qo), num_qo_heads, head_dim, device="cuda", generator=g, dtype=torch.bfloat16)
         k = torch.randn(sum(kv), num_kv_heads, head_dim, device="cuda", generator=g, dtype=torch.bfloat16)
         v = torch.randn(sum(kv), num_kv_heads, head_dim, device="cuda", generator=g, dtype=torch.bfloat16)
-        plan, _ = _plan_for(q, np.asarray(qo), np.asarray(kv), num_kv_heads, head_dim, 16, causal, -1, None, None,
-                            None)
+        plan = plan_batch(qo, kv, num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
+                          dtype=q.dtype, causal=causal)
         runner = PrefillRunner(plan)
         fns = {"infernb": lambda r=runner, q=q, k=k, v=v: r(q, k, v)}
         try:
             import flashinfer
-
-            ptr = lambda x: torch.as_tensor(np.r_[0, np.cumsum(x)], dtype=torch.int32, device="cuda")  # noqa: E731
-            w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(torch.zeros(256 * 2**20, dtype=torch.uint8,
-                                                                            device="cuda"), "NHD", backend="fa2")
-            w.plan(ptr(qo), ptr(kv), num_qo_heads, num_kv_heads, head_dim, causal=causal, q_data_type=torch.bfloat16)
-            fns["flashinfer_fa2"] = lambda w=w, q=q, k=k, v=v: w.run(q, k, v)
         except ImportError:
-            pass
+            flashinfer = None
+        if flashinfer is not None:
+            fns["flashinfer_fa2"] = flashinfer_ragged(flashinfer, q, k, v, qo, kv, causal=causal)
         if len(qo) == 1:
-            from torch.nn.attention import SDPBackend, sdpa_kernel
-
-            rep = num_qo_heads // num_kv_heads
-            qs, ks, vs = (t.transpose(0, 1)[None] for t in (q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)))
-            for label, be in (("sdpa_flash", SDPBackend.FLASH_ATTENTION), ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION)):
-                def call(be=be, qs=qs, ks=ks, vs=vs):
-                    with sdpa_kernel(be):
-                        return torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, is_causal=causal)
-                try:
-                    call()
-                    fns[label] = call
-                except RuntimeError:                      # a backend this torch build or GPU lacks
-                    pass
-        times = cuda_time_interleaved(fns, warmup=5, runs=runs)
+            fns.update(sdpa_paths(q, k, v, causal=causal)[0])
         flops = 4 * num_qo_heads * head_dim * visible_pairs(qo, kv, causal)
-        row = dict(case=name, flops=flops)
-        for label, t in times.items():
-            row[f"{label}_ms"] = t.median_ms
-            row[f"{label}_tflops"] = flops / (t.median_ms * 1e-3) / 1e12
-        rows.append(row)
+        rows.append(dict(case=name, flops=flops, **timing_fields(cuda_time_interleaved(fns, warmup=5, runs=runs),
+                                                                 flops)))
     return rows
