@@ -303,19 +303,7 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
         }
         __syncthreads();
         const float qpos = float(it.kv_len - 1);
-        const int np = rotary_dim / 2;
-        for (int i = tid; i < GROUP * np; i += NT) {
-          const int r = i / np, p = i % np;
-          int da, db;
-          detail::rope_pair<ROPE>(p, rotary_dim, da, db);
-          float sn, cs;
-          detail::rope_sincos(qpos, s_rope_freq[p].z, &sn, &cs);
-          T* pa = s_q + mma::swizzle_elem<CH>(r, da);
-          T* pb = s_q + mma::swizzle_elem<CH>(r, db);
-          const float a = to_float(*pa), b = to_float(*pb);
-          *pa = from_float<T>(a * cs - b * sn);
-          *pb = from_float<T>(b * cs + a * sn);
-        }
+        detail::rope_rotate_tile<ROPE, CH>(s_q, GROUP, [=](int) { return qpos; }, rotary_dim, s_rope_freq, tid, NT);
       }
 #pragma unroll
       for (int j = 0; j < DTILES; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;

@@ -236,19 +236,9 @@ prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
     if (ROPE != 0) {                               // rotate the Q tile in place once it has landed
       mma::cp_async_wait<0>();
       __syncthreads();
-      const int np = rotary_dim / 2;
-      for (int i = tid; i < it.rows * np; i += NT) {
-        const int r = i / np, p = i % np;
-        int da, db;
-        detail::rope_pair<ROPE>(p, rotary_dim, da, db);
-        float sn, cs;
-        detail::rope_sincos(float(qpos0 + (it.row0 + r) / group), s_rope_freq[p].z, &sn, &cs);
-        T* pa = s_q + mma::swizzle_elem<CH>(r, da);
-        T* pb = s_q + mma::swizzle_elem<CH>(r, db);
-        const float a = to_float(*pa), b = to_float(*pb);
-        *pa = from_float<T>(a * cs - b * sn);
-        *pb = from_float<T>(b * cs + a * sn);
-      }
+      const int row0 = it.row0;
+      detail::rope_rotate_tile<ROPE, CH>(s_q, it.rows, [=](int r) { return float(qpos0 + (row0 + r) / group); },
+                                         rotary_dim, s_rope_freq, tid, NT);
     }
 
     float o[M][DTILES][4];

@@ -72,6 +72,26 @@ struct rope_smem_t {
         base(reinterpret_cast<float2*>(region + FREQ_BYTES + GRP_BYTES)) {}
 };
 
+// Rotate rows [0, rows) of a swizzled tile of CH 16-byte chunks per row in place, row r at position pos_of(r): the
+// block's threads share the (row, pair) work; frequencies from the CTA's table (a query tile, in decode and prefill).
+template <int ROPE, int CH, typename T, typename POS>
+__device__ __forceinline__ void rope_rotate_tile(T* s, int rows, POS pos_of, int rotary_dim, const float4* freq, int tid,
+                                                 int nthreads) {
+  const int np = rotary_dim / 2;
+  for (int i = tid; i < rows * np; i += nthreads) {
+    const int r = i / np, p = i % np;
+    int da, db;
+    rope_pair<ROPE>(p, rotary_dim, da, db);
+    float sn, cs;
+    rope_sincos(pos_of(r), freq[p].z, &sn, &cs);
+    T* pa = s + mma::swizzle_elem<CH>(r, da);
+    T* pb = s + mma::swizzle_elem<CH>(r, db);
+    const float a = to_float(*pa), b = to_float(*pb);
+    *pa = from_float<T>(a * cs - b * sn);
+    *pb = from_float<T>(b * cs + a * sn);
+  }
+}
+
 template <int ROPE>
 __device__ __forceinline__ void rope_tables_init(float4* freq, float2* grp, int rotary_dim, float log2_theta,
                                                  float inv_scale, int tid, int nthreads) {
