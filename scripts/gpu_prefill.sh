@@ -3,29 +3,17 @@
 # benchmark. Usage on the GPU machine, from the repo root:  bash scripts/gpu_prefill.sh [OUT_DIR]
 # PREFILL_TESTS=0 skips the tests, PREFILL_SANITIZE=0 the sanitizers, PREFILL_BENCH=0 the benchmark; FI=0|1|2 is bench_prefill's --flashinfer.
 set -uo pipefail
-OUT=${1:-${OUT:-/tmp/infernb-gpu-out}}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 INFERNB_CACHE_DIR=${INFERNB_CACHE_DIR:-$(mktemp -d)}
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=$PWD:/tmp/site PATH=/tmp/site/bin:$PATH
-else
-  export PYTHONPATH=$PWD
-fi
-status=0
-step() { echo; echo "=== $1"; shift; "$@" || { echo "!!! FAILED ($?): $*"; status=1; }; }
+source scripts/gpu_env.sh "${1:-}"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv
 if [ "${PREFILL_TESTS:-1}" = 1 ]; then
   step "GPU tests (prefill)" python3 -m pytest -q -m gpu tests/ops/test_prefill.py -p no:cacheprovider -o addopts="" \
     -n 8 ${PYTEST_K:+-k "$PYTEST_K"}
 fi
 if [ "${PREFILL_SANITIZE:-1}" = 1 ]; then
-  step "compute-sanitizer memcheck (prefill)" compute-sanitizer --tool memcheck --error-exitcode 1 \
-    python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/ops/test_prefill.py \
-    -k "gpu and (b12-g4-d128-causal or b17-g8-d64-full or (p5-HND-d128 and rope_interleave and True) or split or edge or tile128)"
-  step "compute-sanitizer racecheck (prefill)" compute-sanitizer --tool racecheck --error-exitcode 1 \
-    python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/ops/test_prefill.py \
-    -k "gpu and (b1-g4-d128-causal or b12-g8-d256-full or (p16-NHD-d128 and rope and False) or (split and 3))"
+  sanitize memcheck tests/ops/test_prefill.py \
+    "gpu and (b12-g4-d128-causal or b17-g8-d64-full or (p5-HND-d128 and rope_interleave and True) or split or edge or tile128)"
+  sanitize racecheck tests/ops/test_prefill.py \
+    "gpu and (b1-g4-d128-causal or b12-g8-d256-full or (p16-NHD-d128 and rope and False) or (split and 3))"
 fi
 [ "${PREFILL_BENCH:-1}" = 1 ] && step "benchmark: prefill" python3 benchmarks/bench_prefill.py --out "$OUT" \
   --flashinfer "${FI:-1}" --runs "${RUNS:-30}"
