@@ -35,9 +35,26 @@ FIXED_COSTS = [(f"fixed_cost{c}", dict(fixed_cost=float(c))) for c in (64, 1024)
 
 
 def configs():
-    """Kernel configurations compared with the default on some cases (``PrefillRunner(config=...)``)."""
+    """Kernel configurations compared with the default on the causal cases (``PrefillRunner(config=...)``); the
+    environment's ``BENCH_CONFIGS="m,block_n,sub_n,stages,ctas;..."`` replaces the list (experiments)."""
+    import os
+
     from infernb.ops.prefill import PrefillTraits
-    return [PrefillTraits(D, 64, 1, 32, 3, 3)]
+    spec = os.environ.get("BENCH_CONFIGS")
+    if spec is None:
+        return [PrefillTraits(D, 64, 1, 32, 3, 3)]
+    out = []
+    for part in filter(None, spec.split(";")):
+        m, bn, sn, st, c = (int(x) for x in part.split(","))
+        out.append(PrefillTraits(D, 64 * m, m, bn, st, c, sub_n=sn))
+    return out
+
+
+def wanted(case: str) -> bool:
+    """``BENCH_CASES="causal_8192,..."`` runs those cases only (experiments); all by default."""
+    import os
+    cases = os.environ.get("BENCH_CASES")
+    return cases is None or case in cases.split(",")
 
 
 def main(argv=None) -> int:
@@ -116,7 +133,7 @@ def main(argv=None) -> int:
         if tile_cmp:                                # the other query tile, same kernel family, same rounds
             add(f"infernb_tile{192 - p.tile_q}", plan_batch(qo, kv, dtype=dt_, tile_q=192 - p.tile_q, **shape))
         for cfg in configs:                          # kernel configurations, planned for their CTAs per SM
-            add(f"infernb_m{cfg.m_tiles}n{cfg.block_n}s{cfg.stages}c{cfg.ctas_per_sm}",
+            add(f"infernb_m{cfg.m_tiles}n{cfg.block_n}k{cfg.step_n}s{cfg.stages}c{cfg.ctas_per_sm}",
                 ib.plan(qo, kv, tile_q=cfg.tile_q, ctas_per_sm=cfg.ctas_per_sm, fixed_cost=cfg.fixed_cost, **shape),
                 config=cfg)
         for pv_name, kw in plan_variants:           # planner settings, same kernel, same rounds
@@ -191,13 +208,20 @@ def main(argv=None) -> int:
         _print(row, times, gemm)
 
     alibi = ib.variants.alibi(ib.variants.alibi_slopes(HQ).to(dev))
-    ragged_case("causal_8192", [8192], [8192], variants=[("softcap30", ib.variants.softcap(30.0)), ("alibi", alibi)],
-                rope_cmp=True, tile_cmp=True, plan_variants=FIXED_COSTS, configs=configs())
-    ragged_case("causal_16384", [16384], [16384])
-    paged_case("append_16x512_on_8192", [512] * 16, [8192 + 512] * 16)
-    ragged_case("skewed_1x16384_63x512", [16384] + [512] * 63, [16384] + [512] * 63, naive=True)
-    ragged_case("window_1024_on_8192", [8192], [8192], window=1024)
-    path = write_result(args.out, f"prefill_{result['device']}_{result['date']}", result)
+    if wanted("causal_8192"):
+        ragged_case("causal_8192", [8192], [8192], variants=[("softcap30", ib.variants.softcap(30.0)),
+                                                             ("alibi", alibi)],
+                    rope_cmp=True, tile_cmp=True, plan_variants=FIXED_COSTS, configs=configs())
+    if wanted("causal_16384"):
+        ragged_case("causal_16384", [16384], [16384], configs=configs())
+    if wanted("append_16x512_on_8192"):
+        paged_case("append_16x512_on_8192", [512] * 16, [8192 + 512] * 16)
+    if wanted("skewed_1x16384_63x512"):
+        ragged_case("skewed_1x16384_63x512", [16384] + [512] * 63, [16384] + [512] * 63, naive=True)
+    if wanted("window_1024_on_8192"):
+        ragged_case("window_1024_on_8192", [8192], [8192], window=1024)
+    subset = "" if wanted("any-case") else "_subset"
+    path = write_result(args.out, f"prefill_{result['device']}_{result['date']}{subset}", result)
     print(f"wrote {path}")
     return 0
 

@@ -17,16 +17,23 @@ from infernb.ops.prefill import PrefillRunner  # noqa: E402
 ap = argparse.ArgumentParser()
 ap.add_argument("--tile", type=int, default=64)
 ap.add_argument("--n", type=int, default=8192)
+ap.add_argument("--causal", type=int, default=1)
+ap.add_argument("--time", type=int, default=0, help="also time 20 launches (CUDA events) and print TFLOP/s")
 a = ap.parse_args()
 g = torch.Generator(device="cuda").manual_seed(0)
 q = torch.randn(a.n, 32, 128, device="cuda", generator=g, dtype=torch.bfloat16)
 k = torch.randn(a.n, 8, 128, device="cuda", generator=g, dtype=torch.bfloat16)
 v = torch.randn(a.n, 8, 128, device="cuda", generator=g, dtype=torch.bfloat16)
 tr = ib.ops.prefill_ops.traits(128, a.tile)
-p = ib.plan([a.n], [a.n], num_qo_heads=32, num_kv_heads=8, head_dim=128, causal=True, tile_q=a.tile,
+p = ib.plan([a.n], [a.n], num_qo_heads=32, num_kv_heads=8, head_dim=128, causal=bool(a.causal), tile_q=a.tile,
             ctas_per_sm=tr.ctas_per_sm, fixed_cost=tr.fixed_cost)
 r = PrefillRunner(p)
 for _ in range(2):
     r(q, k, v)
 torch.cuda.synchronize()
 print(p)
+if a.time:
+    from infernb.profile import cuda_time, visible_pairs
+    t = cuda_time(lambda: r(q, k, v), warmup=3, runs=20)
+    fl = 4 * 32 * 128 * visible_pairs([a.n], [a.n], bool(a.causal), -1)
+    print(f"tile {a.tile} n {a.n} causal {a.causal}: {t.median_ms:.3f} ms, {fl / t.median_ms / 1e9:.0f} TFLOP/s")

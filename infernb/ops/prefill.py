@@ -32,6 +32,11 @@ from ._common import (CUDA_TYPES, DTYPE_NAMES, DTYPES, HEAD_DIMS, check_paged_in
                       rope_mode, rope_table_bytes)
 
 NUM_THREADS = 128
+#: ptxas settings of every prefill specialization. At 32 rows per warp and head dim 128 the kernel holds 128 fp32
+#: accumulators and 32 logits per thread; ptxas's default (register usage level 5) schedules shared-memory loads so
+#: far ahead that some specializations spill (which ones changes with any edit), level 3 keeps all of them within
+#: 255 registers (benchmarks/NOTES.md; a beta ptxas option: tests/jit/test_build.py checks every specialization).
+PTXAS_OPTIONS = ()
 KV_MODES = {"ragged": 0, "NHD": 1, "HND": 2}
 
 #: The work item the kernel reads (``prefill_item_t`` in ``kernels/include/infernb/prefill.cuh``; every compiled
@@ -50,10 +55,12 @@ class PrefillTraits:
     Attributes:
         head_dim, tile_q: the specialization (``tile_q`` = 64 ``m_tiles`` rows per warp x 4 warps).
         m_tiles: 16-row mma tiles per warp; block_n: keys per pipeline stage; stages: K/V buffers.
+        sub_n: keys per compute step inside a stage (what the logits' registers hold; 0: the whole stage).
         ctas_per_sm: CTAs an SM keeps resident (registers and shared memory allow it); plan with this.
         fixed_cost: an item's own cost in key tokens for the planner (pipeline restart, Q tile load, epilogue):
             measured, benchmarks/NOTES.md (4, the decode figure, left CTAs of many short causal items a third of
-            the kernel behind; 256 ran 8192 causal 1.45x faster).
+            the kernel behind; 256 ran 8192 causal 1.45x faster; the 128-row tile at head dim 128: 512, swept
+            with benchmarks/diag/prefill_fixed_cost.py).
     """
 
     head_dim: int
@@ -63,19 +70,27 @@ class PrefillTraits:
     stages: int
     ctas_per_sm: int
     fixed_cost: float = 256.0
+    sub_n: int = 0
+
+    @property
+    def step_n(self) -> int:
+        """Keys per compute step (``sub_n``, or ``block_n`` when 0)."""
+        return self.sub_n or self.block_n
 
     def smem_bytes(self, rope: int = 0) -> int:
         """Dynamic shared memory per CTA (``prefill_cfg_t::SMEM_BYTES``; each compiled unit checks they agree)."""
         d = self.head_dim
         return (self.stages * 2 * self.block_n * d * 2 + self.tile_q * d * 2 + 128 + self.tile_q * 8 +
-                rope_table_bytes(d, rope))
+                rope_table_bytes(d, rope) + self.stages * self.block_n * 4)
 
 
 #: (head_dim, tile_q) -> traits. Two CTAs per SM everywhere (registers: <= 255 per thread x 128 threads; shared
-#: memory: <= 113 KiB each). Head dim 128 has no 128-row tile yet: with 32 rows per warp its accumulators
-#: (128 fp32 registers for O) and 32-key logits leave ptxas too few registers and it spills (benchmarks/NOTES.md).
-TRAITS = {(64, 128): PrefillTraits(64, 128, 2, 32, 2, 2), (64, 64): PrefillTraits(64, 64, 1, 64, 2, 2),
-          (128, 128): PrefillTraits(128, 128, 2, 16, 4, 2), (128, 64): PrefillTraits(128, 64, 1, 64, 2, 2),
+#: memory: <= 113 KiB each). The 128-row tiles (32 rows per warp) read half the shared memory per mma of the 64-row
+#: ones; at head dim 128 their O accumulators take 128 fp32 registers, so a 64-key stage is computed in two 32-key
+#: steps (benchmarks/NOTES.md). Head dim 256 has no 128-row tile (its O alone would be 256 registers).
+TRAITS = {(64, 128): PrefillTraits(64, 128, 2, 64, 2, 2), (64, 64): PrefillTraits(64, 64, 1, 64, 2, 2),
+          (128, 128): PrefillTraits(128, 128, 2, 64, 2, 2, fixed_cost=512.0, sub_n=32),
+          (128, 64): PrefillTraits(128, 64, 1, 64, 2, 2),
           (256, 64): PrefillTraits(256, 64, 1, 32, 2, 2)}
 
 
@@ -90,10 +105,8 @@ def traits(head_dim: int, tile_q: int, rope: int = 0) -> PrefillTraits:
     return t
 
 
-#: The largest query tile the default rule picks per head dim (measured, benchmarks/NOTES.md: at head dim 128 the
-#: 128-row tile, whose registers allow only 16-key stages, ran no faster than 64 rows on 8192 causal and slower on
-#: 16384).
-MAX_DEFAULT_TILE = {64: 128, 128: 64, 256: 64}
+#: The largest query tile the default rule picks per head dim (256: 64 rows, the only tile it has).
+MAX_DEFAULT_TILE = {64: 128, 128: 128, 256: 64}
 
 
 def default_tile_q(rows_avg: float, head_dim: int) -> int:
@@ -125,8 +138,8 @@ def prefill_spec(dtype: torch.dtype, head_dim: int, tile_q: int, kv: str = "ragg
     score = variant.score_mod is not None or variant.cuda_score_mod is not None
     mask = variant.mask_mod is not None or variant.cuda_mask_mod is not None
     b = lambda x: "true" if x else "false"  # noqa: E731
-    args = (f"{CUDA_TYPES[dtype]}, {head_dim}, {tr.m_tiles}, {tr.block_n}, {tr.stages}, {KV_MODES[kv]}, {b(causal)}, "
-            f"{variant.cuda_name}, {b(score)}, {b(mask)}, {mode}, {tr.ctas_per_sm}")
+    args = (f"{CUDA_TYPES[dtype]}, {head_dim}, {tr.m_tiles}, {tr.block_n}, {tr.step_n}, {tr.stages}, {KV_MODES[kv]}, "
+            f"{b(causal)}, {variant.cuda_name}, {b(score)}, {b(mask)}, {mode}, {tr.ctas_per_sm}")
     cfg = f"infernb::prefill_cfg_t<{CUDA_TYPES[dtype]}, {head_dim}, {tr.m_tiles}, {tr.block_n}, {tr.stages}, {mode}>"
     check = (f"static_assert({cfg}::SMEM_BYTES == {tr.smem_bytes(mode)} && {cfg}::TILE_Q == {tile_q}, "
              "\"infernb.ops.prefill.PrefillTraits disagrees with prefill_cfg_t\");\n" + _struct_checks())
@@ -135,23 +148,25 @@ def prefill_spec(dtype: torch.dtype, head_dim: int, tile_q: int, kv: str = "ragg
         family="prefill",
         name=(f"prefill_{DTYPE_NAMES[dtype]}_hd{head_dim}_t{tile_q}_{kv.lower()}{'_causal' if causal else ''}"
               f"{rope_tag}_{variant.name}_{variant.code_hash}"
-              f"{f'_m{tr.m_tiles}n{tr.block_n}s{tr.stages}c{tr.ctas_per_sm}' if tuned else ''}"),
+              f"{f'_m{tr.m_tiles}n{tr.block_n}k{tr.step_n}s{tr.stages}c{tr.ctas_per_sm}' if tuned else ''}"),
         kernels=(("prefill", f"infernb::prefill_kernel<{args}>"),),
-        preamble=g.code + "\n" + check, preamble_origin=tuple(sorted(g.origins.items())))
+        preamble=g.code + "\n" + check, preamble_origin=tuple(sorted(g.origins.items())), options=PTXAS_OPTIONS)
 
 
 def specializations() -> list[KernelSpec]:
-    """What CI compiles: every (dtype, head dim, tile) ragged causal; the paged layouts and non-causal; RoPE; every
-    example variant (bf16, head dim 128, tile 64, paged NHD, causal)."""
+    """What CI compiles: every (dtype, head dim, tile) ragged causal; the paged layouts and non-causal; RoPE and
+    every example variant (bf16, paged NHD, causal) at each tile of head dim 128 and RoPE at the other head dims'
+    default tiles."""
     from ..variants import examples
 
     out = [prefill_spec(dt, d, tq, "ragged", True) for dt in DTYPES for (d, tq) in TRAITS]
     out += [prefill_spec(torch.bfloat16, d, tq, kv, c) for (d, tq) in TRAITS for kv in ("NHD", "HND")
             for c in (False, True)]
-    out += [prefill_spec(torch.bfloat16, d, default_tile_q(128, d), "ragged", False) for d in HEAD_DIMS]
-    out += [prefill_spec(torch.bfloat16, d, 64, kv, True, rope=RoPE(interleave=i))
-            for d in HEAD_DIMS for kv in ("ragged", "NHD") for i in (False, True)]
-    out += [prefill_spec(torch.bfloat16, 128, 64, "NHD", True, variant=v) for v in examples()]
+    out += [prefill_spec(torch.bfloat16, d, tq, "ragged", False) for (d, tq) in TRAITS]
+    out += [prefill_spec(torch.bfloat16, d, tq, kv, True, rope=RoPE(interleave=i))
+            for (d, tq) in TRAITS if d == 128 or tq == default_tile_q(128, d)
+            for kv in ("ragged", "NHD") for i in (False, True)]
+    out += [prefill_spec(torch.bfloat16, 128, tq, "NHD", True, variant=v) for tq in (64, 128) for v in examples()]
     return out
 
 

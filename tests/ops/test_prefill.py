@@ -291,6 +291,35 @@ def test_gpu_large_cases(gen, case):
 
 
 @gpu
+@pytest.mark.parametrize("tile_q", [64, 128])
+@pytest.mark.parametrize("shape", ["rising", "spike", "falling"])
+def test_gpu_running_max_moves_exactly(gen, shape, tile_q):
+    """The softmax keeps a reference max and rescales O only when a chunk's max exceeds it by more than 2^8
+    (softmax_state.cuh); the result must not depend on it. Logits that rise along every row (each chunk moves the
+    max by more than the slack), one key per row far above the others late in the row, and logits that fall (the
+    first chunk's max is kept throughout), against the float64 reference."""
+    qo, kv, hq, hkv, d = [200, 64], [3000, 700], 16, 4, 128
+    q, k, v, qo_ptr, kv_ptr = ragged(gen, qo, kv, hq, hkv, d, torch.bfloat16)
+    pos = torch.cat([torch.arange(n, device=DEV, dtype=torch.float32) for n in kv])
+    if shape == "rising":      # |logit| grows ~ 12 nats every 64 keys
+        k = (k.float() * (1 + pos / 64 * 1.5)[:, None, None]).to(k.dtype)
+    elif shape == "falling":
+        k = (k.float() * (1 + (pos.max() - pos) / 64 * 1.5)[:, None, None]).to(k.dtype)
+    else:                      # every query near u (per KV head) and the last cached key 3 u: ~ +34 nats there
+        for b in range(len(kv)):
+            u = torch.randn(hkv, d, generator=gen)
+            noise = 0.3 * torch.randn(qo[b], hq, d, generator=gen)
+            q[qo_ptr[b]:qo_ptr[b + 1]] = (u.repeat_interleave(hq // hkv, 0)[None] + noise).to(q.dtype).to(DEV)
+            k[int(kv_ptr[b]) + kv[b] - qo[b] - 1] = (3 * u).to(k.dtype).to(DEV)
+    p = ib.plan(qo, kv, num_qo_heads=hq, num_kv_heads=hkv, head_dim=d, causal=True, tile_q=tile_q, ctas_per_sm=2)
+    out = torch.full_like(q, float("nan"))
+    lse = torch.full(q.shape[:2], float("nan"), dtype=torch.float32, device=q.device)
+    o, s = PrefillRunner(p, device=q.device)(q, k, v, out=out, lse=lse)
+    ref_o, ref_s = reference.attention(q, k, v, qo_ptr, kv_ptr, causal=True)
+    check(o, s, ref_o, ref_s, torch.bfloat16)
+
+
+@gpu
 @pytest.mark.parametrize("num_sms", [3, 40, 132])
 def test_gpu_split_units_merge_in_the_launch(gen, num_sms):
     # more CTAs than units: long rows are cut into several items, merged by the CTA that finishes a unit last; run

@@ -48,6 +48,21 @@ struct vec_t {
 #define INFERNB_RECORD_NAME(n) #n ","
 constexpr bool str_eq(const char* a, const char* b) { return *a == *b && (*a == 0 || str_eq(a + 1, b + 1)); }
 
+// threadIdx.x read at the point of use: what is derived from it cannot be hoisted out of an enclosing loop (an
+// epilogue's addresses computed once before a kernel's item loop stay live, or spilled, across its main loop).
+__device__ __forceinline__ int tid_here() {
+  int t;
+  asm volatile("mov.u32 %0, %%tid.x;" : "=r"(t));
+  return t;
+}
+
+// x, as a value the compiler cannot trace back: what is computed from it inside a loop stays inside the loop (not
+// hoisted before it, where it would hold registers across the whole loop).
+__device__ __forceinline__ unsigned opaque(unsigned x) {
+  asm volatile("mov.b32 %0, %0;" : "+r"(x));
+  return x;
+}
+
 // Elements per 16-byte vector.
 template <typename T> constexpr int vec16_size() { return 16 / int(sizeof(T)); }
 

@@ -21,6 +21,11 @@ __device__ __forceinline__ void cp_async16(unsigned dst, const void* src, bool v
   const int n = valid ? 16 : 0;
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
 }
+// 4 bytes from global `src` to shared `dst` (through L1); zero-filled when !valid.
+__device__ __forceinline__ void cp_async4(unsigned dst, const void* src, bool valid) {
+  const int n = valid ? 4 : 0;
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(n));
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 // Wait until at most N of this thread's committed groups are still in flight.
 template <int N>
@@ -107,6 +112,21 @@ __device__ __forceinline__ int swizzle(int row, int chunk) {
 // into (b ^ row % 8) and 2 kk, and (2 kk ^ x) * 16 < CHUNKS * 16 leaves row * CHUNKS * 16 and base untouched.
 // A lane computes the parenthesis once; each k-step's address is then one XOR with an immediate.
 __device__ __forceinline__ unsigned kstep_addr(unsigned lane_base, int kk) { return lane_base ^ unsigned(32 * kk); }
+
+// The same addresses with immediate offsets: for the lane's chunk x = b ^ row % 8 < 8, (x ^ 2 kk) == (x ^ 2 (kk % 4)) +
+// 8 (kk / 4), so k-step kk is at (lane_base ^ 32 (kk % 4)) + 128 (kk / 4). A lane keeps the four XORs of an offset
+// inside a tile (the tile's base a multiple of 128 bytes, so the XOR never reaches it); each k-step's address is then
+// base + offset[kk % 4] + an immediate (16-row and k-step steps fold into the ldmatrix's offset field), and a tile
+// whose base moves (pipeline stages) costs one add per k-step pattern instead of one XOR per ldmatrix.
+struct kstep_lanes {
+  unsigned x[4];
+  __device__ __forceinline__ explicit kstep_lanes(unsigned lane_off) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) x[i] = lane_off ^ (32u * i);
+  }
+  // the address of k-step kk (a compile-time constant after unrolling) of the tile at `base`
+  __device__ __forceinline__ unsigned operator()(unsigned base, int kk) const { return base + x[kk & 3] + 128u * (kk >> 2); }
+};
 
 // Element offset of element `col` of row `row` in such a tile of 2-byte elements (8 per chunk).
 template <int CHUNKS>

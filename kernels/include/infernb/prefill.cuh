@@ -6,9 +6,12 @@
 // causal, sliding window and block masks shorten or split them). A CTA runs the items the planner gave it.
 //
 // 4 warps; warp w owns rows [16 M w, 16 M (w + 1)) of the tile (M = M_TILES 16-row mma tiles), so no warp ever
-// needs another's logits. Per BLOCK_N-key chunk:
+// needs another's logits. K/V arrive in stages of BLOCK_N keys (one barrier each); a stage is computed in steps of
+// SUB_N keys (the logits of a step are what the registers hold: at M = 2, d = 128, 32 keys), each step:
 //   S = Q K^T (Q and K from shared memory by ldmatrix)  ->  logits: scale, variant score_mod, masks  ->
 //   online softmax (softmax_state.cuh)  ->  O += P V (P from registers, V by ldmatrix.trans).
+// Rows per warp decide the shared-memory traffic: a K or V fragment loaded by ldmatrix feeds M mma tiles, so at
+// M = 2 a step reads 0.375 ldmatrix per mma against 0.56 at M = 1 (benchmarks/NOTES.md).
 // K/V chunks stream through STAGES shared-memory buffers with cp.async (STAGES - 1 in flight), straight from the
 // ragged tensors or the page pool; the page ids of the next chunk are loaded a chunk ahead. The epilogue writes the
 // normalized O (through shared memory, 16-byte stores) and the natural-log LSE, or, for an item of a split unit, its
@@ -64,7 +67,8 @@ struct prefill_cfg_t {
   static constexpr int SMEM_ROWS = TILE_Q * 8;                  // each row's (position, query head)
   using rope_smem = detail::rope_smem_t<ROPE, HEAD_DIM, NUM_WARPS>;   // the RoPE tables (rope.cuh)
   static constexpr int SMEM_ROPE = rope_smem::BYTES;
-  static constexpr int SMEM_BYTES = SMEM_KV + SMEM_Q + SMEM_FLAGS + SMEM_ROWS + SMEM_ROPE;
+  static constexpr int SMEM_PAGES = STAGES * BLOCK_N * 4;        // paged: each stage's page id per key row
+  static constexpr int SMEM_BYTES = SMEM_KV + SMEM_Q + SMEM_FLAGS + SMEM_ROWS + SMEM_ROPE + SMEM_PAGES;
   static_assert(sizeof(T) == 2, "prefill runs on fp16 / bf16 (tensor-core operands)");
   static_assert(HEAD_DIM % 64 == 0, "HEAD_DIM must be a multiple of 64 (swizzled rows of >= 128 bytes)");
   static_assert(BLOCK_N % 16 == 0 && BLOCK_N % ROWS_PER_PASS == 0 && TILE_Q % ROWS_PER_PASS == 0, "copy tiling");
@@ -83,8 +87,8 @@ struct prefill_cfg_t {
 // part_o:  [slots, TILE_Q, HEAD_DIM] fp32; part_lse: [slots, TILE_Q] fp32 (partial states of split units)
 // merge_count: [split units] int32, zero before the launch and left zero after it
 // window_left: -1 off; page_shift: log2(page_size) for power-of-two pages, else -1
-template <typename T, int HEAD_DIM, int M_TILES, int BLOCK_N, int STAGES, int KV_MODE, bool CAUSAL, typename VARIANT,
-          bool SCORE_MOD, bool MASK_MOD, int ROPE, int MIN_CTAS>
+template <typename T, int HEAD_DIM, int M_TILES, int BLOCK_N, int SUB_N, int STAGES, int KV_MODE, bool CAUSAL,
+          typename VARIANT, bool SCORE_MOD, bool MASK_MOD, int ROPE, int MIN_CTAS>
 __global__ void __launch_bounds__(prefill_cfg_t<T, HEAD_DIM, M_TILES, BLOCK_N, STAGES, ROPE>::NUM_THREADS, MIN_CTAS)
 prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                const int* __restrict__ kv_indices, const prefill_item_t* __restrict__ items,
@@ -96,10 +100,15 @@ prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
   using cfg = prefill_cfg_t<T, HEAD_DIM, M_TILES, BLOCK_N, STAGES, ROPE>;
   constexpr int D = HEAD_DIM, CH = cfg::CHUNKS, BN = BLOCK_N, NT = cfg::NUM_THREADS, ST = STAGES, M = M_TILES;
   constexpr int KSTEPS = D / 16;                 // k-steps of Q K^T
-  constexpr int NTILES = BN / 8;                 // 8-key n-tiles of S
+  constexpr int SN = SUB_N;                      // keys per compute step (a stage holds BN / SN steps)
+  constexpr int NTILES = SN / 8;                 // 8-key n-tiles of S
+  static_assert(SN % 16 == 0 && BN % SN == 0, "a stage holds whole compute steps of 16-key multiples");
+  static_assert(ROPE == 0 || BN <= 16 * cfg::NUM_WARPS, "RoPE: each warp rotates 16 K rows of a stage");
   constexpr int DTILES = D / 8;                  // 8-column n-tiles of O
   constexpr bool SOFTMAX = VARIANT::USE_SOFTMAX;
   constexpr bool PAGED = KV_MODE != 0, HND = KV_MODE == 2;
+  static_assert(ST <= 4, "s_chunk: 4 stages in the flags");
+  static_assert(!PAGED || (ST == 2 && BN <= NT), "paged: page ids travel one chunk ahead (2 stages), a thread a row");
 
   const int item_begin = cta_ptr[blockIdx.x], item_end = cta_ptr[blockIdx.x + 1];
   if (item_begin >= item_end) return;
@@ -110,6 +119,11 @@ prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
   T* s_q = reinterpret_cast<T*>(smem_raw + cfg::SMEM_KV);
   int* s_flags = reinterpret_cast<int*>(smem_raw + cfg::SMEM_KV + cfg::SMEM_Q);
   prefill_item_t* s_item = reinterpret_cast<prefill_item_t*>(s_flags + 16);
+  // s_flags (16 ints before the item record): [0] the merge flag, [1] the CTA's item end, [2, 3] the tile's first and
+  // last query position, [4, 8) the producer's bases (s_bases), [8, 8 + 2 ST) each stage's chunk (s_chunk)
+  struct producer_bases_t { const T* kbase; const int* page_ids; };
+  producer_bases_t* s_bases = reinterpret_cast<producer_bases_t*>(s_flags + 4);
+  int2* s_chunk = reinterpret_cast<int2*>(s_flags + 8);
   int2* s_rows = reinterpret_cast<int2*>(smem_raw + cfg::SMEM_KV + cfg::SMEM_Q + cfg::SMEM_FLAGS);
   // (the RoPE tables' places spelled out, not through cfg::rope_smem as in decode: that form compiles to other
   // machine code here, and this is the code the GPU tests ran)
@@ -117,61 +131,82 @@ prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
   float4* s_rope_freq = reinterpret_cast<float4*>(s_rope);
   float2* s_rope_grp = reinterpret_cast<float2*>(s_rope + cfg::rope_smem::FREQ_BYTES);
   float2* s_rope_base = reinterpret_cast<float2*>(s_rope + cfg::rope_smem::FREQ_BYTES + cfg::rope_smem::GRP_BYTES);
+  const int* s_pages = reinterpret_cast<const int*>(s_rope + cfg::SMEM_ROPE);
+  const unsigned s_pages_addr = mma::smem_addr(s_pages);
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
   const int num_qo_heads = num_kv_heads * group;
+  if (tid == 0) s_flags[1] = item_end;            // (read after the first item's barriers)
   const typename VARIANT::params_t vp = *vparams;
   // element strides of a key row (a page's K and V blocks hold < 2^31 elements: checked on the host)
   const int head_stride = !PAGED ? D : (HND ? page_size * D : D);
   const int tok_stride = HND ? D : num_kv_heads * D;
   const int page_stride = 2 * page_size * num_kv_heads * D;     // paged: one page (K and V)
   const int v_off = page_size * num_kv_heads * D;               // paged: K -> V of a page
+  const long long v_delta = PAGED ? (long long)v_off : (long long)(v - k);   // a K row's V row, elements further
   if (ROPE != 0)
     detail::rope_tables_init<ROPE>(s_rope_freq, s_rope_grp, rotary_dim, rope_log2_theta, rope_inv_scale, tid, NT);
 
-  // copy geometry: this thread's 16-byte chunk cp_ch of rows cp_r0 + ROWS_PER_PASS * i
-  const int cp_ch = tid % CH, cp_r0 = tid / CH;
+
+  // copy geometry: this thread's 16-byte chunk cp_ch of rows cp_r0 + ROWS_PER_PASS * i (see issue())
+  const int cp_ch0 = tid % CH, cp_r00 = tid / CH;
 
   // ldmatrix lane offsets (mma.cuh): Q (A of S = Q K^T): rows lane & 15, chunk lane >> 4; K (B, non-transposed):
   // keys (lane & 7) + 8 (lane >> 4), chunk (lane >> 3) & 1; V (B of O = P V, transposed): keys (lane & 7) +
   // 8 ((lane >> 3) & 1), chunk lane >> 4. Rows 16 further are 16 CH 16 bytes further (the swizzle repeats every 8).
-  const unsigned q_lane = mma::smem_addr(s_q) + mma::swizzle<CH>(warp * cfg::WARP_ROWS + (lane & 15), lane >> 4) * 16;
-  const unsigned k_lane_off = mma::swizzle<CH>((lane & 7) + (lane >> 4) * 8, (lane >> 3) & 1) * 16;
-  const unsigned v_lane_off = mma::swizzle<CH>((lane & 7) + ((lane >> 3) & 1) * 8, lane >> 4) * 16;
+  // (computed in each step from the thread index read there, tid_here(), as mma::kstep_lanes: four registers per
+  // operand during the step, every other offset an immediate of the ldmatrix; hoisted, they would be live across the
+  // whole loop)
+  const unsigned s_q_addr = mma::smem_addr(s_q);
+  auto lane_offsets = [&](unsigned& q_l, unsigned& k_l, unsigned& v_l) {
+    const int th = tid_here(), w = th / 32, ln = th % 32;
+    q_l = s_q_addr + mma::swizzle<CH>(w * cfg::WARP_ROWS + (ln & 15), ln >> 4) * 16;
+    k_l = mma::swizzle<CH>((ln & 7) + (ln >> 4) * 8, (ln >> 3) & 1) * 16;
+    v_l = mma::swizzle<CH>((ln & 7) + ((ln >> 3) & 1) * 8, ln >> 4) * 16;
+  };
   constexpr unsigned ROW16 = 16 * CH * 16;       // bytes of 16 rows
 
 #pragma unroll 1
-  for (int it_idx = item_begin; it_idx < item_end; ++it_idx) {
+  for (int it_idx = item_begin;; ++it_idx) {
     // the record in registers for the prologue, and in shared memory for the epilogue (fewer live registers in
     // the main loop; published by the first chunk's barrier, rewritten only after the item's last barrier)
     const prefill_item_t it = items[it_idx];
     if (tid < 16) reinterpret_cast<int*>(s_item)[tid] = reinterpret_cast<const int*>(items + it_idx)[tid];
-    // K rows of the item's KV head: ragged k + (kv_start + pos) * tok_stride, paged through the page table
-    const T* kbase = k + (long long)it.kv_head * head_stride + (PAGED ? 0 : (long long)it.kv_start * tok_stride);
-    const T* vbase = PAGED ? kbase + v_off : v + (kbase - k);
-    const int* page_ids = kv_indices + it.kv_start;
+    // K rows of the item's KV head: ragged k + (kv_start + pos) * tok_stride, paged through the page table. The
+    // prologue's copies take these from registers; the main loop's from shared memory (s_bases, published by the
+    // first chunk's barrier): not live registers across the loop. V rows: the same offset from v_delta.
+    const T* kbase0 = k + (long long)it.kv_head * head_stride + (PAGED ? 0 : (long long)it.kv_start * tok_stride);
+    const int* page_ids0 = kv_indices + it.kv_start;
+    if (tid == 0) { s_bases->kbase = kbase0; s_bases->page_ids = page_ids0; }
     const int qpos0 = it.kv_len - it.qo_len;       // position of the request's first query
     // ------------------------------------------------------------ producer: chunk cursor (run, position)
     int p_run = it.run_begin, p_pos = 0, p_end = 0;
     if (p_run < it.run_end) { const prefill_run_t r = runs[p_run]; p_pos = r.pos_start; p_end = r.pos_end; }
-    int p_page[cfg::KV_PASSES];                     // paged: page ids of this thread's rows of the next chunk
-    auto prefetch_pages = [&]() {
-      if (!PAGED || p_run >= it.run_end) return;
-#pragma unroll
-      for (int i = 0; i < cfg::KV_PASSES; ++i) {
-        const int pos = p_pos + cp_r0 + cfg::ROWS_PER_PASS * i;
+    // paged: the page id of each key row of the chunk at the cursor, copied (cp.async, 4 bytes a row) into the
+    // page slots of stage `stage` with the current group: in shared memory, not in registers, until the chunk's
+    // copies are issued one chunk later (after the wait and barrier that publish them; hence 2 stages when paged)
+    auto prefetch_pages = [&](int stage, const int* page_ids, int run_end) {
+      if (!PAGED || p_run >= run_end) return;
+      if (tid < BN) {
+        const int pos = p_pos + tid;
         const int pidx = page_shift >= 0 ? pos >> page_shift : pos / page_size;
-        p_page[i] = pos < p_end ? page_ids[pidx] : -1;
+        mma::cp_async4(s_pages_addr + (stage * BN + tid) * 4, pos < p_end ? page_ids + pidx : page_ids, pos < p_end);
       }
     };
-    auto issue = [&](int stage) {
-      if (p_run < it.run_end) {
+    auto issue = [&](int stage, const T* kbase, const int* page_ids, int run_end) {
+      if (tid == 0) s_chunk[stage] = make_int2(p_pos, p_run < run_end ? min(p_end - p_pos, BN) : -1);
+      if (p_run < run_end) {
+        // (when ROWS_PER_PASS is not a multiple of the swizzle period, 8 rows: head dim 256, the passes'
+        // destinations are not one address plus immediates; hoisted, they would stay live across the main loop, so
+        // the thread index is read here then)
+        const int cp_ch = cfg::ROWS_PER_PASS % 8 != 0 ? tid_here() % CH : cp_ch0;
+        const int cp_r0 = cfg::ROWS_PER_PASS % 8 != 0 ? tid_here() / CH : cp_r00;
         const unsigned sk = mma::smem_addr(s_kv + stage * cfg::STAGE_ELEMS);
         const unsigned sv = sk + cfg::KV_TILE_ELEMS * 2;
         if (!PAGED && p_pos + BN <= p_end) {
           // a full ragged chunk: one address, then a constant step per pass; no checks
           const T* ks = kbase + (long long)(p_pos + cp_r0) * tok_stride + cp_ch * 8;
-          const long long vs = vbase - kbase;
+          const long long vs = v_delta;
           const int step = cfg::ROWS_PER_PASS * tok_stride;
 #pragma unroll
           for (int i = 0; i < cfg::KV_PASSES; ++i) {
@@ -187,42 +222,52 @@ prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
             bool valid = pos < p_end;
             long long off = 0;
             if (PAGED) {
-              valid = p_page[i] >= 0;
+              const int page = s_pages[stage * BN + row];
               const int slot = page_shift >= 0 ? pos & (page_size - 1) : pos % page_size;
-              off = (long long)p_page[i] * page_stride + slot * tok_stride;
+              off = (long long)page * page_stride + slot * tok_stride;
             } else {
               off = (long long)pos * tok_stride;
             }
             off = valid ? off + cp_ch * 8 : 0;
             const unsigned dst = mma::swizzle<CH>(row, cp_ch) * 16;
             mma::cp_async16(sk + dst, valid ? kbase + off : k, valid);
-            mma::cp_async16(sv + dst, valid ? vbase + off : k, valid);
+            mma::cp_async16(sv + dst, valid ? kbase + v_delta + off : k, valid);
           }
         }
         // advance the cursor to the next chunk and load its page ids (in flight while this chunk is computed)
         p_pos += BN;
-        if (p_pos >= p_end && ++p_run < it.run_end) { const prefill_run_t r = runs[p_run]; p_pos = r.pos_start; p_end = r.pos_end; }
-        prefetch_pages();
+        if (p_pos >= p_end && ++p_run < run_end) { const prefill_run_t r = runs[p_run]; p_pos = r.pos_start; p_end = r.pos_end; }
+        prefetch_pages((stage + 1) % ST, page_ids, run_end);
       }
       mma::cp_async_commit();
     };
 
     // ------------------------------------------------------------ the Q tile (rows >= it.rows zero-filled)
-    prefetch_pages();
+    if (PAGED) {                                   // the first chunk's page ids, before its copies are issued
+      prefetch_pages(0, page_ids0, it.run_end);
+      mma::cp_async_commit();
+    }
     {
+      // (the copy geometry read again: Q_PASSES destination addresses hoisted out of the item loop would stay live
+      // across the main loop)
+      const int qt = tid_here(), q_ch = qt % CH, q_r0 = qt / CH;
       const long long q_row_stride = (long long)num_qo_heads * D;
 #pragma unroll
       for (int i = 0; i < cfg::Q_PASSES; ++i) {
-        const int r = cp_r0 + cfg::ROWS_PER_PASS * i;
+        const int r = q_r0 + cfg::ROWS_PER_PASS * i;
         const int R = it.row0 + r;
         const bool valid = r < it.rows;
         const T* src = valid ? q + (long long)(it.q_start + R / group) * q_row_stride +
-                                   (long long)(it.kv_head * group + R % group) * D + cp_ch * 8 : q;
-        mma::cp_async16(mma::smem_addr(s_q) + mma::swizzle<CH>(r, cp_ch) * 16, src, valid);
+                                   (long long)(it.kv_head * group + R % group) * D + q_ch * 8 : q;
+        mma::cp_async16(mma::smem_addr(s_q) + mma::swizzle<CH>(r, q_ch) * 16, src, valid);
       }
     }
+    if (PAGED) {                                   // the first chunk's page ids landed (the Q copies stay in flight)
+      mma::cp_async_wait<0>();
+      __syncthreads();
+    }
 #pragma unroll 1
-    for (int s = 0; s < ST - 1; ++s) issue(s);      // the Q tile travels with the first chunk's group
+    for (int s = 0; s < ST - 1; ++s) issue(s, kbase0, page_ids0, it.run_end);   // with the Q tile's group
 
     // ------------------------------------------------------------ every row's position and query head (shared
     // memory: read only by masked chunks and hooks, so the main loop keeps no registers for them)
@@ -231,7 +276,10 @@ prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
       s_rows[r] = make_int2(r < it.rows ? qpos0 + R / group : PAD_ROW, it.kv_head * group + R % group);
     }
     // the tile's first and last query positions: chunks inside [.., first] (causal) and [last - window, ..] are full
-    const int tile_first = qpos0 + it.row0 / group, tile_last = qpos0 + (it.row0 + it.rows - 1) / group;
+    // (kept in shared memory, read once per step: not two live registers across the main loop)
+    if (tid == 0)
+      *reinterpret_cast<int2*>(s_flags + 2) =
+          make_int2(qpos0 + it.row0 / group, qpos0 + (it.row0 + it.rows - 1) / group);
 
     if (ROPE != 0) {                               // rotate the Q tile in place once it has landed
       mma::cp_async_wait<0>();
@@ -251,128 +299,141 @@ prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
     const float scale_log2 = sm_scale * LOG2E;
 
     // ------------------------------------------------------------ the consumer: one chunk per iteration
-    int c_run = it.run_begin, c_pos = 0, c_end = 0;
-    if (c_run < it.run_end) { const prefill_run_t r = runs[c_run]; c_pos = r.pos_start; c_end = r.pos_end; }
+    // (the chunk's first position and key count come from the producer through s_chunk: no consumer cursor in
+    // registers)
 #pragma unroll 1
-    for (int chunk = 0; c_run < it.run_end; ++chunk) {
+    for (int chunk = 0;; ++chunk) {
       mma::cp_async_wait<ST - 2>();
       __syncthreads();                             // the chunk (and the Q tile) landed; the oldest stage is free
-      issue((chunk + ST - 1) % ST);
+      const int2 cur = s_chunk[chunk % ST];
+      if (cur.y < 0) break;                        // the producer had no chunk left for this stage
+      const int c_pos = cur.x, n_stage = cur.y;
+      issue((chunk + ST - 1) % ST, s_bases->kbase, s_bases->page_ids, s_item->run_end);
       T* s_k = s_kv + (chunk % ST) * cfg::STAGE_ELEMS;
-      const T* s_v = s_k + cfg::KV_TILE_ELEMS;
-      const int n_valid = c_end - c_pos < BN ? c_end - c_pos : BN;
 
       if (ROPE != 0) {                             // warps rotate 16 K rows each in place, then all of them are read
         if (warp * 16 < BN)
-          detail::rope_rotate_rows<T, ROPE, CH>(s_k, warp * 16, c_pos + warp * 16, n_valid - warp * 16, rotary_dim,
-                                               s_rope_freq, s_rope_grp, s_rope_base + warp * (D / 2),
+          detail::rope_rotate_rows<T, ROPE, CH>(s_k, warp * 16, c_pos + warp * 16, n_stage - warp * 16,
+                                               rotary_dim, s_rope_freq, s_rope_grp, s_rope_base + warp * (D / 2),
                                                rope_log2_theta, rope_inv_scale, lane);
         __syncthreads();
       }
 
-      // S = Q K^T (the first k-step starts from a zero accumulator, no register clears)
-      float s[M][NTILES][4];
-      const unsigned k_lane = mma::smem_addr(s_k) + k_lane_off;
-#pragma unroll
-      for (int kk = 0; kk < KSTEPS; ++kk) {
-        unsigned a[M][4];
-#pragma unroll
-        for (int mt = 0; mt < M; ++mt) mma::ldmatrix_x4(a[mt], mma::kstep_addr(q_lane + mt * ROW16, kk));
-#pragma unroll
-        for (int nj = 0; nj < NTILES / 2; ++nj) {
-          unsigned b[4];
-          mma::ldmatrix_x4(b, mma::kstep_addr(k_lane + nj * ROW16, kk));
-#pragma unroll
-          for (int mt = 0; mt < M; ++mt) {
-            if (kk == 0) {
-              mma::mma16816_zero<T>(s[mt][2 * nj], a[mt], b[0], b[1]);
-              mma::mma16816_zero<T>(s[mt][2 * nj + 1], a[mt], b[2], b[3]);
-            } else {
-              mma::mma16816<T>(s[mt][2 * nj], a[mt], b[0], b[1]);
-              mma::mma16816<T>(s[mt][2 * nj + 1], a[mt], b[2], b[3]);
-            }
-          }
-        }
-      }
+      // the stage's keys in steps of SN: S = Q K^T, logits, softmax, O += P V
+#pragma unroll 1
+      for (int step = 0; step < BN / SN; ++step) {
+        const int k0 = c_pos + step * SN;          // position of the step's first key
+        const int n_valid = n_stage - step * SN < SN ? n_stage - step * SN : SN;
+        if (n_valid <= 0) break;                   // (the same for every thread: a run shorter than the stage)
 
-      // logits -> hooks -> masks (log2 domain; masked = -inf, or 0 for sigmoid attention). A full chunk without
-      // hooks only scales (its padding rows, zero Q rows, stay finite and are never written).
-      const bool full = n_valid == BN && (!CAUSAL || c_pos + BN - 1 <= tile_first) &&
-                        (window_left < 0 || c_pos >= tile_last - window_left);
-      if (full && SOFTMAX && !SCORE_MOD && !MASK_MOD) {
+        // S = Q K^T (the first k-step starts from a zero accumulator, no register clears)
+        unsigned q_lane, k_lane_off, v_lane_off;
+        lane_offsets(q_lane, k_lane_off, v_lane_off);
+        const mma::kstep_lanes q_lanes(q_lane), k_lanes(k_lane_off);
+        float s[M][NTILES][4];
+        const unsigned k_base = mma::smem_addr(s_k) + step * (SN / 16) * ROW16;
 #pragma unroll
-        for (int mt = 0; mt < M; ++mt)
+        for (int kk = 0; kk < KSTEPS; ++kk) {
+          unsigned a[M][4];
 #pragma unroll
-          for (int nt = 0; nt < NTILES; ++nt)
+          for (int mt = 0; mt < M; ++mt) mma::ldmatrix_x4(a[mt], q_lanes(mt * ROW16, kk));
 #pragma unroll
-            for (int i = 0; i < 4; ++i) s[mt][nt][i] *= scale_log2;
-      } else {
+          for (int nj = 0; nj < NTILES / 2; ++nj) {
+            unsigned b[4];
+            mma::ldmatrix_x4(b, k_lanes(k_base + nj * ROW16, kk));
 #pragma unroll
-        for (int mt = 0; mt < M; ++mt) {
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int2 rw = s_rows[warp * cfg::WARP_ROWS + mt * 16 + g + 8 * h];   // (position, query head)
-#pragma unroll
-            for (int nt = 0; nt < NTILES; ++nt) {
-#pragma unroll
-              for (int c = 0; c < 2; ++c) {
-                const int i = 2 * h + c;
-                const int pos = c_pos + nt * 8 + 2 * t + c;
-                // hooks see only real (row, key) pairs: a padding row or a key past the run may index a captured
-                // tensor out of its range
-                bool ok = rw.x != PAD_ROW;
-                if (!full) {
-                  ok = ok && pos < c_pos + n_valid;
-                  if (CAUSAL) ok = ok && pos <= rw.x;
-                  ok = ok && (window_left < 0 || pos >= rw.x - window_left);
-                }
-                float x = s[mt][nt][i] * sm_scale;
-                if (SCORE_MOD && ok) x = VARIANT::score_mod(vp, x, it.b, rw.y, rw.x, pos);
-                if (MASK_MOD && ok) ok = VARIANT::mask_mod(vp, it.b, rw.y, rw.x, pos);
-                if (SOFTMAX) x = SCORE_MOD ? x * LOG2E : s[mt][nt][i] * scale_log2;
-                else x = vx::sigmoid(x);
-                s[mt][nt][i] = ok ? x : (SOFTMAX ? -INFERNB_INF : 0.f);
+            for (int mt = 0; mt < M; ++mt) {
+              if (kk == 0) {
+                mma::mma16816_zero<T>(s[mt][2 * nj], a[mt], b[0], b[1]);
+                mma::mma16816_zero<T>(s[mt][2 * nj + 1], a[mt], b[2], b[3]);
+              } else {
+                mma::mma16816<T>(s[mt][2 * nj], a[mt], b[0], b[1]);
+                mma::mma16816<T>(s[mt][2 * nj + 1], a[mt], b[2], b[3]);
               }
             }
           }
         }
-      }
-      state.update(s, o);
 
-      // O += P V (P rounded to T as the A fragments of the k-steps first: S is dead before V is read)
-      unsigned pa[BN / 16][M][4];
-#pragma unroll
-      for (int kk = 0; kk < BN / 16; ++kk) {
-#pragma unroll
-        for (int mt = 0; mt < M; ++mt) {
-          pa[kk][mt][0] = mma::pack2<T>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-          pa[kk][mt][1] = mma::pack2<T>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-          pa[kk][mt][2] = mma::pack2<T>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-          pa[kk][mt][3] = mma::pack2<T>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
-        }
-      }
-      const unsigned v_lane = mma::smem_addr(s_v) + v_lane_off;
-#pragma unroll
-      for (int kk = 0; kk < BN / 16; ++kk) {
-#pragma unroll
-        for (int jj = 0; jj < D / 16; ++jj) {
-          unsigned b[4];
-          mma::ldmatrix_x4_trans(b, mma::kstep_addr(v_lane + kk * ROW16, jj));
+        // logits -> hooks -> masks. A full step (all its keys valid and inside every row's causal / window bounds)
+        // without hooks hands the raw scores and the log2-domain scale to the softmax (one FFMA per logit there; its
+        // padding rows, zero Q rows, stay finite and are never written). Otherwise the logits are formed here, in the
+        // log2 domain (masked = -inf, or 0 for sigmoid attention), and the softmax scale is 1.
+        const int2 tile_pos = *reinterpret_cast<const int2*>(s_flags + 2);   // the tile's first, last position
+        const bool full = n_valid == SN && (!CAUSAL || k0 + SN - 1 <= tile_pos.x) &&
+                          (window_left < 0 || k0 >= tile_pos.y - window_left);
+        float soft_scale = 1.f;
+        if (full && SOFTMAX && !SCORE_MOD && !MASK_MOD && scale_log2 > 0.f) {
+          soft_scale = scale_log2;
+        } else {
 #pragma unroll
           for (int mt = 0; mt < M; ++mt) {
-            mma::mma16816<T>(o[mt][2 * jj], pa[kk][mt], b[0], b[1]);
-            mma::mma16816<T>(o[mt][2 * jj + 1], pa[kk][mt], b[2], b[3]);
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              const int2 rw = s_rows[warp * cfg::WARP_ROWS + mt * 16 + g + 8 * h];   // (position, query head)
+#pragma unroll
+              for (int nt = 0; nt < NTILES; ++nt) {
+#pragma unroll
+                for (int c = 0; c < 2; ++c) {
+                  const int i = 2 * h + c;
+                  const int pos = k0 + nt * 8 + 2 * t + c;
+                  // hooks see only real (row, key) pairs: a padding row or a key past the run may index a captured
+                  // tensor out of its range
+                  bool ok = rw.x != PAD_ROW;
+                  if (!full) {
+                    ok = ok && pos < k0 + n_valid;
+                    if (CAUSAL) ok = ok && pos <= rw.x;
+                    ok = ok && (window_left < 0 || pos >= rw.x - window_left);
+                  }
+                  float x = s[mt][nt][i] * sm_scale;
+                  if (SCORE_MOD && ok) x = VARIANT::score_mod(vp, x, it.b, rw.y, rw.x, pos);
+                  if (MASK_MOD && ok) ok = VARIANT::mask_mod(vp, it.b, rw.y, rw.x, pos);
+                  if (SOFTMAX) x = SCORE_MOD ? x * LOG2E : s[mt][nt][i] * scale_log2;
+                  else x = vx::sigmoid(x);
+                  s[mt][nt][i] = ok ? x : (SOFTMAX ? -INFERNB_INF : 0.f);
+                }
+              }
+            }
+          }
+        }
+        state.update(s, o, soft_scale);
+
+        // O += P V (P rounded to T as the A fragments of the k-steps first: S is dead before V is read)
+        unsigned pa[SN / 16][M][4];
+#pragma unroll
+        for (int kk = 0; kk < SN / 16; ++kk) {
+#pragma unroll
+          for (int mt = 0; mt < M; ++mt) {
+            pa[kk][mt][0] = mma::pack2<T>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+            pa[kk][mt][1] = mma::pack2<T>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+            pa[kk][mt][2] = mma::pack2<T>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+            pa[kk][mt][3] = mma::pack2<T>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+          }
+        }
+        const unsigned v_base = mma::smem_addr(s_k + cfg::KV_TILE_ELEMS) + step * (SN / 16) * ROW16;
+        const mma::kstep_lanes v_lanes(v_lane_off);
+#pragma unroll
+        for (int kk = 0; kk < SN / 16; ++kk) {
+#pragma unroll
+          for (int jj = 0; jj < D / 16; ++jj) {
+            unsigned b[4];
+            mma::ldmatrix_x4_trans(b, v_lanes(v_base + kk * ROW16, jj));
+#pragma unroll
+            for (int mt = 0; mt < M; ++mt) {
+              mma::mma16816<T>(o[mt][2 * jj], pa[kk][mt], b[0], b[1]);
+              mma::mma16816<T>(o[mt][2 * jj + 1], pa[kk][mt], b[2], b[3]);
+            }
           }
         }
       }
-      // the consumer's cursor follows the producer's
-      c_pos += BN;
-      if (c_pos >= c_end && ++c_run < it.run_end) { const prefill_run_t r = runs[c_run]; c_pos = r.pos_start; c_end = r.pos_end; }
     }
     mma::cp_async_wait<0>();                       // (empty groups of the producer's overrun)
 
     // ------------------------------------------------------------ epilogue
     const prefill_item_t& e = *s_item;               // (read back: see the item's start)
+    {
+    // this thread's place, read again here (tid_here): computed once before the item loop, the epilogue's addresses
+    // would stay live across the main loop
+    const int tid = tid_here(), warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
     float scale[2 * M], lse_r[2 * M];
     state.finish(scale, lse_r);
     if (e.slot < 0) {
@@ -442,7 +503,9 @@ prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
         if (tid == 0) merge_count[e.merge_unit] = 0;   // ready for the next launch of the plan
       }
     }
+    }
     __syncthreads();                               // the next item's copies overwrite the Q tile and the stages
+    if (it_idx + 1 >= s_flags[1]) break;           // (the CTA's item end, from shared memory: not a live register)
   }
 }
 

@@ -5,12 +5,19 @@
 // Logits arrive in the log2 domain (already scaled by log2(e)); -inf marks a masked logit.
 //
 //   state.init()                          m = -inf, l = 0 (softmax) / 0, 0 (sigmoid)
-//   state.update(s, o)                    new running max per row (reduced over the row's 4 lanes), o rescaled
-//                                         (skipped when no row of the warp has a new max: alpha = 1 everywhere),
-//                                         s turned into probabilities exp2(s - m), l += their sum (this lane's part)
+//   state.update(s, o, scale)             logits scale * s (raw scores and the log2-domain scale, or logits already
+//                                         scaled and 1): the running max m per row (reduced over the row's 4 lanes)
+//                                         moves only when the chunk's max exceeds it by more than RESCALE_SLACK; then
+//                                         o and l are rescaled by exp2(m_old - m_new) (skipped when no row of the
+//                                         warp moved). s becomes exp2(scale * s - m) (one FFMA and one ex2 each),
+//                                         l += their sum (this lane's part)
 //   state.finish(lse)                     l reduced over the row's lanes; returns per row the output scale
 //                                         (1 / l, or 0 for a row that saw no key) and writes the natural-log LSE
 //
+// Lazy rescaling: m is a reference point, not necessarily the row's maximum; O / l and the LSE m + log2(l) are exact
+// for any m, and keeping m while the chunk's max stays within RESCALE_SLACK of it bounds the probabilities by
+// 2^RESCALE_SLACK = 256 (finite in fp16 and bf16, rounded with the same relative error as values <= 1). Long rows
+// then rescale O only in their first chunks instead of whenever the max creeps up.
 // A row that sees no key keeps m = -inf: its probabilities are exp2(-inf - 0) = 0, its output 0, its LSE -inf.
 // Sigmoid attention (SOFTMAX = false) has no max and no rescale: the output is the plain sum and lse = log(sum).
 #pragma once
@@ -28,6 +35,7 @@ __device__ __forceinline__ float fast_exp2(float x) {
 template <int M_TILES, bool SOFTMAX>
 struct softmax_state_t {
   static constexpr int ROWS = 2 * M_TILES;      // rows of this lane: (m, g) and (m, g + 8)
+  static constexpr float RESCALE_SLACK = 8.f;   // log2 units: probabilities stay <= 256 (see above)
   float m[ROWS], l[ROWS];
 
   __device__ __forceinline__ void init() {
@@ -35,9 +43,9 @@ struct softmax_state_t {
     for (int r = 0; r < ROWS; ++r) { m[r] = SOFTMAX ? -INFERNB_INF : 0.f; l[r] = 0.f; }
   }
 
-  // s: [M_TILES][NT][4] logits (log2 domain) of NT n-tiles; o: [M_TILES][DT][4] output accumulators.
+  // s: [M_TILES][NT][4] scores (logits = scale * s, log2 domain; scale > 0); o: [M_TILES][DT][4] accumulators.
   template <int NT, int DT>
-  __device__ __forceinline__ void update(float (&s)[M_TILES][NT][4], float (&o)[M_TILES][DT][4]) {
+  __device__ __forceinline__ void update(float (&s)[M_TILES][NT][4], float (&o)[M_TILES][DT][4], float scale) {
     if (!SOFTMAX) {
 #pragma unroll
       for (int mt = 0; mt < M_TILES; ++mt)
@@ -54,19 +62,21 @@ struct softmax_state_t {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int r = 2 * mt + h;
-        float mx = m[r];
+        float mx = s[mt][0][2 * h];
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * h], s[mt][nt][2 * h + 1]));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        base[r] = mx == -INFERNB_INF ? 0.f : mx;   // a row with no key so far: probabilities 0
-        alpha[r] = fast_exp2(m[r] - base[r]);
-        moved |= mx != m[r];
-        m[r] = mx;
+        mx *= scale;                               // (-inf stays -inf)
+        const bool mv = mx > m[r] + RESCALE_SLACK;  // m = -inf: any finite max moves it
+        alpha[r] = mv ? fast_exp2(m[r] - mx) : 1.f;
+        m[r] = mv ? mx : m[r];
         l[r] *= alpha[r];
+        moved |= mv;
+        base[r] = m[r] == -INFERNB_INF ? 0.f : m[r];   // a row with no key so far: probabilities 0
       }
     }
-    // rescale the output rows only when some row of the warp has a new max (later chunks of long rows mostly don't)
+    // rescale the output rows only when some row of the warp moved its reference point
     if (__any_sync(0xffffffffu, moved)) {
 #pragma unroll
       for (int mt = 0; mt < M_TILES; ++mt)
@@ -83,8 +93,8 @@ struct softmax_state_t {
         const int r = 2 * mt + h;
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
-          s[mt][nt][2 * h] = fast_exp2(s[mt][nt][2 * h] - base[r]);
-          s[mt][nt][2 * h + 1] = fast_exp2(s[mt][nt][2 * h + 1] - base[r]);
+          s[mt][nt][2 * h] = fast_exp2(fmaf(s[mt][nt][2 * h], scale, -base[r]));
+          s[mt][nt][2 * h + 1] = fast_exp2(fmaf(s[mt][nt][2 * h + 1], scale, -base[r]));
           l[r] += s[mt][nt][2 * h] + s[mt][nt][2 * h + 1];
         }
       }
