@@ -19,15 +19,21 @@ ap.add_argument("--tile", type=int, default=64)
 ap.add_argument("--n", type=int, default=8192)
 ap.add_argument("--causal", type=int, default=1)
 ap.add_argument("--time", type=int, default=0, help="also time 20 launches (CUDA events) and print TFLOP/s")
+ap.add_argument("--config", default="", help="m,block_n,sub_n,stages,ctas: a PrefillTraits other than the default")
 a = ap.parse_args()
 g = torch.Generator(device="cuda").manual_seed(0)
 q = torch.randn(a.n, 32, 128, device="cuda", generator=g, dtype=torch.bfloat16)
 k = torch.randn(a.n, 8, 128, device="cuda", generator=g, dtype=torch.bfloat16)
 v = torch.randn(a.n, 8, 128, device="cuda", generator=g, dtype=torch.bfloat16)
 tr = ib.ops.prefill_ops.traits(128, a.tile)
+cfg = None
+if a.config:
+    m, bn, sn, st, c = (int(x) for x in a.config.split(","))
+    cfg = ib.ops.prefill_ops.PrefillTraits(128, a.tile, m, bn, st, c, fixed_cost=tr.fixed_cost, sub_n=sn)
+    tr = cfg
 p = ib.plan([a.n], [a.n], num_qo_heads=32, num_kv_heads=8, head_dim=128, causal=bool(a.causal), tile_q=a.tile,
             ctas_per_sm=tr.ctas_per_sm, fixed_cost=tr.fixed_cost)
-r = PrefillRunner(p)
+r = PrefillRunner(p, config=cfg)
 for _ in range(2):
     r(q, k, v)
 torch.cuda.synchronize()
@@ -36,4 +42,5 @@ if a.time:
     from infernb.profile import cuda_time, visible_pairs
     t = cuda_time(lambda: r(q, k, v), warmup=3, runs=20)
     fl = 4 * 32 * 128 * visible_pairs([a.n], [a.n], bool(a.causal), -1)
-    print(f"tile {a.tile} n {a.n} causal {a.causal}: {t.median_ms:.3f} ms, {fl / t.median_ms / 1e9:.0f} TFLOP/s")
+    print(f"tile {a.tile} n {a.n} causal {a.causal} config {a.config or 'default'}: {t.median_ms:.3f} ms, "
+          f"{fl / t.median_ms / 1e9:.0f} TFLOP/s")
