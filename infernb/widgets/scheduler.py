@@ -31,16 +31,19 @@ class SchedulerExplorer:
         self.sms = w.BoundedIntText(value=132, min=1, max=1024, description="SMs")
         self.tile_q = w.Dropdown(options=[("auto", 0)] + [(str(t), t) for t in (1, 4, 8, 16, 32, 64, 128)], value=0, description="tile rows")
         self.status = w.HTML()
-        self.gantt = figure_widget(viz.plan_gantt(plan([1], [16], **self.heads, num_sms=1, ctas_per_sm=1)))
-        self.merges = figure_widget(viz.merge_map(plan([1], [16], **self.heads, num_sms=1, ctas_per_sm=1)))
+        self.balanced = self.naive = None
+        # the figure widgets start from the first plans' figures: a FigureWidget changed before the browser has
+        # shown it replays those changes on a model that has no traces yet (plotly.js: "Cannot use 'in' operator
+        # to search for 'line' in undefined"; the merge map never appeared)
+        figs = self._replan() or (viz.plan_gantt(plan([1], [16], **self.heads, num_sms=1, ctas_per_sm=1)),
+                                  viz.merge_map(plan([1], [16], **self.heads, num_sms=1, ctas_per_sm=1)))
+        self.gantt, self.merges = figure_widget(figs[0]), figure_widget(figs[1])
         for c in (self.preset, self.batch_size, self.gpu, self.sms, self.tile_q):
             c.observe(lambda _: self.update(), names="value")
         for c in (self.kv_lens, self.qo_lens):
             c.observe(lambda _: self.update(), names="value")
         self.panel = w.VBox([w.HBox([self.preset, self.batch_size, self.gpu, self.sms, self.tile_q]),
                              w.HBox([self.kv_lens, self.qo_lens]), self.status, self.gantt, self.merges])
-        self.balanced = self.naive = None
-        self.update()
 
     def _ipython_display_(self):
         from IPython.display import display
@@ -60,6 +63,13 @@ class SchedulerExplorer:
         if self.gpu.value in GPUS and self.sms.value != GPUS[self.gpu.value]:
             self.sms.value = GPUS[self.gpu.value]          # triggers update() again with the new count
             return
+        figs = self._replan()
+        if figs is not None:
+            replace_figure(self.gantt, figs[0])
+            replace_figure(self.merges, figs[1])
+
+    def _replan(self):
+        """Plan from the controls, write the status line; the (Gantt, merge map) figures, or None on bad input."""
         try:
             qo, kv = self.lengths()
             # one CTA per SM keeps the picture readable (the decode kernel runs 3 per SM: ib.plan's default)
@@ -68,11 +78,10 @@ class SchedulerExplorer:
             self.naive = plan(qo, kv, strategy="naive", **kw)
         except (InfernbError, ValueError) as e:
             self.status.value = f"<span style='color:#b91c1c'>{e}</span>"
-            return
+            return None
         b, n = self.balanced.stats(), self.naive.stats()
         self.status.value = (f"{len(kv)} requests, {sum(kv)} KV tokens &rarr; balanced: {b['items']} items, "
                              f"{b['split_units']} split rows, imbalance {b['imbalance']:.2f}, predicted "
                              f"{b['predicted_us']:.0f} us; naive: imbalance {n['imbalance']:.2f}, predicted "
                              f"{n['predicted_us']:.0f} us (<b>{n['predicted_us'] / max(b['predicted_us'], 1e-9):.1f}x</b>)")
-        replace_figure(self.gantt, viz.plan_gantt(self.balanced, compare=self.naive))
-        replace_figure(self.merges, viz.merge_map(self.balanced))
+        return viz.plan_gantt(self.balanced, compare=self.naive), viz.merge_map(self.balanced)
