@@ -69,8 +69,12 @@ def page_pool(cache, *, columns: int | None = None, title: str | None = None):
     keys = ["pages_used", "pages_free", "pages_shared", "sequences", "tokens", "slot_utilization",
             "internal_fragmentation", "free_runs", "sharing_saved_pages"]
     vals = [f"{st[k]:.1%}" if isinstance(st[k], float) else str(st[k]) for k in keys]
-    fig.add_trace(go.Table(header=dict(values=["pool", f"{n} pages x {snap.page_size}"], align="left"),
-                           cells=dict(values=[[k.replace("_", " ") for k in keys], vals], align="left", height=22),
+    # (non-breaking spaces: plotly.js wraps a table cell's text at spaces when the column is narrow, and a
+    # wrapped label overflowed its 22-pixel row and was drawn as nothing in the notebooks' panels)
+    nb = lambda t: t.replace(" ", "\u00a0")  # noqa: E731
+    fig.add_trace(go.Table(header=dict(values=["pool", nb(f"{n} pages x {snap.page_size}")], align="left"),
+                           cells=dict(values=[[nb(k.replace("_", " ")) for k in keys], vals], align="left",
+                                      height=22),
                            columnwidth=[1.6, 1]), 1, 2)
     fig.update_xaxes(visible=False, range=[-1, cols], row=1, col=1)
     fig.update_yaxes(visible=False, autorange="reversed", scaleanchor="x", row=1, col=1)

@@ -28,8 +28,11 @@ class KVLayoutExplorer:
         self._gen = torch.Generator().manual_seed(seed)
         self.page_size = w.Dropdown(options=[1, 2, 4, 8, 16, 32, 64], value=page_size, description="page size")
         self.num_pages = w.BoundedIntText(value=num_pages, min=1, max=100_000, description="pages")
-        self.lengths = w.Text(value=", ".join(map(str, lengths)), description="lengths")
-        self.reset_button = w.Button(description="rebuild", icon="refresh")
+        # (the lengths apply on enter or when the box loses focus, not on every keystroke)
+        self.lengths = w.Text(value=", ".join(map(str, lengths)), description="lengths", continuous_update=False)
+        self.reset_button = w.Button(description="rebuild", icon="refresh",
+                                     tooltip="a new pool from page size, pages and lengths (they also rebuild it "
+                                             "when changed)")
         self.seq = w.Dropdown(options=[], description="sequence")
         self.tokens = w.BoundedIntText(value=8, min=0, max=100_000, description="tokens")
         self.append_button = w.Button(description="append", icon="plus")
@@ -41,14 +44,21 @@ class KVLayoutExplorer:
         self.append_button.on_click(lambda _: self._act(self.append))
         self.fork_button.on_click(lambda _: self._act(self.fork))
         self.free_button.on_click(lambda _: self._act(self.free))
+        # the geometry controls rebuild the pool when they change (they used to wait for "rebuild", silently)
+        for c in (self.page_size, self.num_pages, self.lengths):
+            c.observe(lambda _: self.rebuild(), names="value")
+        self.pool_fig = self.chain_fig = None
+        # the figure widgets start from the first pool's figures: a FigureWidget changed before the browser has
+        # shown it replays those changes on a model that has none of its traces (the pool table showed no row
+        # labels until the first action)
+        self.rebuild()
+        figs = self._figures() if self.cache is not None else (viz.page_pool(PagedKVCache(1, 1, 1, 1)),) * 2
+        self.pool_fig, self.chain_fig = figure_widget(figs[0]), figure_widget(figs[1])
         self.seq.observe(lambda _: self._refresh_chain(), names="value")
-        self.pool_fig = figure_widget(viz.page_pool(PagedKVCache(1, 1, 1, 1)))
-        self.chain_fig = figure_widget(viz.page_pool(PagedKVCache(1, 1, 1, 1)))
         self.panel = w.VBox([
             w.HBox([self.page_size, self.num_pages, self.lengths, self.reset_button]),
             w.HBox([self.seq, self.tokens, self.append_button, self.fork_button, self.free_button]),
             self.status, self.pool_fig, self.chain_fig])
-        self.rebuild()
 
     def _ipython_display_(self):
         from IPython.display import display
@@ -110,13 +120,20 @@ class KVLayoutExplorer:
         keep = keep if keep in ids else (self.seq.value if self.seq.value in ids else (ids[0] if ids else None))
         self.seq.options = ids
         self.seq.value = keep
+        if self.pool_fig is None:                       # (first build: the widgets are made from _figures())
+            return
         replace_figure(self.pool_fig, viz.page_pool(self.cache))
         self._refresh_chain()
 
-    def _refresh_chain(self) -> None:
-        if self.cache is None:
-            return
+    def _chain_figure(self):
         if self.seq.value is None:
-            replace_figure(self.chain_fig, viz.page_pool(self.cache.snapshot(), title="no sequence selected"))
-        else:
-            replace_figure(self.chain_fig, viz.sequence_pages(self.cache, self.seq.value))
+            return viz.page_pool(self.cache.snapshot(), title="no sequence selected")
+        return viz.sequence_pages(self.cache, self.seq.value)
+
+    def _figures(self):
+        return viz.page_pool(self.cache), self._chain_figure()
+
+    def _refresh_chain(self) -> None:
+        if self.cache is None or self.chain_fig is None:
+            return
+        replace_figure(self.chain_fig, self._chain_figure())

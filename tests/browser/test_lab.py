@@ -242,3 +242,37 @@ def test_scheduler_explorer_in_a_new_notebook_and_its_preset(browser, lab, artif
         page.check(not page.errors, f"console errors after the preset change {page.errors}")
     finally:
         page.page.close()
+
+
+def test_kv_layout_explorer_table_fork_and_geometry(browser, lab, artifacts):
+    """The pool's table shows its row labels from the first render (they were blank until the first action) and
+    all of them after a fork; changing the page size redraws the pool without pressing "rebuild"."""
+    name = _scratch(lab, "scratch_kv.ipynb", ["import infernb as ib\nx = ib.widgets.KVLayoutExplorer()\nx"])
+    page = Page(browser, lab, name, artifacts)
+    labels = ["pages\u00a0used", "pages\u00a0free", "pages\u00a0shared", "sharing\u00a0saved\u00a0pages"]
+
+    def table_text():
+        return " ".join(page.panel.locator(".js-plotly-plot .table .cell-text").all_text_contents())
+
+    def pool_title():
+        return page.panel.locator(".js-plotly-plot .gtitle").first.text_content()
+
+    try:
+        page.run_all()
+        page.check(not page.errors, f"console errors {page.errors}")
+        page.check(page.figures() == 2, f"{page.figures()} figures, 2 expected")
+        missing = [t for t in labels if t not in table_text()]
+        page.check(not missing, f"first render: table rows without labels {missing}")
+        page.panel.locator("button", has_text="fork").click()
+        page.page.wait_for_function("() => document.body.innerText.includes('forked sequence')", timeout=30_000)
+        time.sleep(1.5)
+        missing = [t for t in labels if t not in table_text()]
+        page.check(not missing, f"after a fork: table rows missing {missing}")
+        before = pool_title()
+        page.panel.locator(".widget-dropdown select").first.select_option(label="4")
+        page.page.wait_for_function(
+            "t => document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .js-plotly-plot .gtitle')"
+            ".textContent !== t", arg=before, timeout=30_000)
+        page.check(not page.errors, f"console errors after the actions {page.errors}")
+    finally:
+        page.page.close()

@@ -27,7 +27,7 @@ def test_page_pool_figure(cache):
     seq_traces = [t for t in fig.data if t.name and t.name.startswith("seq ")]
     assert sum(len(t.x) for t in seq_traces) == cache.stats()["pages_used"]
     table = next(t for t in fig.data if t.type == "table")
-    assert "pages used" in table.cells.values[0]
+    assert "pages\u00a0used" in table.cells.values[0]          # (non-breaking: the table never wraps a label)
     assert all("page" in h for t in seq_traces for h in t.hovertext)
 
 
