@@ -42,6 +42,19 @@ def test_editor_builtins_and_raw_cuda_errors():
     assert "CUDA compile error" in e.status.value and "generated from: raw CUDA" in e.status.value
 
 
+def test_editor_a_builtin_shows_its_code_and_an_edit_of_it_compiles():
+    """Picking a built-in writes the code that makes it into the box; editing that code and pressing "compile"
+    builds the edit (compile used to ignore the box once a built-in was chosen, and the box kept the template)."""
+    e = ib.widgets.VariantEditor()
+    e.pick.value = "softcap_30"
+    assert "ib.variants.softcap(30.0)" in e.code.value and e.variant.name == "softcap_30"
+    e.code.value = e.code.value.replace("softcap(30.0)", "softcap(12.0)")
+    e.compile()
+    assert e.variant.name == "softcap_12", e.status.value
+    e.pick.value = "document_4docs"                     # a built-in with setup lines (a captured tensor)
+    assert "doc = torch.tensor(" in e.code.value and e.variant.name == "document_4docs"
+
+
 def test_variant_grid_figure():
     s, m = ib.variants.sliding_window(3).evaluate(torch.randn(1, 2, 10, 10))
     fig = ib.viz.variant_grid(s, m, head=1)
