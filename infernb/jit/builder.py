@@ -158,7 +158,6 @@ def build(spec: KernelSpec, arch: str | None = None, *, extra_options: tuple[str
     The returned kernel's ``report`` has registers, spills, shared memory, compile time, cache hit/miss.
     """
     fast = (spec, arch, extra_options)
-    extra_options = tuple(spec.options) + tuple(extra_options)
     if not force and (k := _by_spec.get(fast)) is not None:
         if _sources_unchanged():
             return k

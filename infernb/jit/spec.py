@@ -29,8 +29,6 @@ class KernelSpec:
         preamble: configuration code placed after the family include (typedefs, variant structs).
         preamble_origin: optional ``{preamble_line_no (1-based): "where it came from"}``; compile errors
             on those lines also show the origin (e.g. the Python line of a traced variant).
-        options: NVRTC options of this family (after the common ones; part of the cache key), e.g. ptxas
-            settings a kernel's register budget needs.
     """
 
     family: str
@@ -38,7 +36,6 @@ class KernelSpec:
     kernels: tuple[tuple[str, str], ...]
     preamble: str = ""
     preamble_origin: tuple[tuple[int, str], ...] = ()
-    options: tuple[str, ...] = ()
 
     @property
     def filename(self) -> str:

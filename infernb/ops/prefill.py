@@ -32,11 +32,6 @@ from ._common import (CUDA_TYPES, DTYPE_NAMES, DTYPES, HEAD_DIMS, check_paged_in
                       rope_mode, rope_table_bytes)
 
 NUM_THREADS = 128
-#: ptxas settings of every prefill specialization. At 32 rows per warp and head dim 128 the kernel holds 128 fp32
-#: accumulators and 32 logits per thread; ptxas's default (register usage level 5) schedules shared-memory loads so
-#: far ahead that some specializations spill (which ones changes with any edit), level 3 keeps all of them within
-#: 255 registers (benchmarks/NOTES.md; a beta ptxas option: tests/jit/test_build.py checks every specialization).
-PTXAS_OPTIONS = ()
 KV_MODES = {"ragged": 0, "NHD": 1, "HND": 2}
 
 #: The work item the kernel reads (``prefill_item_t`` in ``kernels/include/infernb/prefill.cuh``; every compiled
@@ -150,7 +145,7 @@ def prefill_spec(dtype: torch.dtype, head_dim: int, tile_q: int, kv: str = "ragg
               f"{rope_tag}_{variant.name}_{variant.code_hash}"
               f"{f'_m{tr.m_tiles}n{tr.block_n}k{tr.step_n}s{tr.stages}c{tr.ctas_per_sm}' if tuned else ''}"),
         kernels=(("prefill", f"infernb::prefill_kernel<{args}>"),),
-        preamble=g.code + "\n" + check, preamble_origin=tuple(sorted(g.origins.items())), options=PTXAS_OPTIONS)
+        preamble=g.code + "\n" + check, preamble_origin=tuple(sorted(g.origins.items())))
 
 
 def specializations() -> list[KernelSpec]:

@@ -56,13 +56,6 @@ __device__ __forceinline__ int tid_here() {
   return t;
 }
 
-// x, as a value the compiler cannot trace back: what is computed from it inside a loop stays inside the loop (not
-// hoisted before it, where it would hold registers across the whole loop).
-__device__ __forceinline__ unsigned opaque(unsigned x) {
-  asm volatile("mov.b32 %0, %0;" : "+r"(x));
-  return x;
-}
-
 // Elements per 16-byte vector.
 template <typename T> constexpr int vec16_size() { return 16 / int(sizeof(T)); }
 
