@@ -181,17 +181,50 @@ BUILTINS = ("examples", "causal", "sliding_window", "prefix_lm", "document", "al
             "sigmoid_attention", "and_masks", "or_masks", "combine")
 
 
+#: Every example of :func:`examples` as the code that makes it, run with ``ib`` (infernb), ``torch`` and ``device``
+#: (where captured tensors live) in scope: one list for :func:`examples` and for the VariantEditor's dropdown, which
+#: shows a picked built-in as this code so that an edit of it is what compiles.
+_DOC = "doc = torch.tensor([0] * 5 + [1] * 7 + [2] * 4 + [3] * 48, dtype=torch.int32, device=device)\n"
+_TABLE = "table = torch.randn(8, 32, generator=torch.Generator().manual_seed(0)).to(device)\n"
+EXAMPLE_CODE = (
+    "variant = ib.variants.causal()",
+    "variant = ib.variants.sliding_window(16)",
+    "variant = ib.variants.sliding_window(8, causal=False)",
+    "variant = ib.variants.prefix_lm(6)",
+    _DOC + "variant = ib.variants.document(doc)",
+    "variant = ib.variants.alibi(ib.variants.alibi_slopes(8).to(device))",
+    "variant = ib.variants.softcap(30.0)",
+    "variant = ib.variants.softcap(5.0, runtime=True)       # the cap is a runtime parameter: a slider",
+    _TABLE + "variant = ib.variants.relative_position_bias(table)",
+    _TABLE + "variant = ib.variants.relative_position_bias(table, bidirectional=True)",
+    "variant = ib.variants.sigmoid_attention(-2.0)",
+    "variant = ib.variants.combine(ib.variants.softcap(20.0), ib.variants.sliding_window(12))",
+    _DOC + "variant = ib.variants.and_masks(ib.variants.causal(), ib.variants.document(doc))",
+    "variant = ib.variants.or_masks(ib.variants.sliding_window(4), ib.variants.prefix_lm(3))",
+    "variant = ib.variants.combine(ib.variants.alibi(ib.variants.alibi_slopes(8).to(device)),\n"
+    "                              ib.variants.softcap(10.0), ib.variants.prefix_lm(8))",
+)
+
+
+def variant_from_code(code: str, *, filename: str = "<variant code>", device="cpu") -> Variant:
+    """Run ``code`` (a researcher's or :data:`EXAMPLE_CODE`'s) with ``ib``, ``torch`` and ``device`` in scope and
+    return the ``variant`` it defines; raises ``InputError`` when it defines none."""
+    import infernb as ib
+
+    ns = {"ib": ib, "torch": torch, "device": device}
+    exec(compile(code, filename, "exec"), ns)   # code the user wrote or picked
+    v = ns.get("variant")
+    if not isinstance(v, Variant):
+        raise InputError("the code must define `variant = ib.Variant(...)`")
+    return v
+
+
+def example_code() -> dict[str, str]:
+    """``{name: code}`` of every example (:data:`EXAMPLE_CODE`), in :func:`examples`' order."""
+    return {variant_from_code(c).name: "import torch\n" + c + "\n" for c in EXAMPLE_CODE}
+
+
 def examples(device="cpu") -> list[Variant]:
     """One instance of every built-in (and a few compositions), with captured tensors on ``device``: what CI
-    compiles for every architecture and the GPU probe checks against Python."""
-    g = torch.Generator().manual_seed(0)
-    doc = torch.tensor([0] * 5 + [1] * 7 + [2] * 4 + [3] * 48, dtype=torch.int32).to(device)
-    slopes = alibi_slopes(8).to(device)
-    table = torch.randn(8, 32, generator=g).to(device)
-    return [
-        causal(), sliding_window(16), sliding_window(8, causal=False), prefix_lm(6), document(doc), alibi(slopes),
-        softcap(30.0), softcap(5.0, runtime=True), relative_position_bias(table),
-        relative_position_bias(table, bidirectional=True), sigmoid_attention(-2.0),
-        combine(softcap(20.0), sliding_window(12)), and_masks(causal(), document(doc)),
-        or_masks(sliding_window(4), prefix_lm(3)), combine(alibi(slopes), softcap(10.0), prefix_lm(8)),
-    ]
+    compiles for every architecture and the GPU probe checks against Python (:data:`EXAMPLE_CODE`)."""
+    return [variant_from_code(c, device=device) for c in EXAMPLE_CODE]

@@ -27,47 +27,6 @@ variant = ib.Variant("my_softcap_window", score_mod=score_mod, mask_mod=mask_mod
 '''
 
 
-#: The built-ins of the dropdown as the code that makes them (``infernb.variants.examples()``'s instances): picking
-#: one writes its code into the box, so what "compile" builds is always what the box shows and can be edited.
-_DOC = "doc = torch.tensor([0] * 5 + [1] * 7 + [2] * 4 + [3] * 48, dtype=torch.int32)\n"
-_TABLE = "table = torch.randn(8, 32, generator=torch.Generator().manual_seed(0))\n"
-BUILTIN_CODE = [
-    "variant = ib.variants.causal()",
-    "variant = ib.variants.sliding_window(16)",
-    "variant = ib.variants.sliding_window(8, causal=False)",
-    "variant = ib.variants.prefix_lm(6)",
-    _DOC + "variant = ib.variants.document(doc)",
-    "variant = ib.variants.alibi(ib.variants.alibi_slopes(8))",
-    "variant = ib.variants.softcap(30.0)",
-    "variant = ib.variants.softcap(5.0, runtime=True)       # the cap is a runtime parameter: a slider",
-    _TABLE + "variant = ib.variants.relative_position_bias(table)",
-    _TABLE + "variant = ib.variants.relative_position_bias(table, bidirectional=True)",
-    "variant = ib.variants.sigmoid_attention(-2.0)",
-    "variant = ib.variants.combine(ib.variants.softcap(20.0), ib.variants.sliding_window(12))",
-    _DOC + "variant = ib.variants.and_masks(ib.variants.causal(), ib.variants.document(doc))",
-    "variant = ib.variants.or_masks(ib.variants.sliding_window(4), ib.variants.prefix_lm(3))",
-    "variant = ib.variants.combine(ib.variants.alibi(ib.variants.alibi_slopes(8)), ib.variants.softcap(10.0),\n"
-    "                              ib.variants.prefix_lm(8))",
-]
-
-
-def _run_code(code: str, filename: str = "<variant editor>"):
-    """Execute variant code in a namespace with ``ib`` and ``torch``; its ``variant``."""
-    import infernb as ib
-
-    ns = {"ib": ib, "torch": torch}
-    exec(compile(code, filename, "exec"), ns)   # the researcher's own code
-    v = ns.get("variant")
-    if not isinstance(v, V.Variant):
-        raise InfernbError("the code must define `variant = ib.Variant(...)`")
-    return v
-
-
-def builtin_code() -> dict[str, str]:
-    """``{variant name: the code that makes it}`` for the dropdown."""
-    return {_run_code(c).name: "import torch\n" + c + "\n" for c in BUILTIN_CODE}
-
-
 class VariantEditor:
     """Code box (or a built-in from the dropdown) -> :class:`~infernb.Variant` -> generated CUDA, NVRTC compile
     report of its probe kernel, compile errors pointing at the Python line, heatmaps of the mask and modified
@@ -84,7 +43,7 @@ class VariantEditor:
         self.variant: V.Variant | None = None
         self.report = self.kernel = None
         self.recompiled = False
-        self._builtins = builtin_code()
+        self._builtins = V.example_code()     # picked: its code goes into the box
         self.pick = w.Dropdown(options=["(code below)", *self._builtins], value="(code below)", description="built-in")
         self.code = w.Textarea(value=code, layout=w.Layout(width="100%", height="220px"))
         self.compile_button = w.Button(description="compile", icon="play", button_style="primary")
@@ -115,7 +74,7 @@ class VariantEditor:
     def define(self) -> V.Variant:
         """The variant the code box describes (its ``variant``; a built-in picked in the dropdown is written into
         the box first, so an edit of it is what compiles)."""
-        return _run_code(self.code.value)
+        return V.variant_from_code(self.code.value, filename="<variant editor>")
 
     def _pick(self, name: str) -> None:
         if name in self._builtins:
