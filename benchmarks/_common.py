@@ -36,3 +36,13 @@ def write_result(out_dir: str, stem: str, result: dict) -> Path:
     path = out / f"{stem.replace(' ', '_')}.json"
     path.write_text(json.dumps(result, indent=1))
     return path
+
+
+def prefill_config(text: str, head_dim: int, **kw):
+    """A prefill kernel configuration from ``"m,block_n,sub_n,stages,ctas"`` (experiments:
+    ``bench_prefill.py``'s ``BENCH_CONFIGS``, ``diag/prefill_ncu.py --config``); ``kw``: other traits fields."""
+    from infernb.ops.prefill import PrefillTraits
+
+    m, bn, sn, st, c = (int(x) for x in text.split(","))
+    return PrefillTraits(head_dim, 64 * m, m, bn, st, c, sub_n=sn, **kw)
+

@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import optional_flashinfer, parse_args, write_result  # noqa: E402
+from _common import optional_flashinfer, parse_args, prefill_config, write_result  # noqa: E402
 
 HQ, HKV, D = 32, 8, 128
 #: planner settings compared on some cases: an item's fixed cost in key tokens (pipeline restart, Q tile, epilogue)
@@ -43,11 +43,7 @@ def configs():
     spec = os.environ.get("BENCH_CONFIGS")
     if spec is None:
         return [PrefillTraits(D, 64, 1, 32, 3, 3)]
-    out = []
-    for part in filter(None, spec.split(";")):
-        m, bn, sn, st, c = (int(x) for x in part.split(","))
-        out.append(PrefillTraits(D, 64 * m, m, bn, st, c, sub_n=sn))
-    return out
+    return [prefill_config(part, D) for part in filter(None, spec.split(";"))]
 
 
 def wanted(case: str) -> bool:

@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
 import infernb as ib  # noqa: E402
 from infernb.ops.prefill import PrefillRunner  # noqa: E402
+from _common import prefill_config  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--tile", type=int, default=64)
@@ -28,9 +30,7 @@ v = torch.randn(a.n, 8, 128, device="cuda", generator=g, dtype=torch.bfloat16)
 tr = ib.ops.prefill_ops.traits(128, a.tile)
 cfg = None
 if a.config:
-    m, bn, sn, st, c = (int(x) for x in a.config.split(","))
-    cfg = ib.ops.prefill_ops.PrefillTraits(128, a.tile, m, bn, st, c, fixed_cost=tr.fixed_cost, sub_n=sn)
-    tr = cfg
+    cfg = tr = prefill_config(a.config, 128, fixed_cost=tr.fixed_cost)
 p = ib.plan([a.n], [a.n], num_qo_heads=32, num_kv_heads=8, head_dim=128, causal=bool(a.causal), tile_q=a.tile,
             ctas_per_sm=tr.ctas_per_sm, fixed_cost=tr.fixed_cost)
 r = PrefillRunner(p, config=cfg)
