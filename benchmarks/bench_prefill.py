@@ -1,6 +1,6 @@
 """Prefill and append attention on tensor cores, side by side with FlashInfer (fa2) and PyTorch in one run.
 
-    python benchmarks/bench_prefill.py [--out DIR] [--runs N] [--flashinfer 0|1|2]
+    python benchmarks/bench_prefill.py [--out DIR] [--runs N] [--flashinfer 0|1|2] [--flex 0|1]
 
 Cases (issue 18; bf16, head_dim 128, 32 query / 8 KV heads):
 
@@ -10,8 +10,12 @@ Cases (issue 18; bf16, head_dim 128, 32 query / 8 KV heads):
   append, FlashInfer's paged fa2 prefill;
 - ``skewed``: ragged causal 1 x 16384 + 63 x 512 new tokens: infernb's balanced plan, the same kernel on a naive
   plan (one item per unit, round robin), FlashInfer fa2;
-- variants on ``causal_8192``: soft-cap 30, ALiBi, fused RoPE (Llama), each against plain causal in the same
-  rounds (FlashInfer fa2's logits_soft_cap / ALIBI / ROPE_LLAMA with ``--flashinfer 2``: each one more JIT build);
+- variants on ``causal_8192``: soft-cap 30 (accurate tanhf, and the SFU's tanh as FlashInfer computes it), ALiBi,
+  RoPE (Llama; ``rope_path`` auto, here the rotation pass, and the in-tile rotation), each against plain causal in
+  the same rounds (FlashInfer fa2's logits_soft_cap / ALIBI /
+  ROPE_LLAMA with ``--flashinfer 2``: each one more JIT build);
+- FlexAttention (``--flex 1``, ``torch.compile``d, GQA, causal / window block mask) on the one-request cases, plain
+  and with the same score_mods (the variants' Python functions, unchanged);
 - ``window_1024``: sliding window 1024 on 8192 causal: only the window's keys are read (FlashInfer fa2's
   window_left with ``--flashinfer 2``).
 
@@ -54,7 +58,7 @@ def wanted(case: str) -> bool:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv, runs=30, flashinfer=1)
+    args = parse_args(argv, runs=30, flashinfer=1, flex=1)
     import numpy as np
     import torch
 
@@ -62,7 +66,7 @@ def main(argv=None) -> int:
     from infernb import reference
     from infernb.ops.prefill import PrefillRunner
     from infernb.ops.prefill import plan_batch
-    from infernb.profile import (cuda_time, cuda_time_interleaved, device_name, flashinfer_ragged, sdpa_paths,
+    from infernb.profile import (cuda_time, cuda_time_interleaved, device_name, flashinfer_ragged, flex_path, sdpa_paths,
                                  timing_fields, visible_pairs)
     from infernb.testing import rel_error
 
@@ -116,8 +120,8 @@ def main(argv=None) -> int:
                 outs.append(o)
             return torch.cat(outs)
 
-        def add(label, plan, variant=None, rope=None, config=None):
-            r = PrefillRunner(plan, variant=variant, rope=rope, config=config)
+        def add(label, plan, variant=None, rope=None, config=None, rope_path="auto"):
+            r = PrefillRunner(plan, variant=variant, rope=rope, config=config, rope_path=rope_path)
             out = r(q, k, v)[0]
             errs[label] = check(label, out, ref_rows(variant, rope), rows)
             fns[label] = lambda: r(q, k, v)
@@ -140,7 +144,8 @@ def main(argv=None) -> int:
         for v_name, variant in variants:
             add(f"infernb_{v_name}", p, variant=variant)
         if rope_cmp:
-            add("infernb_rope", p, rope=ib.RoPE(theta=1e4))
+            add("infernb_rope", p, rope=ib.RoPE(theta=1e4))                      # auto: the rotation pass here
+            add("infernb_rope_tile", p, rope=ib.RoPE(theta=1e4), rope_path="tile")
         if fi is not None:
             def fi_ragged(label, **kw):
                 fns[label] = flashinfer_ragged(fi, q, k, v, qo, kv, causal=causal, workspace=workspace(label), **kw)
@@ -149,10 +154,22 @@ def main(argv=None) -> int:
             errs["flashinfer_fa2"] = check("flashinfer_fa2", out, ref_rows(), rows)
             if args.flashinfer >= 2:
                 for v_name, variant in variants:
+                    if v_name == "softcap30_approx":
+                        continue                    # (FlashInfer's soft-cap is one path: its tanh is the SFU's)
                     kw = dict(logits_soft_cap=30.0) if v_name == "softcap30" else dict(pos_encoding_mode="ALIBI")
                     fi_ragged(f"flashinfer_fa2_{v_name}", **kw)
                 if rope_cmp:
                     fi_ragged("flashinfer_fa2_rope", pos_encoding_mode="ROPE_LLAMA", rope_theta=1e4)
+        if len(qo) == 1 and args.flex:             # FlexAttention on the one request, plain and each variant
+            for label, smod in [("flex", None)] + [(f"flex_{n}", v.bound_mods()[0]) for n, v in variants
+                                                   if n != "softcap30_approx"]:
+                call, why = flex_path(q, k, v, causal=causal, score_mod=smod, window_left=window)
+                if call is None:
+                    print(f"{name}: {label} unavailable: {why}", flush=True)
+                    continue
+                fns[label] = call
+                if smod is None:
+                    errs[label] = check(label, call(), ref_rows(), rows)
         if len(qo) == 1 and window < 0:             # SDPA on the one request (K/V expanded to the query heads)
             calls, missing = sdpa_paths(q, k, v, causal=causal)
             for label, call in calls.items():
@@ -206,6 +223,8 @@ def main(argv=None) -> int:
     alibi = ib.variants.alibi(ib.variants.alibi_slopes(HQ).to(dev))
     if wanted("causal_8192"):
         ragged_case("causal_8192", [8192], [8192], variants=[("softcap30", ib.variants.softcap(30.0)),
+                                                             ("softcap30_approx",
+                                                              ib.variants.softcap(30.0, approx=True)),
                                                              ("alibi", alibi)],
                     rope_cmp=True, tile_cmp=True, plan_variants=FIXED_COSTS, configs=configs())
     if wanted("causal_16384"):

@@ -115,14 +115,34 @@ def _struct_checks() -> str:
             f'\nstatic_assert(sizeof(infernb::prefill_run_t) == {PREFILL_RUN.itemsize}, "PREFILL_RUN");')
 
 
+def variant_traits(tr: PrefillTraits, variant: Variant) -> PrefillTraits:
+    """The traits a variant's specialization compiles with: a variant whose hooks read a captured tensor at an index
+    that depends on the key (a document id, a T5 bucket's bias: ``Generated.key_gathers``) computes 16-key steps
+    where the tile's steps are longer. Its hooks run branch-free on every logit of a step, and at 32 keys the
+    gathers' 64-bit addresses spill past 255 registers at the 128-row tile (benchmarks/NOTES.md)."""
+    if tr.step_n > 16 and variant.generated.key_gathers:
+        return dataclasses.replace(tr, sub_n=16)
+    return tr
+
+
+def rope_tiles_per_request(plan: Plan) -> float:
+    """Query tiles per (request, KV head), averaged over the requests with queries: how many times the in-tile
+    rotation rotates each key (``PrefillRunner(rope_path="auto")`` rotates them once by a pass at >= 2)."""
+    rows = plan.qo_lens[plan.qo_lens > 0].astype(np.int64) * plan.group
+    return float(np.mean(-(-rows // plan.tile_q))) if len(rows) else 0.0
+
+
 def prefill_spec(dtype: torch.dtype, head_dim: int, tile_q: int, kv: str = "ragged", causal: bool = False,
                  variant: Variant = NONE, rope: RoPE | None = None, *,
-                 config: PrefillTraits | None = None) -> KernelSpec:
+                 config: PrefillTraits | None = None, rope_pass: RoPE | None = None) -> KernelSpec:
     """The prefill specialization for (dtype, head dim, query tile, KV source ``"ragged"`` / ``"NHD"`` / ``"HND"``,
     causal, variant, RoPE layout); ``config`` overrides :data:`TRAITS` (experiments: stages, keys per stage, CTAs
-    per SM)."""
+    per SM). ``rope_pass``: the unit also holds the rotation pass of that RoPE layout (``rope_pass_kernel``; the
+    attention kernel then rotates nothing: ``rope`` must be None)."""
+    if rope is not None and rope_pass is not None:
+        raise InputError("rope (in the tile) and rope_pass (a pass before the kernel) exclude each other")
     mode = rope_mode(rope)
-    tr = traits(head_dim, tile_q, mode)
+    tr = variant_traits(traits(head_dim, tile_q, mode), variant)
     tuned = config is not None and config != tr
     if config is not None:
         if (config.head_dim, config.tile_q) != (head_dim, tile_q):
@@ -139,12 +159,17 @@ def prefill_spec(dtype: torch.dtype, head_dim: int, tile_q: int, kv: str = "ragg
     check = (f"static_assert({cfg}::SMEM_BYTES == {tr.smem_bytes(mode)} && {cfg}::TILE_Q == {tile_q}, "
              "\"infernb.ops.prefill.PrefillTraits disagrees with prefill_cfg_t\");\n" + _struct_checks())
     rope_tag = ["", "_rope", "_rope_interleave"][mode]
+    kernels = (("prefill", f"infernb::prefill_kernel<{args}>"),)
+    if rope_pass is not None:
+        pm = rope_mode(rope_pass)
+        rope_tag = ["", "_ropepass", "_ropepass_interleave"][pm]
+        kernels += (("rope_pass", f"infernb::rope_pass_kernel<{CUDA_TYPES[dtype]}, {pm}, {head_dim}>"),)
     return KernelSpec(
         family="prefill",
         name=(f"prefill_{DTYPE_NAMES[dtype]}_hd{head_dim}_t{tile_q}_{kv.lower()}{'_causal' if causal else ''}"
               f"{rope_tag}_{variant.name}_{variant.code_hash}"
               f"{f'_m{tr.m_tiles}n{tr.block_n}k{tr.step_n}s{tr.stages}c{tr.ctas_per_sm}' if tuned else ''}"),
-        kernels=(("prefill", f"infernb::prefill_kernel<{args}>"),),
+        kernels=kernels,
         preamble=g.code + "\n" + check, preamble_origin=tuple(sorted(g.origins.items())))
 
 
@@ -158,6 +183,8 @@ def specializations() -> list[KernelSpec]:
     out += [prefill_spec(torch.bfloat16, d, tq, kv, c) for (d, tq) in TRAITS for kv in ("NHD", "HND")
             for c in (False, True)]
     out += [prefill_spec(torch.bfloat16, d, tq, "ragged", False) for (d, tq) in TRAITS]
+    out += [prefill_spec(torch.bfloat16, d, default_tile_q(4096, d), "ragged", True, rope_pass=RoPE(interleave=i))
+            for d in HEAD_DIMS for i in (False, True)]
     out += [prefill_spec(torch.bfloat16, d, tq, kv, True, rope=RoPE(interleave=i))
             for (d, tq) in TRAITS if d == 128 or tq == default_tile_q(128, d)
             for kv in ("ragged", "NHD") for i in (False, True)]
@@ -249,12 +276,19 @@ class PrefillRunner:
         device: where ragged inputs will live (default ``"cuda"``; a CPU device runs the emulator).
         config: experiments: a :class:`PrefillTraits` other than :data:`TRAITS`' for the plan's tile (plan with
             its ``ctas_per_sm``).
+        rope_path: where RoPE rotates the keys: ``"tile"``, in each K stage of the kernel (every query tile of a
+            request rotates its keys again), ``"pass"``, once per call by a rotation pass into scratch buffers
+            (q too; paged keys and values are gathered into ragged ones) before a kernel that rotates nothing, or
+            ``"auto"``: the pass when the request's keys are read by 2 or more query tiles on average (a prompt,
+            an append of many tokens), the tile otherwise. Both round the rotated operands once, from fp32.
     """
 
     def __init__(self, plan: Plan, cache=None, page_table=None, *, variant: Variant | None = None,
                  rope: RoPE | None = None, sm_scale: float | None = None, device=None,
-                 config: PrefillTraits | None = None):
+                 config: PrefillTraits | None = None, rope_path: str = "auto"):
         variant = check_variant(variant, plan)
+        if rope_path not in ("auto", "tile", "pass"):
+            raise InputError(f"rope_path: expected 'auto', 'tile' or 'pass', got {rope_path!r}")
         if plan.block_masked:
             raise InputError("the prefill kernel runs the plan's key segments; block-masked plans run through "
                              "infernb.emulate(custom_masks=...) until block-sparse attention lands")
@@ -285,9 +319,14 @@ class PrefillRunner:
         self.sm_scale = plan.head_dim ** -0.5 if sm_scale is None else float(sm_scale)
         self._num_q = int(plan.qo_lens.sum())
         self._num_kv = int(plan.kv_lens.sum())
+        self.rope_path = None
         if self.device.type != "cuda":
             return                                       # the emulator runs it (see __call__)
-        mode = rope_mode(rope)
+        self.rope_path = rope_path if rope is not None and rope_path != "auto" else \
+            ("pass" if rope is not None and rope_tiles_per_request(plan) >= 2 else "tile" if rope is not None else None)
+        if self.rope_path == "pass":
+            kv_start = self._init_rope_pass(plan, page_table)
+        mode = rope_mode(rope) if self.rope_path == "tile" else 0
         tr = check_prefill_plan(plan, mode)
         self.traits = tr = tr if config is None else config
         params, self._captures = variant.pack(self.device)
@@ -296,8 +335,10 @@ class PrefillRunner:
         if smem > limit:
             raise InputError(f"the prefill kernel for head_dim {plan.head_dim}, tile {plan.tile_q} needs "
                              f"{smem // 1024} KiB of shared memory per CTA; this GPU allows {limit // 1024} KiB")
-        self.kernel = build(prefill_spec(self.dtype, plan.head_dim, plan.tile_q, self.kv, plan.causal, variant, rope,
-                                         config=config), device_info(self.device.index).arch)
+        passing = self.rope_path == "pass"
+        self.kernel = build(prefill_spec(self.dtype, plan.head_dim, plan.tile_q, "ragged" if passing else self.kv,
+                                         plan.causal, variant, None if passing else rope, config=config,
+                                         rope_pass=rope if passing else None), device_info(self.device.index).arch)
         items, cta_ptr, runs = plan_records(plan, kv_start)
         dev = self.device
         self.items, self.cta_ptr = records_to_device(items, dev), records_to_device(cta_ptr, dev)
@@ -315,8 +356,10 @@ class PrefillRunner:
                          np.int32(rd), np.float32(math.log2(rope.theta) if rope else 0.0),
                          np.float32(1.0 / rope.scale if rope else 1.0))
         self._go = self.kernel.launcher("prefill", shared_mem=smem, device_index=dev.index)
+        if passing:
+            self._pass = self.kernel.launcher("rope_pass", shared_mem=0, device_index=dev.index)
         ptr = lambda t: np.uint64(t.data_ptr())  # noqa: E731
-        idx = page_table.indices if self.paged else self.cta_ptr   # (ragged: never read)
+        idx = page_table.indices if self.paged and not passing else self.cta_ptr   # (ragged: never read)
         self._args_mid = (ptr(idx), ptr(self.items), ptr(self.cta_ptr), ptr(self.runs), ptr(self.params))
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor | None = None, v: torch.Tensor | None = None, *,
@@ -348,12 +391,68 @@ class PrefillRunner:
             return out.zero_(), lse.fill_(float("-inf"))
         part_o, part_lse = self._part if self._part is not None else (out, lse)   # unsplit plans never write them
         kp, vp = (src[0], src[0]) if self.paged else src
+        if self.rope_path == "pass":
+            q, kp, vp = self._rotate(q, kp, vp)
         ptr = np.uint64
         self._go((p.num_ctas, 1, 1), (NUM_THREADS, 1, 1),
                  (ptr(q.data_ptr()), ptr(kp.data_ptr()), ptr(vp.data_ptr()), *self._args_mid, ptr(out.data_ptr()),
                   ptr(lse.data_ptr()), ptr(part_o.data_ptr()), ptr(part_lse.data_ptr()),
                   ptr(self.merge_count.data_ptr()), *self._scalars))
         return out, lse
+
+    # ------------------------------------------------------------------ the rotation pass (rope_path "pass")
+    def _init_rope_pass(self, plan: Plan, page_table) -> np.ndarray:
+        """Positions of every query and key token, paged keys' pool offsets; returns the ragged kv_start."""
+        dev = self.device
+        qo, kv = plan.qo_lens.astype(np.int64), plan.kv_lens.astype(np.int64)
+        kv_ptr = np.concatenate(([0], np.cumsum(kv)))
+        q_ptr = np.concatenate(([0], np.cumsum(qo)))
+        pos_k = np.arange(kv_ptr[-1]) - np.repeat(kv_ptr[:-1], kv)            # 0 .. kv_len - 1 per request
+        pos_q = np.arange(q_ptr[-1]) - np.repeat(q_ptr[:-1], qo) + np.repeat(kv - qo, qo)   # append positions
+        self._pos_q = torch.from_numpy(pos_q.astype(np.int32)).to(dev)
+        self._pos_k = torch.from_numpy(pos_k.astype(np.int32)).to(dev)
+        self._rows = None
+        if self.paged:
+            ps, h, d = plan.page_size, plan.num_kv_heads, plan.head_dim
+            nhd = self.layout == "NHD"
+            ind = page_table.indices.to(torch.int64).cpu().numpy()
+            first = page_table.indptr.cpu().numpy()[:-1].astype(np.int64)
+            page = ind[np.repeat(first, kv) + pos_k // ps]
+            slot = pos_k % ps
+            self._rows = torch.from_numpy(page * (2 * ps * h * d) + slot * (h * d if nhd else d)).to(dev)
+            self._head_stride = d if nhd else ps * d
+            self._v_off = ps * h * d                                          # a page's K block -> its V block
+        self._scratch = None
+        return kv_ptr
+
+    def _rotate(self, q, kp, vp):
+        """q and the keys rotated (and, paged, the values gathered) into ragged scratch buffers."""
+        p, r = self.plan, self.rope
+        nq, nk, d = self._num_q, self._num_kv, p.head_dim
+        if self._scratch is None or self._scratch[0].dtype != q.dtype:
+            self._scratch = (torch.empty((nq, p.num_qo_heads, d), dtype=q.dtype, device=q.device),
+                             torch.empty((nk, p.num_kv_heads, d), dtype=q.dtype, device=q.device),
+                             torch.empty((nk, p.num_kv_heads, d), dtype=q.dtype, device=q.device) if self.paged
+                             else None)
+        q2, k2, v2 = self._scratch
+        rd = np.int32(r.rotary_dim or d)
+        tail = (rd, np.float32(math.log2(r.theta)), np.float32(1.0 / r.scale))
+        u64, i32 = np.uint64, np.int32
+
+        def go(src, rows, hs, dst, pos, tokens, heads):
+            if tokens:
+                self._pass((-(-tokens * heads // 8), 1, 1), (256, 1, 1),
+                           (u64(src), u64(rows), np.int64(hs), u64(dst.data_ptr()), u64(pos), i32(tokens),
+                            i32(heads), *tail))
+        go(q.data_ptr(), 0, 0, q2, self._pos_q.data_ptr(), nq, p.num_qo_heads)
+        if self.paged:
+            pool = kp
+            rows, hs = self._rows.data_ptr(), self._head_stride
+            go(pool.data_ptr(), rows, hs, k2, self._pos_k.data_ptr(), nk, p.num_kv_heads)
+            go(pool.data_ptr() + self._v_off * pool.element_size(), rows, hs, v2, 0, nk, p.num_kv_heads)
+            return q2, k2, v2
+        go(kp.data_ptr(), 0, 0, k2, self._pos_k.data_ptr(), nk, p.num_kv_heads)
+        return q2, k2, vp
 
     def _check(self, q, k, v, cache):
         p = self.plan
@@ -382,9 +481,10 @@ class PrefillRunner:
 
 def run_prefill(plan: Plan, q: torch.Tensor, k=None, v=None, *, cache=None, page_table=None,
                 variant: Variant | None = None, rope: RoPE | None = None,
-                sm_scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                sm_scale: float | None = None, rope_path: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """One-off prefill of a planned batch (builds a :class:`PrefillRunner`; keep the runner to call it per layer)."""
-    r = PrefillRunner(plan, cache, page_table, variant=variant, rope=rope, sm_scale=sm_scale, device=q.device)
+    r = PrefillRunner(plan, cache, page_table, variant=variant, rope=rope, sm_scale=sm_scale, device=q.device,
+                      rope_path=rope_path)
     return r(q, k, v) if cache is None else r(q, cache=cache)
 
 
@@ -433,7 +533,8 @@ def plan_batch(qo_lens, kv_lens, *, num_qo_heads: int, num_kv_heads: int, head_d
 
 def prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qo_indptr, kv_indptr, *, causal: bool = False,
             window_left: int = -1, variant: Variant | None = None, rope: RoPE | None = None,
-            sm_scale: float | None = None, return_lse: bool = False, tile_q: int | None = None, num_sms=None):
+            sm_scale: float | None = None, return_lse: bool = False, tile_q: int | None = None, num_sms=None,
+            rope_path: str = "auto"):
     """Attention of a ragged batch in one call: plan it and run it (notebooks; serving code keeps the runner).
 
     Args:
@@ -443,7 +544,7 @@ def prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qo_indptr, kv_ind
         causal: bottom-right aligned causal mask (needs ``qo_len <= kv_len``).
         window_left: sliding window (``-1`` off): a query at position p sees keys ``>= p - window_left``; only
             the keys inside it are read. A variant's ``window_left`` promise is used when this is ``-1``.
-        variant, rope, sm_scale: as in :class:`PrefillRunner`.
+        variant, rope, sm_scale, rope_path: as in :class:`PrefillRunner`.
         return_lse: also return the LSE ``[qo_indptr[-1], num_qo_heads]`` float32 (natural log).
         tile_q: query tile rows (64 / 128; default :func:`default_tile_q`); num_sms: SMs to plan for.
     Returns:
@@ -467,13 +568,15 @@ def prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qo_indptr, kv_ind
                    dtype=q.dtype, causal=causal, window_left=window_left, variant=variant, rope=rope, tile_q=tile_q,
                    num_sms=num_sms)
     out, lse = run_prefill(p, q.contiguous(), k.contiguous(), v.contiguous(), variant=variant, rope=rope,
+                           rope_path=rope_path,
                            sm_scale=sm_scale)
     return (out, lse) if return_lse else out
 
 
 def append(q: torch.Tensor, cache, seq_ids: Sequence[int], qo_lens: Sequence[int], *, causal: bool = True,
            window_left: int = -1, variant: Variant | None = None, rope: RoPE | None = None,
-           sm_scale: float | None = None, return_lse: bool = False, tile_q: int | None = None, num_sms=None):
+           sm_scale: float | None = None, return_lse: bool = False, tile_q: int | None = None, num_sms=None,
+           rope_path: str = "auto"):
     """Append attention: the newest ``qo_lens[i]`` tokens of each sequence attend to the whole sequence.
 
     Args:
@@ -482,7 +585,7 @@ def append(q: torch.Tensor, cache, seq_ids: Sequence[int], qo_lens: Sequence[int
             (``cache.append`` them first).
         seq_ids: live sequence ids; qo_lens: new tokens of each (``<=`` its length).
         causal: bottom-right aligned (chunked prefill, speculative verification); window_left, variant, rope,
-            sm_scale, return_lse, tile_q, num_sms: as in :func:`prefill`.
+            rope_path, sm_scale, return_lse, tile_q, num_sms: as in :func:`prefill`.
     Returns:
         ``out [sum(qo_lens), num_qo_heads, head_dim]`` q.dtype (and ``lse [sum(qo_lens), num_qo_heads]``).
     """
@@ -505,6 +608,7 @@ def append(q: torch.Tensor, cache, seq_ids: Sequence[int], qo_lens: Sequence[int
                    head_dim=cache.head_dim, dtype=q.dtype, page_size=cache.page_size, causal=causal,
                    window_left=window_left, variant=variant, rope=rope, tile_q=tile_q, num_sms=num_sms)
     out, lse = run_prefill(p, q.contiguous(), cache=cache, page_table=table, variant=variant, rope=rope,
+                           rope_path=rope_path,
                            sm_scale=sm_scale)
     return (out, lse) if return_lse else out
 

@@ -62,6 +62,34 @@ def sdpa_paths(q, k, v, *, causal: bool) -> tuple[dict, dict]:
     return calls, missing
 
 
+def flex_path(q, k, v, *, causal: bool, score_mod=None, window_left: int = -1):
+    """FlexAttention (``torch.compile``d, GQA, a causal / sliding-window block mask) on one request, as a call
+    returning ``[tokens, num_qo_heads, d]``; ``score_mod`` is FlexAttention's ``(score, b, h, q_idx, kv_idx)``
+    (an infernb variant's score_mod has the same signature). Returns ``(call, None)`` or ``(None, why)``. The
+    compile happens here, outside any timing."""
+    try:
+        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    except ImportError as e:                              # torch without FlexAttention
+        return None, f"{type(e).__name__}: {e}"
+    L, S = q.shape[0], k.shape[0]
+    off = S - L                                          # bottom-right alignment, as infernb and FlashInfer
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        ok = kv_idx <= q_idx + off if causal else kv_idx >= 0
+        return ok & (kv_idx >= q_idx + off - window_left) if window_left >= 0 else ok
+    try:
+        bm = create_block_mask(mask_mod, None, None, L, S, device=q.device) if causal or window_left >= 0 else None
+        fn = torch.compile(flex_attention, dynamic=False)
+        qs, ks, vs = (t.transpose(0, 1)[None] for t in (q, k, v))
+
+        def call():
+            return fn(qs, ks, vs, score_mod=score_mod, block_mask=bm, enable_gqa=True)[0].transpose(0, 1)
+        call()
+        return call, None
+    except Exception as e:                               # noqa: BLE001  (compile or backend failures: reported)
+        return None, f"{type(e).__name__}: {str(e)[:300]}"
+
+
 def timing_fields(times: dict, flops: float) -> dict:
     """``{<path>_ms, <path>_p10_ms, <path>_p90_ms, <path>_tflops}`` of interleaved timings (the benchmark JSON's
     schema)."""

@@ -9,12 +9,13 @@ import struct
 import numpy as np
 import torch
 
-from .trace import Sym, TraceError, user_line_of
+from .trace import APPROX_OPS, Sym, TraceError, user_line_of
 
 CTYPE = {"float": "float", "int": "long long", "bool": "bool"}     # integers in 64 bits, like torch
 #: unary ops with one fixed CUDA spelling ({} = the operand)
 UNARY = {"neg": "(-{})", "not": "(!{})", "bitnot": "(~{})", "sign": "infernb::vx::sgn({})",
-         "round_bf16": "infernb::vx::round_bf16({})", "sigmoid": "infernb::vx::sigmoid((float)({}))"}
+         "round_bf16": "infernb::vx::round_bf16({})", "sigmoid": "infernb::vx::sigmoid((float)({}))",
+         "tanh_approx": "infernb::vx::tanh_approx((float)({}))"}
 #: float math functions: `op` -> `opf` from the CUDA math library
 FLOAT_FUNCS = ("tanh", "exp", "exp2", "log", "log2", "log1p", "sqrt", "rsqrt", "sin", "cos", "erf", "floor", "ceil")
 TENSOR_CTYPE = {torch.float32: "float", torch.int32: "int", torch.int64: "long long", torch.bool: "bool"}
@@ -36,6 +37,8 @@ class Generated:
     fields: list[Field]
     captures: list[tuple[torch.Tensor, str]]          # (tensor, where it was captured)
     origins: dict[int, str]                           # line of `code` (1-based) -> Python origin
+    approx: dict[str, float] = dataclasses.field(default_factory=dict)   # approximate ops used -> max rel. error
+    key_gathers: bool = False     # a captured tensor is read at an index that depends on kv_idx (a read per logit)
 
     @property
     def params_size(self) -> int:
@@ -54,6 +57,9 @@ class _Emitter:
         self.n = 0
         self.tensors: dict[int, tuple[str, torch.Tensor, str]] = {}
         self.params: dict[str, str] = {}
+        self.approx: dict[str, float] = {}
+        self.key_gathers = False
+        self._on_key: dict[int, bool] = {}
 
     def expr(self, x: Sym) -> str:
         if id(x) in self.memo:
@@ -74,10 +80,21 @@ class _Emitter:
         self.memo[id(x)] = s
         return s
 
+    def on_key(self, x) -> bool:
+        """Whether ``x`` depends on the key index ``kv_idx``."""
+        if not isinstance(x, Sym):
+            return False
+        if id(x) not in self._on_key:
+            self._on_key[id(x)] = (x.op == "arg" and x.args[0] == "kv_idx") or \
+                (x.op != "load" and any(self.on_key(y) for y in x.args)) or \
+                (x.op == "load" and any(self.on_key(y) for y in x.args[1:]))
+        return self._on_key[id(x)]
+
     def _compute(self, x: Sym) -> str:
         op, a = x.op, x.args
         if op == "load":
             t = a[0]
+            self.key_gathers |= any(self.on_key(i) for i in a[1:])
             if t.dtype not in TENSOR_CTYPE:
                 raise TraceError(f"captured tensor of dtype {t.dtype} (at {x.origin}) is not supported; use float32, "
                                  "int32, int64 or bool")
@@ -128,6 +145,8 @@ class _Emitter:
             return f"fabsf({args[0]})" if kinds[0] == "float" else f"({args[0]} < 0 ? -{args[0]} : {args[0]})"
         if op == "narrow":
             return f"(long long)({a[1]})({args[0]})"
+        if op in APPROX_OPS:
+            self.approx[op] = APPROX_OPS[op]
         if op in UNARY:
             return UNARY[op].format(args[0])
         if op in FLOAT_FUNCS:
@@ -242,7 +261,7 @@ def generate(cname: str, score_mod, mask_mod, params: dict, runtime: set, softma
     fn_block("float score_mod(const params_t& p, float score, int b, int h, int q_idx, int kv_idx)", body["score"])
     fn_block("bool mask_mod(const params_t& p, int b, int h, int q_idx, int kv_idx)", body["mask"])
     lines.append("};")
-    g = Generated("", fields, captures, origins)
+    g = Generated("", fields, captures, origins, dict(em.approx), em.key_gathers)
     lines.append(f"static_assert(sizeof({cname}::params_t) == {g.params_size}, "
                  f"\"params_t layout differs from infernb's packing\");")
     # annotate generated lines with their Python origin for readers

@@ -377,3 +377,18 @@ TORCH_FUNCS.update({"special_erf": TORCH_FUNCS["erf"], "special_expit": TORCH_FU
 METHOD_FUNCS = {k: TORCH_FUNCS[k] for k in ("tanh", "exp", "log", "sqrt", "sigmoid", "abs", "clamp", "clip", "floor",
                                              "ceil", "sign", "log1p", "exp2", "log2", "sin", "cos", "erf", "rsqrt")}
 
+
+#: ops whose device code is a hardware approximation: op -> maximum relative error against the exact function
+#: (the PTX ISA's bound). The Python side (evaluate, the reference, the emulator) computes the exact function.
+APPROX_OPS = {"tanh_approx": 2.0 ** -10.987}
+
+
+def approx_tanh(x):
+    """``torch.tanh(x)`` computed on the GPU by the SFU's ``tanh.approx.f32`` (one instruction; relative error at most
+    2^-10.987, :data:`APPROX_OPS`) instead of the ~25-instruction accurate ``tanhf``: what FlashInfer's soft-cap uses
+    and FlexAttention's fast soft-cap recipe asks for. On tensors (the reference, the emulator, evaluate) it is the
+    exact ``torch.tanh``; the GPU probe checks the device against that bound."""
+    if isinstance(x, Sym):
+        return unary("tanh_approx", x)
+    return torch.tanh(x)
+

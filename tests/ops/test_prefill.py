@@ -10,7 +10,7 @@ import torch
 import infernb as ib
 from infernb import InputError, reference
 from infernb.reference import apply_rope
-from infernb.ops.prefill import PREFILL_ITEM, PrefillRunner, TRAITS, default_tile_q, plan_records
+from infernb.ops.prefill import PREFILL_ITEM, PrefillRunner, TRAITS, default_tile_q, plan_records, prefill_spec
 from infernb.testing import assert_close
 
 from .decode_cases import make_cache
@@ -59,14 +59,20 @@ def reference_rounded_rope(q, k, v, qo_lens, kv_lens, rope, **kw):
 
 
 def run_ragged(gen, qo_lens, kv_lens, hq, hkv, d, *, dtype=torch.bfloat16, causal=False, window_left=-1,
-               variant=None, rope=None, num_sms=None, tile_q=None, strategy="balanced", merge_gain=0.05):
-    """Plan, poison, run through the runner, compare with the float64 reference; return the plan."""
+               variant=None, rope=None, num_sms=None, tile_q=None, strategy="balanced", merge_gain=0.05,
+               q_scale=1.0, rope_path="auto"):
+    """Plan, poison, run through the runner, compare with the float64 reference; return the plan. ``q_scale``
+    widens the logits (q times it)."""
     q, k, v, qo_ptr, kv_ptr = ragged(gen, qo_lens, kv_lens, hq, hkv, d, dtype)
+    if q_scale != 1.0:
+        q = (q.float() * q_scale).to(dtype)
     rows_avg = float(np.mean(qo_lens)) * hq // hkv
     p = ib.plan(qo_lens, kv_lens, num_qo_heads=hq, num_kv_heads=hkv, head_dim=d, causal=causal,
                 window_left=window_left, tile_q=tile_q or default_tile_q(rows_avg, d), num_sms=num_sms,
                 strategy=strategy, merge_gain=merge_gain, ctas_per_sm=2, dtype=ib.jit.types.DTYPE_NAMES[dtype])
-    runner = PrefillRunner(p, variant=variant, rope=rope, device=q.device)
+    runner = PrefillRunner(p, variant=variant, rope=rope, device=q.device, rope_path=rope_path)
+    if rope is not None and rope_path != "auto":
+        assert runner.rope_path == rope_path
     out = torch.full_like(q, float("nan"))
     lse = torch.full(q.shape[:2], float("nan"), dtype=torch.float32, device=q.device)
     o, s = runner(q, k, v, out=out, lse=lse)
@@ -83,11 +89,11 @@ def run_ragged(gen, qo_lens, kv_lens, hq, hkv, d, *, dtype=torch.bfloat16, causa
 
 
 def run_paged(gen, qo_lens, kv_lens, hq, hkv, d, page_size, layout, *, dtype=torch.bfloat16, causal=True,
-              rope=None, variant=None, num_sms=None):
+              rope=None, variant=None, num_sms=None, rope_path="auto"):
     cache, ids, _ = make_cache(gen, kv_lens, hq, hkv, d, page_size, layout=layout, dtype=dtype, device=DEV)
     q = torch.randn(sum(qo_lens), hq, d, generator=gen).to(dtype).to(DEV)
     out, lse = ib.append(q, cache, ids, qo_lens, causal=causal, rope=rope, variant=variant, return_lse=True,
-                         num_sms=num_sms)
+                         num_sms=num_sms, rope_path=rope_path)
     t = cache.page_table(ids)
     kw = {} if variant is None else variant.reference_kwargs()
     ref_o, ref_s = reference.paged_attention(q, cache.pool, t.indptr, t.indices, t.last_page_len,
@@ -102,6 +108,21 @@ def run_paged(gen, qo_lens, kv_lens, hq, hkv, d, page_size, layout, *, dtype=tor
 
 
 # ---------------------------------------------------------------------------------------------- CPU
+def test_rope_path_auto_rotates_once_when_keys_are_read_by_several_tiles():
+    from infernb.ops.prefill import rope_tiles_per_request
+    long = ib.plan([8192], [8192], num_qo_heads=32, num_kv_heads=8, head_dim=128, causal=True, tile_q=128)
+    assert rope_tiles_per_request(long) == 8192 * 4 / 128
+    short = ib.plan([1, 17, 0], [900, 40, 5], num_qo_heads=32, num_kv_heads=8, head_dim=128, causal=True, tile_q=128)
+    assert rope_tiles_per_request(short) == 1.0
+    spec = prefill_spec(torch.bfloat16, 128, 128, "ragged", True, rope_pass=ib.RoPE())
+    assert [n for n, _ in spec.kernels] == ["prefill", "rope_pass"] and "_ropepass_" in spec.name
+    assert "infernb::rope_pass_kernel<__nv_bfloat16, 1, 128>" in spec.kernels[1][1]
+    with pytest.raises(ib.InputError, match="exclude"):
+        prefill_spec(torch.bfloat16, 128, 128, "ragged", True, rope=ib.RoPE(), rope_pass=ib.RoPE())
+    with pytest.raises(ib.InputError, match="rope_path"):
+        PrefillRunner(long, rope=ib.RoPE(), device="cpu", rope_path="fused")
+
+
 def records_attention(p, q, k, v):
     """The attention the kernel's records describe, computed from them alone (float64): every item's rows over
     its runs' keys, split items merged by LSE. Proves on the CPU that the records cover the plan exactly."""
@@ -272,6 +293,23 @@ def test_gpu_paged_append(gen, page, layout, d, rope, causal):
               dtype=torch.bfloat16 if page != 5 else torch.float16)
 
 
+ROPES = {"rope": ib.RoPE(theta=1e4), "interleave": ib.RoPE(theta=5e5, interleave=True),
+         "partial": ib.RoPE(rotary_dim=64, theta=1e4, scale=2.0)}
+
+
+@gpu
+@pytest.mark.parametrize("path", ["tile", "pass"])
+@pytest.mark.parametrize("rope", list(ROPES), ids=list(ROPES))
+def test_gpu_rope_paths_agree_with_the_reference(gen, path, rope):
+    # the in-tile rotation and the rotation pass, each forced, on ragged and paged keys (both layouts), with
+    # queries at append positions (kv_len > qo_len) and rows split over CTAs
+    r = ROPES[rope]
+    run_ragged(gen, [300, 77, 1], [1000, 77, 40], 8, 2, 128, causal=True, rope=r, rope_path=path, num_sms=4)
+    run_ragged(gen, [129], [129], 16, 2, 64, rope=r, rope_path=path, dtype=torch.float16)
+    for layout, page, d in (("NHD", 16, 128), ("HND", 5, 256)):
+        run_paged(gen, [200, 33, 64], [700, 90, 64], 8, 2, d, page, layout, rope=r, rope_path=path)
+
+
 @gpu
 @pytest.mark.parametrize("case", ["batch128", "kv16384", "group32_mqa", "rope_partial", "tile128_d128"])
 def test_gpu_large_cases(gen, case):
@@ -348,6 +386,19 @@ def test_gpu_every_builtin_variant(gen, variant):
     run_ragged(gen, [17, 64, 1], [40, 64, 54], 8, 2, 128, causal=True, variant=variant, merge_gain=merge)
     run_paged(gen, [17, 30], [60, 30], 8, 2, 128, 16, "NHD", variant=variant, num_sms=None) if variant.softmax \
         else None
+
+
+@gpu
+@pytest.mark.parametrize("make", [lambda: ib.variants.softcap(5.0, approx=True), lambda: ib.variants.softcap(5.0),
+                                  lambda: ib.variants.alibi(ib.variants.alibi_slopes(8).to(DEV))],
+                         ids=["softcap_approx", "softcap", "alibi"])
+def test_gpu_score_mod_on_full_and_partial_steps(gen, make):
+    variant = make()
+    # long rows: most steps are full (hooks without the per-element masks), the diagonal and the runs' ends are not;
+    # q scaled up so the soft-cap (cap 5) saturates and ALiBi's bias matters
+    for causal in (True, False):
+        run_ragged(gen, [300, 77], [1000, 77], 8, 2, 128, causal=causal, variant=variant, q_scale=4.0)
+    run_paged(gen, [200, 33], [700, 90], 8, 2, 128, 16, "NHD", variant=variant, num_sms=None)
 
 
 @gpu

@@ -28,6 +28,7 @@ def ragged(gen, qo, kv, hq=4, hkv=2, d=16):
     (V.alibi(torch.tensor([0.5, 0.25, 0.125, 0.0625])), dict(alibi_slopes=torch.tensor([0.5, 0.25, 0.125, 0.0625]))),
     (V.softcap(2.0), dict(logits_soft_cap=2.0)),
     (V.softcap(2.0, runtime=True), dict(logits_soft_cap=2.0)),
+    (V.softcap(2.0, approx=True), dict(logits_soft_cap=2.0)),      # exact in Python: approx_tanh is the GPU's
 ])
 def test_builtins_equal_the_reference_options(gen, variant, builtin):
     q, k, v, qp, kp = ragged(gen, [1, 6, 3], [9, 6, 12])
@@ -99,6 +100,15 @@ def test_runtime_params_do_not_change_the_code_compile_time_ones_do():
     assert struct.unpack("=f", b.params_bytes()[:4])[0] == 5.0
     assert V.softcap(30.0).cuda != V.softcap(5.0).cuda
     assert build(V.probe_spec(a), "sm_90a").lowered == build(V.probe_spec(b), "sm_90a").lowered
+
+
+def test_approx_tanh_lowers_to_the_sfu_and_declares_its_bound():
+    exact, fast = V.softcap(30.0), V.softcap(30.0, approx=True)
+    assert "tanhf(" in exact.cuda and "tanh_approx" not in exact.cuda and exact.generated.approx == {}
+    assert "infernb::vx::tanh_approx(" in fast.cuda and "tanhf(" not in fast.cuda
+    assert fast.generated.approx == {"tanh_approx": 2.0 ** -10.987} and fast.name == "softcap_30_approx"
+    x = torch.linspace(-5, 5, 101)
+    assert torch.equal(V.approx_tanh(x), torch.tanh(x))           # on tensors: the exact function
 
 
 def test_params_bytes_hold_pointers_and_strides():
@@ -215,6 +225,23 @@ def test_gpu_probe_runtime_param_change_needs_no_recompile():
     w = v.with_params(cap=3.0)
     check_probe(w)
     assert build(V.probe_spec(w)) is before
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("runtime", [False, True])
+def test_gpu_probe_approx_tanh_within_its_bound(runtime):
+    # the device's tanh.approx against Python's exact tanh, at the bound the op declares (APPROX_OPS): the score is
+    # cap * tanh(x), so its error is the op's relative error (plus a few ulps of the multiplications)
+    v = V.softcap(30.0, runtime=runtime, approx=True)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    scores = torch.randn(2, 8, 64, 64, device="cuda", generator=g) * 40
+    gs, gm = V.probe(v, scores, q_offset=0)
+    ps, pm = v.evaluate(scores)
+    assert torch.equal(gm, pm)
+    bound = v.generated.approx["tanh_approx"] * ps.abs() + 4 * torch.finfo(torch.float32).eps * ps.abs() + 1e-6
+    err = (gs - ps).abs()
+    assert bool((err <= bound).all()), f"max excess {float((err - bound).max()):.3e}"
+    assert float(err.max()) > 0                                   # the SFU ran (tanhf would be within 1e-6)
 
 
 def check_probe(v, B=2, H=8, Q=64, K=64):

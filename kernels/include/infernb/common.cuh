@@ -56,6 +56,9 @@ __device__ __forceinline__ int tid_here() {
   return t;
 }
 
+// A compile-time bool as a value (a generic lambda's argument instantiates one body per case: bool_c<true>{}).
+template <bool B> struct bool_c { static constexpr bool value = B; };
+
 // Elements per 16-byte vector.
 template <typename T> constexpr int vec16_size() { return 16 / int(sizeof(T)); }
 

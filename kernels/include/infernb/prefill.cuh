@@ -42,8 +42,6 @@ struct prefill_item_t { INFERNB_PREFILL_ITEM_FIELDS(INFERNB_RECORD_FIELD) };
 // checked against infernb.ops.prefill.PREFILL_ITEM (common.cuh, "Records")
 constexpr const char PREFILL_ITEM_NAMES[] = INFERNB_PREFILL_ITEM_FIELDS(INFERNB_RECORD_NAME);
 struct prefill_run_t { int pos_start, pos_end; };
-// A padding row's position (rows past the tile's end): no real position is this low.
-constexpr int PAD_ROW = -0x40000000;
 
 // KV_MODE: 0 ragged k / v [tokens, num_kv_heads, HEAD_DIM]; 1 paged NHD; 2 paged HND (decode.cuh's pool layouts).
 template <typename T, int HEAD_DIM, int M_TILES, int BLOCK_N, int STAGES_, int ROPE = 0>
@@ -271,9 +269,11 @@ prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
 
     // ------------------------------------------------------------ every row's position and query head (shared
     // memory: read only by masked chunks and hooks, so the main loop keeps no registers for them)
+    // A padding row (past the tile's end) takes the last real row's place: hooks may then be called on it like on
+    // any row (its logits are finite, its output never written), so the logit loop needs no per-row predicate.
     for (int r = tid; r < cfg::TILE_Q; r += NT) {
-      const int R = it.row0 + r;
-      s_rows[r] = make_int2(r < it.rows ? qpos0 + R / group : PAD_ROW, it.kv_head * group + R % group);
+      const int R = it.row0 + (r < it.rows ? r : it.rows - 1);
+      s_rows[r] = make_int2(qpos0 + R / group, it.kv_head * group + R % group);
     }
     // the tile's first and last query positions: chunks inside [.., first] (causal) and [last - window, ..] are full
     // (kept in shared memory, read once per step: not two live registers across the main loop)
@@ -354,47 +354,52 @@ prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
           }
         }
 
-        // logits -> hooks -> masks. A full step (all its keys valid and inside every row's causal / window bounds)
-        // without hooks hands the raw scores and the log2-domain scale to the softmax (one FFMA per logit there; its
-        // padding rows, zero Q rows, stay finite and are never written). Otherwise the logits are formed here, in the
-        // log2 domain (masked = -inf, or 0 for sigmoid attention), and the softmax scale is 1.
+        // logits -> hooks -> masks. The softmax takes logits as scale * x: without a score_mod x is the raw score
+        // and scale the log2-domain sm_scale (one FFMA per logit there); with one, x is score_mod's output and scale
+        // log2(e). A full step (all its keys valid and inside every row's causal / window bounds) skips the
+        // per-element masks; without hooks it touches no logit here (its padding rows, zero Q rows, stay finite and
+        // are never written). Hooks are called on every logit of the step, branch-free, with in-range arguments
+        // (padding rows are the last real row, see s_rows; a key past the run is the run's last key) and their
+        // result is dropped where the pair is masked: masked = -inf, or 0 for sigmoid attention.
         const int2 tile_pos = *reinterpret_cast<const int2*>(s_flags + 2);   // the tile's first, last position
         const bool full = n_valid == SN && (!CAUSAL || k0 + SN - 1 <= tile_pos.x) &&
                           (window_left < 0 || k0 >= tile_pos.y - window_left);
-        float soft_scale = 1.f;
-        if (full && SOFTMAX && !SCORE_MOD && !MASK_MOD && scale_log2 > 0.f) {
-          soft_scale = scale_log2;
-        } else {
+        const bool raw = !SCORE_MOD && scale_log2 > 0.f;   // (a non-positive custom sm_scale: logits formed here)
+        const float soft_scale = !SOFTMAX ? 1.f : SCORE_MOD ? LOG2E : raw ? scale_log2 : 1.f;
+        // one body per case (FULL: no per-element masks, the hooks see the keys as they are)
+        auto logits = [&](auto full_c) {
+          constexpr bool FULL = decltype(full_c)::value;
+          const int last = k0 + n_valid - 1;       // the step's last valid key
 #pragma unroll
           for (int mt = 0; mt < M; ++mt) {
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
               const int2 rw = s_rows[warp * cfg::WARP_ROWS + mt * 16 + g + 8 * h];   // (position, query head)
+              // the row's visible keys of the step: [lo, hi] (bitwise tests below: no branches)
+              const int hi = CAUSAL ? min(last, rw.x) : last;
+              const int lo = window_left >= 0 ? rw.x - window_left : -0x7fffffff - 1;
 #pragma unroll
               for (int nt = 0; nt < NTILES; ++nt) {
 #pragma unroll
                 for (int c = 0; c < 2; ++c) {
                   const int i = 2 * h + c;
                   const int pos = k0 + nt * 8 + 2 * t + c;
-                  // hooks see only real (row, key) pairs: a padding row or a key past the run may index a captured
-                  // tensor out of its range
-                  bool ok = rw.x != PAD_ROW;
-                  if (!full) {
-                    ok = ok && pos < k0 + n_valid;
-                    if (CAUSAL) ok = ok && pos <= rw.x;
-                    ok = ok && (window_left < 0 || pos >= rw.x - window_left);
-                  }
-                  float x = s[mt][nt][i] * sm_scale;
-                  if (SCORE_MOD && ok) x = VARIANT::score_mod(vp, x, it.b, rw.y, rw.x, pos);
-                  if (MASK_MOD && ok) ok = VARIANT::mask_mod(vp, it.b, rw.y, rw.x, pos);
-                  if (SOFTMAX) x = SCORE_MOD ? x * LOG2E : s[mt][nt][i] * scale_log2;
-                  else x = vx::sigmoid(x);
+                  const int hpos = FULL ? pos : min(pos, last);   // the key the hooks see
+                  float x = s[mt][nt][i];
+                  if (SCORE_MOD) x = VARIANT::score_mod(vp, x * sm_scale, it.b, rw.y, rw.x, hpos);
+                  else if (!SOFTMAX) x *= sm_scale;
+                  else if (!raw) x *= scale_log2;
+                  bool ok = FULL || ((pos <= hi) & (pos >= lo));
+                  if (MASK_MOD) ok = VARIANT::mask_mod(vp, it.b, rw.y, rw.x, hpos) & ok;
+                  if (!SOFTMAX) x = vx::sigmoid(x);
                   s[mt][nt][i] = ok ? x : (SOFTMAX ? -INFERNB_INF : 0.f);
                 }
               }
             }
           }
-        }
+        };
+        if (!full) logits(bool_c<false>{});
+        else if (!(SOFTMAX && raw && !MASK_MOD)) logits(bool_c<true>{});
         state.update(s, o, soft_scale);
 
         // O += P V (P rounded to T as the A fragments of the k-steps first: S is dead before V is read)

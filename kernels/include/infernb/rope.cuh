@@ -215,3 +215,52 @@ __device__ __forceinline__ void rope_rotate_rows(T* s_k, int row0, int kpos0, in
 }  // namespace detail
 
 }  // namespace infernb
+
+namespace infernb {
+
+// The rotation pass (a kernel part of prefill's RoPE, infernb.ops.prefill "pass"): dst [tokens, heads, HEAD_DIM]
+// (ragged, contiguous) = src rotated at the tokens' positions, in fp32 and rounded once, the same numbers the in-tile
+// rotation forms (rope_sincos of position x rope_freq: here directly, there by recurrences). A long prompt's keys are
+// read by every query tile of their request (64 tiles of 128 rows at 8192 tokens): rotating them once here replaces
+// a rotation per tile and stage. src rows: token j's head 0 at src + src_rows[j] (a paged pool; heads head_stride
+// apart) or, with src_rows null, ragged (j * heads + h) * HEAD_DIM. pos null: copy (V gathered from pages).
+// One warp per (token, head) row: lanes over the rotary pairs, then the rest of the row in 16-byte vectors.
+template <typename T, int ROPE, int HEAD_DIM>
+__global__ void __launch_bounds__(256) rope_pass_kernel(const T* __restrict__ src,
+                                                          const long long* __restrict__ src_rows,
+                                                          long long head_stride, T* __restrict__ dst,
+                                                          const int* __restrict__ pos, int tokens, int heads,
+                                                          int rotary_dim, float log2_theta, float inv_scale) {
+  const long long row = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  if (row >= (long long)tokens * heads) return;
+  const int lane = threadIdx.x % 32;
+  const int j = int(row / heads), h = int(row % heads);
+  const T* x = src + (src_rows ? src_rows[j] + h * head_stride : row * HEAD_DIM);
+  T* y = dst + row * HEAD_DIM;
+  int done = 0;
+  if (pos != nullptr && ROPE != 0) {
+    const float p = float(pos[j]);
+    for (int i = lane; i < rotary_dim / 2; i += 32) {
+      int da, db;
+      detail::rope_pair<ROPE>(i, rotary_dim, da, db);
+      float sn, cs;
+      detail::rope_sincos(p, detail::rope_freq(i, rotary_dim, log2_theta, inv_scale), &sn, &cs);
+      const float a = to_float(x[da]), b = to_float(x[db]);
+      y[da] = from_float<T>(a * cs - b * sn);
+      y[db] = from_float<T>(b * cs + a * sn);
+    }
+    done = rotary_dim;
+  }
+  constexpr int V = vec16_size<T>();
+  if (done % V == 0) {
+    for (int i = done + lane * V; i < HEAD_DIM; i += 32 * V) {
+      vec_t<T, V> t;
+      t.load(x + i);
+      t.store(y + i);
+    }
+  } else {
+    for (int i = done + lane; i < HEAD_DIM; i += 32) y[i] = x[i];
+  }
+}
+
+}  // namespace infernb

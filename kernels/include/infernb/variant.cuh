@@ -72,6 +72,16 @@ __device__ __forceinline__ i64 imax(i64 a, i64 b) { return a > b ? a : b; }
 __device__ __forceinline__ float sgn(float x) { return (x != x) ? x : float((x > 0.f) - (x < 0.f)); }
 __device__ __forceinline__ i64 sgn(i64 x) { return (x > 0) - (x < 0); }
 __device__ __forceinline__ float sigmoid(float x) { return 1.f / (1.f + expf(-x)); }
+// infernb.variants.approx_tanh: the SFU's tanh (relative error <= 2^-10.987, sm_75+); tanhf elsewhere (the host twin)
+__device__ __forceinline__ float tanh_approx(float x) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 750
+  float y;
+  asm("tanh.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#else
+  return tanhf(x);
+#endif
+}
 // x.to(torch.bfloat16).float(): round to nearest even at bf16 precision
 __device__ __forceinline__ float round_bf16(float x) {
   if (x != x) return x;
