@@ -4,7 +4,7 @@
 ipywidgets (those load inside the functions that need them). ``infernb.device_info()`` says which
 device and CUDA architecture kernels target.
 
-Layers (imports point down; DESIGN.md): widgets -> viz -> profile -> ops -> plan -> variants -> layout -> jit
+Layers (imports point down; docs/ARCHITECTURE.md): widgets -> viz -> profile -> ops -> plan -> variants -> layout -> jit
 -> reference.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from .device import DeviceInfo, device_info, has_gpu
 from .errors import CompileError, DeviceError, InfernbError, InputError, OutOfPagesError
 from .layout import BlockSparse, PagedKVCache, PageTable
 from .reference import RoPE
-# `infernb.plan` is the planning *function* (DESIGN.md's `ib.plan(...)`); the subpackage stays importable as
+# `infernb.plan` is the planning *function* (`ib.plan(...)`); the subpackage stays importable as
 # `infernb.plan.presets` etc. through sys.modules.
 from .plan import Plan, emulate, plan  # noqa: E402
 from . import variants  # noqa: E402

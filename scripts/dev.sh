@@ -6,9 +6,10 @@
 #   scripts/dev.sh setup   set up only
 #
 # Environment: INFERNB_VENV (default .venv), PYTHON (default python3),
-#   INFERNB_TORCH: pip requirement for torch, installed *before* the project so that pip never
-#   resolves torch to the multi-GB CUDA build on a CPU machine (default: torch==2.13.0, the CPU build
-#   provided on our machines). On a GPU machine set it to the CUDA build you want.
+#   INFERNB_TORCH: pip arguments for torch (split into words), installed *before* the project so that the
+#   project's dependencies never pick a torch build (default: torch==2.13.0, a local CPU wheel on the team's
+#   machines). Elsewhere, PyPI's Linux torch is the multi-GB CUDA build: on a CPU-only machine use
+#   INFERNB_TORCH="torch --index-url https://download.pytorch.org/whl/cpu"; on a GPU machine INFERNB_TORCH=torch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 job=${1:-test}
@@ -25,7 +26,8 @@ setup() {
   "$vpy" -m pip install -q --upgrade pip
   if ! "$vpy" -c "import torch" >/dev/null 2>&1; then
     echo "[infernb] installing ${INFERNB_TORCH:-torch==2.13.0}"
-    "$vpy" -m pip install -q "${INFERNB_TORCH:-torch==2.13.0}"
+    # shellcheck disable=SC2086  (word splitting intended: a requirement plus pip options)
+    "$vpy" -m pip install -q ${INFERNB_TORCH:-torch==2.13.0}
   fi
   echo "[infernb] installing infernb[dev] (CuPy + NVRTC wheels, notebook stack, test tools)"
   "$vpy" -m pip install -q -e ".[dev]"

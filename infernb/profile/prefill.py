@@ -104,8 +104,9 @@ def profile_prefill(cases: dict, *, num_qo_heads: int = 32, num_kv_heads: int = 
                     causal: bool = True, runs: int = 20, seed: int = 0) -> list[dict]:
     """Time the prefill of each ragged batch ``{name: (qo_lens, kv_lens)}`` (bf16, random inputs) with infernb, with
     FlashInfer's ragged fa2 prefill when it is installed, and, for one-request batches, with SDPA flash and cuDNN
-    (K/V expanded to the query heads outside the timing). Returns rows ``{case, flops, <path>_ms, <path>_tflops}``
-    in the schema of ``benchmarks/bench_prefill.py``'s JSON (:func:`infernb.viz.tflops_bars` draws them)."""
+    (K/V expanded to the query heads outside the timing) and FlexAttention (compiled before the timing). Returns
+    rows ``{case, flops, <path>_ms, <path>_tflops}`` in the schema of ``benchmarks/bench_prefill.py``'s JSON
+    (:func:`infernb.viz.tflops_bars` draws them)."""
     from ..ops.prefill import PrefillRunner, plan_batch
 
     g = torch.Generator(device="cuda").manual_seed(seed)
@@ -126,6 +127,9 @@ def profile_prefill(cases: dict, *, num_qo_heads: int = 32, num_kv_heads: int = 
             fns["flashinfer_fa2"] = flashinfer_ragged(flashinfer, q, k, v, qo, kv, causal=causal)
         if len(qo) == 1:
             fns.update(sdpa_paths(q, k, v, causal=causal)[0])
+            flex, _ = flex_path(q, k, v, causal=causal)
+            if flex is not None:
+                fns["flex"] = flex
         flops = 4 * num_qo_heads * head_dim * visible_pairs(qo, kv, causal)
         rows.append(dict(case=name, flops=flops, **timing_fields(cuda_time_interleaved(fns, warmup=5, runs=runs),
                                                                  flops)))

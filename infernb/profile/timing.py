@@ -1,5 +1,5 @@
 """Honest GPU timing: warm up first, flush L2 between runs, time each run with CUDA events, report the
-median and spread (the DESIGN.md rule 9; Triton's ``do_bench`` and llm.c's ``benchmark_kernel`` do the same)."""
+median and spread (Triton's ``do_bench`` and llm.c's ``benchmark_kernel`` do the same)."""
 from __future__ import annotations
 
 import dataclasses

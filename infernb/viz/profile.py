@@ -34,8 +34,8 @@ def bandwidth_bars(rows: list[dict], ceiling_tbps: float | None = None, *, title
                                  text=[f"{r[key + '_ms'] * 1e3:.1f} us" if f"{key}_ms" in r else "" for r in rows],
                                  hovertemplate="%{x}: %{y:.2f} TB/s (%{text})<extra>" + label + "</extra>"))
     if ceiling_tbps:
-        fig.add_hline(y=ceiling_tbps, line_dash="dash", line_color="#111827",
-                      annotation_text=f"copy ceiling {ceiling_tbps:.2f} TB/s", annotation_position="top left")
+        _ceiling(fig, go, ceiling_tbps, f"copy ceiling {ceiling_tbps:.2f} TB/s")
+    _headroom(fig, rows, [f"{p}_TBps" for p in PATHS] + ["read_ref_TBps", "copy_same_bytes_TBps"], ceiling_tbps)
     for r in rows:
         if "speedup_vs_flashinfer" in r:
             fig.add_annotation(x=r["case"], y=0, yshift=-28, showarrow=False, font=dict(size=11),
@@ -45,9 +45,24 @@ def bandwidth_bars(rows: list[dict], ceiling_tbps: float | None = None, *, title
     return fig
 
 
+def _ceiling(fig, go, y: float, label: str) -> None:
+    """A ceiling as a dashed line named in the legend (an annotation on the line sat on the bars' time labels)."""
+    fig.add_hline(y=y, line_dash="dash", line_color="#111827")
+    fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=label,
+                             line=dict(dash="dash", color="#111827", width=2)))
+
+
+def _headroom(fig, rows, keys, ceiling) -> None:
+    """y from 0 to 18% above the tallest bar or the ceiling: room for the time labels drawn above the bars."""
+    top = max([float(r[k]) for r in rows for k in keys if isinstance(r.get(k), (int, float))] + [ceiling or 0.0])
+    if top > 0:
+        fig.update_yaxes(range=[0, 1.18 * top])
+
+
 #: prefill paths drawn by tflops_bars, in order: (key in the rows, label, colour)
 PREFILL_PATHS = (("infernb", "infernb", "#2563eb"), ("flashinfer_fa2", "FlashInfer fa2", "#f59e0b"),
-                 ("sdpa_flash", "torch SDPA flash", "#6b7280"), ("sdpa_cudnn", "torch SDPA cuDNN", "#10b981"))
+                 ("flex", "FlexAttention", "#8b5cf6"), ("sdpa_flash", "torch SDPA flash", "#6b7280"),
+                 ("sdpa_cudnn", "torch SDPA cuDNN", "#10b981"))
 
 
 def tflops_bars(rows: list[dict], gemm_tflops: float | None = None, *, title: str = "Prefill: attention TFLOP/s",
@@ -67,8 +82,8 @@ def tflops_bars(rows: list[dict], gemm_tflops: float | None = None, *, title: st
                              textposition="outside",
                              hovertemplate="%{x}: %{y:.0f} TFLOP/s (%{text})<extra>" + label + "</extra>"))
     if gemm_tflops:
-        fig.add_hline(y=gemm_tflops, line_dash="dash", line_color="#111827",
-                      annotation_text=f"bf16 GEMM {gemm_tflops:.0f} TFLOP/s", annotation_position="top left")
+        _ceiling(fig, go, gemm_tflops, f"bf16 GEMM {gemm_tflops:.0f} TFLOP/s")
+    _headroom(fig, rows, [f"{k}_tflops" for k, _, _ in PREFILL_PATHS], gemm_tflops)
     fig.update_layout(**base_layout(title + (f"<br><sup>{subtitle}</sup>" if subtitle else "")), barmode="group",
                       yaxis_title="TFLOP/s (visible pairs)", height=430, legend=dict(orientation="h", y=-0.25))
     return fig

@@ -36,10 +36,12 @@ def plan_gantt(plan, compare=None, *, title: str | None = None):
     from plotly.subplots import make_subplots
 
     plans = [compare, plan] if compare is not None else [plan]
-    titles = [f"{p.strategy}: imbalance {p.stats()['imbalance']:.2f}, predicted {p.predicted_us():.0f} us, "
+    # two short lines per title: side by side, one long line overran its half of the figure and was cut
+    titles = [f"<b>{p.strategy}</b>: imbalance {p.stats()['imbalance']:.2f}<br>predicted {p.predicted_us():.0f} us, "
               f"{len(p.merge_unit)} split rows" for p in plans]
     fig = make_subplots(rows=1, cols=len(plans), shared_xaxes=True, shared_yaxes=True, subplot_titles=titles,
                         horizontal_spacing=0.04)
+    fig.update_annotations(font_size=12)
     xmax = max(float(p.cta_load.max(initial=0)) for p in plans) * 1.02 or 1.0
     for i, p in enumerate(plans):
         bars, mark = _gantt_traces(p, go, showlegend=(i == 0))
@@ -52,6 +54,7 @@ def plan_gantt(plan, compare=None, *, title: str | None = None):
                                     f"({plan.num_qo_heads} q / {plan.num_kv_heads} KV heads, d={plan.head_dim})"),
                       bargap=0.15, height=min(900, max(380, 120 + 4 * plan.num_ctas)),
                       legend=dict(orientation="h", y=-0.12))
+    fig.update_layout(margin=dict(t=110))           # the figure's title, then the two-line subplot titles
     return fig
 
 

@@ -54,3 +54,17 @@ def test_scheduler_explorer_updates_in_place():
     assert "invalid literal" in e.status.value or "Error" in e.status.value or "color:#b91c1c" in e.status.value
     assert e.gantt is gantt and e.merges is merges
     assert len([t for t in e.gantt.data if t.type == "bar"]) == 2
+
+
+def test_gantt_subplot_titles_fit_their_half():
+    # side by side, each title has half the figure: one ~60-character line was cut in the browser ("131 spli")
+    import re
+    qo, kv = presets.batch("one long + many short", 64)
+    bal = ib.plan(qo, kv, **KW)
+    fig = ib.viz.plan_gantt(bal, compare=ib.plan(qo, kv, strategy="naive", **KW))
+    titles = [a.text for a in fig.layout.annotations][:2]
+    assert len(titles) == 2 and f"{len(bal.merge_unit)} split rows" in titles[1]
+    for t in titles:
+        for line in re.sub(r"</?b>", "", t).split("<br>"):
+            assert len(line) <= 40, f"subplot title line too long for half the figure: {line!r}"
+    assert fig.layout.margin.t >= 100                               # two lines under the figure's title
