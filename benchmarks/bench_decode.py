@@ -5,7 +5,7 @@ vs torch SDPA on contiguous (unpaged) KV, bf16, 32 query / 8 KV heads, head dim 
 
 The comparison itself is :func:`infernb.profile.profile_decode` (what notebook 05 shows); this script adds the
 copy ceiling, references for each case's KV bytes (a streaming read that computes nothing and a device copy moving
-them, diag/read_floor.py), the variants and tuning alternatives against plain decode on the 64 x 4096 case (checked
+them, infernb.profile.read), the variants and tuning alternatives against plain decode on the 64 x 4096 case (checked
 against the reference, timed in the same rounds), and writes
 ``decode_<device>_<date>.json``. L2 is flushed before every timed call (infernb.profile.cuda_time).
 """
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
 
     copy_tbps = copy_ceiling_tbps()
     rows = profile_decode(CASES, runs=args.runs, extra=extra, progress=False, **SHAPE)
-    from diag.read_floor import read_references
+    from infernb.profile.read import read_references
     for r in rows:
         r["target"] = TARGETS[r["case"]]
         r["copy_fraction"] = r["infernb_TBps"] / copy_tbps

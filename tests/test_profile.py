@@ -78,18 +78,25 @@ def test_decode_trace_records_every_cta():
 
 
 def test_benchmark_stream_read_kernel_builds():
-    """The read reference of benchmarks/bench_decode.py (diag/read_floor.py) compiles for Hopper without spills."""
-    import importlib.util
+    """The read reference of benchmarks/bench_decode.py (infernb.profile.read) compiles for Hopper without spills."""
+    from infernb.jit import build
+    from infernb.profile.read import SPEC
+
+    k = build(SPEC, arch="sm_90a")
+    assert {r.name for r in k.report.kernels} >= {"read4", "read8", "read16", "empty"} and not k.report.spills
+
+
+def test_library_and_tests_do_not_import_the_diagnostics_and_results_hold_json():
+    # benchmarks/diag/ holds diagnostics: scripts over the library, never imported by it or by the tests
+    import re
     from pathlib import Path
 
-    from infernb.jit import build
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "diag" / "read_floor.py"
-    spec = importlib.util.spec_from_file_location("read_floor", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    k = build(mod.SPEC, arch="sm_90a")
-    assert {r.name for r in k.report.kernels} >= {"read4", "read8", "read16", "empty"} and not k.report.spills
+    root = Path(__file__).resolve().parents[1]
+    pat = re.compile(r"^\s*(from|import)\s+\S*diag\b|spec_from_file_location\([^)]*diag", re.M)
+    for f in [*(root / "infernb").rglob("*.py"), *(root / "tests").rglob("*.py")]:
+        assert not pat.search(f.read_text()), f"{f.relative_to(root)} imports benchmarks/diag"
+    results = [p.name for p in (root / "benchmarks" / "results").iterdir()]
+    assert results and all(n.endswith(".json") for n in results), [n for n in results if not n.endswith(".json")]
 
 
 @pytest.mark.parametrize("causal,window", [(False, -1), (True, -1), (True, 3), (False, 2)])

@@ -23,3 +23,14 @@ def speed_table(rows: list[dict], *, base: str = "infernb", rate: str | None = N
             lines.append(f"{str(r.get('case', '')):<26} {p:<26} {t:8.3f} "
                          f"{(f'{rv:8.1f}' if isinstance(rv, (int, float)) else ' ' * 8)} {rel}")
     return "\n".join(lines)
+
+
+def compare_table(result: dict, *, base: str = "infernb") -> str:
+    """A :func:`infernb.profile.compare` result as text, fastest first: each path's median time, its speed
+    relative to ``base`` (``> 1``: faster than ``base``), TFLOP/s, TB/s and error against the float64 reference."""
+    lines = [f"{'path':<14} {'ms':>9} {'speed vs ' + base:>18} {'TFLOP/s':>8} {'TB/s':>6} {'error':>9}"]
+    t0 = result["paths"].get(base, {}).get("ms")
+    for lab, p in sorted(result["paths"].items(), key=lambda kv: kv[1]["ms"]):
+        rel = f"{t0 / p['ms']:18.2f}" if t0 else " " * 18
+        lines.append(f"{lab:<14} {p['ms']:9.3f} {rel} {p['TFLOPs']:8.1f} {p['TBps']:6.2f} {p['err']:9.1e}")
+    return "\n".join(lines)

@@ -1,5 +1,6 @@
 """Pictures: pure functions from infernb data structures to plotly figures (no computation, no CuPy).
 plotly is imported inside each function, so ``import infernb.viz`` is cheap."""
+from .compare import compare_bars, roofline
 from .kv import page_pool, sequence_pages
 from .profile import bandwidth_bars, tflops_bars
 from .schedule import merge_map, plan_gantt
@@ -7,5 +8,5 @@ from .sparse import block_sparse
 from .trace import cta_timeline
 from .variant import variant_grid
 
-__all__ = ["bandwidth_bars", "block_sparse", "cta_timeline", "merge_map", "page_pool", "plan_gantt", "sequence_pages",
+__all__ = ["bandwidth_bars", "block_sparse", "compare_bars", "roofline", "cta_timeline", "merge_map", "page_pool", "plan_gantt", "sequence_pages",
            "tflops_bars", "variant_grid"]

@@ -43,7 +43,7 @@ pytestmark = [
 ]
 
 #: Figures a widget panel draws (plotly FigureWidgets), beyond the static figures saved in the notebook.
-PANEL_FIGURES = {"SchedulerExplorer": 2, "KVLayoutExplorer": 2, "VariantEditor": 2}
+PANEL_FIGURES = {"SchedulerExplorer": 2, "KVLayoutExplorer": 2, "VariantEditor": 2, "ProfilerPanel": 2}
 PLOTLY = "application/vnd.plotly.v1+json"
 
 
@@ -276,3 +276,49 @@ def test_kv_layout_explorer_table_fork_and_geometry(browser, lab, artifacts):
         page.check(not page.errors, f"console errors after the actions {page.errors}")
     finally:
         page.page.close()
+
+
+def test_variant_editor_builtin_then_edit_then_compile(browser, lab, artifacts):
+    """Pick a built-in: its code appears in the box; edit the box and compile: the edited variant is what gets
+    compiled (status and figure titles name it), with no console error."""
+    name = _scratch(lab, "scratch_variant.ipynb", ["import infernb as ib\nx = ib.widgets.VariantEditor()\nx"])
+    page = Page(browser, lab, name, artifacts)
+    try:
+        page.run_all()
+        page.check(not page.errors, f"console errors {page.errors}")
+        page.check(page.figures() == 2, f"{page.figures()} figures, 2 expected")
+        page.panel.locator(".widget-dropdown select").first.select_option(label="softcap_30")
+        box = page.panel.locator(".widget-textarea textarea").first
+        page.page.wait_for_function("b => b.value.includes('softcap(30.0)')", arg=box.element_handle(),
+                                    timeout=30_000)
+        box.fill(box.input_value().replace("softcap(30.0)", "softcap(12.0)"))
+        box.blur()
+        page.panel.locator("button", has_text="compile").click()
+        page.page.wait_for_function("() => document.body.innerText.includes('softcap_12')", timeout=120_000)
+        time.sleep(1.5)
+        page.check("softcap_12" in page.panel.inner_text(), "the edited variant was not the one compiled")
+        page.check(not page.errors, f"console errors after compile {page.errors}")
+    finally:
+        page.page.close()
+
+
+def test_profiler_panel_committed_problems(browser, lab, artifacts):
+    """Without a GPU the panel draws the committed run's bars and roofline, labelled as committed; choosing another
+    problem redraws the bars in place."""
+    name = _scratch(lab, "scratch_profiler.ipynb", ["import infernb as ib\nx = ib.widgets.ProfilerPanel()\nx"])
+    page = Page(browser, lab, name, artifacts)
+    try:
+        page.run_all()
+        page.check(not page.errors, f"console errors {page.errors}")
+        page.check(page.figures() == 2, f"{page.figures()} figures, 2 expected")
+        page.check("committed run" in page.panel.inner_text(), "the committed run is not labelled as such")
+        page.panel.locator(".widget-dropdown select").first.select_option(label="prefill 1 x 8192")
+        page.page.wait_for_function(
+            "() => [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .js-plotly-plot .gtitle')]"
+            ".some(t => t.textContent.startsWith('prefill 1 x 8192'))", timeout=30_000)
+        bars = page.panel.locator(".js-plotly-plot").first.locator(".ytick").all_text_contents()
+        page.check(any("FlashInfer" in b for b in bars), f"the plain prefill's paths are not drawn: {bars}")
+        page.check(not page.errors, f"console errors after choosing a problem {page.errors}")
+    finally:
+        page.page.close()
+
