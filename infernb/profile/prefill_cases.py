@@ -1,0 +1,210 @@
+"""The prefill benchmark's cases as library code (``benchmarks/bench_prefill.py`` lists the cases and writes the
+JSON): each case checked against the float64 reference on a sample of rows, then every path timed in interleaved
+rounds -- infernb (its planner and kernel variations), FlashInfer fa2 (and its variants with ``flashinfer=2``),
+FlexAttention, SDPA flash and cuDNN -- with the bf16 GEMM ceiling measured in the same run."""
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import torch
+
+from ..testing import rel_error
+from .prefill import flashinfer_ragged, flex_path, sdpa_paths, timing_fields, visible_pairs
+from .timing import cuda_time, cuda_time_interleaved, device_name
+
+HQ, HKV, D = 32, 8, 128
+
+
+def _flashinfer():
+    try:
+        import flashinfer
+    except Exception:
+        return None
+    return flashinfer
+
+
+def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, flex: bool = True) -> dict:
+    """Run the benchmark ``cases`` (bf16, 32 query / 8 KV heads, head dim 128). Each case is
+    ``dict(kind="ragged" | "paged", name=..., qo=[...], kv=[...], **options)``; ragged options: ``causal``,
+    ``window``, ``variants`` (``[(label, Variant)]``), ``rope_cmp`` (RoPE by the pass and in the tile), ``naive`` (the
+    same kernel on a naive plan), ``tile_cmp`` (the other query tile), ``plan_variants`` (``[(label, plan kwargs)]``),
+    ``configs`` (``[PrefillTraits]``); paged: ``page``. ``flashinfer``: 0 none, 1 plain fa2, 2 also its variant
+    paths. Returns the benchmark JSON: ``{device, date, torch, flashinfer, heads, head_dim, dtype, gemm_tflops,
+    cases: [rows]}``, rows with ``<path>_ms``, ``<path>_tflops``, errors and ``<path>_over_infernb``."""
+    import infernb as ib
+    from ..ops.prefill import PrefillRunner, plan_batch
+    from .. import reference
+
+    fi = _flashinfer() if flashinfer else None
+    dev, dt_ = "cuda", torch.bfloat16
+    g = torch.Generator(device=dev).manual_seed(0)
+    rnd = lambda *s: torch.randn(*s, device=dev, generator=g, dtype=dt_)  # noqa: E731
+    result = dict(device=device_name(), date=str(dt.date.today()), torch=torch.__version__,
+                  flashinfer=getattr(fi, "__version__", None), heads=[HQ, HKV], head_dim=D, dtype="bf16", cases=[])
+
+    # the GEMM ceiling, measured here
+    a, b = rnd(8192, 8192), rnd(8192, 8192)
+    t = cuda_time(lambda: a @ b, warmup=3, runs=10)
+    gemm = 2 * 8192 ** 3 / (t.median_ms * 1e-3) / 1e12
+    result["gemm_tflops"] = gemm
+    a = b = None
+    print(f"bf16 GEMM 8192^3: {gemm:.0f} TFLOP/s")
+    ws = {}
+
+    def workspace(name):
+        if name not in ws:
+            ws[name] = torch.zeros(256 * 2**20, dtype=torch.uint8, device=dev)
+        return ws[name]
+
+    def check(name, out, ref_rows, rows):
+        """out rows `rows` against the float64 reference rows."""
+        err = rel_error(out[rows].float().cpu(), ref_rows.cpu())
+        assert err < 2e-2, f"{name}: relative error {err:.2e} against the float64 reference"
+        return err
+
+    def ragged_case(name, qo, kv, *, causal=True, window=-1, variants=(), rope_cmp=False, naive=False,
+                    tile_cmp=False, plan_variants=(), configs=()):
+        q, k, v = rnd(sum(qo), HQ, D), rnd(sum(kv), HKV, D), rnd(sum(kv), HKV, D)
+        qo_ptr, kv_ptr = np.r_[0, np.cumsum(qo)], np.r_[0, np.cumsum(kv)]
+        pairs = visible_pairs(qo, kv, causal, window)
+        flops = 4 * HQ * D * pairs
+        # reference on a sample of rows: the last 64 queries of the first and of the last request
+        ends = sorted({0, len(qo) - 1})
+        rows = torch.cat([torch.arange(qo_ptr[r + 1] - min(64, qo[r]), qo_ptr[r + 1]) for r in ends])
+        fns, errs = {}, {}
+
+        def ref_rows(variant=None, rope=None):
+            kw = {} if variant is None else variant.reference_kwargs()
+            outs = []
+            for r in ends:
+                L = min(64, qo[r])
+                o, _ = reference.attention(q[qo_ptr[r + 1] - L:qo_ptr[r + 1]], k[kv_ptr[r]:kv_ptr[r + 1]],
+                                           v[kv_ptr[r]:kv_ptr[r + 1]], [0, L], [0, kv[r]], causal=causal,
+                                           window_left=window, rope=rope, **kw)
+                outs.append(o)
+            return torch.cat(outs)
+
+        def add(label, plan, variant=None, rope=None, config=None, rope_path="auto"):
+            r = PrefillRunner(plan, variant=variant, rope=rope, config=config, rope_path=rope_path)
+            out = r(q, k, v)[0]
+            errs[label] = check(label, out, ref_rows(variant, rope), rows)
+            fns[label] = lambda: r(q, k, v)
+
+        shape = dict(num_qo_heads=HQ, num_kv_heads=HKV, head_dim=D, causal=causal, window_left=window)
+        p = plan_batch(qo, kv, dtype=dt_, **shape)       # what ib.prefill plans
+        fc = p.fixed_cost
+        add("infernb", p)
+        if tile_cmp:                                # the other query tile, same kernel family, same rounds
+            add(f"infernb_tile{192 - p.tile_q}", plan_batch(qo, kv, dtype=dt_, tile_q=192 - p.tile_q, **shape))
+        for cfg in configs:                          # kernel configurations, planned for their CTAs per SM
+            add(f"infernb_m{cfg.m_tiles}n{cfg.block_n}k{cfg.step_n}s{cfg.stages}c{cfg.ctas_per_sm}",
+                ib.plan(qo, kv, tile_q=cfg.tile_q, ctas_per_sm=cfg.ctas_per_sm, fixed_cost=cfg.fixed_cost, **shape),
+                config=cfg)
+        for pv_name, kw in plan_variants:           # planner settings, same kernel, same rounds
+            add(f"infernb_{pv_name}", ib.plan(qo, kv, tile_q=p.tile_q, ctas_per_sm=2, **kw, **shape))
+        if naive:
+            add("infernb_naive_plan", ib.plan(qo, kv, tile_q=p.tile_q, ctas_per_sm=2, strategy="naive", fixed_cost=fc,
+                                              **shape))
+        for v_name, variant in variants:
+            add(f"infernb_{v_name}", p, variant=variant)
+        if rope_cmp:
+            add("infernb_rope", p, rope=ib.RoPE(theta=1e4))                      # auto: the rotation pass here
+            add("infernb_rope_tile", p, rope=ib.RoPE(theta=1e4), rope_path="tile")
+        if fi is not None:
+            def fi_ragged(label, **kw):
+                fns[label] = flashinfer_ragged(fi, q, k, v, qo, kv, causal=causal, workspace=workspace(label), **kw)
+                return fns[label]()
+            out = fi_ragged("flashinfer_fa2", window_left=window)
+            errs["flashinfer_fa2"] = check("flashinfer_fa2", out, ref_rows(), rows)
+            if flashinfer >= 2:
+                for v_name, variant in variants:
+                    if v_name == "softcap30_approx":
+                        continue                    # (FlashInfer's soft-cap is one path: its tanh is the SFU's)
+                    kw = dict(logits_soft_cap=30.0) if v_name == "softcap30" else dict(pos_encoding_mode="ALIBI")
+                    fi_ragged(f"flashinfer_fa2_{v_name}", **kw)
+                if rope_cmp:
+                    fi_ragged("flashinfer_fa2_rope", pos_encoding_mode="ROPE_LLAMA", rope_theta=1e4)
+        if len(qo) == 1 and flex:             # FlexAttention on the one request, plain and each variant
+            for label, smod in [("flex", None)] + [(f"flex_{n}", v.bound_mods()[0]) for n, v in variants
+                                                   if n != "softcap30_approx"]:
+                call, why = flex_path(q, k, v, causal=causal, score_mod=smod, window_left=window)
+                if call is None:
+                    print(f"{name}: {label} unavailable: {why}", flush=True)
+                    continue
+                fns[label] = call
+                if smod is None:
+                    errs[label] = check(label, call(), ref_rows(), rows)
+        if len(qo) == 1 and window < 0:             # SDPA on the one request (K/V expanded to the query heads)
+            calls, missing = sdpa_paths(q, k, v, causal=causal)
+            for label, call in calls.items():
+                errs[label] = check(label, call(), ref_rows(), rows)
+                fns[label] = call
+            for label, why in missing.items():
+                print(f"{name}: {label} unavailable ({why})")
+        times = cuda_time_interleaved(fns, warmup=5, runs=runs)
+        row = dict(case=name, qo_lens=_short(qo), kv_lens=_short(kv), causal=causal, window_left=window,
+                   plan_tile_q=p.tile_q, plan_ctas=p.num_ctas, plan_items=p.num_items,
+                   plan_split_units=int(len(p.merge_unit)), visible_pairs=pairs, flops=flops, errors=errs,
+                   **timing_fields(times, flops))
+        _ratios(row, times)
+        result["cases"].append(row)
+        _print(row, times, gemm)
+
+    def paged_case(name, qo, kv, page=16):
+        cache = ib.PagedKVCache(sum(-(-n // page) for n in kv) + 8, page, HKV, D, dtype=dt_, device=dev)
+        ids = cache.add_sequences(len(kv))
+        cache.append(ids, rnd(sum(kv), HKV, D), rnd(sum(kv), HKV, D), kv)
+        q = rnd(sum(qo), HQ, D)
+        table = cache.page_table(ids)
+        pairs = visible_pairs(qo, kv, True)
+        flops = 4 * HQ * D * pairs
+        p = plan_batch(qo, kv, num_qo_heads=HQ, num_kv_heads=HKV, head_dim=D, dtype=dt_, page_size=page, causal=True,
+                       page_table=table)                 # what ib.append plans
+        r = PrefillRunner(p, cache, table)
+        out = r(q)[0]
+        qo_ptr = np.r_[0, np.cumsum(qo)]
+        ref, _ = reference.paged_attention(q[:qo[0]], cache.pool, table.indptr[:2], table.indices[:table.indptr[1]],
+                                           table.last_page_len[:1], [0, qo[0]], causal=True)
+        errs = {"infernb": check("infernb", out, ref, torch.arange(qo[0]))}
+        fns = {"infernb": lambda: r(q)}
+        if fi is not None:
+            w = fi.BatchPrefillWithPagedKVCacheWrapper(workspace("paged"), "NHD", backend="fa2")
+            i32 = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.int32, device=dev)  # noqa: E731
+            w.plan(i32(qo_ptr), table.indptr, table.indices, table.last_page_len, HQ, HKV, D, page, causal=True,
+                   q_data_type=dt_)
+            out = w.run(q, cache.pool)
+            errs["flashinfer_fa2"] = check("flashinfer_fa2", out, ref, torch.arange(qo[0]))
+            fns["flashinfer_fa2"] = lambda: w.run(q, cache.pool)
+        times = cuda_time_interleaved(fns, warmup=5, runs=runs)
+        row = dict(case=name, qo_lens=_short(qo), kv_lens=_short(kv), causal=True, page_size=page,
+                   plan_tile_q=p.tile_q, plan_ctas=p.num_ctas, plan_items=p.num_items,
+                   plan_split_units=int(len(p.merge_unit)), visible_pairs=pairs, flops=flops, errors=errs)
+        row.update(timing_fields(times, flops))
+        _ratios(row, times)
+        result["cases"].append(row)
+        _print(row, times, gemm)
+
+    for c in cases:
+        c = dict(c)
+        kind = c.pop("kind", "ragged")
+        (ragged_case if kind == "ragged" else paged_case)(c.pop("name"), c.pop("qo"), c.pop("kv"), **c)
+    return result
+
+
+def _short(lens):
+    return lens if len(lens) <= 4 else f"{lens[0]} + {len(lens) - 1} x {lens[1]}" if len(set(lens[1:])) == 1 \
+        else f"{len(lens)} requests"
+
+
+def _ratios(row, times):
+    """Each other path's time over infernb's (> 1: infernb is faster)."""
+    base = times["infernb"].median_ms
+    for label, tm in times.items():
+        if label != "infernb":
+            row[f"{label}_over_infernb"] = tm.median_ms / base
+
+
+def _print(row, times, gemm):
+    parts = [f"{k}={t.median_ms:.3f}ms ({row[k + '_tflops']:.0f} TF)" for k, t in times.items()]
+    print(f"{row['case']}: " + ", ".join(parts) + f"  [GEMM {gemm:.0f} TF]", flush=True)
