@@ -18,7 +18,7 @@ import torch
 from ..errors import InputError
 from ..testing import rel_error
 from .decode import committed_results, copy_ceiling_tbps
-from .prefill import gemm_ceiling_tflops, sdpa_paths, visible_pairs
+from .prefill import flex_call, gemm_ceiling_tflops, sdpa_paths, visible_pairs
 from .timing import cuda_time_interleaved, device_name
 
 OPS = ("decode", "prefill", "append")
@@ -219,10 +219,6 @@ def _flashinfer():
 def _flex(q, k, v, qo, kv, *, causal: bool, variant):
     """FlexAttention over the packed batch: a document mask keeps requests apart, positions are each request's
     (append convention), the variant's score_mod / mask_mod see (request, head, q position, kv position)."""
-    try:
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-    except ImportError as e:
-        return None, f"{type(e).__name__}: {e}"
     dev = q.device
     qo_t, kv_t = torch.tensor(qo, device=dev), torch.tensor(kv, device=dev)
     q_doc = torch.repeat_interleave(torch.arange(len(qo), device=dev), qo_t)
@@ -242,14 +238,4 @@ def _flex(q, k, v, qo, kv, *, causal: bool, variant):
         return ok
 
     score_mod = None if smod is None else (lambda s, b, h, qi, kj: smod(s, q_doc[qi], h, q_pos[qi], k_pos[kj]))
-    try:
-        bm = create_block_mask(mask_mod, None, None, sum(qo), sum(kv), device=dev)
-        fn = torch.compile(flex_attention, dynamic=False)
-        qs, ks, vs = (t.transpose(0, 1)[None] for t in (q, k, v))
-
-        def call():
-            return fn(qs, ks, vs, score_mod=score_mod, block_mask=bm, enable_gqa=True)[0].transpose(0, 1)
-        call()
-        return call, None
-    except Exception as e:                               # noqa: BLE001  (compile or backend failures: reported)
-        return None, f"{type(e).__name__}: {str(e)[:300]}"
+    return flex_call(q, k, v, mask_mod=mask_mod, score_mod=score_mod)

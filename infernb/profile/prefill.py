@@ -62,23 +62,18 @@ def sdpa_paths(q, k, v, *, causal: bool) -> tuple[dict, dict]:
     return calls, missing
 
 
-def flex_path(q, k, v, *, causal: bool, score_mod=None, window_left: int = -1):
-    """FlexAttention (``torch.compile``d, GQA, a causal / sliding-window block mask) on one request, as a call
-    returning ``[tokens, num_qo_heads, d]``; ``score_mod`` is FlexAttention's ``(score, b, h, q_idx, kv_idx)``
-    (an infernb variant's score_mod has the same signature). Returns ``(call, None)`` or ``(None, why)``. The
-    compile happens here, outside any timing."""
+def flex_call(q, k, v, *, mask_mod=None, score_mod=None):
+    """FlexAttention (``torch.compile``d, GQA) of packed ``q [tokens, num_qo_heads, d]``, ``k, v [keys, num_kv_heads,
+    d]`` with a block mask made from ``mask_mod`` (None: every key) and ``score_mod``, FlexAttention's signatures.
+    Returns ``(call, None)``, the call returning ``[tokens, num_qo_heads, d]``, or ``(None, why)``. The compile and a
+    first call happen here, outside any timing."""
     try:
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
     except ImportError as e:                              # torch without FlexAttention
         return None, f"{type(e).__name__}: {e}"
-    L, S = q.shape[0], k.shape[0]
-    off = S - L                                          # bottom-right alignment, as infernb and FlashInfer
-
-    def mask_mod(b, h, q_idx, kv_idx):
-        ok = kv_idx <= q_idx + off if causal else kv_idx >= 0
-        return ok & (kv_idx >= q_idx + off - window_left) if window_left >= 0 else ok
     try:
-        bm = create_block_mask(mask_mod, None, None, L, S, device=q.device) if causal or window_left >= 0 else None
+        bm = None if mask_mod is None else create_block_mask(mask_mod, None, None, q.shape[0], k.shape[0],
+                                                               device=q.device)
         fn = torch.compile(flex_attention, dynamic=False)
         qs, ks, vs = (t.transpose(0, 1)[None] for t in (q, k, v))
 
@@ -88,6 +83,18 @@ def flex_path(q, k, v, *, causal: bool, score_mod=None, window_left: int = -1):
         return call, None
     except Exception as e:                               # noqa: BLE001  (compile or backend failures: reported)
         return None, f"{type(e).__name__}: {str(e)[:300]}"
+
+
+def flex_path(q, k, v, *, causal: bool, score_mod=None, window_left: int = -1):
+    """:func:`flex_call` on one request with a causal / sliding-window mask, bottom-right aligned as infernb and
+    FlashInfer; ``score_mod`` is FlexAttention's ``(score, b, h, q_idx, kv_idx)`` (an infernb variant's score_mod
+    has the same signature). Returns ``(call, None)`` or ``(None, why)``."""
+    off = k.shape[0] - q.shape[0]
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        ok = kv_idx <= q_idx + off if causal else kv_idx >= 0
+        return ok & (kv_idx >= q_idx + off - window_left) if window_left >= 0 else ok
+    return flex_call(q, k, v, mask_mod=mask_mod if causal or window_left >= 0 else None, score_mod=score_mod)
 
 
 def timing_fields(times: dict, flops: float) -> dict:

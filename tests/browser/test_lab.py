@@ -278,15 +278,25 @@ def test_kv_layout_explorer_table_fork_and_geometry(browser, lab, artifacts):
         page.page.close()
 
 
-def test_variant_editor_builtin_then_edit_then_compile(browser, lab, artifacts):
-    """Pick a built-in: its code appears in the box; edit the box and compile: the edited variant is what gets
-    compiled (status and figure titles name it), with no console error."""
-    name = _scratch(lab, "scratch_variant.ipynb", ["import infernb as ib\nx = ib.widgets.VariantEditor()\nx"])
-    page = Page(browser, lab, name, artifacts)
+def _panel(browser, lab, artifacts, name: str, widget: str) -> Page:
+    """A new notebook showing a bare ``ib.widgets.<widget>()``, run: no console error, its figures drawn."""
+    page = Page(browser, lab, _scratch(lab, name, [f"import infernb as ib\nx = ib.widgets.{widget}()\nx"]), artifacts)
     try:
         page.run_all()
         page.check(not page.errors, f"console errors {page.errors}")
-        page.check(page.figures() == 2, f"{page.figures()} figures, 2 expected")
+        page.check(page.figures() == PANEL_FIGURES[widget],
+                   f"{page.figures()} figures, {PANEL_FIGURES[widget]} expected")
+    except BaseException:
+        page.page.close()
+        raise
+    return page
+
+
+def test_variant_editor_builtin_then_edit_then_compile(browser, lab, artifacts):
+    """Pick a built-in: its code appears in the box; edit the box and compile: the edited variant is what gets
+    compiled (status and figure titles name it), with no console error."""
+    page = _panel(browser, lab, artifacts, "scratch_variant.ipynb", "VariantEditor")
+    try:
         page.panel.locator(".widget-dropdown select").first.select_option(label="softcap_30")
         box = page.panel.locator(".widget-textarea textarea").first
         page.page.wait_for_function("b => b.value.includes('softcap(30.0)')", arg=box.element_handle(),
@@ -305,12 +315,8 @@ def test_variant_editor_builtin_then_edit_then_compile(browser, lab, artifacts):
 def test_profiler_panel_committed_problems(browser, lab, artifacts):
     """Without a GPU the panel draws the committed run's bars and roofline, labelled as committed; choosing another
     problem redraws the bars in place."""
-    name = _scratch(lab, "scratch_profiler.ipynb", ["import infernb as ib\nx = ib.widgets.ProfilerPanel()\nx"])
-    page = Page(browser, lab, name, artifacts)
+    page = _panel(browser, lab, artifacts, "scratch_profiler.ipynb", "ProfilerPanel")
     try:
-        page.run_all()
-        page.check(not page.errors, f"console errors {page.errors}")
-        page.check(page.figures() == 2, f"{page.figures()} figures, 2 expected")
         page.check("committed run" in page.panel.inner_text(), "the committed run is not labelled as such")
         page.panel.locator(".widget-dropdown select").first.select_option(label="prefill 1 x 8192")
         page.page.wait_for_function(
