@@ -21,6 +21,7 @@
 // the per-element mask (only score_mod runs); a variant mask_mod (MASK_MOD) is evaluated on every visible logit.
 #pragma once
 #include <infernb/common.cuh>
+#include <infernb/epilogue.cuh>
 #include <infernb/merge_states.cuh>
 #include <infernb/mma.cuh>
 #include <infernb/rope.cuh>
@@ -42,6 +43,27 @@ struct prefill_item_t { INFERNB_PREFILL_ITEM_FIELDS(INFERNB_RECORD_FIELD) };
 // checked against infernb.ops.prefill.PREFILL_ITEM (common.cuh, "Records")
 constexpr const char PREFILL_ITEM_NAMES[] = INFERNB_PREFILL_ITEM_FIELDS(INFERNB_RECORD_NAME);
 struct prefill_run_t { int pos_start, pos_end; };
+
+namespace detail {
+// Where the epilogue puts tile row r of an item (epilogue.cuh's ROWS): packed row R = row0 + r is token R / group,
+// query head kv_head * group + R % group. The item is read from shared memory at each use (as the kernel does).
+template <int D>
+struct prefill_rows_t {
+  const prefill_item_t& e;
+  int group, num_qo_heads;
+  __device__ __forceinline__ bool valid(int r) const { return r < e.rows; }
+  template <typename T>
+  __device__ __forceinline__ T* out_row(T* out, int r) const {
+    const int R = e.row0 + r;
+    const long long q_row_stride = (long long)num_qo_heads * D;
+    return out + (long long)(e.q_start + R / group) * q_row_stride + (long long)(e.kv_head * group + R % group) * D;
+  }
+  __device__ __forceinline__ long long lse_index(int r) const {
+    const int R = e.row0 + r;
+    return (long long)(e.q_start + R / group) * num_qo_heads + e.kv_head * group + R % group;
+  }
+};
+}  // namespace detail
 
 // KV_MODE: 0 ragged k / v [tokens, num_kv_heads, HEAD_DIM]; 1 paged NHD; 2 paged HND (decode.cuh's pool layouts).
 template <typename T, int HEAD_DIM, int M_TILES, int BLOCK_N, int STAGES_, int ROPE = 0>
@@ -442,56 +464,11 @@ prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
     float scale[2 * M], lse_r[2 * M];
     state.finish(scale, lse_r);
     if (e.slot < 0) {
-      // O rows (normalized, rounded to T) into this warp's own rows of the Q tile (only this warp reads them), then
-      // out with 16-byte stores
-      __syncwarp();
-#pragma unroll
-      for (int mt = 0; mt < M; ++mt) {
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int row = warp * cfg::WARP_ROWS + mt * 16 + g + 8 * h;
-#pragma unroll
-          for (int j = 0; j < DTILES; ++j) {
-            const unsigned val = mma::pack2<T>(o[mt][j][2 * h] * scale[2 * mt + h], o[mt][j][2 * h + 1] * scale[2 * mt + h]);
-            *reinterpret_cast<unsigned*>(s_q + mma::swizzle_elem<CH>(row, 8 * j + 2 * t)) = val;
-          }
-        }
-      }
-      __syncwarp();
-      const long long q_row_stride = (long long)num_qo_heads * D;
-      for (int i = lane; i < cfg::WARP_ROWS * CH; i += 32) {
-        const int row = warp * cfg::WARP_ROWS + i / CH, ch = i % CH;
-        if (row < e.rows) {
-          const int R = e.row0 + row;
-          T* dst = out + (long long)(e.q_start + R / group) * q_row_stride + (long long)(e.kv_head * group + R % group) * D;
-          *reinterpret_cast<uint4*>(dst + ch * 8) = *reinterpret_cast<const uint4*>(s_q + mma::swizzle<CH>(row, ch) * 8);
-        }
-      }
-      if (t == 0) {
-#pragma unroll
-        for (int r = 0; r < 2 * M; ++r) {
-          const int row = warp * cfg::WARP_ROWS + (r / 2) * 16 + g + (r % 2) * 8;
-          if (row < e.rows) {
-            const int R = e.row0 + row;
-            lse[(long long)(e.q_start + R / group) * num_qo_heads + e.kv_head * group + R % group] = lse_r[r];
-          }
-        }
-      }
+      store_o_lse<T, D, M, cfg::WARP_ROWS>(o, scale, lse_r, s_q, detail::prefill_rows_t<D>{e, group, num_qo_heads}, out,
+                                           lse, warp, lane);
     } else {
       // a split unit's part: fp32 partial output and LSE in slot `slot`
-#pragma unroll
-      for (int mt = 0; mt < M; ++mt) {
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int row = warp * cfg::WARP_ROWS + mt * 16 + g + 8 * h;
-          float* dst = part_o + ((long long)e.slot * cfg::TILE_Q + row) * D + 2 * t;
-#pragma unroll
-          for (int j = 0; j < DTILES; ++j)
-            *reinterpret_cast<float2*>(dst + 8 * j) =
-                make_float2(o[mt][j][2 * h] * scale[2 * mt + h], o[mt][j][2 * h + 1] * scale[2 * mt + h]);
-          if (t == 0) part_lse[(long long)e.slot * cfg::TILE_Q + row] = lse_r[2 * mt + h];
-        }
-      }
+      store_partial<D, M, cfg::WARP_ROWS, cfg::TILE_Q>(o, scale, lse_r, part_o, part_lse, e.slot, warp, lane);
       int& s_last = s_flags[0];
       __threadfence();                             // this CTA's partial state is visible device-wide ...
       __syncthreads();
