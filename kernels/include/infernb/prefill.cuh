@@ -460,7 +460,7 @@ prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
     {
     // this thread's place, read again here (tid_here): computed once before the item loop, the epilogue's addresses
     // would stay live across the main loop
-    const int tid = tid_here(), warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+    const int tid = tid_here(), warp = tid / 32, lane = tid % 32;
     float scale[2 * M], lse_r[2 * M];
     state.finish(scale, lse_r);
     if (e.slot < 0) {
