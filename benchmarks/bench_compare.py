@@ -11,7 +11,6 @@ fp32 reference, interleaved; errors against float64; copy and GEMM ceilings meas
 from __future__ import annotations
 
 import sys
-import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -29,19 +28,14 @@ def main(argv=None) -> int:
                 ("prefill", [8192], [8192], ib.variants.softcap(30.0, approx=True)),
                 ("prefill", [8192], [8192], ib.variants.alibi(slopes)),
                 ("append", [512] * 16, [8704] * 16, None)]
-    results, failed = [], 0
-    for op, qo, kv, variant in problems:
-        try:
-            r = ib.profile.compare(op, qo, kv, variant=variant, runs=args.runs, progress=False)
-        except Exception:                                # noqa: BLE001  (report, keep the other problems)
-            traceback.print_exc()
-            failed += 1
-            continue
-        results.append(r)
+    results, failed = ib.profile.compare_sweep(problems, runs=args.runs)
+    for r in results:
         print(f"{r['case']} [{r['variant']}]: " + ", ".join(f"{k} {p['ms']:.3f} ms (err {p['err']:.1e})"
                                                             for k, p in r["paths"].items()), flush=True)
         if r["missing"]:
             print("   missing: " + "; ".join(f"{k}: {v[:100]}" for k, v in r["missing"].items()), flush=True)
+    for label, why in failed.items():
+        print(f"{label}: FAILED {why}", flush=True)
     if results:
         path = write_result(args.out, f"compare_{results[0]['device']}_{results[0]['date']}",
                             dict(benchmark="compare", device=results[0]["device"], date=results[0]["date"],

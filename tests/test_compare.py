@@ -68,3 +68,11 @@ def test_gpu_compare_small_problems():
         r = ib.profile.compare(op, qo, kv, num_qo_heads=8, num_kv_heads=2, runs=2, flex=False, progress=False)
         assert r["paths"]["infernb"]["err"] < 1e-2 and r["paths"]["eager_fp32"]["err"] < 1e-4
         assert r["copy_TBps"] > 0 and r["gemm_TFLOPs"] > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU behaviour")
+def test_compare_sweep_reports_each_failed_problem():
+    results, failed = ib.profile.compare_sweep([("prefill", [8], [8], None), ("decode", [1], [5], None)],
+                                               progress=False)
+    assert results == [] and set(failed) == {"prefill 1 x 8", "decode 1 x 5"}
+    assert all("committed_compare" in why for why in failed.values())

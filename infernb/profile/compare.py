@@ -39,6 +39,7 @@ def compare(op: str, qo_lens, kv_lens, *, num_qo_heads: int = 32, num_kv_heads: 
             FlashInfer paths run only without one).
         causal: bottom-right aligned causal mask (prefill / append).
         runs: interleaved rounds; ``flashinfer``, ``flex``, ``eager``: include those paths when available.
+        progress: a progress bar (True), none (False), or ``progress(done, total)`` called after each step.
 
     Returns:
         ``{op, case, shape, variant, device, date, torch, flashinfer, copy_TBps, gemm_TFLOPs, flops, bytes,
@@ -64,7 +65,15 @@ def compare(op: str, qo_lens, kv_lens, *, num_qo_heads: int = 32, num_kv_heads: 
         raise InputError("decode: every qo_len is 1 (use op='append' for several new tokens)")
     causal = causal if op != "decode" else True
     dev, dtype = "cuda", torch.bfloat16
-    steps = tqdm(total=6, desc=f"compare {op}", disable=not progress)
+    steps = tqdm(total=6, desc=f"compare {op}", disable=progress is not True)
+    if callable(progress):                               # a panel's own progress bar: progress(done, total)
+        update, done = steps.update, [0]
+
+        def _update(n=1):
+            update(n)
+            done[0] += n
+            progress(done[0], 6)
+        steps.update = _update
     g = torch.Generator(device=dev).manual_seed(seed)
     rnd = lambda *s: torch.randn(*s, device=dev, dtype=dtype, generator=g)  # noqa: E731
     q, k, v = rnd(sum(qo), num_qo_heads, head_dim), rnd(sum(kv), num_kv_heads, head_dim), rnd(sum(kv), num_kv_heads,
@@ -185,6 +194,22 @@ def compare(op: str, qo_lens, kv_lens, *, num_qo_heads: int = 32, num_kv_heads: 
                 variant=None if variant is None else variant.name, device=device_name(), date=str(dt.date.today()),
                 torch=torch.__version__, flashinfer=fi_version, copy_TBps=copy_tbps, gemm_TFLOPs=gemm, flops=flops,
                 bytes=nbytes, paths=paths, missing=missing)
+
+
+def compare_sweep(problems, *, progress: bool = True, **kw) -> tuple[list[dict], dict]:
+    """:func:`compare` over ``problems`` (``[(op, qo_lens, kv_lens, variant), ...]``) with a progress bar over the
+    problems; ``kw`` goes to each call. A problem that fails is reported, not fatal. Returns ``(results,
+    {problem label: error text})``."""
+    from tqdm.auto import tqdm
+
+    results, failed = [], {}
+    for op, qo, kv, variant in tqdm(list(problems), desc="compare sweep", disable=not progress):
+        label = case_name(op, list(qo), list(kv)) + ("" if variant is None else f" · {variant.name}")
+        try:
+            results.append(compare(op, qo, kv, variant=variant, progress=False, **kw))
+        except Exception as e:                            # noqa: BLE001  (one problem's failure is reported)
+            failed[label] = f"{type(e).__name__}: {str(e)[:300]}"
+    return results, failed
 
 
 def committed_compare() -> dict | None:

@@ -121,16 +121,17 @@ class ProfilerPanel:
             self.status.value = "no GPU here: the panel shows the committed runs"
             return None
         op, qo, kv = PROBLEMS[self.problem.value]
-        self.progress.max, self.progress.value = 1, 0
+        self.progress.max, self.progress.value = 6, 0
         self.status.value = f"timing {self.problem.value} ({self.variant.value}) ..."
         try:
             variant = make_variant(self.variant.value, self.heads["num_qo_heads"], "cuda")
-            r = profile.compare(op, qo, kv, variant=variant, runs=self.runs.value, progress=False, **self.heads)
+            r = profile.compare(op, qo, kv, variant=variant, runs=self.runs.value, **self.heads,
+                                progress=lambda done, total: setattr(self.progress, "value", done))
         except InfernbError as e:
             self.status.value = f"<span style='color:#b91c1c'>{e}</span>"
             return None
         finally:
-            self.progress.value = 1
+            self.progress.value = self.progress.max
         r = dict(r, measured_now=True)
         self.results[f"now: {self.problem.value}"] = r
         self.show(r)
