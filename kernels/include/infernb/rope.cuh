@@ -27,6 +27,15 @@ __device__ __forceinline__ void rope_sincos(float pos, float f, float* sn, float
   __sincosf(r + e, sn, cs);
 }
 
+// The pair (a, b) = (*xa, *xb) rotated by the angle of (cs, sn), rounded once to T, into *ya, *yb (the same places
+// when rotating in place; both read before either is written).
+template <typename T>
+__device__ __forceinline__ void rotate_pair(const T* xa, const T* xb, T* ya, T* yb, float cs, float sn) {
+  const float a = to_float(*xa), b = to_float(*xb);
+  *ya = from_float<T>(a * cs - b * sn);
+  *yb = from_float<T>(b * cs + a * sn);
+}
+
 // Element indices of RoPE pair p (ROPE 1: (p, p + rd/2), ROPE 2: (2p, 2p + 1)).
 template <int ROPE>
 __device__ __forceinline__ void rope_pair(int p, int rotary_dim, int& da, int& db) {
@@ -86,9 +95,7 @@ __device__ __forceinline__ void rope_rotate_tile(T* s, int rows, POS pos_of, int
     rope_sincos(pos_of(r), freq[p].z, &sn, &cs);
     T* pa = s + mma::swizzle_elem<CH>(r, da);
     T* pb = s + mma::swizzle_elem<CH>(r, db);
-    const float a = to_float(*pa), b = to_float(*pb);
-    *pa = from_float<T>(a * cs - b * sn);
-    *pb = from_float<T>(b * cs + a * sn);
+    rotate_pair(pa, pb, pa, pb, cs, sn);
   }
 }
 
@@ -201,9 +208,7 @@ __device__ __forceinline__ void rope_rotate_rows(T* s_k, int row0, int kpos0, in
       if (j < valid) {
         T* pa = s_k + mma::swizzle_elem<CH>(row0 + j, da);
         T* pb = s_k + mma::swizzle_elem<CH>(row0 + j, db);
-        const float a = to_float(*pa), b = to_float(*pb);
-        *pa = from_float<T>(a * cs - b * sn);
-        *pb = from_float<T>(b * cs + a * sn);
+        rotate_pair(pa, pb, pa, pb, cs, sn);
       }
       const float c2 = cs * st.x - sn * st.y;
       sn = sn * st.x + cs * st.y;
@@ -245,9 +250,7 @@ __global__ void __launch_bounds__(256) rope_pass_kernel(const T* __restrict__ sr
       detail::rope_pair<ROPE>(i, rotary_dim, da, db);
       float sn, cs;
       detail::rope_sincos(p, detail::rope_freq(i, rotary_dim, log2_theta, inv_scale), &sn, &cs);
-      const float a = to_float(x[da]), b = to_float(x[db]);
-      y[da] = from_float<T>(a * cs - b * sn);
-      y[db] = from_float<T>(b * cs + a * sn);
+      detail::rotate_pair(x + da, x + db, y + da, y + db, cs, sn);
     }
     done = rotary_dim;
   }
