@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from infernb.profile import optional_flashinfer  # noqa: F401  (the scripts import it from here)
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -18,15 +20,6 @@ def parse_args(argv=None, **extra) -> argparse.Namespace:
     for flag, default in extra.items():
         ap.add_argument(f"--{flag}", type=int, default=default)
     return ap.parse_args(argv)
-
-
-def optional_flashinfer():
-    """The ``flashinfer`` module, or ``None`` where it is not installed (comparisons are then skipped)."""
-    try:
-        import flashinfer
-    except Exception:
-        return None
-    return flashinfer
 
 
 def write_result(out_dir: str, stem: str, result: dict) -> Path:

@@ -24,7 +24,7 @@ import torch
 from ..device import device_info
 from ..errors import InputError
 from ..jit import KernelSpec, build
-from ..plan import Plan, emulate, plan as make_plan
+from ..plan import Plan, emulate, plan as make_plan, token_positions
 from ..reference import RoPE
 from ..variants import Variant
 from ._common import (CUDA_TYPES, DTYPE_NAMES, DTYPES, HEAD_DIMS, check_paged_inputs, check_pool, check_q, check_rope,
@@ -322,8 +322,9 @@ class PrefillRunner:
         self.rope_path = None
         if self.device.type != "cuda":
             return                                       # the emulator runs it (see __call__)
-        self.rope_path = rope_path if rope is not None and rope_path != "auto" else \
-            ("pass" if rope is not None and rope_tiles_per_request(plan) >= 2 else "tile" if rope is not None else None)
+        if rope is not None:
+            self.rope_path = rope_path if rope_path != "auto" else \
+                "pass" if rope_tiles_per_request(plan) >= 2 else "tile"
         if self.rope_path == "pass":
             kv_start = self._init_rope_pass(plan, page_table)
         mode = rope_mode(rope) if self.rope_path == "tile" else 0
@@ -404,26 +405,24 @@ class PrefillRunner:
     def _init_rope_pass(self, plan: Plan, page_table) -> np.ndarray:
         """Positions of every query and key token, paged keys' pool offsets; returns the ragged kv_start."""
         dev = self.device
-        qo, kv = plan.qo_lens.astype(np.int64), plan.kv_lens.astype(np.int64)
-        kv_ptr = np.concatenate(([0], np.cumsum(kv)))
-        q_ptr = np.concatenate(([0], np.cumsum(qo)))
-        pos_k = np.arange(kv_ptr[-1]) - np.repeat(kv_ptr[:-1], kv)            # 0 .. kv_len - 1 per request
-        pos_q = np.arange(q_ptr[-1]) - np.repeat(q_ptr[:-1], qo) + np.repeat(kv - qo, qo)   # append positions
+        kv = plan.kv_lens.astype(np.int64)
+        _, pos_q, _, pos_k = token_positions(plan.qo_lens, kv)
         self._pos_q = torch.from_numpy(pos_q.astype(np.int32)).to(dev)
         self._pos_k = torch.from_numpy(pos_k.astype(np.int32)).to(dev)
         self._rows = None
         if self.paged:
-            ps, h, d = plan.page_size, plan.num_kv_heads, plan.head_dim
-            nhd = self.layout == "NHD"
+            # element offsets from the pool's strides: [pages, 2, page_size, heads, d] (NHD) or
+            # [pages, 2, heads, page_size, d] (HND); dim 1 steps from a page's K block to its V block
+            pool, ps = self.cache.pool, plan.page_size
+            slot_dim, head_dim = (2, 3) if self.layout == "NHD" else (3, 2)
             ind = page_table.indices.to(torch.int64).cpu().numpy()
             first = page_table.indptr.cpu().numpy()[:-1].astype(np.int64)
             page = ind[np.repeat(first, kv) + pos_k // ps]
-            slot = pos_k % ps
-            self._rows = torch.from_numpy(page * (2 * ps * h * d) + slot * (h * d if nhd else d)).to(dev)
-            self._head_stride = d if nhd else ps * d
-            self._v_off = ps * h * d                                          # a page's K block -> its V block
+            self._rows = torch.from_numpy(page * pool.stride(0) + (pos_k % ps) * pool.stride(slot_dim)).to(dev)
+            self._head_stride = pool.stride(head_dim)
+            self._v_off = pool.stride(1)
         self._scratch = None
-        return kv_ptr
+        return np.concatenate(([0], np.cumsum(kv)))
 
     def _rotate(self, q, kp, vp):
         """q and the keys rotated (and, paged, the values gathered) into ragged scratch buffers."""

@@ -208,3 +208,15 @@ class Plan:
         if not np.allclose(np.bincount(self.item_cta, weights=self.item_cost, minlength=self.num_ctas), self.cta_load):
             raise InputError("Plan: cta_load must be the sum of its items' costs")
         return self
+
+
+def token_positions(qo_lens, kv_lens) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each packed token's request and position (the append convention: query ``i`` of a request with ``qo_len``
+    queries and ``kv_len`` keys sits at ``kv_len - qo_len + i``; key ``j`` at ``j``). Returns int64
+    ``(q_request [sum(qo_lens)], q_pos, k_request [sum(kv_lens)], k_pos)``."""
+    qo, kv = np.asarray(qo_lens, np.int64), np.asarray(kv_lens, np.int64)
+    req = np.arange(len(qo), dtype=np.int64)
+    q_req, k_req = np.repeat(req, qo), np.repeat(req, kv)
+    q_pos = np.arange(int(qo.sum()), dtype=np.int64) - np.repeat(np.cumsum(qo) - qo, qo) + np.repeat(kv - qo, qo)
+    k_pos = np.arange(int(kv.sum()), dtype=np.int64) - np.repeat(np.cumsum(kv) - kv, kv)
+    return q_req, q_pos, k_req, k_pos

@@ -1,13 +1,15 @@
 """Timing helpers (CUDA events, warm-up, L2 flush, median and spread) and side-by-side comparisons."""
+from ._optional import optional_flashinfer
 from .compare import OPS, case_name, committed_compare, compare, compare_sweep
 from .decode import committed_results, copy_ceiling_tbps, profile_decode, random_decode_batch
-from .prefill import (flashinfer_ragged, flex_call, flex_path, gemm_ceiling_tflops, profile_prefill, sdpa_paths, timing_fields,
-                      visible_pairs)
-from .summary import compare_table, speed_table
+from .prefill import (flashinfer_ragged, flex_call, flex_path, gemm_ceiling_tflops, profile_prefill, sdpa_paths,
+                      timing_fields, visible_pairs)
+from .summary import compare_table, short_lens, speed_table
 from .timing import Timing, cuda_graph_time, cuda_time, cuda_time_interleaved, device_name
 from .trace import decode_trace, trace_phases, trace_summary
 
-__all__ = ["OPS", "Timing", "case_name", "compare_table", "committed_compare", "compare", "compare_sweep", "committed_results", "copy_ceiling_tbps", "cuda_graph_time", "cuda_time", "cuda_time_interleaved",
-           "decode_trace", "device_name", "flashinfer_ragged", "gemm_ceiling_tflops", "profile_decode",
-           "flex_call", "flex_path", "profile_prefill", "random_decode_batch", "sdpa_paths", "speed_table", "timing_fields", "trace_phases", "trace_summary",
-           "visible_pairs"]
+__all__ = ["case_name", "committed_compare", "committed_results", "compare", "compare_sweep", "compare_table",
+           "copy_ceiling_tbps", "cuda_graph_time", "cuda_time", "cuda_time_interleaved", "decode_trace",
+           "device_name", "flashinfer_ragged", "flex_call", "flex_path", "gemm_ceiling_tflops", "OPS",
+           "optional_flashinfer", "profile_decode", "profile_prefill", "random_decode_batch", "sdpa_paths",
+           "short_lens", "speed_table", "Timing", "timing_fields", "trace_phases", "trace_summary", "visible_pairs"]

@@ -17,8 +17,10 @@ import torch
 
 from ..errors import InputError
 from ..testing import rel_error
+from ._optional import optional_flashinfer
 from .decode import committed_results, copy_ceiling_tbps
 from .prefill import flex_call, gemm_ceiling_tflops, sdpa_paths, visible_pairs
+from .summary import short_lens
 from .timing import cuda_time_interleaved, device_name
 
 OPS = ("decode", "prefill", "append")
@@ -150,7 +152,7 @@ def compare(op: str, qo_lens, kv_lens, *, num_qo_heads: int = 32, num_kv_heads: 
             missing["eager_fp32"] = f"out of memory: {str(e)[:120]}"
             torch.cuda.empty_cache()
     # FlashInfer (plain attention only: its variants are other kernels)
-    fi = _flashinfer() if flashinfer else None
+    fi = optional_flashinfer() if flashinfer else None
     if fi is None:
         missing["flashinfer"] = "not installed" if flashinfer else "not asked"
     elif not plain:
@@ -188,7 +190,7 @@ def compare(op: str, qo_lens, kv_lens, *, num_qo_heads: int = 32, num_kv_heads: 
         fi_version = md.version("flashinfer-python")
     except md.PackageNotFoundError:
         fi_version = None
-    return dict(op=op, case=case_name(op, qo, kv), qo_lens=_short(qo), kv_lens=_short(kv),
+    return dict(op=op, case=case_name(op, qo, kv), qo_lens=short_lens(qo), kv_lens=short_lens(kv),
                 shape=dict(num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
                            page_size=page_size, causal=causal, dtype="bf16"),
                 variant=None if variant is None else variant.name, device=device_name(), date=str(dt.date.today()),
@@ -228,30 +230,12 @@ def case_name(op: str, qo, kv) -> str:
     return f"{op} {n} requests, {sum(qo)} queries on {sum(kv)} keys"
 
 
-def _short(lens):
-    return lens if len(lens) <= 4 else f"{lens[0]} + {len(lens) - 1} x {lens[1]}" if len(set(lens[1:])) == 1 \
-        else f"{len(lens)} requests"
-
-
-def _flashinfer():
-    try:
-        import flashinfer
-    except Exception:
-        return None
-    return flashinfer
-
-
 def _flex(q, k, v, qo, kv, *, causal: bool, variant):
     """FlexAttention over the packed batch: a document mask keeps requests apart, positions are each request's
     (append convention), the variant's score_mod / mask_mod see (request, head, q position, kv position)."""
-    dev = q.device
-    qo_t, kv_t = torch.tensor(qo, device=dev), torch.tensor(kv, device=dev)
-    q_doc = torch.repeat_interleave(torch.arange(len(qo), device=dev), qo_t)
-    k_doc = torch.repeat_interleave(torch.arange(len(kv), device=dev), kv_t)
-    q_start = torch.repeat_interleave(torch.cumsum(qo_t, 0) - qo_t, qo_t)
-    k_start = torch.repeat_interleave(torch.cumsum(kv_t, 0) - kv_t, kv_t)
-    q_pos = torch.arange(sum(qo), device=dev) - q_start + torch.repeat_interleave(kv_t - qo_t, qo_t)
-    k_pos = torch.arange(sum(kv), device=dev) - k_start
+    from ..plan import token_positions
+
+    q_doc, q_pos, k_doc, k_pos = (torch.from_numpy(a).to(q.device) for a in token_positions(qo, kv))
     smod, mmod = (None, None) if variant is None else variant.bound_mods()
 
     def mask_mod(b, h, qi, kj):

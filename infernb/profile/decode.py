@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ..testing import rel_error
+from ._optional import optional_flashinfer
 from .timing import cuda_time, cuda_time_interleaved
 
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
@@ -64,12 +65,7 @@ def profile_decode(cases: dict, *, num_qo_heads: int = 32, num_kv_heads: int = 8
     from .. import plan as make_plan
     from ..ops.paged_decode import DecodeRunner
 
-    fi = None
-    if flashinfer:
-        try:
-            import flashinfer as fi
-        except Exception:
-            fi = None
+    fi = optional_flashinfer() if flashinfer else None
 
     def ms(fn):
         t = cuda_time(fn, warmup=10, runs=runs)

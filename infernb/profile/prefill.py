@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ._optional import optional_flashinfer
+
 from .timing import cuda_time, cuda_time_interleaved
 
 
@@ -126,10 +128,7 @@ def profile_prefill(cases: dict, *, num_qo_heads: int = 32, num_kv_heads: int = 
                           dtype=q.dtype, causal=causal)
         runner = PrefillRunner(plan)
         fns = {"infernb": lambda r=runner, q=q, k=k, v=v: r(q, k, v)}
-        try:
-            import flashinfer
-        except ImportError:
-            flashinfer = None
+        flashinfer = optional_flashinfer()
         if flashinfer is not None:
             fns["flashinfer_fa2"] = flashinfer_ragged(flashinfer, q, k, v, qo, kv, causal=causal)
         if len(qo) == 1:

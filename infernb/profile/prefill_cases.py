@@ -10,18 +10,12 @@ import numpy as np
 import torch
 
 from ..testing import rel_error
+from ._optional import optional_flashinfer
 from .prefill import flashinfer_ragged, flex_path, sdpa_paths, timing_fields, visible_pairs
+from .summary import short_lens
 from .timing import cuda_time, cuda_time_interleaved, device_name
 
 HQ, HKV, D = 32, 8, 128
-
-
-def _flashinfer():
-    try:
-        import flashinfer
-    except Exception:
-        return None
-    return flashinfer
 
 
 def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, flex: bool = True) -> dict:
@@ -36,7 +30,7 @@ def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, fle
     from ..ops.prefill import PrefillRunner, plan_batch
     from .. import reference
 
-    fi = _flashinfer() if flashinfer else None
+    fi = optional_flashinfer() if flashinfer else None
     dev, dt_ = "cuda", torch.bfloat16
     g = torch.Generator(device=dev).manual_seed(0)
     rnd = lambda *s: torch.randn(*s, device=dev, generator=g, dtype=dt_)  # noqa: E731
@@ -143,7 +137,7 @@ def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, fle
             for label, why in missing.items():
                 print(f"{name}: {label} unavailable ({why})")
         times = cuda_time_interleaved(fns, warmup=5, runs=runs)
-        row = dict(case=name, qo_lens=_short(qo), kv_lens=_short(kv), causal=causal, window_left=window,
+        row = dict(case=name, qo_lens=short_lens(qo), kv_lens=short_lens(kv), causal=causal, window_left=window,
                    plan_tile_q=p.tile_q, plan_ctas=p.num_ctas, plan_items=p.num_items,
                    plan_split_units=int(len(p.merge_unit)), visible_pairs=pairs, flops=flops, errors=errs,
                    **timing_fields(times, flops))
@@ -177,7 +171,7 @@ def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, fle
             errs["flashinfer_fa2"] = check("flashinfer_fa2", out, ref, torch.arange(qo[0]))
             fns["flashinfer_fa2"] = lambda: w.run(q, cache.pool)
         times = cuda_time_interleaved(fns, warmup=5, runs=runs)
-        row = dict(case=name, qo_lens=_short(qo), kv_lens=_short(kv), causal=True, page_size=page,
+        row = dict(case=name, qo_lens=short_lens(qo), kv_lens=short_lens(kv), causal=True, page_size=page,
                    plan_tile_q=p.tile_q, plan_ctas=p.num_ctas, plan_items=p.num_items,
                    plan_split_units=int(len(p.merge_unit)), visible_pairs=pairs, flops=flops, errors=errs)
         row.update(timing_fields(times, flops))
@@ -190,11 +184,6 @@ def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, fle
         kind = c.pop("kind", "ragged")
         (ragged_case if kind == "ragged" else paged_case)(c.pop("name"), c.pop("qo"), c.pop("kv"), **c)
     return result
-
-
-def _short(lens):
-    return lens if len(lens) <= 4 else f"{lens[0]} + {len(lens) - 1} x {lens[1]}" if len(set(lens[1:])) == 1 \
-        else f"{len(lens)} requests"
 
 
 def _ratios(row, times):

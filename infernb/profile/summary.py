@@ -6,6 +6,12 @@ import re
 _SKIP = re.compile(r"_p(10|90)_ms$")
 
 
+def short_lens(lens):
+    """Per-request lengths for a result file: the list when short, else ``"16384 + 63 x 512"`` or ``"N requests"``."""
+    return lens if len(lens) <= 4 else f"{lens[0]} + {len(lens) - 1} x {lens[1]}" if len(set(lens[1:])) == 1 \
+        else f"{len(lens)} requests"
+
+
 def speed_table(rows: list[dict], *, base: str = "infernb", rate: str | None = None) -> str:
     """One line per (case, path) of rows in the benchmarks' JSON schema (``{case, <path>_ms, ...}``): the median
     time, the rate (``rate``: ``"tflops"`` or ``"TBps"``, when the rows carry ``<path>_<rate>``) and ``base``'s time

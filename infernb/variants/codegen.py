@@ -85,9 +85,8 @@ class _Emitter:
         if not isinstance(x, Sym):
             return False
         if id(x) not in self._on_key:
-            self._on_key[id(x)] = (x.op == "arg" and x.args[0] == "kv_idx") or \
-                (x.op != "load" and any(self.on_key(y) for y in x.args)) or \
-                (x.op == "load" and any(self.on_key(y) for y in x.args[1:]))
+            # (a load's first argument is its tensor, not a Sym: its indices decide)
+            self._on_key[id(x)] = (x.op == "arg" and x.args[0] == "kv_idx") or any(self.on_key(y) for y in x.args)
         return self._on_key[id(x)]
 
     def _compute(self, x: Sym) -> str:

@@ -438,3 +438,27 @@ def test_cpu_run_keeps_the_input_dtype(gen):
     assert out64.dtype == lse64.dtype == torch.float64 and ib.testing.rel_error(out64, ref) < 1e-12
     o, _ = ib.run(p, q, k=k, v=v, compute_dtype=torch.float64)              # an explicit precision is kept
     assert o.dtype == torch.float64
+
+
+@pytest.mark.parametrize("layout", ["NHD", "HND"])
+def test_rope_pass_offsets_address_every_key_of_the_pool(gen, layout):
+    # the rotation pass reads token j's head h at pool + rows[j] + h * head_stride (K) and v_off further (V), at
+    # position pos_k[j]: checked against the cache's own gather, on the CPU
+    kv_lens, qo_lens = [37, 5, 70], [9, 5, 1]
+    cache, ids, _ = make_cache(gen, kv_lens, 8, 2, 64, 16, layout=layout, dtype=torch.bfloat16, device="cpu")
+    table = cache.page_table(ids)
+    p = ib.plan(qo_lens, kv_lens, num_qo_heads=8, num_kv_heads=2, head_dim=64, page_size=16, page_table=table,
+                tile_q=64, causal=True)
+    r = PrefillRunner(p, cache, table, rope=ib.RoPE())
+    kv_start = r._init_rope_pass(p, table)
+    assert kv_start.tolist() == np.r_[0, np.cumsum(kv_lens)].tolist()
+    flat = cache.pool.reshape(-1)
+    for b, sid in enumerate(ids):
+        k, v = cache.gather(sid)                                           # [kv_len, heads, d]
+        for j in range(kv_lens[b]):
+            t = kv_start[b] + j
+            assert int(r._pos_k[t]) == j
+            for h in range(2):
+                o = int(r._rows[t]) + h * r._head_stride
+                assert torch.equal(flat[o:o + 64], k[j, h]) and torch.equal(flat[o + r._v_off:o + r._v_off + 64], v[j, h])
+    assert r._pos_q.tolist() == [28 + i for i in range(9)] + [0, 1, 2, 3, 4] + [69]

@@ -158,3 +158,12 @@ def test_balance_on_random_batches(args):
         ideal = p.cta_load.sum() / p.num_ctas
         assert p.cta_load.max() <= ideal + 2 * (p.fixed_cost + p.tile_weight.max(initial=1.0)) or \
             p.stats()["imbalance"] <= 1.10
+
+
+def test_token_positions_follow_the_append_convention():
+    from infernb.plan import token_positions
+
+    qo, kv = [3, 0, 5, 1], [7, 4, 5, 9]
+    q_req, q_pos, k_req, k_pos = token_positions(qo, kv)
+    assert list(zip(q_req, q_pos)) == [(b, kv[b] - qo[b] + i) for b in range(4) for i in range(qo[b])]
+    assert list(zip(k_req, k_pos)) == [(b, j) for b in range(4) for j in range(kv[b])]
