@@ -24,6 +24,7 @@
 #include <infernb/merge_states.cuh>
 #include <infernb/mma.cuh>
 #include <infernb/rope.cuh>
+#include <infernb/softmax_state.cuh>
 #include <infernb/variant.cuh>
 
 // Diagnostics (benchmarks/diag/decode_ab.py): -DINFERNB_DECODE_TRACE=<max CTAs> records per CTA (16 x u64, in this
@@ -262,8 +263,8 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
   const unsigned q_off = mma::swizzle<CH>(lane & 15, lane >> 4) * 16;
   unsigned q_lane = 0;
   int c_ord = 0;
-  float o[DTILES][4];
-  float m[2], l[2];                              // rows g and g + 8 (log2-domain running max, sum)
+  float o[1][DTILES][4];
+  softmax_state_t<1, SOFTMAX, cfg::ROW_HALVES> state;   // rows g (and g + 8): log2-domain reference max, sum
   int c_item = item_begin, c_pos = 0;
   decode_item_t it;
   bool new_item = true;
@@ -306,9 +307,8 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
         detail::rope_rotate_tile<ROPE, CH>(s_q, GROUP, [=](int) { return qpos; }, rotary_dim, s_rope_freq, tid, NT);
       }
 #pragma unroll
-      for (int j = 0; j < DTILES; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
-      m[0] = m[1] = SOFTMAX ? -INFERNB_INF : 0.f;
-      l[0] = l[1] = 0.f;
+      for (int j = 0; j < DTILES; ++j) o[0][j][0] = o[0][j][1] = o[0][j][2] = o[0][j][3] = 0.f;
+      state.init();
       __syncthreads();
       new_item = false;
     }
@@ -326,7 +326,7 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
 
       // S = Q K^T: two n-tiles of 8 keys, even and odd k-steps in separate accumulators (two chains of
       // dependent mma per n-tile instead of one twice as long)
-      float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+      float s[1][2][4] = {{{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}}};
       float s_odd[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
       const unsigned k_lane = mma::smem_addr(s_k) + k_off;
 #pragma unroll
@@ -336,8 +336,8 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
         unsigned a[4];
         mma::ldmatrix_x4(a, mma::kstep_addr(q_lane, kk));
         if (kk % 2 == 0) {
-          mma::mma16816<T>(s[0], a, b[0], b[1]);
-          mma::mma16816<T>(s[1], a, b[2], b[3]);
+          mma::mma16816<T>(s[0][0], a, b[0], b[1]);
+          mma::mma16816<T>(s[0][1], a, b[2], b[3]);
         } else {
           mma::mma16816<T>(s_odd[0], a, b[0], b[1]);
           mma::mma16816<T>(s_odd[1], a, b[2], b[3]);
@@ -346,70 +346,39 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
 #pragma unroll
       for (int nt = 0; nt < 2; ++nt) {
 #pragma unroll
-        for (int i = 0; i < 4; ++i) s[nt][i] += s_odd[nt][i];
+        for (int i = 0; i < 4; ++i) s[0][nt][i] += s_odd[nt][i];
       }
 
-      // logits -> hooks -> probabilities
+      // logits -> hooks -> probabilities (log2 domain; masked: -inf, or 0 for sigmoid attention)
       const int h0 = it.kv_head * GROUP;
       const int qpos = it.kv_len - 1;
-      float mx[2] = {-INFERNB_INF, -INFERNB_INF};
 #pragma unroll
       for (int nt = 0; nt < 2; ++nt) {
 #pragma unroll
         for (int i = 0; i < 2 * cfg::ROW_HALVES; ++i) {   // rows g + 8 are padding when GROUP <= 8 (their S = 0)
           const int row = g + (i >> 1) * 8;
           const int pos = kpos0 + nt * 8 + 2 * t + (i & 1);
-          float x = s[nt][i] * sm_scale;
+          float x = s[0][nt][i] * sm_scale;
           bool ok = row < GROUP && pos < it.pos_end;
           if (ok) {
             x = VARIANT::score_mod(vp, x, it.b, h0 + row, qpos, pos);
             ok = VARIANT::mask_mod(vp, it.b, h0 + row, qpos, pos);
           }
-          if (SOFTMAX) {
-            s[nt][i] = ok ? x * LOG2E : -INFERNB_INF;
-            mx[i >> 1] = fmaxf(mx[i >> 1], s[nt][i]);
-          } else {
-            s[nt][i] = ok ? vx::sigmoid(x) : 0.f;
-          }
+          s[0][nt][i] = SOFTMAX ? (ok ? x * LOG2E : -INFERNB_INF) : (ok ? vx::sigmoid(x) : 0.f);
         }
       }
-      if (SOFTMAX) {
-#pragma unroll
-        for (int r = 0; r < cfg::ROW_HALVES; ++r) {
-          mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-          mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-          const float m_new = fmaxf(m[r], mx[r]);
-          const float base = m_new == -INFERNB_INF ? 0.f : m_new;
-          const float alpha = exp2f(m[r] - base);
-          m[r] = m_new;
-          l[r] *= alpha;
-          if (alpha != 1.f) {                    // the running max moved: rescale this row's accumulators
-#pragma unroll
-            for (int j = 0; j < DTILES; ++j) { o[j][2 * r] *= alpha; o[j][2 * r + 1] *= alpha; }
-          }
-#pragma unroll
-          for (int nt = 0; nt < 2; ++nt) {
-            s[nt][2 * r] = exp2f(s[nt][2 * r] - base);
-            s[nt][2 * r + 1] = exp2f(s[nt][2 * r + 1] - base);
-            l[r] += s[nt][2 * r] + s[nt][2 * r + 1];
-          }
-        }
-        if (cfg::ROW_HALVES == 1) s[0][2] = s[0][3] = s[1][2] = s[1][3] = 0.f;   // rows g + 8: padding
-      } else {
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt) { l[0] += s[nt][0] + s[nt][1]; l[1] += s[nt][2] + s[nt][3]; }
-      }
+      state.update(s, o, 1.f);                   // (softmax_state.cuh; padding rows' probabilities 0)
 
       // O += P V
-      unsigned pa[4] = {mma::pack2<T>(s[0][0], s[0][1]), mma::pack2<T>(s[0][2], s[0][3]),
-                        mma::pack2<T>(s[1][0], s[1][1]), mma::pack2<T>(s[1][2], s[1][3])};
+      unsigned pa[4] = {mma::pack2<T>(s[0][0][0], s[0][0][1]), mma::pack2<T>(s[0][0][2], s[0][0][3]),
+                        mma::pack2<T>(s[0][1][0], s[0][1][1]), mma::pack2<T>(s[0][1][2], s[0][1][3])};
       const unsigned v_lane = mma::smem_addr(s_v) + v_off;
 #pragma unroll
       for (int jj = 0; jj < D / 16; ++jj) {
         unsigned b[4];
         mma::ldmatrix_x4_trans(b, mma::kstep_addr(v_lane, jj));
-        mma::mma16816<T>(o[2 * jj], pa, b[0], b[1]);
-        mma::mma16816<T>(o[2 * jj + 1], pa, b[2], b[3]);
+        mma::mma16816<T>(o[0][2 * jj], pa, b[0], b[1]);
+        mma::mma16816<T>(o[0][2 * jj + 1], pa, b[2], b[3]);
       }
     }
 
@@ -417,14 +386,12 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
     if (c_pos + BN >= it.pos_end) {
       INFERNB_TRACE(if (c_item + 1 == item_end) { tr_clk[2] = clock64(); if (lane == 0) tr_warp[warp] = tr_clk[2]; }
                     if (c_item == item_begin) tr_clk[8] = clock64();)
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-      }
+      // each warp's part of its rows: (m, l) over the keys it computed (softmax_state.cuh, "Merging partial states")
+      float l[2];
+      state.row_sums(l);
       if (t == 0) {
-        s_ml[warp * 16 + g] = make_float2(m[0], l[0]);
-        s_ml[warp * 16 + g + 8] = make_float2(m[1], l[1]);
+        s_ml[warp * 16 + g] = make_float2(state.m[0], l[0]);
+        s_ml[warp * 16 + g + 8] = make_float2(state.m[1], l[1]);
       }
       __syncthreads();                           // every warp is done with this chunk's K/V, s_ml is complete
       INFERNB_TRACE(if (c_item + 1 == item_end) tr_clk[5] = clock64();)
@@ -443,16 +410,13 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
 #pragma unroll
             for (int w = 0; w < cfg::NUM_WARPS; ++w) M = fmaxf(M, s_ml[w * 16 + row].x);
 #pragma unroll
-            for (int w = 0; w < cfg::NUM_WARPS; ++w) {
-              const float2 ml = s_ml[w * 16 + row];
-              L += ml.y > 0.f ? ml.y * exp2f(ml.x - M) : 0.f;
-            }
-            sc = (L > 0.f && l[r] > 0.f) ? exp2f(m[r] - M) / L : 0.f;
+            for (int w = 0; w < cfg::NUM_WARPS; ++w) L += part_weight(s_ml[w * 16 + row].x, s_ml[w * 16 + row].y, M);
+            sc = (L > 0.f && l[r] > 0.f) ? fast_exp2(state.m[r] - M) / L : 0.f;
           }
           float* wrow = s_red + (warp * GROUP + row) * RED_STRIDE + 2 * t;
 #pragma unroll
           for (int j = 0; j < DTILES; ++j)
-            *reinterpret_cast<float2*>(wrow + 8 * j) = make_float2(o[j][2 * r] * sc, o[j][2 * r + 1] * sc);
+            *reinterpret_cast<float2*>(wrow + 8 * j) = make_float2(o[0][j][2 * r] * sc, o[0][j][2 * r + 1] * sc);
         }
       }
       __syncthreads();
@@ -489,9 +453,9 @@ decode_kernel(const T* __restrict__ q, const T* __restrict__ pool, const int* __
         }
         for (int w = 0; w < cfg::NUM_WARPS; ++w) {
           const float2 ml = s_ml[w * 16 + tid];
-          L += SOFTMAX ? (ml.y > 0.f ? ml.y * exp2f(ml.x - M) : 0.f) : ml.y;
+          L += SOFTMAX ? part_weight(ml.x, ml.y, M) : ml.y;
         }
-        const float s_nat = SOFTMAX ? (L > 0.f ? (M + log2f(L)) * LN2 : -INFERNB_INF) : logf(L);
+        const float s_nat = SOFTMAX ? lse_of(M, L) : logf(L);
         if (it.slot < 0) lse[out_row + tid] = s_nat;
         else part_lse[(long long)it.slot * GROUP + tid] = s_nat;
       }

@@ -11,8 +11,18 @@
 //                                         o and l are rescaled by exp2(m_old - m_new) (skipped when no row of the
 //                                         warp moved). s becomes exp2(scale * s - m) (one FFMA and one ex2 each),
 //                                         l += their sum (this lane's part)
-//   state.finish(lse)                     l reduced over the row's lanes; returns per row the output scale
-//                                         (1 / l, or 0 for a row that saw no key) and writes the natural-log LSE
+//   state.row_sums(l)                     l reduced over the row's 4 lanes (the row's (m, l): a partial state)
+//   state.finish(scale, lse)              row_sums, then per row the output scale (1 / l, or 0 for a row that saw
+//                                         no key) and the natural-log LSE
+//
+// Merging partial states of one row (parts over disjoint keys, log2 domain, each part's O relative to 2^m): with M
+// the largest m, part i weighs part_weight(m_i, l_i, M) = l_i 2^(m_i - M), L is the sum of the weights, the merged O
+// is sum_i 2^(m_i - M) O_i / L and the natural-log LSE lse_of(M, L). Decode merges its warps' parts so
+// (decode.cuh); finish() is the one-part case. (merge_states.cuh merges parts already normalized, by their
+// natural-log LSEs.)
+//
+// HALVES = 1: only rows g of each tile are in use (decode with <= 8 query heads per KV head); rows g + 8 are padding,
+// their probabilities 0 and their state untouched.
 //
 // Lazy rescaling: m is a reference point, not necessarily the row's maximum; O / l and the LSE m + log2(l) are exact
 // for any m, and keeping m while the chunk's max stays within RESCALE_SLACK of it bounds the probabilities by
@@ -32,8 +42,14 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 
-template <int M_TILES, bool SOFTMAX>
+// The natural-log LSE of a row from its log2-domain max M and sum L (-inf for a row that saw no key).
+__device__ __forceinline__ float lse_of(float M, float L) { return L > 0.f ? (M + log2f(L)) * LN2 : -INFERNB_INF; }
+// The weight of a part (m, l) in a merge of parts whose largest m is M (0 for an empty part).
+__device__ __forceinline__ float part_weight(float m, float l, float M) { return l > 0.f ? l * fast_exp2(m - M) : 0.f; }
+
+template <int M_TILES, bool SOFTMAX, int HALVES = 2>
 struct softmax_state_t {
+  static_assert(HALVES == 1 || HALVES == 2, "rows g, or g and g + 8, of each tile");
   static constexpr int ROWS = 2 * M_TILES;      // rows of this lane: (m, g) and (m, g + 8)
   static constexpr float RESCALE_SLACK = 8.f;   // log2 units: probabilities stay <= 256 (see above)
   float m[ROWS], l[ROWS];
@@ -50,17 +66,23 @@ struct softmax_state_t {
 #pragma unroll
       for (int mt = 0; mt < M_TILES; ++mt)
 #pragma unroll
-        for (int h = 0; h < 2; ++h)
+        for (int h = 0; h < HALVES; ++h)
 #pragma unroll
           for (int nt = 0; nt < NT; ++nt) l[2 * mt + h] += s[mt][nt][2 * h] + s[mt][nt][2 * h + 1];
+#pragma unroll
+      for (int mt = 0; mt < M_TILES; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+          if (HALVES == 1) s[mt][nt][2] = s[mt][nt][3] = 0.f;   // rows g + 8: padding
       return;
     }
     float alpha[ROWS], base[ROWS];
     bool moved = false;
 #pragma unroll
     for (int mt = 0; mt < M_TILES; ++mt) {
+      alpha[2 * mt + 1] = 1.f;
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
+      for (int h = 0; h < HALVES; ++h) {
         const int r = 2 * mt + h;
         float mx = s[mt][0][2 * h];
 #pragma unroll
@@ -83,13 +105,16 @@ struct softmax_state_t {
 #pragma unroll
         for (int j = 0; j < DT; ++j) {
           o[mt][j][0] *= alpha[2 * mt]; o[mt][j][1] *= alpha[2 * mt];
-          o[mt][j][2] *= alpha[2 * mt + 1]; o[mt][j][3] *= alpha[2 * mt + 1];
+          if (HALVES == 2) { o[mt][j][2] *= alpha[2 * mt + 1]; o[mt][j][3] *= alpha[2 * mt + 1]; }
         }
     }
 #pragma unroll
     for (int mt = 0; mt < M_TILES; ++mt) {
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
+      for (int nt = 0; nt < NT; ++nt)
+        if (HALVES == 1) s[mt][nt][2] = s[mt][nt][3] = 0.f;   // rows g + 8: padding
+#pragma unroll
+      for (int h = 0; h < HALVES; ++h) {
         const int r = 2 * mt + h;
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
@@ -101,16 +126,27 @@ struct softmax_state_t {
     }
   }
 
-  // Reduce l over each row's 4 lanes; scale[r]: what the row's output is multiplied by; lse[r]: natural log.
-  __device__ __forceinline__ void finish(float (&scale)[ROWS], float (&lse)[ROWS]) {
+  // l of each row, summed over the row's 4 lanes (every lane of the row gets it).
+  __device__ __forceinline__ void row_sums(float (&sum)[ROWS]) const {
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
       float x = l[r];
       x += __shfl_xor_sync(0xffffffffu, x, 1);
       x += __shfl_xor_sync(0xffffffffu, x, 2);
+      sum[r] = x;
+    }
+  }
+
+  // scale[r]: what the row's output is multiplied by; lse[r]: natural log.
+  __device__ __forceinline__ void finish(float (&scale)[ROWS], float (&lse)[ROWS]) const {
+    float sum[ROWS];
+    row_sums(sum);
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+      const float x = sum[r];
       if (SOFTMAX) {
         scale[r] = x > 0.f ? __fdividef(1.f, x) : 0.f;
-        lse[r] = x > 0.f ? (m[r] + log2f(x)) * LN2 : -INFERNB_INF;
+        lse[r] = lse_of(m[r], x);
       } else {
         scale[r] = 1.f;
         lse[r] = logf(x);
