@@ -18,6 +18,10 @@ Cases (issue 18; bf16, head_dim 128, 32 query / 8 KV heads):
   and with the same score_mods (the variants' Python functions, unchanged);
 - ``window_1024``: sliding window 1024 on 8192 causal: only the window's keys are read (FlashInfer fa2's
   window_left with ``--flashinfer 2``).
+- ``documents_4_in_8192``: a document mask (``variants.document``, 4 x 2048 tokens) on one causal request of 8192,
+  planned with the variant's block structure (empty blocks not read, full ones without mask_mod) and densely
+  (``block_sparse=False``), FlexAttention with the same mask_mod; ``documents_4x2048_ragged``: the same documents
+  as 4 ragged requests, the bound.
 
 Every path is checked against the float64 reference (a row sample of the long cases) before it is timed. Times:
 CUDA events, median, L2 flushed, paths interleaved per round (``infernb.profile.cuda_time_interleaved``).
@@ -58,6 +62,8 @@ def wanted(case: str) -> bool:
 
 def main(argv=None) -> int:
     args = parse_args(argv, runs=30, flashinfer=1, flex=1)
+    import torch
+
     import infernb as ib
     from infernb.profile.prefill_cases import prefill_cases
 
@@ -69,7 +75,12 @@ def main(argv=None) -> int:
              dict(name="causal_16384", qo=[16384], kv=[16384], configs=configs()),
              dict(kind="paged", name="append_16x512_on_8192", qo=[512] * 16, kv=[8192 + 512] * 16),
              dict(name="skewed_1x16384_63x512", qo=[16384] + [512] * 63, kv=[16384] + [512] * 63, naive=True),
-             dict(name="window_1024_on_8192", qo=[8192], kv=[8192], window=1024)]
+             dict(name="window_1024_on_8192", qo=[8192], kv=[8192], window=1024),
+             # a variant's mask_mod: 4 documents in one 8192-token request, by its block structure and densely;
+             # the same documents as 4 ragged requests (plain causal) are the bound of what a mask can save
+             dict(name="documents_4_in_8192", qo=[8192], kv=[8192],
+                  masks=[("document4", ib.variants.document(torch.arange(4, device="cuda").repeat_interleave(2048)))]),
+             dict(name="documents_4x2048_ragged", qo=[2048] * 4, kv=[2048] * 4)]
     result = prefill_cases([c for c in cases if wanted(c["name"])], runs=args.runs, flashinfer=args.flashinfer,
                            flex=bool(args.flex))
     subset = "" if wanted("any-case") else "_subset"

@@ -126,6 +126,17 @@ def test_committed_prefill_run_draws():
         assert all(e < 2e-2 for e in c["errors"].values()), c["case"]
 
 
+def test_committed_results_pick_the_newest_complete_run(tmp_path, monkeypatch):
+    """Partial runs (a suffix after the date: BENCH_CASES subsets) are never the committed run; dates decide."""
+    import infernb.profile.decode as pd
+    for name, date in (("x_GPU_2026-11-25", "a"), ("x_GPU_2026-11-30", "b"), ("x_GPU_2026-11-30_subset", "c"),
+                       ("x_OTHER_2026-11-28", "d")):
+        (tmp_path / f"{name}.json").write_text(f'{{"date": "{date}"}}')
+    monkeypatch.setattr(pd, "RESULTS_DIR", tmp_path)
+    assert pd.committed_results("x")["date"] == "b"
+    assert pd.committed_results("y") is None
+
+
 def test_prefill_comparison_paths_on_the_cpu():
     """The shared pieces of the prefill comparisons (bench_prefill, profile_prefill): SDPA's paths report what they
     cannot run, FlashInfer's wrapper is planned with the batch's shape, timings turn into the JSON's fields."""

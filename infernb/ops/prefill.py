@@ -207,11 +207,12 @@ def check_prefill_plan(plan: Plan, rope: int = 0) -> PrefillTraits:
     return traits(plan.head_dim, plan.tile_q, rope)
 
 
-def plan_records(plan: Plan, kv_start: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def plan_records(plan: Plan, kv_start: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The kernel's arrays for ``plan``: ``items [num_items]`` :data:`PREFILL_ITEM`, ``cta_ptr [num_ctas + 1]``
-    int32 (CTA c runs items ``cta_ptr[c]:cta_ptr[c+1]``) and ``runs [num_runs]`` :data:`PREFILL_RUN` (each item's
-    visible keys, the plan's segments cut to the item's range). ``kv_start [batch]``: where each request's keys
-    start (ragged: its ``kv_indptr``; paged: its page table ``indptr``)."""
+    int32 (CTA c runs items ``cta_ptr[c]:cta_ptr[c+1]``), ``runs [num_runs]`` :data:`PREFILL_RUN` (each item's
+    visible keys, the plan's segments cut to the item's range) and ``run_full [num_runs]`` int32 (the run's
+    segment's ``Plan.seg_full``). ``kv_start [batch]``: where each request's keys start (ragged: its
+    ``kv_indptr``; paged: its page table ``indptr``)."""
     H = plan.num_kv_heads
     tile = plan.item_unit // H
     b = plan.tile_request[tile]
@@ -227,11 +228,12 @@ def plan_records(plan: Plan, kv_start: np.ndarray) -> tuple[np.ndarray, np.ndarr
     seg_c0 = np.concatenate(([0], np.cumsum(seg_len)))[:-1]                  # compressed start of every segment
     seg_c0 = seg_c0 - np.repeat(seg_c0[plan.seg_indptr[:-1]] if len(seg_c0) else np.zeros(0, np.int64),
                                 np.diff(plan.seg_indptr))                   # ... relative to its tile
-    run_s, run_e, counts = [], [], np.zeros(plan.num_items, np.int64)
+    run_s, run_e, run_f, counts = [], [], [], np.zeros(plan.num_items, np.int64)
     one_seg = bool((np.diff(plan.seg_indptr) == 1).all())
     if one_seg:                                                             # causal / window / full: one run each
         s0 = plan.seg_start[plan.seg_indptr[tile]] if plan.num_items else np.zeros(0, np.int64)
         run_s, run_e = s0 + plan.item_kv_start, s0 + plan.item_kv_end
+        run_f = plan.seg_full[plan.seg_indptr[tile]] if plan.num_items else np.zeros(0, np.int64)
         counts[:] = 1
     else:
         for i in range(plan.num_items):
@@ -243,6 +245,7 @@ def plan_records(plan: Plan, kv_start: np.ndarray) -> tuple[np.ndarray, np.ndarr
                 if z > c0 and a < c1:
                     run_s.append(int(plan.seg_start[sgi]) + max(c0, a) - a)
                     run_e.append(int(plan.seg_start[sgi]) + min(c1, z) - a)
+                    run_f.append(int(plan.seg_full[sgi]))
                     counts[i] += 1
     runs = np.zeros(int(counts.sum()), PREFILL_RUN)
     runs["pos_start"], runs["pos_end"] = run_s, run_e
@@ -258,7 +261,7 @@ def plan_records(plan: Plan, kv_start: np.ndarray) -> tuple[np.ndarray, np.ndarr
         items["slot_begin"] = np.where(split, plan.merge_indptr[mu], 0)
         items["slot_end"] = np.where(split, plan.merge_indptr[mu + 1], 0)
     cta_ptr = np.searchsorted(plan.item_cta, np.arange(plan.num_ctas + 1)).astype(np.int32)
-    return items, cta_ptr, runs
+    return items, cta_ptr, runs, np.asarray(run_f, np.int32).reshape(-1)
 
 
 # ---------------------------------------------------------------------------------------------- the runner
@@ -289,9 +292,14 @@ class PrefillRunner:
         variant = check_variant(variant, plan)
         if rope_path not in ("auto", "tile", "pass"):
             raise InputError(f"rope_path: expected 'auto', 'tile' or 'pass', got {rope_path!r}")
-        if plan.block_masked:
-            raise InputError("the prefill kernel runs the plan's key segments; block-masked plans run through "
-                             "infernb.emulate(custom_masks=...) until block-sparse attention lands")
+        #: the plan's block masks are the variant's (Plan.mask_source): its full runs skip mask_mod in the kernel
+        self.mask_skips = plan.block_masked and plan.mask_source == "variant:" + variant.fingerprint()
+        if plan.block_masked and not self.mask_skips:
+            raise InputError(
+                "this plan was built with block masks that are not this variant's (plan.mask_source "
+                f"{plan.mask_source!r}): the kernel masks partial blocks with the variant's mask_mod, so plan with "
+                "block_masks=variant (infernb.plan / plan_batch(block_sparse=True)); custom BlockSparse masks run "
+                "through infernb.emulate(custom_masks=...) until block-sparse attention lands")
         if (cache is None) != (page_table is None):
             raise InputError("cache and page_table go together (paged KV), or neither (ragged k / v at call time)")
         self.paged = cache is not None
@@ -340,10 +348,13 @@ class PrefillRunner:
         self.kernel = build(prefill_spec(self.dtype, plan.head_dim, plan.tile_q, "ragged" if passing else self.kv,
                                          plan.causal, variant, None if passing else rope, config=config,
                                          rope_pass=rope if passing else None), device_info(self.device.index).arch)
-        items, cta_ptr, runs = plan_records(plan, kv_start)
+        items, cta_ptr, runs, run_full = plan_records(plan, kv_start)
+        if not self.mask_skips:                          # the kernel evaluates mask_mod on every run
+            run_full[:] = 0
         dev = self.device
         self.items, self.cta_ptr = records_to_device(items, dev), records_to_device(cta_ptr, dev)
         self.runs = records_to_device(runs if len(runs) else np.zeros(1, PREFILL_RUN), dev)
+        self.run_full = records_to_device(run_full if len(run_full) else np.zeros(1, np.int32), dev)
         self.merge_count = torch.zeros(max(len(plan.merge_unit), 1), dtype=torch.int32, device=dev)
         self.params = torch.frombuffer(bytearray(params), dtype=torch.uint8).to(dev)
         n_slots = len(plan.merge_slots)
@@ -398,7 +409,7 @@ class PrefillRunner:
         self._go((p.num_ctas, 1, 1), (NUM_THREADS, 1, 1),
                  (ptr(q.data_ptr()), ptr(kp.data_ptr()), ptr(vp.data_ptr()), *self._args_mid, ptr(out.data_ptr()),
                   ptr(lse.data_ptr()), ptr(part_o.data_ptr()), ptr(part_lse.data_ptr()),
-                  ptr(self.merge_count.data_ptr()), *self._scalars))
+                  ptr(self.merge_count.data_ptr()), *self._scalars, ptr(self.run_full.data_ptr())))
         return out, lse
 
     # ------------------------------------------------------------------ the rotation pass (rope_path "pass")
@@ -515,10 +526,14 @@ def _check_qkv(q: torch.Tensor, num_kv_heads: int, head_dim: int) -> None:
 
 def plan_batch(qo_lens, kv_lens, *, num_qo_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype,
                page_size: int = 16, causal: bool = False, window_left: int = -1, variant: Variant | None = None,
-               rope: RoPE | None = None, tile_q: int | None = None, num_sms=None, page_table=None) -> Plan:
+               rope: RoPE | None = None, tile_q: int | None = None, num_sms=None, page_table=None,
+               block_sparse: bool | None = None) -> Plan:
     """:func:`infernb.plan` for the prefill kernel: its default query tile (:func:`default_tile_q`), its traits' CTAs
-    per SM and per-item cost, the variant's window promise when ``window_left`` is ``-1``, and no split for sigmoid
-    variants. What :func:`prefill` and :func:`append` run."""
+    per SM and per-item cost, the variant's window promise when ``window_left`` is ``-1``, no split for sigmoid
+    variants, and the variant's block structure (``block_sparse``; default: when it has a ``mask_mod``): tiles read
+    only the key blocks its mask leaves visible, and skip ``mask_mod`` on the full ones
+    (:meth:`~infernb.variants.Variant.block_masks`, evaluated here, once per plan). What :func:`prefill` and
+    :func:`append` run."""
     window = window_left if window_left >= 0 else getattr(variant, "window_left", -1)
     qo_lens = np.asarray(qo_lens)
     rows_avg = float(np.mean(qo_lens) * (num_qo_heads // num_kv_heads)) if len(qo_lens) else 0.0
@@ -527,13 +542,23 @@ def plan_batch(qo_lens, kv_lens, *, num_qo_heads: int, num_kv_heads: int, head_d
     return make_plan(qo_lens, kv_lens, num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
                      page_size=page_size, page_table=page_table, causal=causal, window_left=window, tile_q=tq,
                      dtype=DTYPE_NAMES[dtype], num_sms=num_sms, ctas_per_sm=tr.ctas_per_sm, fixed_cost=tr.fixed_cost,
-                     merge_gain=0.05 if variant is None or variant.softmax else math.inf)
+                     merge_gain=0.05 if variant is None or variant.softmax else math.inf,
+                     block_masks=variant if _block_sparse(variant, block_sparse) else None)
+
+
+def _block_sparse(variant: Variant | None, block_sparse: bool | None) -> bool:
+    if block_sparse not in (None, True, False):
+        raise InputError(f"block_sparse: expected None (auto), True or False, got {block_sparse!r}")
+    has_mask = variant is not None and variant.mask_mod is not None
+    if block_sparse and not has_mask:
+        raise InputError("block_sparse=True needs a variant with a mask_mod (its block structure)")
+    return has_mask if block_sparse is None else bool(block_sparse)
 
 
 def prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qo_indptr, kv_indptr, *, causal: bool = False,
             window_left: int = -1, variant: Variant | None = None, rope: RoPE | None = None,
             sm_scale: float | None = None, return_lse: bool = False, tile_q: int | None = None, num_sms=None,
-            rope_path: str = "auto"):
+            rope_path: str = "auto", block_sparse: bool | None = None):
     """Attention of a ragged batch in one call: plan it and run it (notebooks; serving code keeps the runner).
 
     Args:
@@ -546,6 +571,8 @@ def prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qo_indptr, kv_ind
         variant, rope, sm_scale, rope_path: as in :class:`PrefillRunner`.
         return_lse: also return the LSE ``[qo_indptr[-1], num_qo_heads]`` float32 (natural log).
         tile_q: query tile rows (64 / 128; default :func:`default_tile_q`); num_sms: SMs to plan for.
+        block_sparse: plan with the variant's block structure (:func:`plan_batch`; default: when the variant has a
+            ``mask_mod``): its empty key blocks are never read, its full ones skip ``mask_mod``.
     Returns:
         ``out [qo_indptr[-1], num_qo_heads, head_dim]`` q.dtype (and ``lse``).
     """
@@ -565,7 +592,7 @@ def prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qo_indptr, kv_ind
         raise InputError(f"qo_indptr has {len(qo) - 1} requests, kv_indptr {len(kv) - 1}")
     p = plan_batch(np.diff(qo), np.diff(kv), num_qo_heads=q.shape[1], num_kv_heads=k.shape[1], head_dim=k.shape[2],
                    dtype=q.dtype, causal=causal, window_left=window_left, variant=variant, rope=rope, tile_q=tile_q,
-                   num_sms=num_sms)
+                   num_sms=num_sms, block_sparse=block_sparse)
     out, lse = run_prefill(p, q.contiguous(), k.contiguous(), v.contiguous(), variant=variant, rope=rope,
                            rope_path=rope_path,
                            sm_scale=sm_scale)
@@ -575,7 +602,7 @@ def prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qo_indptr, kv_ind
 def append(q: torch.Tensor, cache, seq_ids: Sequence[int], qo_lens: Sequence[int], *, causal: bool = True,
            window_left: int = -1, variant: Variant | None = None, rope: RoPE | None = None,
            sm_scale: float | None = None, return_lse: bool = False, tile_q: int | None = None, num_sms=None,
-           rope_path: str = "auto"):
+           rope_path: str = "auto", block_sparse: bool | None = None):
     """Append attention: the newest ``qo_lens[i]`` tokens of each sequence attend to the whole sequence.
 
     Args:
@@ -584,7 +611,7 @@ def append(q: torch.Tensor, cache, seq_ids: Sequence[int], qo_lens: Sequence[int
             (``cache.append`` them first).
         seq_ids: live sequence ids; qo_lens: new tokens of each (``<=`` its length).
         causal: bottom-right aligned (chunked prefill, speculative verification); window_left, variant, rope,
-            rope_path, sm_scale, return_lse, tile_q, num_sms: as in :func:`prefill`.
+            rope_path, sm_scale, return_lse, tile_q, num_sms, block_sparse: as in :func:`prefill`.
     Returns:
         ``out [sum(qo_lens), num_qo_heads, head_dim]`` q.dtype (and ``lse [sum(qo_lens), num_qo_heads]``).
     """
@@ -605,7 +632,8 @@ def append(q: torch.Tensor, cache, seq_ids: Sequence[int], qo_lens: Sequence[int
         raise InputError(f"q: expected {cache.dtype} on {cache.pool.device} (the cache's), got {q.dtype} on {q.device}")
     p = plan_batch(qo_lens, kv_lens, num_qo_heads=q.shape[1], num_kv_heads=cache.num_kv_heads,
                    head_dim=cache.head_dim, dtype=q.dtype, page_size=cache.page_size, causal=causal,
-                   window_left=window_left, variant=variant, rope=rope, tile_q=tile_q, num_sms=num_sms)
+                   window_left=window_left, variant=variant, rope=rope, tile_q=tile_q, num_sms=num_sms,
+                   block_sparse=block_sparse)
     out, lse = run_prefill(p, q.contiguous(), cache=cache, page_table=table, variant=variant, rope=rope,
                            rope_path=rope_path,
                            sm_scale=sm_scale)

@@ -38,9 +38,10 @@ def emulate(plan: Plan, q: torch.Tensor, k: torch.Tensor | None = None, v: torch
     if not softmax and len(plan.merge_unit):
         raise InputError("sigmoid attention (softmax=False) needs an unsplit plan: its parts add up instead of "
                          "merging by LSE (plan(..., merge_gain=float('inf')))")
-    if plan.block_masked and custom_masks is None:
+    if plan.block_masked and custom_masks is None and not (plan.mask_source.startswith("variant:") and mask_mod):
         raise InputError("this plan was built with block_masks: pass their dense masks as custom_masks "
-                         "(e.g. [m.to_dense() for m in block_masks]) so partial blocks are masked exactly")
+                         "(e.g. [m.to_dense() for m in block_masks]) so partial blocks are masked exactly, or, for a "
+                         "plan of a variant's block structure, the variant's mask_mod")
     if kv_cache is not None:
         if page_table is None:
             raise InputError("page_table: required with kv_cache")

@@ -25,7 +25,7 @@ from ..errors import InputError
 
 # fields that are arrays (compared element-wise by Plan.equals, checked by validate)
 _ARRAYS = ("qo_lens", "kv_lens", "tile_request", "tile_token_start", "tile_token_end", "tile_rows", "tile_kv_len",
-           "tile_weight", "seg_indptr", "seg_start", "seg_end", "item_unit", "item_kv_start", "item_kv_end",
+           "tile_weight", "seg_indptr", "seg_start", "seg_end", "seg_full", "item_unit", "item_kv_start", "item_kv_end",
            "item_cta", "item_cost", "item_slot", "merge_indptr", "merge_unit", "merge_slots", "cta_load")
 
 
@@ -35,7 +35,7 @@ class Plan:
 
     # problem
     qo_lens: np.ndarray            # [B]
-    block_masked: bool             # built with block masks: run it with their dense masks (emulate(custom_masks=...))
+    block_masked: bool             # built with block masks: partial blocks need their masks (see mask_source)
     kv_lens: np.ndarray            # [B]
     num_qo_heads: int
     num_kv_heads: int
@@ -59,6 +59,8 @@ class Plan:
     seg_indptr: np.ndarray         # [T + 1]
     seg_start: np.ndarray          # [S] key positions
     seg_end: np.ndarray
+    seg_full: np.ndarray           # [S] 1: the block masks show every pair of the segment visible to the tile's rows
+    #                                (kernels skip the mask there); 1 everywhere without block masks
     # items [I], ordered by CTA then position; unit = tile * num_kv_heads + kv_head
     item_unit: np.ndarray
     item_kv_start: np.ndarray
@@ -71,6 +73,9 @@ class Plan:
     merge_unit: np.ndarray         # [M]
     merge_slots: np.ndarray        # [num partial slots]
     cta_load: np.ndarray           # [num_ctas]
+    # where the block masks came from: "" (none), "custom" (BlockSparse masks given), or "variant:<fingerprint>"
+    # (a variant's mask_mod, Variant.fingerprint: its kernels mask the partial blocks themselves)
+    mask_source: str = ""
 
     def __post_init__(self):
         for name in _ARRAYS:                       # frozen means frozen: a plan is reused across layers
@@ -179,6 +184,8 @@ class Plan:
         c = np.concatenate(([0], np.cumsum(self.seg_end - self.seg_start)))
         if not np.array_equal(c[self.seg_indptr[1:]] - c[self.seg_indptr[:-1]], self.tile_kv_len):
             raise InputError("Plan: tile_kv_len must equal the total length of the tile's segments")
+        if len(self.seg_full) != len(self.seg_start) or not np.isin(self.seg_full, (0, 1)).all():
+            raise InputError("Plan: seg_full must hold 0 / 1 for every segment")
         if self.num_items:
             if self.item_unit.min() < 0 or self.item_unit.max() >= U:
                 raise InputError("Plan: item_unit out of range")

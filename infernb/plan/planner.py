@@ -43,8 +43,10 @@ def plan(qo_lens: Sequence[int], kv_lens: Sequence[int], *, num_qo_heads: int, n
         page_size: tokens per KV page (names the kernel; checked against ``page_table``).
         page_table: optional :class:`~infernb.layout.PageTable` whose lengths must equal ``kv_lens``.
         causal, window_left: mask structure that shortens rows (bottom-right aligned, like the reference).
-        block_masks: optional per-request :class:`~infernb.layout.BlockSparse` of shape ``(qo_len, kv_len)``
-            (a variant's block mask): a tile visits only the key blocks listed for its query tokens.
+        block_masks: optional per-request :class:`~infernb.layout.BlockSparse` of shape ``(qo_len, kv_len)``, or a
+            :class:`~infernb.variants.Variant` with a ``mask_mod`` (its block structure, from
+            :meth:`~infernb.variants.Variant.block_masks`): a tile visits only the key blocks listed for its query
+            tokens, and its segments of full blocks are marked (``Plan.seg_full``: kernels skip the mask there).
         tile_q: rows (token x group head) per query tile; default: the GQA group in decode, otherwise 128 /
             64 / 16 by the average packed rows per request (FlashInfer's rule).
         num_sms, ctas_per_sm: the CTAs to fill (default: the GPU's SM count, 132 = H100 without one; and the
@@ -108,8 +110,17 @@ def plan(qo_lens: Sequence[int], kv_lens: Sequence[int], *, num_qo_heads: int, n
                   128 if rows_avg > 64 and head_dim < 256 else 64 if rows_avg > 16 else 16)
     n_ctas = int(num_sms if num_sms is not None else device_info().sm_count) * int(ctas_per_sm)
 
+    mask_source = ""
+    if block_masks is not None:
+        from ..variants import Variant                   # (a variant's mask_mod: its block structure, evaluated here)
+        if isinstance(block_masks, Variant):
+            variant = block_masks
+            block_masks = variant.block_masks(qo, kv, num_qo_heads=num_qo_heads)
+            mask_source = "variant:" + variant.fingerprint()
+        else:
+            mask_source = "custom"
     tiles = _tiles(qo, kv, group, tile_q, causal, window_left, block_masks)
-    (t_req, t_tok0, t_tok1, t_rows, seg_ptr, seg_s, seg_e, t_len) = tiles
+    (t_req, t_tok0, t_tok1, t_rows, seg_ptr, seg_s, seg_e, seg_full, t_len) = tiles
     weight = np.maximum(1.0, t_rows / rows_balance)
     H = num_kv_heads
     unit_len = np.repeat(t_len, H)                    # unit = tile * H + head
@@ -140,10 +151,10 @@ def plan(qo_lens: Sequence[int], kv_lens: Sequence[int], *, num_qo_heads: int, n
         page_size=page_size, causal=bool(causal), window_left=int(window_left), tile_q=int(tile_q), dtype=dtype,
         strategy=strategy, num_ctas=int(n_ctas), fixed_cost=float(fixed_cost), rows_balance=float(rows_balance),
         tile_request=t_req, tile_token_start=t_tok0, tile_token_end=t_tok1, tile_rows=t_rows, tile_kv_len=t_len,
-        tile_weight=weight, seg_indptr=seg_ptr, seg_start=seg_s, seg_end=seg_e, item_unit=item_unit,
+        tile_weight=weight, seg_indptr=seg_ptr, seg_start=seg_s, seg_end=seg_e, seg_full=seg_full, item_unit=item_unit,
         item_kv_start=item_s, item_kv_end=item_e, item_cta=item_cta, item_cost=item_cost, item_slot=item_slot,
         merge_indptr=merge_indptr, merge_unit=merge_unit, merge_slots=item_slot[split_sorted],
-        cta_load=np.bincount(item_cta, weights=item_cost, minlength=n_ctas))
+        cta_load=np.bincount(item_cta, weights=item_cost, minlength=n_ctas), mask_source=mask_source)
     if check or (check is None and os.environ.get("INFERNB_CHECK_PLANS")):
         p.validate()
     return p
@@ -177,10 +188,10 @@ def _tiles(qo, kv, group, tile_q, causal, window_left, block_masks):
     lo = np.minimum(lo, hi)
     if block_masks is None:
         seg_ptr = np.arange(len(t_req) + 1, dtype=np.int64)
-        return t_req, tok0, tok1, t_rows, seg_ptr, lo, hi, hi - lo
+        return t_req, tok0, tok1, t_rows, seg_ptr, lo, hi, np.ones(len(t_req), np.int64), hi - lo
     if len(block_masks) != len(qo):
         raise InputError(f"block_masks: expected {len(qo)} (one per request), got {len(block_masks)}")
-    seg_s, seg_e, seg_ptr = [], [], [0]
+    seg_s, seg_e, seg_f, seg_ptr = [], [], [], [0]
     for t in range(len(t_req)):
         b = int(t_req[t])
         bm = block_masks[b]
@@ -188,25 +199,31 @@ def _tiles(qo, kv, group, tile_q, causal, window_left, block_masks):
             raise InputError(f"block_masks[{b}]: shape {bm.shape} must be (qo_len, kv_len) = ({qo[b]}, {kv[b]})")
         R, C = bm.block
         br0, br1 = int(tok0[t]) // R, (int(tok1[t]) - 1) // R + 1
-        cols = np.unique(bm.indices[int(bm.indptr[br0]):int(bm.indptr[br1])].numpy().astype(np.int64))
+        a, z = int(bm.indptr[br0]), int(bm.indptr[br1])
+        listed = bm.indices[a:z].numpy().astype(np.int64)
+        cols, inv = np.unique(listed, return_inverse=True)
+        # a column is full for the tile when it is listed and full in every block row the tile's tokens touch
+        full = np.bincount(inv, weights=bm.is_full[a:z].numpy().astype(np.float64), minlength=len(cols)) == br1 - br0
         s = np.maximum(cols * C, lo[t])
         e = np.minimum(np.minimum((cols + 1) * C, kv[b]), hi[t])
         keep = e > s
-        s, e = s[keep], e[keep]
-        if len(s) > 1:                                    # merge touching blocks into one segment
-            brk = np.r_[True, s[1:] != e[:-1]]
-            s, e = s[brk], np.r_[e[:-1][brk[1:]], e[-1]]
+        s, e, full = s[keep], e[keep], full[keep]
+        if len(s) > 1:                                    # merge touching blocks of the same kind into one segment
+            brk = np.r_[True, (s[1:] != e[:-1]) | (full[1:] != full[:-1])]
+            s, e, full = s[brk], np.r_[e[:-1][brk[1:]], e[-1]], full[brk]
         seg_s.append(s)
         seg_e.append(e)
+        seg_f.append(full.astype(np.int64))
         seg_ptr.append(seg_ptr[-1] + len(s))
     seg_s = np.concatenate(seg_s) if seg_s else np.zeros(0, np.int64)
     seg_e = np.concatenate(seg_e) if seg_e else np.zeros(0, np.int64)
+    seg_f = np.concatenate(seg_f) if seg_f else np.zeros(0, np.int64)
     seg_ptr = np.asarray(seg_ptr, np.int64)
     t_len = np.zeros(len(t_req), np.int64)
     nz = np.diff(seg_ptr) > 0
     if nz.any():
         t_len[nz] = np.add.reduceat(seg_e - seg_s, seg_ptr[:-1][nz])
-    return t_req, tok0, tok1, t_rows, seg_ptr, seg_s, seg_e, t_len
+    return t_req, tok0, tok1, t_rows, seg_ptr, seg_s, seg_e, seg_f, t_len
 
 
 def _balanced(L, w, F, n, merge_gain):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -125,6 +126,8 @@ def profile_decode(cases: dict, *, num_qo_heads: int = 32, num_kv_heads: int = 8
 
 
 def committed_results(benchmark: str = "decode") -> dict | None:
-    """The newest committed ``benchmarks/results/<benchmark>_*.json`` (a run on the lent H100), or ``None``."""
-    files = sorted(glob.glob(str(RESULTS_DIR / f"{benchmark}_*.json")), key=lambda f: Path(f).stem.rsplit("_", 1)[-1])
-    return json.loads(Path(files[-1]).read_text()) if files else None
+    """The newest complete committed run ``benchmarks/results/<benchmark>_<device>_<date>.json`` (a run on the lent
+    GPU), or ``None``. Partial runs (a suffix after the date, e.g. ``_subset``: some cases only) are not picked."""
+    dated = [(m.group(1), f) for f in glob.glob(str(RESULTS_DIR / f"{benchmark}_*.json"))
+             if (m := re.search(r"_(\d{4}-\d{2}-\d{2})$", Path(f).stem))]
+    return json.loads(Path(max(dated)[1]).read_text()) if dated else None

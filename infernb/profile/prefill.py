@@ -87,16 +87,20 @@ def flex_call(q, k, v, *, mask_mod=None, score_mod=None):
         return None, f"{type(e).__name__}: {str(e)[:300]}"
 
 
-def flex_path(q, k, v, *, causal: bool, score_mod=None, window_left: int = -1):
+def flex_path(q, k, v, *, causal: bool, score_mod=None, window_left: int = -1, mask_mod=None):
     """:func:`flex_call` on one request with a causal / sliding-window mask, bottom-right aligned as infernb and
-    FlashInfer; ``score_mod`` is FlexAttention's ``(score, b, h, q_idx, kv_idx)`` (an infernb variant's score_mod
-    has the same signature). Returns ``(call, None)`` or ``(None, why)``."""
+    FlashInfer; ``score_mod`` is FlexAttention's ``(score, b, h, q_idx, kv_idx)`` and ``mask_mod`` its
+    ``(b, h, q_idx, kv_idx)``, and-ed with those masks, in infernb's positions (an infernb variant's bound mods have
+    the same signatures). Returns ``(call, None)`` or ``(None, why)``."""
     off = k.shape[0] - q.shape[0]
+    extra = mask_mod
 
-    def mask_mod(b, h, q_idx, kv_idx):
+    def mask(b, h, q_idx, kv_idx):
         ok = kv_idx <= q_idx + off if causal else kv_idx >= 0
-        return ok & (kv_idx >= q_idx + off - window_left) if window_left >= 0 else ok
-    return flex_call(q, k, v, mask_mod=mask_mod if causal or window_left >= 0 else None, score_mod=score_mod)
+        ok = ok & (kv_idx >= q_idx + off - window_left) if window_left >= 0 else ok
+        return ok & extra(b, h, q_idx + off, kv_idx) if extra is not None else ok
+    use = causal or window_left >= 0 or extra is not None
+    return flex_call(q, k, v, mask_mod=mask if use else None, score_mod=score_mod)
 
 
 def timing_fields(times: dict, flops: float) -> dict:

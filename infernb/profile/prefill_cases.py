@@ -21,7 +21,9 @@ HQ, HKV, D = 32, 8, 128
 def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, flex: bool = True) -> dict:
     """Run the benchmark ``cases`` (bf16, 32 query / 8 KV heads, head dim 128). Each case is
     ``dict(kind="ragged" | "paged", name=..., qo=[...], kv=[...], **options)``; ragged options: ``causal``,
-    ``window``, ``variants`` (``[(label, Variant)]``), ``rope_cmp`` (RoPE by the pass and in the tile), ``naive`` (the
+    ``window``, ``variants`` (``[(label, Variant)]``), ``masks`` (``[(label, Variant)]`` with a mask_mod: planned with
+    its block structure, and again without it as ``<label>_dense``: every causal key read, the mask evaluated on
+    each; FlexAttention with the same mask_mod on one request), ``rope_cmp`` (RoPE by the pass and in the tile), ``naive`` (the
     same kernel on a naive plan), ``tile_cmp`` (the other query tile), ``plan_variants`` (``[(label, plan kwargs)]``),
     ``configs`` (``[PrefillTraits]``); paged: ``page``. ``flashinfer``: 0 none, 1 plain fa2, 2 also its variant
     paths. Returns the benchmark JSON: ``{device, date, torch, flashinfer, heads, head_dim, dtype, gemm_tflops,
@@ -58,7 +60,7 @@ def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, fle
         return err
 
     def ragged_case(name, qo, kv, *, causal=True, window=-1, variants=(), rope_cmp=False, naive=False,
-                    tile_cmp=False, plan_variants=(), configs=()):
+                    tile_cmp=False, plan_variants=(), configs=(), masks=()):
         q, k, v = rnd(sum(qo), HQ, D), rnd(sum(kv), HKV, D), rnd(sum(kv), HKV, D)
         qo_ptr, kv_ptr = np.r_[0, np.cumsum(qo)], np.r_[0, np.cumsum(kv)]
         pairs = visible_pairs(qo, kv, causal, window)
@@ -102,6 +104,14 @@ def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, fle
                                               **shape))
         for v_name, variant in variants:
             add(f"infernb_{v_name}", p, variant=variant)
+        mask_pairs = {}                             # the masks' visible pairs (the _tflops fields count the case's)
+        for m_name, variant in masks:               # a mask_mod: with its block structure, and without
+            pm = plan_batch(qo, kv, dtype=dt_, variant=variant, **shape)
+            mask_pairs[m_name] = sum(round(bm.stats()["density"] * bm.shape[0] * bm.shape[1])
+                                     for bm in variant.block_masks(qo, kv, num_qo_heads=HQ))
+            add(f"infernb_{m_name}", pm, variant=variant)
+            add(f"infernb_{m_name}_dense", plan_batch(qo, kv, dtype=dt_, variant=variant, block_sparse=False, **shape),
+                variant=variant)
         if rope_cmp:
             add("infernb_rope", p, rope=ib.RoPE(theta=1e4))                      # auto: the rotation pass here
             add("infernb_rope_tile", p, rope=ib.RoPE(theta=1e4), rope_path="tile")
@@ -129,6 +139,13 @@ def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, fle
                 fns[label] = call
                 if smod is None:
                     errs[label] = check(label, call(), ref_rows(), rows)
+            for m_name, variant in masks:
+                call, why = flex_path(q, k, v, causal=causal, window_left=window, mask_mod=variant.bound_mods()[1])
+                if call is None:
+                    print(f"{name}: flex_{m_name} unavailable: {why}", flush=True)
+                    continue
+                fns[f"flex_{m_name}"] = call
+                errs[f"flex_{m_name}"] = check(f"flex_{m_name}", call(), ref_rows(variant), rows)
         if len(qo) == 1 and window < 0:             # SDPA on the one request (K/V expanded to the query heads)
             calls, missing = sdpa_paths(q, k, v, causal=causal)
             for label, call in calls.items():
@@ -141,6 +158,8 @@ def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, fle
                    plan_tile_q=p.tile_q, plan_ctas=p.num_ctas, plan_items=p.num_items,
                    plan_split_units=int(len(p.merge_unit)), visible_pairs=pairs, flops=flops, errors=errs,
                    **timing_fields(times, flops))
+        if mask_pairs:
+            row["mask_visible_pairs"] = mask_pairs
         _ratios(row, times)
         result["cases"].append(row)
         _print(row, times, gemm)

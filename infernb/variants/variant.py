@@ -15,6 +15,8 @@ from ..errors import InputError
 from .codegen import Generated, c_identifier, generate
 from .trace import TraceError
 
+#: Block size (query tokens, keys) of :meth:`Variant.block_masks`: 64 keys, the prefill kernel's K/V stage.
+BLOCK_STRUCTURE = (16, 64)
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Variant:
@@ -138,6 +140,79 @@ class Variant:
         if m is None:
             m = lambda bb, hh, q, k: torch.ones_like(q + k, dtype=torch.bool)  # noqa: E731
         return BlockSparse.from_mask_mod(m, M, N, block, b=b, h=h)
+
+    def block_masks(self, qo_lens, kv_lens, *, num_qo_heads: int, block: tuple[int, int] = BLOCK_STRUCTURE) -> list:
+        """The variant's block structure: per request a :class:`~infernb.layout.BlockSparse` ``[qo_len, kv_len]``
+        (append convention, ``b`` = the request's index) whose listed blocks hold a visible pair for some query
+        head, and whose *full* blocks are visible in every pair for every head (kernels skip ``mask_mod`` there).
+        ``partial_masks`` hold the union over heads (the kernels evaluate ``mask_mod`` per head on partial blocks).
+
+        ``mask_mod`` is evaluated once per (query, key) pair on the device of the tensors it captures (the CPU
+        without any), in chunks of at most ``BlockSparse`` ``CHUNK_ELEMENTS`` elements; once per head as well only
+        when its result depends on ``h``. Without a ``mask_mod`` every in-range block is full."""
+        from ..layout import BlockSparse
+        from ..layout.block_sparse import CHUNK_ELEMENTS, _check_block
+
+        R, C = _check_block(block)
+        _, m = self.bound_mods()
+        caps = self.generated.captures
+        dev = caps[0][0].device if caps else torch.device("cpu")
+        qo = [int(x) for x in (qo_lens.tolist() if hasattr(qo_lens, "tolist") else qo_lens)]
+        kv = [int(x) for x in (kv_lens.tolist() if hasattr(kv_lens, "tolist") else kv_lens)]
+        if len(qo) != len(kv):
+            raise InputError(f"qo_lens has {len(qo)} requests but kv_lens has {len(kv)}")
+        heads = torch.arange(num_qo_heads, device=dev)[:, None, None]
+        out = []
+        for b, (M, N) in enumerate(zip(qo, kv)):
+            bt = torch.tensor(b, device=dev)
+            nbr, nbc = -(-M // R), -(-N // C)
+
+            def ev(r0, r1, h):
+                q_idx = torch.arange(r0, r1, device=dev)[None, :, None] + (N - M)
+                kv_idx = torch.arange(N, device=dev)[None, None, :]
+                if m is None:
+                    return torch.ones(1, r1 - r0, N, dtype=torch.bool, device=dev)
+                x = torch.as_tensor(m(bt, h, q_idx, kv_idx), device=dev).bool()
+                return x.reshape((1,) * (3 - x.dim()) + tuple(x.shape)).expand(-1, r1 - r0, N)
+            # does the mask depend on the head? (its result broadcasts over the heads' axis, or not)
+            per_head = m is not None and M > 0 and N > 0 and ev(0, 1, heads).shape[0] > 1
+            h_arg = heads if per_head else torch.tensor(0, device=dev)
+            H = num_qo_heads if per_head else 1
+            rows_per = max(R, (CHUNK_ELEMENTS // max(1, H * max(N, 1))) // R * R)
+            indptr, indices, full, partial = [0], [], [], []
+            for r0 in range(0, nbr * R, rows_per):
+                r1 = min(M, r0 + rows_per)
+                nb_r = -(-(r1 - r0) // R)
+                pad = torch.zeros(H, nb_r * R, nbc * C, dtype=torch.bool, device=dev)
+                pad[:, :r1 - r0, :N] = ev(r0, r1, h_arg)
+                valid = torch.zeros(nb_r * R, nbc * C, dtype=torch.bool, device=dev)
+                valid[:r1 - r0, :N] = True
+                blk = pad.reshape(H, nb_r, R, nbc, C).permute(1, 3, 0, 2, 4)          # [nb_r, nbc, H, R, C]
+                vblk = valid.reshape(nb_r, R, nbc, C).permute(0, 2, 1, 3)[:, :, None]
+                nonempty = blk.flatten(2).any(2).cpu()
+                is_full = ((blk | ~vblk).flatten(2).all(2)).cpu() & nonempty
+                for i in range(nb_r):
+                    cols = torch.nonzero(nonempty[i]).flatten()
+                    indices.append(cols)
+                    full.append(is_full[i, cols])
+                    part = cols[~is_full[i, cols]]
+                    if part.numel():
+                        partial.append(blk[i, part.to(dev)].any(1).cpu())             # union over heads
+                    indptr.append(indptr[-1] + cols.numel())
+            cat = lambda xs, dt: torch.cat(xs).to(dt) if xs else torch.zeros(0, dtype=dt)  # noqa: E731
+            out.append(BlockSparse((M, N), (R, C), torch.tensor(indptr, dtype=torch.int32), cat(indices, torch.int32),
+                                   cat(full, torch.bool),
+                                   torch.cat(partial) if partial else torch.zeros(0, R, C, dtype=torch.bool)))
+        return out
+
+    def fingerprint(self) -> str:
+        """What the kernels' masking depends on: the traced code, the parameter values and the captured tensors
+        (pointer, shape, in-place version). A plan made from :meth:`block_masks` records it; a runner checks it."""
+        h = hashlib.sha256(self.cuda.encode())
+        h.update(repr(sorted(self.params.items())).encode())
+        for t, origin in self.generated.captures:
+            h.update(repr((origin, t.data_ptr(), tuple(t.shape), str(t.dtype), str(t.device), t._version)).encode())
+        return h.hexdigest()[:16]
 
     # ------------------------------------------------------------------ the kernel side
     @functools.cached_property

@@ -10,7 +10,8 @@ import torch
 import infernb as ib
 from infernb import InputError, reference
 from infernb.reference import apply_rope
-from infernb.ops.prefill import PREFILL_ITEM, PrefillRunner, TRAITS, default_tile_q, plan_records, prefill_spec
+from infernb.ops.prefill import (PREFILL_ITEM, PrefillRunner, TRAITS, default_tile_q, plan_batch, plan_records,
+                                 prefill_spec)
 from infernb.testing import assert_close
 
 from .decode_cases import make_cache
@@ -60,16 +61,17 @@ def reference_rounded_rope(q, k, v, qo_lens, kv_lens, rope, **kw):
 
 def run_ragged(gen, qo_lens, kv_lens, hq, hkv, d, *, dtype=torch.bfloat16, causal=False, window_left=-1,
                variant=None, rope=None, num_sms=None, tile_q=None, strategy="balanced", merge_gain=0.05,
-               q_scale=1.0, rope_path="auto"):
+               q_scale=1.0, rope_path="auto", block_sparse=False):
     """Plan, poison, run through the runner, compare with the float64 reference; return the plan. ``q_scale``
-    widens the logits (q times it)."""
+    widens the logits (q times it); ``block_sparse``: plan with the variant's block structure."""
     q, k, v, qo_ptr, kv_ptr = ragged(gen, qo_lens, kv_lens, hq, hkv, d, dtype)
     if q_scale != 1.0:
         q = (q.float() * q_scale).to(dtype)
     rows_avg = float(np.mean(qo_lens)) * hq // hkv
     p = ib.plan(qo_lens, kv_lens, num_qo_heads=hq, num_kv_heads=hkv, head_dim=d, causal=causal,
                 window_left=window_left, tile_q=tile_q or default_tile_q(rows_avg, d), num_sms=num_sms,
-                strategy=strategy, merge_gain=merge_gain, ctas_per_sm=2, dtype=ib.jit.types.DTYPE_NAMES[dtype])
+                strategy=strategy, merge_gain=merge_gain, ctas_per_sm=2, dtype=ib.jit.types.DTYPE_NAMES[dtype],
+                block_masks=variant if block_sparse else None)
     runner = PrefillRunner(p, variant=variant, rope=rope, device=q.device, rope_path=rope_path)
     if rope is not None and rope_path != "auto":
         assert runner.rope_path == rope_path
@@ -127,7 +129,7 @@ def records_attention(p, q, k, v):
     """The attention the kernel's records describe, computed from them alone (float64): every item's rows over
     its runs' keys, split items merged by LSE. Proves on the CPU that the records cover the plan exactly."""
     kv_ptr = np.r_[0, np.cumsum(p.kv_lens)]
-    items, cta_ptr, runs = plan_records(p, kv_ptr)
+    items, cta_ptr, runs, _ = plan_records(p, kv_ptr)
     assert cta_ptr[0] == 0 and cta_ptr[-1] == len(items) and (np.diff(cta_ptr) >= 0).all()
     g, hq = p.group, p.num_qo_heads
     out = torch.full((q.shape[0], hq, q.shape[2]), float("nan"), dtype=torch.float64)
@@ -399,6 +401,100 @@ def test_gpu_score_mod_on_full_and_partial_steps(gen, make):
     for causal in (True, False):
         run_ragged(gen, [300, 77], [1000, 77], 8, 2, 128, causal=causal, variant=variant, q_scale=4.0)
     run_paged(gen, [200, 33], [700, 90], 8, 2, 128, 16, "NHD", variant=variant, num_sms=None)
+
+
+def _mask_variants(device):
+    """mask_mod variants whose block structure has empty, partial and full blocks: a hole one key block behind the
+    diagonal, a head-dependent mask (its structure is the union / intersection over heads), documents, a window and
+    a prefix."""
+    hole = ib.Variant("hole", mask_mod=lambda b, h, q, k: (q >= k) & ((q // 128) != (k // 128) + 1))
+    heads = ib.Variant("stripes_by_head", mask_mod=lambda b, h, q, k: (q >= k) & ((k // 64) % 4 != h % 4))
+    doc_ids = torch.repeat_interleave(torch.arange(4), torch.tensor([200, 330, 70, 400])).to(device)
+    return [hole, heads, ib.variants.document(doc_ids), ib.variants.sliding_window(150), ib.variants.prefix_lm(90)]
+
+
+def test_cpu_variant_block_structure(gen):
+    """Variant.block_masks: listed blocks hold a visible pair for some head, full blocks are visible for every head;
+    the plan's full segments are all visible for their tile's rows, and its runs carry the flag."""
+    qo, kv, hq = [300, 70], [1000, 500], 8
+    for v in _mask_variants("cpu"):
+        bms = v.block_masks(qo, kv, num_qo_heads=hq)
+        _, m = v.bound_mods()
+        for b, bm in enumerate(bms):
+            M, N = qo[b], kv[b]
+            q_idx = torch.arange(M)[None, :, None] + N - M
+            dense = torch.as_tensor(m(torch.tensor(b), torch.arange(hq)[:, None, None], q_idx,
+                                      torch.arange(N)[None, None, :])).expand(hq, M, N)
+            grid = bm.block_grid()                           # 0 empty, 1 partial, 2 full
+            R, C = bm.block
+            for i in range(grid.shape[0]):
+                for j in range(grid.shape[1]):
+                    blk = dense[:, i * R:(i + 1) * R, j * C:(j + 1) * C]
+                    assert int(grid[i, j]) == (0 if not blk.any() else 2 if blk.all() else 1), (v.name, b, i, j)
+        p = ib.plan(qo, kv, num_qo_heads=hq, num_kv_heads=2, head_dim=64, causal=True, tile_q=64, num_sms=5,
+                    block_masks=v)
+        assert p.block_masked and p.mask_source == "variant:" + v.fingerprint()
+        assert p.seg_full.any() or v.name == "stripes_by_head", v.name      # (stripes: no block full for all heads)
+        for t in range(p.num_tiles):
+            b = int(p.tile_request[t])
+            M, N = qo[b], kv[b]
+            tok = torch.arange(int(p.tile_token_start[t]), int(p.tile_token_end[t]))
+            for sg in range(int(p.seg_indptr[t]), int(p.seg_indptr[t + 1])):
+                keys = torch.arange(int(p.seg_start[sg]), int(p.seg_end[sg]))
+                vis = torch.as_tensor(m(torch.tensor(b), torch.arange(hq)[:, None, None],
+                                        (tok + N - M)[None, :, None], keys[None, None, :])).expand(hq, len(tok),
+                                                                                                   len(keys))
+                assert vis.any(), "a listed segment holds a visible pair"
+                if p.seg_full[sg]:
+                    assert vis.all(), (v.name, t, sg)
+        items, _, runs, run_full = plan_records(p, np.r_[0, np.cumsum(kv)])
+        assert len(run_full) == len(runs) and run_full.any() == p.seg_full.any()
+        # without the variant's structure, the same variant reads every causal key and evaluates its mask everywhere
+        p0 = ib.plan(qo, kv, num_qo_heads=hq, num_kv_heads=2, head_dim=64, causal=True, tile_q=64, num_sms=5)
+        assert p.tile_kv_len.sum() <= p0.tile_kv_len.sum()
+    hole = _mask_variants("cpu")[0]
+    p = ib.plan(qo, kv, num_qo_heads=hq, num_kv_heads=2, head_dim=64, causal=True, tile_q=64, num_sms=5,
+                block_masks=hole)
+    p0 = ib.plan(qo, kv, num_qo_heads=hq, num_kv_heads=2, head_dim=64, causal=True, tile_q=64, num_sms=5)
+    assert p.tile_kv_len.sum() < p0.tile_kv_len.sum()   # the hole's empty blocks are not read
+
+
+def test_cpu_block_sparse_front_doors_match_the_reference(gen):
+    qo, kv = [300, 70], [1000, 500]
+    q, k, v, qo_ptr, kv_ptr = ragged(gen, qo, kv, 8, 2, 64, torch.bfloat16, "cpu")
+    for var in _mask_variants("cpu"):
+        ref_o, ref_s = reference.attention(q, k, v, qo_ptr, kv_ptr, causal=True, **var.reference_kwargs())
+        out, lse = ib.prefill(q, k, v, qo_ptr, kv_ptr, causal=True, variant=var, return_lse=True, num_sms=4)
+        check(out, lse, ref_o, ref_s, torch.bfloat16)
+
+
+def test_cpu_block_masked_plans_need_their_variant(gen):
+    hole, heads = _mask_variants("cpu")[:2]
+    kw = dict(num_qo_heads=8, num_kv_heads=2, head_dim=64, causal=True, num_sms=4)
+    p = ib.plan([300], [300], block_masks=hole, **kw)
+    with pytest.raises(ib.InputError, match="not this variant's"):
+        PrefillRunner(p, variant=heads, device="cpu")
+    custom = ib.plan([300], [300], block_masks=hole.block_masks([300], [300], num_qo_heads=8), **kw)
+    assert custom.mask_source == "custom"
+    with pytest.raises(ib.InputError, match="not this variant's"):
+        PrefillRunner(custom, variant=hole, device="cpu")
+    PrefillRunner(p, variant=hole, device="cpu")                  # its own variant: accepted
+    with pytest.raises(ib.InputError, match="block_sparse=True needs"):
+        plan_batch([3], [3], num_qo_heads=8, num_kv_heads=2, head_dim=64, dtype=torch.bfloat16,
+                   block_sparse=True)
+
+
+@gpu
+@pytest.mark.parametrize("tile_q", [64, 128])
+@pytest.mark.parametrize("causal", [True, False])
+def test_gpu_variant_block_structure(gen, tile_q, causal):
+    """Plans of the variants' block structure (empty blocks not read, full runs skip mask_mod) against the float64
+    reference, ragged with split units and paged through the front door."""
+    for var in _mask_variants(DEV):
+        run_ragged(gen, [300, 70], [1000, 500], 8, 2, 128, causal=causal, variant=var, tile_q=tile_q, num_sms=7,
+                   block_sparse=True)
+        if causal:
+            run_paged(gen, [300, 70], [1000, 500], 8, 2, 128, 16, "NHD", variant=var)
 
 
 @gpu

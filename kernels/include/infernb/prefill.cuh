@@ -18,7 +18,8 @@
 // partial state; the CTA that finishes a split unit's last item merges the unit (merge_states.cuh) in the launch.
 //
 // Masks: a chunk entirely inside the causal / window bounds of every row of the tile, with all its keys valid, skips
-// the per-element mask (only score_mod runs); a variant mask_mod (MASK_MOD) is evaluated on every visible logit.
+// the per-element mask (only score_mod runs); a variant mask_mod (MASK_MOD) is evaluated on every visible logit,
+// except in full steps of runs that the plan's block structure (the variant's own) marks full (run_full).
 #pragma once
 #include <infernb/common.cuh>
 #include <infernb/epilogue.cuh>
@@ -106,6 +107,8 @@ struct prefill_cfg_t {
 // out:     [q_tokens, num_qo_heads, HEAD_DIM] T; lse: [q_tokens, num_qo_heads] fp32 (natural log)
 // part_o:  [slots, TILE_Q, HEAD_DIM] fp32; part_lse: [slots, TILE_Q] fp32 (partial states of split units)
 // merge_count: [split units] int32, zero before the launch and left zero after it
+// run_full: [num_runs] int32, 1 where the variant's block structure shows every pair of the run visible (the
+//          variant's own, Plan.seg_full): with MASK_MOD its full steps skip mask_mod there (read only with MASK_MOD)
 // window_left: -1 off; page_shift: log2(page_size) for power-of-two pages, else -1
 template <typename T, int HEAD_DIM, int M_TILES, int BLOCK_N, int SUB_N, int STAGES, int KV_MODE, bool CAUSAL,
           typename VARIANT, bool SCORE_MOD, bool MASK_MOD, int ROPE, int MIN_CTAS>
@@ -116,7 +119,7 @@ prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
                const typename VARIANT::params_t* __restrict__ vparams, T* __restrict__ out, float* __restrict__ lse,
                float* __restrict__ part_o, float* __restrict__ part_lse, int* __restrict__ merge_count,
                float sm_scale, int num_kv_heads, int group, int window_left, int page_size, int page_shift,
-               int rotary_dim, float rope_log2_theta, float rope_inv_scale) {
+               int rotary_dim, float rope_log2_theta, float rope_inv_scale, const int* __restrict__ run_full) {
   using cfg = prefill_cfg_t<T, HEAD_DIM, M_TILES, BLOCK_N, STAGES, ROPE>;
   constexpr int D = HEAD_DIM, CH = cfg::CHUNKS, BN = BLOCK_N, NT = cfg::NUM_THREADS, ST = STAGES, M = M_TILES;
   constexpr int KSTEPS = D / 16;                 // k-steps of Q K^T
@@ -214,7 +217,10 @@ prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
       }
     };
     auto issue = [&](int stage, const T* kbase, const int* page_ids, int run_end) {
-      if (tid == 0) s_chunk[stage] = make_int2(p_pos, p_run < run_end ? min(p_end - p_pos, BN) : -1);
+      // (the chunk's first key, its key count; with MASK_MOD, bit 16: its run is full under the block structure)
+      if (tid == 0)
+        s_chunk[stage] = make_int2(p_pos, p_run < run_end ? min(p_end - p_pos, BN) |
+                                                                (MASK_MOD ? run_full[p_run] << 16 : 0) : -1);
       if (p_run < run_end) {
         // (when ROWS_PER_PASS is not a multiple of the swizzle period, 8 rows: head dim 256, the passes'
         // destinations are not one address plus immediates; hoisted, they would stay live across the main loop, so
@@ -329,7 +335,8 @@ prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
       __syncthreads();                             // the chunk (and the Q tile) landed; the oldest stage is free
       const int2 cur = s_chunk[chunk % ST];
       if (cur.y < 0) break;                        // the producer had no chunk left for this stage
-      const int c_pos = cur.x, n_stage = cur.y;
+      const int c_pos = cur.x, n_stage = MASK_MOD ? cur.y & 0xffff : cur.y;
+      const bool mask_full = MASK_MOD && (cur.y >> 16) != 0;   // mask_mod is true on every pair of the chunk
       issue((chunk + ST - 1) % ST, s_bases->kbase, s_bases->page_ids, s_item->run_end);
       T* s_k = s_kv + (chunk % ST) * cfg::STAGE_ELEMS;
 
@@ -388,9 +395,9 @@ prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
                           (window_left < 0 || k0 >= tile_pos.y - window_left);
         const bool raw = !SCORE_MOD && scale_log2 > 0.f;   // (a non-positive custom sm_scale: logits formed here)
         const float soft_scale = !SOFTMAX ? 1.f : SCORE_MOD ? LOG2E : raw ? scale_log2 : 1.f;
-        // one body per case (FULL: no per-element masks, the hooks see the keys as they are)
-        auto logits = [&](auto full_c) {
-          constexpr bool FULL = decltype(full_c)::value;
+        // one body per case (FULL: no per-element masks, the hooks see the keys as they are; MM: mask_mod evaluated)
+        auto logits = [&](auto full_c, auto mm_c) {
+          constexpr bool FULL = decltype(full_c)::value, MM = MASK_MOD && decltype(mm_c)::value;
           const int last = k0 + n_valid - 1;       // the step's last valid key
 #pragma unroll
           for (int mt = 0; mt < M; ++mt) {
@@ -412,7 +419,7 @@ prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
                   else if (!SOFTMAX) x *= sm_scale;
                   else if (!raw) x *= scale_log2;
                   bool ok = FULL || ((pos <= hi) & (pos >= lo));
-                  if (MASK_MOD) ok = VARIANT::mask_mod(vp, it.b, rw.y, rw.x, hpos) & ok;
+                  if (MM) ok = VARIANT::mask_mod(vp, it.b, rw.y, rw.x, hpos) & ok;
                   if (!SOFTMAX) x = vx::sigmoid(x);
                   s[mt][nt][i] = ok ? x : (SOFTMAX ? -INFERNB_INF : 0.f);
                 }
@@ -420,8 +427,10 @@ prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
             }
           }
         };
-        if (!full) logits(bool_c<false>{});
-        else if (!(SOFTMAX && raw && !MASK_MOD)) logits(bool_c<true>{});
+        // (a masked step evaluates mask_mod even in a full run: such steps are a row's few diagonal / window edges)
+        if (!full) logits(bool_c<false>{}, bool_c<true>{});
+        else if (MASK_MOD && !mask_full) logits(bool_c<true>{}, bool_c<true>{});
+        else if (!(SOFTMAX && raw)) logits(bool_c<true>{}, bool_c<false>{});
         state.update(s, o, soft_scale);
 
         // O += P V (P rounded to T as the A fragments of the k-steps first: S is dead before V is read)
