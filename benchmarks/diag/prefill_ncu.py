@@ -2,6 +2,9 @@
 
     ncu --clock-control none --section SpeedOfLight --section WarpStateStats --section ComputeWorkloadAnalysis \
         -k regex:prefill --launch-skip 1 --launch-count 1 python3 benchmarks/diag/prefill_ncu.py [--tile 64]
+
+``--flashinfer 1`` runs FlashInfer's ragged fa2 prefill on the same inputs instead (its kernel: ``-k regex:Prefill``),
+for the same sections side by side.
 """
 import argparse
 import sys
@@ -22,11 +25,22 @@ ap.add_argument("--n", type=int, default=8192)
 ap.add_argument("--causal", type=int, default=1)
 ap.add_argument("--time", type=int, default=0, help="also time 20 launches (CUDA events) and print TFLOP/s")
 ap.add_argument("--config", default="", help="m,block_n,sub_n,stages,ctas: a PrefillTraits other than the default")
+ap.add_argument("--flashinfer", type=int, default=0, help="profile FlashInfer's fa2 ragged prefill instead")
 a = ap.parse_args()
 g = torch.Generator(device="cuda").manual_seed(0)
 q = torch.randn(a.n, 32, 128, device="cuda", generator=g, dtype=torch.bfloat16)
 k = torch.randn(a.n, 8, 128, device="cuda", generator=g, dtype=torch.bfloat16)
 v = torch.randn(a.n, 8, 128, device="cuda", generator=g, dtype=torch.bfloat16)
+if a.flashinfer:
+    from infernb.profile import optional_flashinfer
+    from infernb.profile.prefill import flashinfer_ragged
+    fi = optional_flashinfer()
+    ws = torch.zeros(256 * 2**20, dtype=torch.uint8, device="cuda")
+    call = flashinfer_ragged(fi, q, k, v, [a.n], [a.n], causal=bool(a.causal), workspace=ws)
+    for _ in range(2):
+        call()
+    torch.cuda.synchronize()
+    sys.exit(0)
 tr = ib.ops.prefill_ops.traits(128, a.tile)
 cfg = None
 if a.config:
