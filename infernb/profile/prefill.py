@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._optional import optional_flashinfer
 
-from .timing import cuda_time, cuda_time_interleaved
+from .timing import cuda_time
 
 
 def visible_pairs(qo_lens, kv_lens, causal: bool, window_left: int = -1) -> int:
@@ -117,30 +116,12 @@ def profile_prefill(cases: dict, *, num_qo_heads: int = 32, num_kv_heads: int = 
                     causal: bool = True, runs: int = 20, seed: int = 0) -> list[dict]:
     """Time the prefill of each ragged batch ``{name: (qo_lens, kv_lens)}`` (bf16, random inputs) with infernb, with
     FlashInfer's ragged fa2 prefill when it is installed, and, for one-request batches, with SDPA flash and cuDNN
-    (K/V expanded to the query heads outside the timing) and FlexAttention (compiled before the timing). Returns
-    rows ``{case, flops, <path>_ms, <path>_tflops}`` in the schema of ``benchmarks/bench_prefill.py``'s JSON
-    (:func:`infernb.viz.tflops_bars` draws them)."""
-    from ..ops.prefill import PrefillRunner, plan_batch
+    (K/V expanded to the query heads outside the timing) and FlexAttention (compiled before the timing): the
+    benchmark's measurement (:func:`infernb.profile.prefill_cases.prefill_cases`: every path checked against the
+    float64 reference first, interleaved rounds). Returns its rows ``{case, flops, <path>_ms, <path>_tflops, ...}``
+    (``benchmarks/bench_prefill.py``'s JSON schema; :func:`infernb.viz.tflops_bars` draws them)."""
+    from .prefill_cases import prefill_cases
 
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    rows = []
-    for name, (qo, kv) in cases.items():
-        q = torch.randn(sum(qo), num_qo_heads, head_dim, device="cuda", generator=g, dtype=torch.bfloat16)
-        k = torch.randn(sum(kv), num_kv_heads, head_dim, device="cuda", generator=g, dtype=torch.bfloat16)
-        v = torch.randn(sum(kv), num_kv_heads, head_dim, device="cuda", generator=g, dtype=torch.bfloat16)
-        plan = plan_batch(qo, kv, num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
-                          dtype=q.dtype, causal=causal)
-        runner = PrefillRunner(plan)
-        fns = {"infernb": lambda r=runner, q=q, k=k, v=v: r(q, k, v)}
-        flashinfer = optional_flashinfer()
-        if flashinfer is not None:
-            fns["flashinfer_fa2"] = flashinfer_ragged(flashinfer, q, k, v, qo, kv, causal=causal)
-        if len(qo) == 1:
-            fns.update(sdpa_paths(q, k, v, causal=causal)[0])
-            flex, _ = flex_path(q, k, v, causal=causal)
-            if flex is not None:
-                fns["flex"] = flex
-        flops = 4 * num_qo_heads * head_dim * visible_pairs(qo, kv, causal)
-        rows.append(dict(case=name, flops=flops, **timing_fields(cuda_time_interleaved(fns, warmup=5, runs=runs),
-                                                                 flops)))
-    return rows
+    specs = [dict(name=name, qo=list(qo), kv=list(kv), causal=causal) for name, (qo, kv) in cases.items()]
+    return prefill_cases(specs, runs=runs, flashinfer=1, flex=True, heads=(num_qo_heads, num_kv_heads),
+                         head_dim=head_dim, seed=seed)["cases"]

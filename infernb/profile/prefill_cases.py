@@ -15,11 +15,9 @@ from .prefill import flashinfer_ragged, flex_path, sdpa_paths, timing_fields, vi
 from .summary import short_lens
 from .timing import cuda_time, cuda_time_interleaved, device_name
 
-HQ, HKV, D = 32, 8, 128
-
-
-def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, flex: bool = True) -> dict:
-    """Run the benchmark ``cases`` (bf16, 32 query / 8 KV heads, head dim 128). Each case is
+def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, flex: bool = True,
+                  heads: tuple[int, int] = (32, 8), head_dim: int = 128, seed: int = 0) -> dict:
+    """Run the benchmark ``cases`` (bf16; ``heads`` query / KV heads, default 32 / 8; ``head_dim``). Each case is
     ``dict(kind="ragged" | "paged", name=..., qo=[...], kv=[...], **options)``; ragged options: ``causal``,
     ``window``, ``variants`` (``[(label, Variant)]``), ``masks`` (``[(label, Variant)]`` with a mask_mod: planned with
     its block structure, and again without it as ``<label>_dense``: every causal key read, the mask evaluated on
@@ -32,9 +30,12 @@ def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, fle
     from ..ops.prefill import PrefillRunner, plan_batch
     from .. import reference
 
+    HQ, HKV = heads
+    D = head_dim
+
     fi = optional_flashinfer() if flashinfer else None
     dev, dt_ = "cuda", torch.bfloat16
-    g = torch.Generator(device=dev).manual_seed(0)
+    g = torch.Generator(device=dev).manual_seed(seed)
     rnd = lambda *s: torch.randn(*s, device=dev, generator=g, dtype=dt_)  # noqa: E731
     result = dict(device=device_name(), date=str(dt.date.today()), torch=torch.__version__,
                   flashinfer=getattr(fi, "__version__", None), heads=[HQ, HKV], head_dim=D, dtype="bf16", cases=[])
