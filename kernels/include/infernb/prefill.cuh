@@ -23,6 +23,7 @@
 #pragma once
 #include <infernb/common.cuh>
 #include <infernb/epilogue.cuh>
+#include <infernb/kv_iter.cuh>
 #include <infernb/merge_states.cuh>
 #include <infernb/mma.cuh>
 #include <infernb/rope.cuh>
@@ -43,25 +44,30 @@ namespace infernb {
 struct prefill_item_t { INFERNB_PREFILL_ITEM_FIELDS(INFERNB_RECORD_FIELD) };
 // checked against infernb.ops.prefill.PREFILL_ITEM (common.cuh, "Records")
 constexpr const char PREFILL_ITEM_NAMES[] = INFERNB_PREFILL_ITEM_FIELDS(INFERNB_RECORD_NAME);
-struct prefill_run_t { int pos_start, pos_end; };
 
 namespace detail {
-// Where the epilogue puts tile row r of an item (epilogue.cuh's ROWS): packed row R = row0 + r is token R / group,
-// query head kv_head * group + R % group. The item is read from shared memory at each use (as the kernel does).
+// The GQA packing, written once: packed row R of a request (row0 + r of an item's tile) is the request's token
+// R / group and query head kv_head * group + R % group, so the group's rows share every K/V byte. (token, head).
+__device__ __forceinline__ int2 packed_row(int R, int group, int kv_head) {
+  return make_int2(R / group, kv_head * group + R % group);
+}
+// Its row among [q_tokens, num_qo_heads] (q, out: times HEAD_DIM elements; lse) for a request starting at q_start.
+__device__ __forceinline__ long long packed_row_index(int q_start, int R, int group, int kv_head, int num_qo_heads) {
+  const int2 th = packed_row(R, group, kv_head);
+  return (long long)(q_start + th.x) * num_qo_heads + th.y;
+}
+
+// Where the epilogue puts tile row r of an item (epilogue.cuh's ROWS). The item is read from shared memory at each
+// use (as the kernel does).
 template <int D>
 struct prefill_rows_t {
   const prefill_item_t& e;
   int group, num_qo_heads;
   __device__ __forceinline__ bool valid(int r) const { return r < e.rows; }
   template <typename T>
-  __device__ __forceinline__ T* out_row(T* out, int r) const {
-    const int R = e.row0 + r;
-    const long long q_row_stride = (long long)num_qo_heads * D;
-    return out + (long long)(e.q_start + R / group) * q_row_stride + (long long)(e.kv_head * group + R % group) * D;
-  }
+  __device__ __forceinline__ T* out_row(T* out, int r) const { return out + lse_index(r) * D; }
   __device__ __forceinline__ long long lse_index(int r) const {
-    const int R = e.row0 + r;
-    return (long long)(e.q_start + R / group) * num_qo_heads + e.kv_head * group + R % group;
+    return packed_row_index(e.q_start, e.row0 + r, group, e.kv_head, num_qo_heads);
   }
 };
 }  // namespace detail
@@ -131,7 +137,6 @@ prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
   constexpr bool SOFTMAX = VARIANT::USE_SOFTMAX;
   constexpr bool PAGED = KV_MODE != 0, HND = KV_MODE == 2;
   static_assert(ST <= 4, "s_chunk: 4 stages in the flags");
-  static_assert(!PAGED || (ST == 2 && BN <= NT), "paged: page ids travel one chunk ahead (2 stages), a thread a row");
 
   const int item_begin = cta_ptr[blockIdx.x], item_end = cta_ptr[blockIdx.x + 1];
   if (item_begin >= item_end) return;
@@ -167,6 +172,8 @@ prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
   const int page_stride = 2 * page_size * num_kv_heads * D;     // paged: one page (K and V)
   const int v_off = page_size * num_kv_heads * D;               // paged: K -> V of a page
   const long long v_delta = PAGED ? (long long)v_off : (long long)(v - k);   // a K row's V row, elements further
+  const kv_geometry_t geo{tok_stride, page_size, page_shift, page_stride, v_delta};
+  using kv_iter = kv_block_iter_t<T, D, BN, ST, NT, PAGED>;
   if (ROPE != 0)
     detail::rope_tables_init<ROPE>(s_rope_freq, s_rope_grp, rotary_dim, rope_log2_theta, rope_inv_scale, tid, NT);
 
@@ -202,70 +209,17 @@ prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
     const int* page_ids0 = kv_indices + it.kv_start;
     if (tid == 0) { s_bases->kbase = kbase0; s_bases->page_ids = page_ids0; }
     const int qpos0 = it.kv_len - it.qo_len;       // position of the request's first query
-    // ------------------------------------------------------------ producer: chunk cursor (run, position)
-    int p_run = it.run_begin, p_pos = 0, p_end = 0;
-    if (p_run < it.run_end) { const prefill_run_t r = runs[p_run]; p_pos = r.pos_start; p_end = r.pos_end; }
-    // paged: the page id of each key row of the chunk at the cursor, copied (cp.async, 4 bytes a row) into the
-    // page slots of stage `stage` with the current group: in shared memory, not in registers, until the chunk's
-    // copies are issued one chunk later (after the wait and barrier that publish them; hence 2 stages when paged)
+    // ------------------------------------------------------------ producer: the KV block iterator (kv_iter.cuh)
+    // over the item's runs; its cursor is the only producer state in registers
+    kv_iter p;
+    p.begin(runs, it.run_begin, it.run_end);
     auto prefetch_pages = [&](int stage, const int* page_ids, int run_end) {
-      if (!PAGED || p_run >= run_end) return;
-      if (tid < BN) {
-        const int pos = p_pos + tid;
-        const int pidx = page_shift >= 0 ? pos >> page_shift : pos / page_size;
-        mma::cp_async4(s_pages_addr + (stage * BN + tid) * 4, pos < p_end ? page_ids + pidx : page_ids, pos < p_end);
-      }
+      p.prefetch_pages(stage, page_ids, run_end, s_pages_addr, geo, tid);
     };
     auto issue = [&](int stage, const T* kbase, const int* page_ids, int run_end) {
-      // (the chunk's first key, its key count; with MASK_MOD, bit 16: its run is full under the block structure)
-      if (tid == 0)
-        s_chunk[stage] = make_int2(p_pos, p_run < run_end ? min(p_end - p_pos, BN) |
-                                                                (MASK_MOD ? run_full[p_run] << 16 : 0) : -1);
-      if (p_run < run_end) {
-        // (when ROWS_PER_PASS is not a multiple of the swizzle period, 8 rows: head dim 256, the passes'
-        // destinations are not one address plus immediates; hoisted, they would stay live across the main loop, so
-        // the thread index is read here then)
-        const int cp_ch = cfg::ROWS_PER_PASS % 8 != 0 ? tid_here() % CH : cp_ch0;
-        const int cp_r0 = cfg::ROWS_PER_PASS % 8 != 0 ? tid_here() / CH : cp_r00;
-        const unsigned sk = mma::smem_addr(s_kv + stage * cfg::STAGE_ELEMS);
-        const unsigned sv = sk + cfg::KV_TILE_ELEMS * 2;
-        if (!PAGED && p_pos + BN <= p_end) {
-          // a full ragged chunk: one address, then a constant step per pass; no checks
-          const T* ks = kbase + (long long)(p_pos + cp_r0) * tok_stride + cp_ch * 8;
-          const long long vs = v_delta;
-          const int step = cfg::ROWS_PER_PASS * tok_stride;
-#pragma unroll
-          for (int i = 0; i < cfg::KV_PASSES; ++i) {
-            const unsigned dst = mma::swizzle<CH>(cp_r0 + cfg::ROWS_PER_PASS * i, cp_ch) * 16;
-            mma::cp_async16(sk + dst, ks + (long long)i * step, true);
-            mma::cp_async16(sv + dst, ks + vs + (long long)i * step, true);
-          }
-        } else {
-#pragma unroll
-          for (int i = 0; i < cfg::KV_PASSES; ++i) {
-            const int row = cp_r0 + cfg::ROWS_PER_PASS * i;
-            const int pos = p_pos + row;
-            bool valid = pos < p_end;
-            long long off = 0;
-            if (PAGED) {
-              const int page = s_pages[stage * BN + row];
-              const int slot = page_shift >= 0 ? pos & (page_size - 1) : pos % page_size;
-              off = (long long)page * page_stride + slot * tok_stride;
-            } else {
-              off = (long long)pos * tok_stride;
-            }
-            off = valid ? off + cp_ch * 8 : 0;
-            const unsigned dst = mma::swizzle<CH>(row, cp_ch) * 16;
-            mma::cp_async16(sk + dst, valid ? kbase + off : k, valid);
-            mma::cp_async16(sv + dst, valid ? kbase + v_delta + off : k, valid);
-          }
-        }
-        // advance the cursor to the next chunk and load its page ids (in flight while this chunk is computed)
-        p_pos += BN;
-        if (p_pos >= p_end && ++p_run < run_end) { const prefill_run_t r = runs[p_run]; p_pos = r.pos_start; p_end = r.pos_end; }
-        prefetch_pages((stage + 1) % ST, page_ids, run_end);
-      }
-      mma::cp_async_commit();
+      // (the chunk record's flag, bit 16: its run is full under the variant's block structure; MASK_MOD only)
+      p.template issue<MASK_MOD>(stage, s_kv + stage * cfg::STAGE_ELEMS, s_chunk, kbase, page_ids, run_end, runs, geo,
+                                 k, s_pages, s_pages_addr, cp_ch0, cp_r00, tid, [&](int r) { return run_full[r]; });
     };
 
     // ------------------------------------------------------------ the Q tile (rows >= it.rows zero-filled)
@@ -277,14 +231,12 @@ prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
       // (the copy geometry read again: Q_PASSES destination addresses hoisted out of the item loop would stay live
       // across the main loop)
       const int qt = tid_here(), q_ch = qt % CH, q_r0 = qt / CH;
-      const long long q_row_stride = (long long)num_qo_heads * D;
 #pragma unroll
       for (int i = 0; i < cfg::Q_PASSES; ++i) {
         const int r = q_r0 + cfg::ROWS_PER_PASS * i;
-        const int R = it.row0 + r;
         const bool valid = r < it.rows;
-        const T* src = valid ? q + (long long)(it.q_start + R / group) * q_row_stride +
-                                   (long long)(it.kv_head * group + R % group) * D + q_ch * 8 : q;
+        const T* src = valid ? q + detail::packed_row_index(it.q_start, it.row0 + r, group, it.kv_head, num_qo_heads) * D +
+                                   q_ch * 8 : q;
         mma::cp_async16(mma::smem_addr(s_q) + mma::swizzle<CH>(r, q_ch) * 16, src, valid);
       }
     }
@@ -300,8 +252,8 @@ prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
     // A padding row (past the tile's end) takes the last real row's place: hooks may then be called on it like on
     // any row (its logits are finite, its output never written), so the logit loop needs no per-row predicate.
     for (int r = tid; r < cfg::TILE_Q; r += NT) {
-      const int R = it.row0 + (r < it.rows ? r : it.rows - 1);
-      s_rows[r] = make_int2(qpos0 + R / group, it.kv_head * group + R % group);
+      const int2 th = detail::packed_row(it.row0 + (r < it.rows ? r : it.rows - 1), group, it.kv_head);
+      s_rows[r] = make_int2(qpos0 + th.x, th.y);
     }
     // the tile's first and last query positions: chunks inside [.., first] (causal) and [last - window, ..] are full
     // (kept in shared memory, read once per step: not two live registers across the main loop)
@@ -485,12 +437,11 @@ prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
       __syncthreads();                             // ... before it is counted
       if (s_last) {
         __threadfence();
-        const int q_start = e.q_start, row0 = e.row0, h0 = e.kv_head * group;
+        const int q_start = e.q_start, row0 = e.row0, kv_head = e.kv_head;
         merge_slots_rows<T, D, cfg::TILE_Q, NT>(
             part_o + (long long)e.slot_begin * cfg::TILE_Q * D, part_lse + (long long)e.slot_begin * cfg::TILE_Q, 0,
             e.slot_end - e.slot_begin, e.rows, out, lse,
-            [=](int r) { const int R = row0 + r; return (long long)(q_start + R / group) * num_qo_heads + h0 + R % group; },
-            tid);
+            [=](int r) { return detail::packed_row_index(q_start, row0 + r, group, kv_head, num_qo_heads); }, tid);
         if (tid == 0) merge_count[e.merge_unit] = 0;   // ready for the next launch of the plan
       }
     }
