@@ -80,7 +80,15 @@ def main(argv=None) -> int:
              # the same documents as 4 ragged requests (plain causal) are the bound of what a mask can save
              dict(name="documents_4_in_8192", qo=[8192], kv=[8192],
                   masks=[("document4", ib.variants.document(torch.arange(4, device="cuda").repeat_interleave(2048)))]),
-             dict(name="documents_4x2048_ragged", qo=[2048] * 4, kv=[2048] * 4)]
+             dict(name="documents_4x2048_ragged", qo=[2048] * 4, kv=[2048] * 4),
+             # block-sparse (issue 14): a block-aligned sliding window of 16 blocks of 64 x 64; a token-exact window
+             # of 1024 and 16 documents of 512 through their variants' block structure, against FlexAttention
+             dict(kind="block_sparse", name="block_window_16x64_on_8192", n=8192, block=(64, 64), blocks_per_row=16),
+             dict(name="window_variant_1024_on_8192", qo=[8192], kv=[8192],
+                  masks=[("window1024", ib.variants.sliding_window(1024))]),
+             dict(name="documents_16_in_8192", qo=[8192], kv=[8192],
+                  masks=[("document16", ib.variants.document(torch.arange(16, device="cuda").repeat_interleave(512)))]),
+             dict(name="documents_16x512_ragged", qo=[512] * 16, kv=[512] * 16)]
     result = prefill_cases([c for c in cases if wanted(c["name"])], runs=args.runs, flashinfer=args.flashinfer,
                            flex=bool(args.flex))
     subset = "" if wanted("any-case") else "_subset"

@@ -4,6 +4,7 @@ from __future__ import annotations
 from ..jit import KernelSpec
 from ..layout import append_kernel
 from . import merge, paged_decode, prefill as prefill_ops
+from .block_sparse import block_sparse_attention
 from .paged_decode import DecodeRunner, decode
 from .merge import merge_state, merge_states
 from .prefill import PrefillRunner, append, prefill
@@ -18,5 +19,5 @@ def kernel_specializations() -> list[KernelSpec]:
             *paged_decode.specializations(), *prefill_ops.specializations()]
 
 
-__all__ = ["DecodeRunner", "PrefillRunner", "append", "decode", "kernel_specializations", "merge_state", "merge_states",
+__all__ = ["DecodeRunner", "PrefillRunner", "append", "block_sparse_attention", "decode", "kernel_specializations", "merge_state", "merge_states",
            "prefill", "run"]

@@ -225,9 +225,10 @@ def plan_records(plan: Plan, kv_start: np.ndarray) -> tuple[np.ndarray, np.ndarr
     items["kv_start"] = np.asarray(kv_start, np.int64)[b] if plan.num_items else 0
     # runs: the segments of the item's tile, cut to the item's range [kv_start, kv_end) of the tile's compressed keys
     seg_len = plan.seg_end - plan.seg_start
-    seg_c0 = np.concatenate(([0], np.cumsum(seg_len)))[:-1]                  # compressed start of every segment
-    seg_c0 = seg_c0 - np.repeat(seg_c0[plan.seg_indptr[:-1]] if len(seg_c0) else np.zeros(0, np.int64),
-                                np.diff(plan.seg_indptr))                   # ... relative to its tile
+    seg_cum = np.concatenate(([0], np.cumsum(seg_len)))                      # compressed start of every segment
+    seg_c0 = seg_cum[:-1] - np.repeat(seg_cum[plan.seg_indptr[:-1]], np.diff(plan.seg_indptr))   # ... in its tile
+    # (seg_cum has one entry past the last segment: a tile without segments, e.g. the last rows of a block mask
+    # that lists no block for them, indexes it)
     run_s, run_e, run_f, counts = [], [], [], np.zeros(plan.num_items, np.int64)
     one_seg = bool((np.diff(plan.seg_indptr) == 1).all())
     if one_seg:                                                             # causal / window / full: one run each
@@ -527,13 +528,14 @@ def _check_qkv(q: torch.Tensor, num_kv_heads: int, head_dim: int) -> None:
 def plan_batch(qo_lens, kv_lens, *, num_qo_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype,
                page_size: int = 16, causal: bool = False, window_left: int = -1, variant: Variant | None = None,
                rope: RoPE | None = None, tile_q: int | None = None, num_sms=None, page_table=None,
-               block_sparse: bool | None = None) -> Plan:
+               block_sparse: bool | None = None, block_masks=None) -> Plan:
     """:func:`infernb.plan` for the prefill kernel: its default query tile (:func:`default_tile_q`), its traits' CTAs
     per SM and per-item cost, the variant's window promise when ``window_left`` is ``-1``, no split for sigmoid
     variants, and the variant's block structure (``block_sparse``; default: when it has a ``mask_mod``): tiles read
     only the key blocks its mask leaves visible, and skip ``mask_mod`` on the full ones
-    (:meth:`~infernb.variants.Variant.block_masks`, evaluated here, once per plan). What :func:`prefill` and
-    :func:`append` run."""
+    (:meth:`~infernb.variants.Variant.block_masks`, evaluated here, once per plan); or ``block_masks``, given
+    BlockSparse masks whose elements are the variant's ``mask_mod`` (:func:`infernb.ops.block_sparse.mask_variant`).
+    What :func:`prefill`, :func:`append` and :func:`~infernb.ops.block_sparse.block_sparse_attention` run."""
     window = window_left if window_left >= 0 else getattr(variant, "window_left", -1)
     qo_lens = np.asarray(qo_lens)
     rows_avg = float(np.mean(qo_lens) * (num_qo_heads // num_kv_heads)) if len(qo_lens) else 0.0
@@ -543,7 +545,9 @@ def plan_batch(qo_lens, kv_lens, *, num_qo_heads: int, num_kv_heads: int, head_d
                      page_size=page_size, page_table=page_table, causal=causal, window_left=window, tile_q=tq,
                      dtype=DTYPE_NAMES[dtype], num_sms=num_sms, ctas_per_sm=tr.ctas_per_sm, fixed_cost=tr.fixed_cost,
                      merge_gain=0.05 if variant is None or variant.softmax else math.inf,
-                     block_masks=variant if _block_sparse(variant, block_sparse) else None)
+                     block_masks=block_masks if block_masks is not None else
+                     variant if _block_sparse(variant, block_sparse) else None,
+                     mask_variant=variant if block_masks is not None else None)
 
 
 def _block_sparse(variant: Variant | None, block_sparse: bool | None) -> bool:

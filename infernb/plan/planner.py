@@ -33,7 +33,7 @@ def plan(qo_lens: Sequence[int], kv_lens: Sequence[int], *, num_qo_heads: int, n
          head_dim: int, page_size: int = 16, page_table=None, causal: bool = False, window_left: int = -1,
          block_masks=None, tile_q: int | None = None, num_sms: int | None = None, ctas_per_sm: int | None = None,
          dtype: str = "bf16", strategy: str = "balanced", fixed_cost: float = 4.0, rows_balance: float = 64.0,
-         merge_gain: float = 0.05, check: bool | None = None) -> Plan:
+         merge_gain: float = 0.05, check: bool | None = None, mask_variant=None) -> Plan:
     """Plan the attention of a batch.
 
     Args:
@@ -47,6 +47,9 @@ def plan(qo_lens: Sequence[int], kv_lens: Sequence[int], *, num_qo_heads: int, n
             :class:`~infernb.variants.Variant` with a ``mask_mod`` (its block structure, from
             :meth:`~infernb.variants.Variant.block_masks`): a tile visits only the key blocks listed for its query
             tokens, and its segments of full blocks are marked (``Plan.seg_full``: kernels skip the mask there).
+        mask_variant: with BlockSparse ``block_masks``, the variant whose ``mask_mod`` is their elements (e.g.
+            :func:`infernb.ops.block_sparse.mask_variant`): kernels run with it mask the partial blocks themselves
+            (``Plan.mask_source``); without it such a plan runs only in the emulator, given the dense masks.
         tile_q: rows (token x group head) per query tile; default: the GQA group in decode, otherwise 128 /
             64 / 16 by the average packed rows per request (FlashInfer's rule).
         num_sms, ctas_per_sm: the CTAs to fill (default: the GPU's SM count, 132 = H100 without one; and the
@@ -117,6 +120,10 @@ def plan(qo_lens: Sequence[int], kv_lens: Sequence[int], *, num_qo_heads: int, n
             variant = block_masks
             block_masks = variant.block_masks(qo, kv, num_qo_heads=num_qo_heads)
             mask_source = "variant:" + variant.fingerprint()
+        elif mask_variant is not None:
+            if not isinstance(mask_variant, Variant) or mask_variant.mask_mod is None:
+                raise InputError("mask_variant: expected a Variant with a mask_mod (the block masks' elements)")
+            mask_source = "variant:" + mask_variant.fingerprint()
         else:
             mask_source = "custom"
     tiles = _tiles(qo, kv, group, tile_q, causal, window_left, block_masks)

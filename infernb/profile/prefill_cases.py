@@ -23,7 +23,8 @@ def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, fle
     its block structure, and again without it as ``<label>_dense``: every causal key read, the mask evaluated on
     each; FlexAttention with the same mask_mod on one request), ``rope_cmp`` (RoPE by the pass and in the tile), ``naive`` (the
     same kernel on a naive plan), ``tile_cmp`` (the other query tile), ``plan_variants`` (``[(label, plan kwargs)]``),
-    ``configs`` (``[PrefillTraits]``); paged: ``page``. ``flashinfer``: 0 none, 1 plain fa2, 2 also its variant
+    ``configs`` (``[PrefillTraits]``); paged: ``page``; ``kind="block_sparse"``: ``n``, ``block``, ``blocks_per_row`` (a
+    block-aligned sliding window, against FlashInfer's BlockSparseAttentionWrapper and FlexAttention). ``flashinfer``: 0 none, 1 plain fa2, 2 also its variant
     paths. Returns the benchmark JSON: ``{device, date, torch, flashinfer, heads, head_dim, dtype, gemm_tflops,
     cases: [rows]}``, rows with ``<path>_ms``, ``<path>_tflops``, errors and ``<path>_over_infernb``."""
     import infernb as ib
@@ -199,9 +200,66 @@ def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, fle
         result["cases"].append(row)
         _print(row, times, gemm)
 
+    def block_sparse_case(name, n, block, blocks_per_row):
+        """A block-aligned sliding window on one sequence of n tokens: block row i lists block columns
+        [i - blocks_per_row + 1, i] (all full): infernb's block-sparse path, FlashInfer's BlockSparseAttentionWrapper,
+        FlexAttention with the same mask_mod, and infernb's dense causal kernel on the sequence (TFLOP/s of the
+        sparse paths over the visible blocks)."""
+        R, C = block
+        nbr = -(-n // R)
+        rows = torch.arange(nbr)
+        lo = torch.clamp(rows - blocks_per_row + 1, min=0)
+        cnt = rows - lo + 1
+        indptr = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(cnt, 0)]).to(torch.int32)
+        indices = torch.cat([torch.arange(int(a), int(b) + 1) for a, b in zip(lo, rows)]).to(torch.int32)
+        mask = ib.BlockSparse((n, n), (R, C), indptr, indices, torch.ones(len(indices), dtype=torch.bool),
+                              torch.zeros(0, R, C, dtype=torch.bool))
+        q, k, v = rnd(n, HQ, D), rnd(n, HKV, D), rnd(n, HKV, D)
+        pairs = int(len(indices)) * R * C
+        flops = 4 * HQ * D * pairs
+
+        def block_mod(b, h, q_idx, kv_idx):
+            d = q_idx // R - kv_idx // C
+            return (d >= 0) & (d < blocks_per_row)
+        fns, errs = {}, {}
+        rows_chk = torch.arange(n - 64, n)
+        ref, _ = reference.attention(q[rows_chk], k, v, [0, 64], [0, n], mask_mod=block_mod)
+        from ..ops.block_sparse import plan_block_sparse
+        plan, var = plan_block_sparse(mask, num_qo_heads=HQ, num_kv_heads=HKV, head_dim=D, dtype=dt_, device=dev)
+        r = PrefillRunner(plan, variant=var)
+        errs["infernb"] = check("infernb", r(q, k, v)[0], ref, rows_chk)
+        fns["infernb"] = lambda: r(q, k, v)
+        pc = plan_batch([n], [n], num_qo_heads=HQ, num_kv_heads=HKV, head_dim=D, dtype=dt_, causal=True)
+        rc = PrefillRunner(pc)
+        fns["infernb_dense_causal"] = lambda: rc(q, k, v)
+        if fi is not None:
+            w = fi.BlockSparseAttentionWrapper(workspace("bsr"))
+            w.plan(indptr.to(dev), indices.to(dev), n, n, R, C, HQ, HKV, D, q_data_type=dt_)
+            errs["flashinfer_bsr"] = check("flashinfer_bsr", w.run(q, k, v), ref, rows_chk)
+            fns["flashinfer_bsr"] = lambda: w.run(q, k, v)
+        if flex:
+            call, why = flex_path(q, k, v, causal=False, mask_mod=block_mod)
+            if call is None:
+                print(f"{name}: flex unavailable: {why}", flush=True)
+            else:
+                errs["flex"] = check("flex", call(), ref, rows_chk)
+                fns["flex"] = call
+        times = cuda_time_interleaved(fns, warmup=5, runs=runs)
+        row = dict(case=name, qo_lens=[n], kv_lens=[n], block=[R, C], blocks_per_row=blocks_per_row,
+                   visible_pairs=pairs, flops=flops, plan_tile_q=plan.tile_q, plan_items=plan.num_items, errors=errs,
+                   **timing_fields(times, flops))
+        dense_flops = 4 * HQ * D * visible_pairs([n], [n], True)
+        row["infernb_dense_causal_tflops"] = dense_flops / (times["infernb_dense_causal"].median_ms * 1e-3) / 1e12
+        _ratios(row, times)
+        result["cases"].append(row)
+        _print(row, times, gemm)
+
     for c in cases:
         c = dict(c)
         kind = c.pop("kind", "ragged")
+        if kind == "block_sparse":
+            block_sparse_case(c.pop("name"), **c)
+            continue
         (ragged_case if kind == "ragged" else paged_case)(c.pop("name"), c.pop("qo"), c.pop("kv"), **c)
     return result
 

@@ -1,0 +1,156 @@
+"""Block-sparse attention: a :class:`~infernb.layout.BlockSparse` mask run by the prefill kernel.
+
+The mask's listed blocks become the plan's key segments (empty blocks are never read), runs of full blocks skip the
+element mask, and partial blocks apply their exact elements through a variant (:func:`mask_variant`) whose
+``mask_mod`` looks them up: ``table[row // R, key // C]`` is ``-1`` (empty), ``-2`` (full) or the block's index in
+``partial_masks``, read at ``(row % R, key % C)``. The same traced code is what the reference and the emulator
+evaluate, so every backend masks the same elements.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from ..errors import InputError
+from ..layout import BlockSparse
+from ..variants import Variant, combine
+from .prefill import DTYPES, plan_batch, run_prefill  # noqa: F401  (DTYPES: the prefill kernel's operand types)
+
+
+def _bucket(n: int) -> int:
+    """The next power of two >= max(n, 1): the mask's tables are padded to it, so masks of similar sizes share one
+    compiled kernel (the traced code holds the tables' sizes)."""
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def mask_variant(mask: BlockSparse, *, device=None, name: str | None = None) -> Variant:
+    """A :class:`~infernb.variants.Variant` whose ``mask_mod`` is ``mask``'s elements (append convention: query row
+    ``i`` of an ``[M, N]`` mask sits at position ``N - M + i``). ``device``: where its tables live (the kernel's).
+
+    The offset ``N - M`` is a runtime parameter and the tables are padded to powers of two, so the kernel compiled
+    for one mask serves others of similar sizes and the same block shape.
+    """
+    if not isinstance(mask, BlockSparse):
+        raise InputError(f"mask: expected an infernb.BlockSparse, got {type(mask).__name__}")
+    M, N = mask.shape
+    R, C = mask.block
+    nbr, nbc = -(-M // R), -(-N // C)
+    table = torch.full((_bucket(nbr), _bucket(nbc)), -1, dtype=torch.int32)
+    rows = torch.repeat_interleave(torch.arange(nbr), torch.diff(mask.indptr.long()))
+    partial_index = torch.cumsum((~mask.is_full).to(torch.int32), 0) - 1
+    table[rows, mask.indices.long()] = torch.where(mask.is_full, torch.tensor(-2, dtype=torch.int32),
+                                                   partial_index.to(torch.int32))
+    partial = torch.zeros((_bucket(len(mask.partial_masks)), R, C), dtype=torch.bool)
+    partial[:len(mask.partial_masks)] = mask.partial_masks
+    dev = torch.device("cpu" if device is None else device)
+    table, partial = table.to(dev), partial.to(dev)
+
+    def mask_mod(b, h, q_idx, kv_idx, offset):
+        r = q_idx - offset
+        t = table[r // R, kv_idx // C]
+        return (t == -2) | ((t >= 0) & partial[torch.clamp(t, min=0), r % R, kv_idx % C])
+    return Variant(name or f"block_sparse_{R}x{C}", mask_mod=mask_mod, params={"offset": N - M},
+                   runtime={"offset"})
+
+
+def check_mask(mask, q_len: int, kv_len: int) -> BlockSparse:
+    """``mask`` a BlockSparse of shape ``(q_len, kv_len)`` whose rows list increasing, in-range block columns."""
+    if isinstance(mask, torch.Tensor):
+        raise InputError("mask: expected an infernb.BlockSparse; for a dense boolean mask use "
+                         "ib.BlockSparse.from_dense(mask, block) (an additive 0 / -inf mask: from_dense(mask == 0, ...))")
+    if not isinstance(mask, BlockSparse):
+        raise InputError(f"mask: expected an infernb.BlockSparse, got {type(mask).__name__}")
+    if tuple(mask.shape) != (q_len, kv_len):
+        raise InputError(f"mask: shape {tuple(mask.shape)} must be (q tokens, kv tokens) = ({q_len}, {kv_len})")
+    R, C = mask.block
+    nbr, nbc = -(-q_len // R), -(-kv_len // C)
+    ptr, idx = mask.indptr.long(), mask.indices.long()
+    if len(ptr) != nbr + 1 or int(ptr[0]) != 0 or (torch.diff(ptr) < 0).any() or int(ptr[-1]) != len(idx):
+        raise InputError(f"mask.indptr: expected {nbr + 1} non-decreasing entries from 0 to {len(idx)}")
+    if len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= nbc):
+        raise InputError(f"mask.indices: block columns must lie in [0, {nbc}), got {int(idx.min())}..{int(idx.max())}")
+    rows = torch.repeat_interleave(torch.arange(nbr), torch.diff(ptr))
+    if len(idx) > 1 and ((rows[1:] == rows[:-1]) & (idx[1:] <= idx[:-1])).any():
+        raise InputError("mask.indices: block columns must increase within a row")
+    if len(mask.is_full) != len(idx) or len(mask.partial_masks) != int((~mask.is_full).sum()):
+        raise InputError("mask: is_full must flag every listed block, partial_masks hold one mask per partial block")
+    return mask
+
+
+def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: BlockSparse, *,
+                           variant: Variant | None = None, causal: bool = False, sm_scale: float | None = None,
+                           return_lse: bool = False, num_sms=None):
+    """Attention of one sequence under a block-sparse mask: empty blocks are never read, full blocks skip the element
+    mask, partial blocks apply ``mask.partial_masks``.
+
+    Args:
+        q: ``[M, num_qo_heads, head_dim]`` fp16/bf16; k, v: ``[N, num_kv_heads, head_dim]`` (GQA when the head
+            counts differ).
+        mask: :class:`~infernb.layout.BlockSparse` of shape ``(M, N)``, any block shape ``(R, C)`` (``(1, C)``,
+            ``(R, 1)``, not powers of two), e.g. ``BlockSparse.from_dense`` / ``from_mask_mod``; query row ``i`` sits
+            at position ``N - M + i`` (the append convention of :mod:`infernb.reference`).
+        variant: a score_mod / mask_mod to apply on top (its mask and-ed with ``mask``).
+        causal: also the bottom-right aligned causal mask; sm_scale: logit scale (default ``1 / sqrt(head_dim)``).
+        return_lse: also return the natural-log LSE ``[M, num_qo_heads]`` float32 (``-inf`` for rows with no key).
+    Returns:
+        ``out [M, num_qo_heads, head_dim]`` q.dtype (and ``lse``); rows that see no key are 0.
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 3:
+            raise InputError(f"{name}: expected [tokens, heads, head_dim], got "
+                             f"{list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+    if k.shape != v.shape:
+        raise InputError(f"k and v must have one shape, got {list(k.shape)} and {list(v.shape)}")
+    if q.shape[2] != k.shape[2] or q.shape[1] % k.shape[1]:
+        raise InputError(f"q {list(q.shape)} and k {list(k.shape)}: head dims must match and the query heads be a "
+                         "multiple of the KV heads")
+    if q.dtype not in DTYPES or len({q.dtype, k.dtype, v.dtype}) != 1 or len({q.device, k.device, v.device}) != 1:
+        raise InputError("q, k, v: one fp16 / bf16 dtype on one device")
+    check_mask(mask, q.shape[0], k.shape[0])
+    plan, full = plan_block_sparse(mask, num_qo_heads=q.shape[1], num_kv_heads=k.shape[1], head_dim=q.shape[2],
+                                   dtype=q.dtype, device=q.device, variant=variant, causal=causal, num_sms=num_sms)
+    out, lse = run_prefill(plan, q.contiguous(), k.contiguous(), v.contiguous(), variant=full, sm_scale=sm_scale)
+    return (out, lse) if return_lse else out
+
+
+def plan_block_sparse(mask: BlockSparse, *, num_qo_heads: int, num_kv_heads: int, head_dim: int,
+                      dtype: torch.dtype = torch.bfloat16, device="cuda", variant: Variant | None = None,
+                      causal: bool = False, num_sms=None):
+    """The plan and the variant that :func:`block_sparse_attention` runs (keep them, with a
+    :class:`~infernb.ops.PrefillRunner`, to run the same mask many times): the prefill kernel's plan of one sequence
+    whose key segments are ``mask``'s listed blocks, and ``mask_variant(mask)`` (and-ed with ``variant``) for the
+    elements of its partial blocks. Returns ``(plan, variant)``."""
+    M, N = mask.shape if isinstance(mask, BlockSparse) else (0, 0)
+    check_mask(mask, M, N)
+    if causal and M > N:
+        raise InputError(f"causal needs q tokens <= kv tokens, got {M} > {N}")
+    mv = mask_variant(mask, device=device)
+    full = mv if variant is None else combine(mv, variant, name=f"{mv.name}_{variant.name}")
+    if variant is not None and variant.mask_mod is not None:
+        # the variant's own mask makes the mask's full blocks partial: its mask_mod runs on every visible logit
+        mask = dataclasses.replace(mask, is_full=torch.zeros_like(mask.is_full), partial_masks=_all_partial(mask))
+    plan = plan_batch([M], [N], num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, dtype=dtype,
+                      causal=causal, variant=full, num_sms=num_sms, block_masks=[mask])
+    return plan, full
+
+
+def _all_partial(mask: BlockSparse) -> torch.Tensor:
+    """``partial_masks`` of ``mask`` with every listed block as a partial one (full blocks: all their in-range
+    elements)."""
+    R, C = mask.block
+    M, N = mask.shape
+    rows = torch.repeat_interleave(torch.arange(len(mask.indptr) - 1), torch.diff(mask.indptr.long()))
+    out = torch.zeros((len(mask.indices), R, C), dtype=torch.bool)
+    pi = 0
+    for j in range(len(mask.indices)):
+        if bool(mask.is_full[j]):
+            h, w = min(R, M - int(rows[j]) * R), min(C, N - int(mask.indices[j]) * C)
+            out[j, :h, :w] = True
+        else:
+            out[j] = mask.partial_masks[pi]
+            pi += 1
+    return out
+
+
+__all__ = ["block_sparse_attention", "check_mask", "mask_variant", "plan_block_sparse"]
