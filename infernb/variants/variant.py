@@ -17,6 +17,9 @@ from .trace import TraceError
 
 #: Block size (query tokens, keys) of :meth:`Variant.block_masks`: 64 keys, the prefill kernel's K/V stage.
 BLOCK_STRUCTURE = (16, 64)
+#: Block structures kept (least recently used dropped first), keyed by the variant's fingerprint and the shape.
+BLOCK_MASK_CACHE = 16
+_BLOCK_MASKS: dict = {}
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Variant:
@@ -149,18 +152,34 @@ class Variant:
 
         ``mask_mod`` is evaluated once per (query, key) pair on the device of the tensors it captures (the CPU
         without any), in chunks of at most ``BlockSparse`` ``CHUNK_ELEMENTS`` elements; once per head as well only
-        when its result depends on ``h``. Without a ``mask_mod`` every in-range block is full."""
-        from ..layout import BlockSparse
-        from ..layout.block_sparse import CHUNK_ELEMENTS, _check_block
+        when its result depends on ``h``. Without a ``mask_mod`` every in-range block is full. The result is cached
+        (:data:`BLOCK_MASK_CACHE` entries) by :meth:`fingerprint` and the shape: the same variant (code, parameters,
+        captured tensors unmodified) and lengths are evaluated once."""
+        from ..layout.block_sparse import _check_block
 
         R, C = _check_block(block)
-        _, m = self.bound_mods()
-        caps = self.generated.captures
-        dev = caps[0][0].device if caps else torch.device("cpu")
         qo = [int(x) for x in (qo_lens.tolist() if hasattr(qo_lens, "tolist") else qo_lens)]
         kv = [int(x) for x in (kv_lens.tolist() if hasattr(kv_lens, "tolist") else kv_lens)]
         if len(qo) != len(kv):
             raise InputError(f"qo_lens has {len(qo)} requests but kv_lens has {len(kv)}")
+        # cached by what the mask depends on (a notebook re-running a cell does not evaluate a 32k x 32k mask again)
+        key = (self.fingerprint(), tuple(qo), tuple(kv), int(num_qo_heads), (R, C))
+        if key in _BLOCK_MASKS:
+            _BLOCK_MASKS[key] = _BLOCK_MASKS.pop(key)           # most recently used last
+            return list(_BLOCK_MASKS[key])
+        out = self._evaluate_block_masks(qo, kv, int(num_qo_heads), R, C)
+        _BLOCK_MASKS[key] = tuple(out)
+        while len(_BLOCK_MASKS) > BLOCK_MASK_CACHE:
+            _BLOCK_MASKS.pop(next(iter(_BLOCK_MASKS)))
+        return out
+
+    def _evaluate_block_masks(self, qo: list, kv: list, num_qo_heads: int, R: int, C: int) -> list:
+        from ..layout import BlockSparse
+        from ..layout.block_sparse import CHUNK_ELEMENTS
+
+        _, m = self.bound_mods()
+        caps = self.generated.captures
+        dev = caps[0][0].device if caps else torch.device("cpu")
         heads = torch.arange(num_qo_heads, device=dev)[:, None, None]
         out = []
         for b, (M, N) in enumerate(zip(qo, kv)):

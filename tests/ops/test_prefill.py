@@ -459,6 +459,22 @@ def test_cpu_variant_block_structure(gen):
     assert p.tile_kv_len.sum() < p0.tile_kv_len.sum()   # the hole's empty blocks are not read
 
 
+def test_cpu_block_structure_is_cached_by_what_the_mask_depends_on():
+    ids = torch.arange(4).repeat_interleave(64)
+    v = ib.variants.document(ids)
+    a = v.block_masks([256], [256], num_qo_heads=4)
+    assert v.block_masks([256], [256], num_qo_heads=4)[0] is a[0]            # evaluated once
+    assert v.block_masks([200], [256], num_qo_heads=4)[0] is not a[0]        # another shape
+    ids[:64] = 1                                                           # the captured tensor changed in place
+    c = v.block_masks([256], [256], num_qo_heads=4)
+    assert c[0] is not a[0] and not torch.equal(c[0].is_full, a[0].is_full)
+    w = ib.variants.sliding_window(10)
+    assert ib.variants.sliding_window(10).block_masks([64], [64], num_qo_heads=4)[0] is \
+        w.block_masks([64], [64], num_qo_heads=4)[0]                        # same code and parameters: shared
+    assert ib.variants.sliding_window(20).block_masks([64], [64], num_qo_heads=4)[0] is not \
+        w.block_masks([64], [64], num_qo_heads=4)[0]
+
+
 def test_cpu_block_sparse_front_doors_match_the_reference(gen):
     qo, kv = [300, 70], [1000, 500]
     q, k, v, qo_ptr, kv_ptr = ragged(gen, qo, kv, 8, 2, 64, torch.bfloat16, "cpu")
