@@ -134,6 +134,7 @@ def test_committed_results_pick_the_newest_complete_run(tmp_path, monkeypatch):
         (tmp_path / f"{name}.json").write_text(f'{{"date": "{date}"}}')
     monkeypatch.setattr(pd, "RESULTS_DIR", tmp_path)
     assert pd.committed_results("x")["date"] == "b"
+    assert pd.committed_results("x", tag="subset")["date"] == "c"
     assert pd.committed_results("y") is None
 
 

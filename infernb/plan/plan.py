@@ -119,6 +119,13 @@ class Plan:
         first = np.concatenate(([True], self.item_cta[1:] != self.item_cta[:-1]))
         return csum - self.item_cost - np.maximum.accumulate(np.where(first, csum - self.item_cost, 0))
 
+    def tile_keys(self, tile: int) -> np.ndarray:
+        """``[tile_kv_len[tile]]`` int64: the key positions query tile ``tile`` reads (its segments, in order): what
+        its causal / window / block-structure cuts leave; divide by the page size for the pages it touches."""
+        a, z = int(self.seg_indptr[tile]), int(self.seg_indptr[tile + 1])
+        parts = [np.arange(s, e) for s, e in zip(self.seg_start[a:z].tolist(), self.seg_end[a:z].tolist())]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
     def unit_of(self, unit: int) -> tuple[int, int, int]:
         """``(request, kv_head, tile)`` of a unit id."""
         tile, head = divmod(int(unit), self.num_kv_heads)

@@ -125,9 +125,11 @@ def profile_decode(cases: dict, *, num_qo_heads: int = 32, num_kv_heads: int = 8
     return rows
 
 
-def committed_results(benchmark: str = "decode") -> dict | None:
+def committed_results(benchmark: str = "decode", tag: str | None = None) -> dict | None:
     """The newest complete committed run ``benchmarks/results/<benchmark>_<device>_<date>.json`` (a run on the lent
-    GPU), or ``None``. Partial runs (a suffix after the date, e.g. ``_subset``: some cases only) are not picked."""
+    GPU), or ``None``. Partial runs (a suffix after the date, e.g. ``_subset``: some cases only) are picked only by
+    their ``tag`` (``committed_results("prefill", tag="block_sparse_subset")``)."""
+    end = r"_(\d{4}-\d{2}-\d{2})" + ("_" + re.escape(tag) if tag else "") + "$"
     dated = [(m.group(1), f) for f in glob.glob(str(RESULTS_DIR / f"{benchmark}_*.json"))
-             if (m := re.search(r"_(\d{4}-\d{2}-\d{2})$", Path(f).stem))]
+             if (m := re.search(end, Path(f).stem))]
     return json.loads(Path(max(dated)[1]).read_text()) if dated else None

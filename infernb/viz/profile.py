@@ -87,3 +87,26 @@ def tflops_bars(rows: list[dict], gemm_tflops: float | None = None, *, title: st
     fig.update_layout(**base_layout(title + (f"<br><sup>{subtitle}</sup>" if subtitle else "")), barmode="group",
                       yaxis_title="TFLOP/s (visible pairs)", height=430, legend=dict(orientation="h", y=-0.25))
     return fig
+
+
+def time_bars(rows: list[dict], paths: list[tuple[str, str]] | None = None, *, title: str = "Time per call",
+              subtitle: str = ""):
+    """Grouped bars of ``<path>_ms`` per case (rows in the benchmarks' JSON schema), each labelled with its time:
+    the picture for cases whose paths do different work (a mask's block structure against the dense mask) where
+    TFLOP/s would mislead. ``paths``: ``[(key, label)]`` in order (default: every path the rows time)."""
+    import plotly.graph_objects as go
+
+    if paths is None:
+        keys = [k[:-3] for r in rows for k in r if k.endswith("_ms") and not k.endswith(("_p10_ms", "_p90_ms"))]
+        paths = [(k, k) for k in dict.fromkeys(keys)]
+    cases = [r["case"] for r in rows]
+    fig = go.Figure()
+    for key, label in paths:
+        fig.add_trace(go.Bar(name=label, x=cases, y=[r.get(f"{key}_ms") for r in rows],
+                             text=[f"{r[key + '_ms']:.3f} ms" if f"{key}_ms" in r else "" for r in rows],
+                             textposition="outside",
+                             hovertemplate="%{x}: %{y:.3f} ms<extra>" + label + "</extra>"))
+    _headroom(fig, rows, [f"{k}_ms" for k, _ in paths], None)
+    fig.update_layout(**base_layout(title + (f"<br><sup>{subtitle}</sup>" if subtitle else "")), barmode="group",
+                      yaxis_title="ms (median, lower is faster)", height=430, legend=dict(orientation="h", y=-0.25))
+    return fig

@@ -167,3 +167,13 @@ def test_token_positions_follow_the_append_convention():
     q_req, q_pos, k_req, k_pos = token_positions(qo, kv)
     assert list(zip(q_req, q_pos)) == [(b, kv[b] - qo[b] + i) for b in range(4) for i in range(qo[b])]
     assert list(zip(k_req, k_pos)) == [(b, j) for b in range(4) for j in range(kv[b])]
+
+
+def test_tile_keys_are_the_tiles_segments():
+    masks = [ib.BlockSparse.from_dense(torch.rand(64, 96, generator=torch.Generator().manual_seed(3)) < 0.4, (8, 16))]
+    p = ib.plan([64], [96], num_qo_heads=4, num_kv_heads=2, head_dim=32, tile_q=32, num_sms=4, block_masks=masks)
+    for t in range(p.num_tiles):
+        keys = p.tile_keys(t)
+        assert len(keys) == p.tile_kv_len[t] and (np.diff(keys) > 0).all()
+        a, z = p.seg_indptr[t], p.seg_indptr[t + 1]
+        assert set(keys.tolist()) == {x for s, e in zip(p.seg_start[a:z], p.seg_end[a:z]) for x in range(s, e)}

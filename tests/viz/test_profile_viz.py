@@ -34,3 +34,14 @@ def test_speed_table_lists_every_path_against_infernb():
     fi = next(line for line in lines if line.split()[1] == "flashinfer_fa2")
     assert abs(float(fi.split()[-1]) - rows[0]["infernb_ms"] / rows[0]["flashinfer_fa2_ms"]) < 0.006
     assert not any("_p10" in line or "_p90" in line for line in lines)
+
+
+def test_time_bars_draw_every_path_with_its_time():
+    rows = [dict(case="a", infernb_ms=0.5, infernb_p10_ms=0.4, flex_ms=0.25), dict(case="b", infernb_ms=2.0)]
+    fig = ib.viz.time_bars(rows)
+    assert [t.name for t in fig.data] == ["infernb", "flex"]              # the p10 / p90 spreads are not paths
+    assert list(fig.data[0].y) == [0.5, 2.0] and fig.data[1].y[1] is None
+    assert fig.data[0].text[1] == "2.000 ms"
+    assert fig.layout.yaxis.range[1] >= 1.15 * 2.0                         # room for the labels above the bars
+    fig = ib.viz.time_bars(rows, [("flex", "FlexAttention")])
+    assert [t.name for t in fig.data] == ["FlexAttention"]
