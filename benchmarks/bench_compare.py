@@ -3,7 +3,8 @@
     python benchmarks/bench_compare.py [--out DIR] [--runs N]
 
 Problems (bf16, 32 query / 8 KV heads, head dim 128): decode 64 x 4096 (plain and soft-cap 30 on the SFU's tanh),
-prefill 1 x 8192 causal (plain, soft-cap, ALiBi), append 16 x 512 onto 8192 cached (page 16). Each is timed with
+prefill 1 x 8192 causal (plain, soft-cap, ALiBi), append 16 x 512 onto 8192 cached (page 16), block-sparse 1 x 8192
+(a block-aligned window of 16 blocks of 64 x 64; SDPA with the dense mask, FlashInfer's BlockSparseAttentionWrapper). Each is timed with
 infernb, FlashInfer (plain only), SDPA (one-request plain), FlexAttention (compiled with the same mods) and the eager
 fp32 reference, interleaved; errors against float64; copy and GEMM ceilings measured in each problem's run. Writes
 ``compare_<device>_<date>.json``: ``{benchmark, device, date, results: [compare(...) dicts]}``.
@@ -27,7 +28,8 @@ def main(argv=None) -> int:
                 ("prefill", [8192], [8192], None),
                 ("prefill", [8192], [8192], ib.variants.softcap(30.0, approx=True)),
                 ("prefill", [8192], [8192], ib.variants.alibi(slopes)),
-                ("append", [512] * 16, [8704] * 16, None)]
+                ("append", [512] * 16, [8704] * 16, None),
+                ("block_sparse", [8192], [8192], None)]
     results, failed = ib.profile.compare_sweep(problems, runs=args.runs)
     for r in results:
         print(f"{r['case']} [{r['variant']}]: " + ", ".join(f"{k} {p['ms']:.3f} ms (err {p['err']:.1e})"

@@ -68,6 +68,18 @@ def test_gpu_compare_small_problems():
         r = ib.profile.compare(op, qo, kv, num_qo_heads=8, num_kv_heads=2, runs=2, flex=False, progress=False)
         assert r["paths"]["infernb"]["err"] < 1e-2 and r["paths"]["eager_fp32"]["err"] < 1e-4
         assert r["copy_TBps"] > 0 and r["gemm_TFLOPs"] > 0
+    # block-sparse: a block window (all blocks full: FlashInfer's wrapper too) and a data mask with partial blocks
+    from infernb.ops.block_sparse import block_window
+    dense = torch.rand(200, 300, generator=torch.Generator().manual_seed(0)) < 0.3
+    for mask, causal in ((block_window(256, (32, 32), 3), False), (ib.BlockSparse.from_dense(dense, (16, 32)), True)):
+        M, N = mask.shape
+        r = ib.profile.compare("block_sparse", [M], [N], mask=mask, causal=causal, num_qo_heads=8, num_kv_heads=2,
+                               runs=2, flex=False, progress=False)
+        assert r["paths"]["infernb"]["err"] < 1e-2 and r["paths"]["eager_fp32"]["err"] < 1e-4, r["paths"]
+        assert r["flops"] == 4 * 8 * 128 * int((mask.to_dense() & (torch.ones(M, N, dtype=torch.bool).tril(N - M)
+                                                                    if causal else True)).sum())
+        if not causal:
+            assert r["paths"]["sdpa_masked"]["err"] < 1e-2
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU behaviour")

@@ -54,6 +54,21 @@ def mask_variant(mask: BlockSparse, *, device=None, name: str | None = None) -> 
                    runtime={"offset"})
 
 
+def block_window(n: int, block: tuple[int, int] = (64, 64), blocks_per_row: int = 16) -> BlockSparse:
+    """A block-aligned sliding window on ``n`` tokens (the benchmarks' block-sparse mask): block row ``i`` lists block
+    columns ``[i - blocks_per_row + 1, i]``, all full (edge blocks count their in-range elements). Needs ``R == C``
+    so that the diagonal block holds each row's own position."""
+    R, C = block
+    if R != C or n < 1 or blocks_per_row < 1:
+        raise InputError(f"block_window: square blocks, n >= 1, blocks_per_row >= 1; got {block}, {n}, {blocks_per_row}")
+    rows = torch.arange(-(-n // R))
+    lo = torch.clamp(rows - blocks_per_row + 1, min=0)
+    indptr = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(rows - lo + 1, 0)]).to(torch.int32)
+    indices = torch.cat([torch.arange(int(a), int(z) + 1) for a, z in zip(lo, rows)]).to(torch.int32)
+    return BlockSparse((n, n), (R, C), indptr, indices, torch.ones(len(indices), dtype=torch.bool),
+                       torch.zeros(0, R, C, dtype=torch.bool))
+
+
 def check_mask(mask, q_len: int, kv_len: int) -> BlockSparse:
     """``mask`` a BlockSparse of shape ``(q_len, kv_len)`` whose rows list increasing, in-range block columns."""
     if isinstance(mask, torch.Tensor):
@@ -153,4 +168,4 @@ def _all_partial(mask: BlockSparse) -> torch.Tensor:
     return out
 
 
-__all__ = ["block_sparse_attention", "check_mask", "mask_variant", "plan_block_sparse"]
+__all__ = ["block_sparse_attention", "block_window", "check_mask", "mask_variant", "plan_block_sparse"]

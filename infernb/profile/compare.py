@@ -1,6 +1,6 @@
 """``ib.profile.compare``: one attention problem, every implementation at hand, in one run on one GPU.
 
-For an op (``"decode"``, ``"prefill"``, ``"append"``), a batch shape and a variant, time infernb's kernel against
+For an op (``"decode"``, ``"prefill"``, ``"append"``, ``"block_sparse"``), a batch shape and a variant, time infernb's kernel against
 PyTorch's paths -- SDPA's backends (one-request problems without a score_mod), FlexAttention compiled with the same
 mods, the eager reference in fp32 -- and FlashInfer when it is installed, in interleaved rounds; measure each path's
 error against the float64 reference on a sample of rows; and measure the device's copy and GEMM ceilings in the same
@@ -19,27 +19,32 @@ from ..errors import InputError
 from ..testing import rel_error
 from ._optional import optional_flashinfer
 from .decode import committed_results, copy_ceiling_tbps
-from .prefill import flex_call, gemm_ceiling_tflops, sdpa_paths, visible_pairs
+from .prefill import flex_call, flex_path, gemm_ceiling_tflops, sdpa_masked, sdpa_paths, visible_pairs
 from .summary import short_lens
 from .timing import cuda_time_interleaved, device_name
 
-OPS = ("decode", "prefill", "append")
+OPS = ("decode", "prefill", "append", "block_sparse")
 #: rows of each request compared with the float64 reference (the reference of a long prompt is large)
 REF_ROWS = 192
 
 
 def compare(op: str, qo_lens, kv_lens, *, num_qo_heads: int = 32, num_kv_heads: int = 8, head_dim: int = 128,
-            variant=None, causal: bool = True, page_size: int = 16, runs: int = 20, flashinfer: bool = True,
-            flex: bool = True, eager: bool = True, progress: bool = True, seed: int = 0) -> dict:
+            variant=None, causal: bool | None = None, page_size: int = 16, runs: int = 20, flashinfer: bool = True,
+            flex: bool = True, eager: bool = True, progress: bool = True, seed: int = 0, mask=None) -> dict:
     """Time one attention problem with every available implementation; bf16 inputs, random, on the GPU.
 
     Args:
-        op: ``"decode"`` (one new token per request, paged KV), ``"prefill"`` (ragged q / k / v) or ``"append"``
-            (``qo_lens[i]`` new tokens of each request attend to its ``kv_lens[i]`` cached keys, paged).
+        op: ``"decode"`` (one new token per request, paged KV), ``"prefill"`` (ragged q / k / v), ``"append"``
+            (``qo_lens[i]`` new tokens of each request attend to its ``kv_lens[i]`` cached keys, paged) or
+            ``"block_sparse"`` (one request under ``mask``; :func:`infernb.block_sparse_attention`).
         qo_lens, kv_lens: per request (decode: ``qo_lens`` all 1).
         variant: an :class:`~infernb.variants.Variant` (its mods go to FlexAttention unchanged; SDPA and
             FlashInfer paths run only without one).
-        causal: bottom-right aligned causal mask (prefill / append).
+        causal: bottom-right aligned causal mask (default: on for prefill / append, off for block_sparse).
+        mask: block_sparse: a :class:`~infernb.layout.BlockSparse` ``[qo_len, kv_len]`` (default: a block-aligned
+            window of 16 blocks of 64 x 64, :func:`infernb.ops.block_sparse.block_window`). SDPA takes it as a dense
+            boolean mask, FlexAttention as the same traced lookup, FlashInfer's BlockSparseAttentionWrapper when all
+            its blocks are full.
         runs: interleaved rounds; ``flashinfer``, ``flex``, ``eager``: include those paths when available.
         progress: a progress bar (True), none (False), or ``progress(done, total)`` called after each step.
 
@@ -65,7 +70,22 @@ def compare(op: str, qo_lens, kv_lens, *, num_qo_heads: int = 32, num_kv_heads: 
         raise InputError("qo_lens, kv_lens: one entry each per request, 0 <= qo_len <= kv_len")
     if op == "decode" and any(a != 1 for a in qo):
         raise InputError("decode: every qo_len is 1 (use op='append' for several new tokens)")
-    causal = causal if op != "decode" else True
+    causal = True if op == "decode" else (op != "block_sparse") if causal is None else bool(causal)
+    full = None                                          # block_sparse: the mask's variant (and-ed with `variant`)
+    if op == "block_sparse":
+        from ..ops.block_sparse import block_window, check_mask, plan_block_sparse
+
+        if len(qo) != 1:
+            raise InputError("block_sparse: one request (qo_lens and kv_lens of one entry)")
+        mask = block_window(kv[0]) if mask is None and qo[0] == kv[0] else mask
+        check_mask(mask, qo[0], kv[0])
+        # the plan and the variant that ib.block_sparse_attention runs (the variant: the mask's lookup and-ed with
+        # `variant`; the reference and FlexAttention evaluate the same one)
+        bs_plan, full = plan_block_sparse(mask, num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads,
+                                          head_dim=head_dim, dtype=torch.bfloat16, device="cuda", variant=variant,
+                                          causal=causal)
+    elif mask is not None:
+        raise InputError(f"mask: only op='block_sparse' takes one (got op={op!r})")
     dev, dtype = "cuda", torch.bfloat16
     steps = tqdm(total=6, desc=f"compare {op}", disable=progress is not True)
     if callable(progress):                               # a panel's own progress bar: progress(done, total)
@@ -82,6 +102,8 @@ def compare(op: str, qo_lens, kv_lens, *, num_qo_heads: int = 32, num_kv_heads: 
                                                                                               head_dim)
     qo_ptr, kv_ptr = np.r_[0, np.cumsum(qo)], np.r_[0, np.cumsum(kv)]
     kw = {} if variant is None else variant.reference_kwargs()
+    if full is not None:
+        kw = full.reference_kwargs()
 
     # the float64 reference on a sample of each request's rows (the last REF_ROWS: they see the most keys)
     rows = np.concatenate([np.arange(max(qo_ptr[i], qo_ptr[i + 1] - REF_ROWS), qo_ptr[i + 1]) for i in range(len(qo))])
@@ -101,7 +123,10 @@ def compare(op: str, qo_lens, kv_lens, *, num_qo_heads: int = 32, num_kv_heads: 
 
     # infernb
     cache = table = None
-    if op == "prefill":
+    if op == "block_sparse":
+        runner = PrefillRunner(bs_plan, variant=full)
+        add("infernb", lambda: runner(q, k, v)[0])
+    elif op == "prefill":
         add("infernb", lambda: ib.prefill(q, k, v, qo_ptr.tolist(), kv_ptr.tolist(), causal=causal, variant=variant))
         plan = plan_batch(qo, kv, num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads,
                                         head_dim=head_dim, dtype=dtype, causal=causal, variant=variant)
@@ -130,14 +155,28 @@ def compare(op: str, qo_lens, kv_lens, *, num_qo_heads: int = 32, num_kv_heads: 
 
     # PyTorch: SDPA's backends (one request, no score_mod), FlexAttention with the same mods, the eager reference
     plain = variant is None or (variant.score_mod is None and variant.mask_mod is None)
-    if len(qo) == 1 and plain:
+    dense = None
+    if op == "block_sparse":
+        dense = mask.to_dense().to(dev)
+        if causal:
+            dense &= torch.ones_like(dense).tril(kv[0] - qo[0])
+    if op == "block_sparse" and plain:
+        add("sdpa_masked", sdpa_masked(q, k, v, dense))
+    elif len(qo) == 1 and plain and op != "block_sparse":
         calls, why = sdpa_paths(q, k, v, causal=causal)
         for label, call in calls.items():
             add(label, call)
         missing.update(why)
     else:
         missing["sdpa"] = "SDPA runs one request without a score_mod / mask_mod here"
-    if flex:
+    if flex and op == "block_sparse":
+        smod, mmod = full.bound_mods()
+        call, why = flex_path(q, k, v, causal=causal, score_mod=smod, mask_mod=mmod)
+        if call is None:
+            missing["flex"] = why
+        else:
+            add("flex", call)
+    elif flex:
         call, why = _flex(q, k, v, qo, kv, causal=causal, variant=variant)
         if call is None:
             missing["flex"] = why
@@ -157,9 +196,17 @@ def compare(op: str, qo_lens, kv_lens, *, num_qo_heads: int = 32, num_kv_heads: 
         missing["flashinfer"] = "not installed" if flashinfer else "not asked"
     elif not plain:
         missing["flashinfer"] = "its variants are other kernels: compared without a variant only"
+    elif op == "block_sparse" and (causal or not bool(mask.is_full.all())):
+        missing["flashinfer"] = "its BlockSparseAttentionWrapper is compared on masks of full blocks, not causal"
     else:
         ws = torch.zeros(256 * 2**20, dtype=torch.uint8, device=dev)
-        if op == "decode":
+        if op == "block_sparse":
+            R, C = mask.block
+            w = fi.BlockSparseAttentionWrapper(ws)
+            w.plan(mask.indptr.to(dev), mask.indices.to(dev), qo[0], kv[0], R, C, num_qo_heads, num_kv_heads, head_dim,
+                   q_data_type=dtype)
+            add("flashinfer", lambda: w.run(q, k, v))
+        elif op == "decode":
             w = fi.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD", use_tensor_cores=True)
             w.plan(table.indptr, table.indices, table.last_page_len, num_qo_heads, num_kv_heads, head_dim,
                    page_size, data_type=dtype, q_data_type=dtype)
@@ -180,7 +227,8 @@ def compare(op: str, qo_lens, kv_lens, *, num_qo_heads: int = 32, num_kv_heads: 
     copy_tbps, gemm = copy_ceiling_tbps(), gemm_ceiling_tflops()
     steps.update()
     steps.close()
-    flops = 4 * num_qo_heads * head_dim * visible_pairs(qo, kv, causal)
+    pairs = int(dense.sum()) if dense is not None else visible_pairs(qo, kv, causal)
+    flops = 4 * num_qo_heads * head_dim * pairs
     nbytes = 2 * (2 * sum(qo) * num_qo_heads + 2 * sum(kv) * num_kv_heads) * head_dim   # q, o, k, v in bf16
     paths = {lab: dict(ms=t.median_ms, p10_ms=t.p10_ms, p90_ms=t.p90_ms, err=float(errs[lab]),
                        TFLOPs=flops / (t.median_ms * 1e-3) / 1e12, TBps=nbytes / (t.median_ms * 1e-3) / 1e12)
@@ -193,7 +241,8 @@ def compare(op: str, qo_lens, kv_lens, *, num_qo_heads: int = 32, num_kv_heads: 
     return dict(op=op, case=case_name(op, qo, kv), qo_lens=short_lens(qo), kv_lens=short_lens(kv),
                 shape=dict(num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
                            page_size=page_size, causal=causal, dtype="bf16"),
-                variant=None if variant is None else variant.name, device=device_name(), date=str(dt.date.today()),
+                variant=None if variant is None else variant.name, mask=None if mask is None else str(mask),
+                device=device_name(), date=str(dt.date.today()),
                 torch=torch.__version__, flashinfer=fi_version, copy_TBps=copy_tbps, gemm_TFLOPs=gemm, flops=flops,
                 bytes=nbytes, paths=paths, missing=missing)
 

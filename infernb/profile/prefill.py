@@ -63,6 +63,16 @@ def sdpa_paths(q, k, v, *, causal: bool) -> tuple[dict, dict]:
     return calls, missing
 
 
+def sdpa_masked(q, k, v, mask: torch.Tensor):
+    """torch SDPA with a dense boolean ``mask [tokens, keys]`` (True: visible) on one request (K/V expanded to the
+    query heads here, outside any timing; SDPA picks its memory-efficient or math backend for a mask). Returns the
+    call, which returns ``[tokens, num_qo_heads, d]`` (rows with no visible key: NaN, as SDPA gives them)."""
+    rep = q.shape[1] // k.shape[1]
+    qs, ks, vs = (t.transpose(0, 1)[None] for t in (q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)))
+    m = mask[None, None]
+    return lambda: torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, attn_mask=m)[0].transpose(0, 1)
+
+
 def flex_call(q, k, v, *, mask_mod=None, score_mod=None):
     """FlexAttention (``torch.compile``d, GQA) of packed ``q [tokens, num_qo_heads, d]``, ``k, v [keys, num_kv_heads,
     d]`` with a block mask made from ``mask_mod`` (None: every key) and ``score_mod``, FlexAttention's signatures.

@@ -205,15 +205,11 @@ def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, fle
         [i - blocks_per_row + 1, i] (all full): infernb's block-sparse path, FlashInfer's BlockSparseAttentionWrapper,
         FlexAttention with the same mask_mod, and infernb's dense causal kernel on the sequence (TFLOP/s of the
         sparse paths over the visible blocks)."""
+        from ..ops.block_sparse import block_window, plan_block_sparse
+
         R, C = block
-        nbr = -(-n // R)
-        rows = torch.arange(nbr)
-        lo = torch.clamp(rows - blocks_per_row + 1, min=0)
-        cnt = rows - lo + 1
-        indptr = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(cnt, 0)]).to(torch.int32)
-        indices = torch.cat([torch.arange(int(a), int(b) + 1) for a, b in zip(lo, rows)]).to(torch.int32)
-        mask = ib.BlockSparse((n, n), (R, C), indptr, indices, torch.ones(len(indices), dtype=torch.bool),
-                              torch.zeros(0, R, C, dtype=torch.bool))
+        mask = block_window(n, block, blocks_per_row)
+        indptr, indices = mask.indptr, mask.indices
         q, k, v = rnd(n, HQ, D), rnd(n, HKV, D), rnd(n, HKV, D)
         pairs = int(len(indices)) * R * C
         flops = 4 * HQ * D * pairs
@@ -224,7 +220,6 @@ def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, fle
         fns, errs = {}, {}
         rows_chk = torch.arange(n - 64, n)
         ref, _ = reference.attention(q[rows_chk], k, v, [0, 64], [0, n], mask_mod=block_mod)
-        from ..ops.block_sparse import plan_block_sparse
         plan, var = plan_block_sparse(mask, num_qo_heads=HQ, num_kv_heads=HKV, head_dim=D, dtype=dt_, device=dev)
         r = PrefillRunner(plan, variant=var)
         errs["infernb"] = check("infernb", r(q, k, v)[0], ref, rows_chk)

@@ -13,6 +13,7 @@ PROBLEMS = {
     "prefill 1 x 8192, causal": ("prefill", [8192], [8192]),
     "prefill 1 x 2048, causal": ("prefill", [2048], [2048]),
     "append 16 x 512 on 8704": ("append", [512] * 16, [8704] * 16),
+    "block-sparse 1 x 8192, window of 16 blocks of 64 x 64": ("block_sparse", [8192], [8192]),
 }
 #: variants the panel offers (built on the GPU when chosen: ALiBi captures its slopes there)
 VARIANTS = ("none", "softcap 30 (SFU tanh)", "softcap 30", "ALiBi", "sliding window 1024")
