@@ -225,12 +225,14 @@ class Variant:
         return out
 
     def fingerprint(self) -> str:
-        """What the kernels' masking depends on: the traced code, the parameter values and the captured tensors
-        (pointer, shape, in-place version). A plan made from :meth:`block_masks` records it; a runner checks it."""
+        """What the kernels' masking depends on: the traced code, the parameter values and the *contents* of the
+        tensors the mods capture now (not their addresses: a freed tensor's memory is reused by the next one). A
+        plan made from :meth:`block_masks` records it; a runner checks it."""
         h = hashlib.sha256(self.cuda.encode())
         h.update(repr(sorted(self.params.items())).encode())
-        for t, origin in self.generated.captures:
-            h.update(repr((origin, t.data_ptr(), tuple(t.shape), str(t.dtype), str(t.device), t._version)).encode())
+        for t, origin in self._traced_now().captures:
+            h.update(repr((origin, tuple(t.shape), str(t.dtype))).encode())
+            h.update(t.detach().reshape(-1).contiguous().cpu().view(torch.uint8).numpy().tobytes())
         return h.hexdigest()[:16]
 
     # ------------------------------------------------------------------ the kernel side
@@ -277,16 +279,7 @@ class Variant:
         With ``device``, every tensor packed must live there. Keep the returned tensors alive for as long as a
         kernel may read the bytes (a re-bound global alone would not).
         """
-        try:
-            fresh = generate(self.cuda_name, self.score_mod, self.mask_mod, self.params, set(self.runtime),
-                             self.softmax, self.cuda_score_mod, self.cuda_mask_mod)
-        except TraceError as e:
-            raise InputError(f"variant {self.name}: its Python now traces to different code than when it was "
-                             f"defined ({e}); define the variant again") from e
-        if fresh.code != self.generated.code:
-            raise InputError(f"variant {self.name}: its Python now traces to different code than when it was "
-                             "defined (a captured tensor re-bound with another shape or dtype, or a changed "
-                             "function); define the variant again")
+        fresh = self._traced_now()
         if device is not None:
             self._check_captures(fresh.captures, device)
         vals, fmt = [], "="
@@ -299,6 +292,20 @@ class Variant:
                 vals.append(t.data_ptr() if d is None else t.stride(d))
         raw = struct.pack(fmt, *vals) if fresh.fields else b"\0" * 4
         return raw + b"\0" * (fresh.params_size - len(raw)), [t for t, _ in fresh.captures]
+
+    def _traced_now(self) -> Generated:
+        """The mods traced again (the tensors they capture now); raises if that changes the generated code."""
+        try:
+            fresh = generate(self.cuda_name, self.score_mod, self.mask_mod, self.params, set(self.runtime),
+                             self.softmax, self.cuda_score_mod, self.cuda_mask_mod)
+        except TraceError as e:
+            raise InputError(f"variant {self.name}: its Python now traces to different code than when it was "
+                             f"defined ({e}); define the variant again") from e
+        if fresh.code != self.generated.code:
+            raise InputError(f"variant {self.name}: its Python now traces to different code than when it was "
+                             "defined (a captured tensor re-bound with another shape or dtype, or a changed "
+                             "function); define the variant again")
+        return fresh
 
     def params_bytes(self) -> bytes:
         """The packed ``params_t`` alone (see :meth:`pack`, which also returns the tensors to keep alive)."""

@@ -468,6 +468,14 @@ def test_cpu_block_structure_is_cached_by_what_the_mask_depends_on():
     ids[:64] = 1                                                           # the captured tensor changed in place
     c = v.block_masks([256], [256], num_qo_heads=4)
     assert c[0] is not a[0] and not torch.equal(c[0].is_full, a[0].is_full)
+    # contents decide, not addresses or torch's version counter: memory written behind torch's back (or a freed
+    # tensor's memory reused by another variant's) must not find the old structure, nor pass a runner's check
+    arr = np.zeros(256, np.int64)
+    u = ib.variants.document(torch.from_numpy(arr))
+    a, fp = u.block_masks([256], [256], num_qo_heads=4), u.fingerprint()
+    arr[:64] = 1
+    assert u.fingerprint() != fp
+    assert not torch.equal(u.block_masks([256], [256], num_qo_heads=4)[0].is_full, a[0].is_full)
     w = ib.variants.sliding_window(10)
     assert ib.variants.sliding_window(10).block_masks([64], [64], num_qo_heads=4)[0] is \
         w.block_masks([64], [64], num_qo_heads=4)[0]                        # same code and parameters: shared
