@@ -61,22 +61,36 @@ class BlockSparse:
 
     @classmethod
     def from_mask_mod(cls, mask_mod: Callable, M: int, N: int, block: tuple[int, int], *, b: int = 0, h: int = 0,
-                      q_offset: int | None = None) -> "BlockSparse":
-        """Evaluate ``mask_mod(b, h, q_idx, kv_idx)`` block row by block row, at most ``CHUNK_ELEMENTS``
-        elements at a time: the dense ``[M, N]`` mask is never materialized. ``q_idx`` is ``q_offset + row``
-        (default ``N - M``, the append convention)."""
+                      q_offset: int | None = None, heads: int | None = None, device=None) -> "BlockSparse":
+        """Evaluate ``mask_mod(b, h, q_idx, kv_idx)`` over whole block rows, at most ``CHUNK_ELEMENTS`` elements
+        at a time, on ``device`` (default the CPU; where the tensors ``mask_mod`` captures live): the dense
+        ``[M, N]`` mask is never materialized. ``q_idx`` is ``q_offset + row`` (default ``N - M``, the append
+        convention). ``heads``: evaluate for every head ``0 .. heads - 1`` instead of head ``h`` (only when the
+        result depends on ``h``): a block is listed if some head sees a pair in it, full if every head sees every
+        pair, and ``partial_masks`` hold the union over heads."""
         R, C = _check_block(block)
         if M < 0 or N < 0:
             raise InputError(f"M, N: expected non-negative sizes, got {M}, {N}")
         off = N - M if q_offset is None else q_offset
-        bt, ht = torch.tensor(b), torch.tensor(h)
+        dev = torch.device("cpu" if device is None else device)
+        bt = torch.tensor(b, device=dev)
+        ht = torch.tensor(h, device=dev)
+        if heads is not None and M > 0 and N > 0:
+            hs = torch.arange(int(heads), device=dev)[:, None, None]
+            probe = torch.as_tensor(mask_mod(bt, hs, torch.zeros(1, 1, 1, dtype=torch.long, device=dev) + off,
+                                             torch.zeros(1, 1, 1, dtype=torch.long, device=dev)), device=dev)
+            ht = hs if probe.dim() == 3 and probe.shape[0] > 1 else torch.tensor(0, device=dev)
+        H = ht.shape[0] if ht.dim() == 3 else 1
 
         def ev(r0, r1, c0, c1):
-            q_idx = torch.arange(r0, r1)[:, None] + off
-            kv_idx = torch.arange(c0, c1)[None, :]
-            return torch.as_tensor(mask_mod(bt, ht, q_idx, kv_idx)).bool().expand(r1 - r0, c1 - c0)
+            # [rows, 1] x [1, cols] index grids, with a leading heads axis only when the heads are evaluated
+            lead = (None,) if H > 1 else ()
+            q_idx = torch.arange(r0, r1, device=dev)[(*lead, slice(None), None)] + off
+            kv_idx = torch.arange(c0, c1, device=dev)[(*lead, None, slice(None))]
+            x = torch.as_tensor(mask_mod(bt, ht, q_idx, kv_idx), device=dev).bool()
+            return x.expand((H,) * (H > 1) + (r1 - r0, c1 - c0))
 
-        return cls._build(ev, (M, N), (R, C))
+        return cls._build(ev, (M, N), (R, C), heads=H, device=dev)
 
     @classmethod
     def from_page_table(cls, table, *, rows_per_request: int = 1) -> "BlockSparse":
@@ -113,35 +127,49 @@ class BlockSparse:
                    torch.stack(partial) if partial else torch.zeros(0, R, P, dtype=torch.bool))
 
     @classmethod
-    def _build(cls, ev, shape, block) -> "BlockSparse":
-        """Classify every block using ``ev(r0, r1, c0, c1) -> bool [r1 - r0, c1 - c0]``, one block row at a time
-        and at most ``CHUNK_ELEMENTS`` elements per call."""
+    def _build(cls, ev, shape, block, *, heads: int = 1, device=None) -> "BlockSparse":
+        """Classify every block using ``ev(r0, r1, c0, c1) -> bool [r1 - r0, c1 - c0]`` or ``[heads, r1 - r0,
+        c1 - c0]`` (a block is listed if some head sees a pair, full if every head sees every in-range pair; partial
+        masks are the union over heads), on ``device``: as many whole block rows per call as ``CHUNK_ELEMENTS``
+        allows, or one block row in column chunks when a block row alone is larger."""
         M, N = shape
         R, C = block
-        nbc = -(-N // C)
-        cols_per_call = max(C, (CHUNK_ELEMENTS // R) // C * C)
-        indptr, indices, full, partial, count = [0], [], [], [], 0
-        for r0 in range(0, M, R):
-            r1 = min(M, r0 + R)
-            for c0 in range(0, nbc * C, cols_per_call):
-                c1 = min(N, c0 + cols_per_call)
-                nb = -(-(c1 - c0) // C)                                            # blocks in this call
-                pad = torch.zeros(R, nb * C, dtype=torch.bool)
-                pad[:r1 - r0, :c1 - c0] = ev(r0, r1, c0, c1)
-                valid = torch.zeros(R, nb * C, dtype=torch.bool)
+        nbr, nbc = -(-M // R), -(-N // C)
+        dev = torch.device("cpu" if device is None else device)
+        row_elems = heads * R * nbc * C                                            # one block row, every column
+        rows_per = max(1, CHUNK_ELEMENTS // max(1, row_elems))
+        cols_per = nbc * C if row_elems <= CHUNK_ELEMENTS else max(C, (CHUNK_ELEMENTS // (heads * R)) // C * C)
+        indptr, indices, full, partial = [0], [], [], []
+        for br0 in range(0, nbr, rows_per):
+            br1 = min(nbr, br0 + rows_per)
+            r0, r1, nb_r = br0 * R, min(M, br1 * R), br1 - br0
+            row_parts = [([], [], []) for _ in range(nb_r)]                       # per block row: cols, full, partial
+            for c0 in range(0, nbc * C, max(cols_per, C)):
+                c1 = min(N, c0 + cols_per)
+                nb_c = -(-(c1 - c0) // C)
+                x = ev(r0, r1, c0, c1)
+                x = x.reshape((1,) * (3 - x.dim()) + tuple(x.shape))
+                pad = torch.zeros(x.shape[0], nb_r * R, nb_c * C, dtype=torch.bool, device=dev)
+                pad[:, :r1 - r0, :c1 - c0] = x
+                valid = torch.zeros(nb_r * R, nb_c * C, dtype=torch.bool, device=dev)
                 valid[:r1 - r0, :c1 - c0] = True
-                blocks = pad.reshape(R, nb, C).transpose(0, 1)                     # [nb, R, C]
-                valid = valid.reshape(R, nb, C).transpose(0, 1)
-                nonempty = blocks.flatten(1).any(1)
-                is_full = (blocks | ~valid).flatten(1).all(1) & nonempty
-                cols = torch.nonzero(nonempty).flatten()
-                indices.append(cols + c0 // C)
-                count += cols.numel()
-                full.append(is_full[cols])
-                part = cols[~is_full[cols]]
-                if part.numel():
-                    partial.append(blocks[part])
-            indptr.append(count)
+                blk = pad.reshape(-1, nb_r, R, nb_c, C).permute(1, 3, 0, 2, 4)      # [nb_r, nb_c, heads, R, C]
+                vblk = valid.reshape(nb_r, R, nb_c, C).permute(0, 2, 1, 3)[:, :, None]
+                nonempty = blk.flatten(2).any(2)
+                is_full = ((blk | ~vblk).flatten(2).all(2) & nonempty).cpu()
+                nonempty = nonempty.cpu()
+                for i in range(nb_r):
+                    cols = torch.nonzero(nonempty[i]).flatten()
+                    row_parts[i][0].append(cols + c0 // C)
+                    row_parts[i][1].append(is_full[i, cols])
+                    part = cols[~is_full[i, cols]]
+                    if part.numel():
+                        row_parts[i][2].append(blk[i, part.to(dev)].any(1).cpu())
+            for cols, fl, pm in row_parts:
+                indices.extend(cols)
+                full.extend(fl)
+                partial.extend(pm)
+                indptr.append(indptr[-1] + sum(c.numel() for c in cols))
         cat = lambda xs, dt: torch.cat(xs).to(dt) if xs else torch.zeros(0, dtype=dt)  # noqa: E731
         return cls((M, N), (R, C), torch.tensor(indptr, dtype=torch.int32), cat(indices, torch.int32),
                    cat(full, torch.bool), torch.cat(partial) if partial else torch.zeros(0, R, C, dtype=torch.bool))

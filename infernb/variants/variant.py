@@ -175,54 +175,14 @@ class Variant:
 
     def _evaluate_block_masks(self, qo: list, kv: list, num_qo_heads: int, R: int, C: int) -> list:
         from ..layout import BlockSparse
-        from ..layout.block_sparse import CHUNK_ELEMENTS
 
         _, m = self.bound_mods()
+        if m is None:
+            m = lambda bb, hh, q, k: torch.ones_like(q + k, dtype=torch.bool)  # noqa: E731
         caps = self.generated.captures
         dev = caps[0][0].device if caps else torch.device("cpu")
-        heads = torch.arange(num_qo_heads, device=dev)[:, None, None]
-        out = []
-        for b, (M, N) in enumerate(zip(qo, kv)):
-            bt = torch.tensor(b, device=dev)
-            nbr, nbc = -(-M // R), -(-N // C)
-
-            def ev(r0, r1, h):
-                q_idx = torch.arange(r0, r1, device=dev)[None, :, None] + (N - M)
-                kv_idx = torch.arange(N, device=dev)[None, None, :]
-                if m is None:
-                    return torch.ones(1, r1 - r0, N, dtype=torch.bool, device=dev)
-                x = torch.as_tensor(m(bt, h, q_idx, kv_idx), device=dev).bool()
-                return x.reshape((1,) * (3 - x.dim()) + tuple(x.shape)).expand(-1, r1 - r0, N)
-            # does the mask depend on the head? (its result broadcasts over the heads' axis, or not)
-            per_head = m is not None and M > 0 and N > 0 and ev(0, 1, heads).shape[0] > 1
-            h_arg = heads if per_head else torch.tensor(0, device=dev)
-            H = num_qo_heads if per_head else 1
-            rows_per = max(R, (CHUNK_ELEMENTS // max(1, H * max(N, 1))) // R * R)
-            indptr, indices, full, partial = [0], [], [], []
-            for r0 in range(0, nbr * R, rows_per):
-                r1 = min(M, r0 + rows_per)
-                nb_r = -(-(r1 - r0) // R)
-                pad = torch.zeros(H, nb_r * R, nbc * C, dtype=torch.bool, device=dev)
-                pad[:, :r1 - r0, :N] = ev(r0, r1, h_arg)
-                valid = torch.zeros(nb_r * R, nbc * C, dtype=torch.bool, device=dev)
-                valid[:r1 - r0, :N] = True
-                blk = pad.reshape(H, nb_r, R, nbc, C).permute(1, 3, 0, 2, 4)          # [nb_r, nbc, H, R, C]
-                vblk = valid.reshape(nb_r, R, nbc, C).permute(0, 2, 1, 3)[:, :, None]
-                nonempty = blk.flatten(2).any(2).cpu()
-                is_full = ((blk | ~vblk).flatten(2).all(2)).cpu() & nonempty
-                for i in range(nb_r):
-                    cols = torch.nonzero(nonempty[i]).flatten()
-                    indices.append(cols)
-                    full.append(is_full[i, cols])
-                    part = cols[~is_full[i, cols]]
-                    if part.numel():
-                        partial.append(blk[i, part.to(dev)].any(1).cpu())             # union over heads
-                    indptr.append(indptr[-1] + cols.numel())
-            cat = lambda xs, dt: torch.cat(xs).to(dt) if xs else torch.zeros(0, dtype=dt)  # noqa: E731
-            out.append(BlockSparse((M, N), (R, C), torch.tensor(indptr, dtype=torch.int32), cat(indices, torch.int32),
-                                   cat(full, torch.bool),
-                                   torch.cat(partial) if partial else torch.zeros(0, R, C, dtype=torch.bool)))
-        return out
+        return [BlockSparse.from_mask_mod(m, M, N, (R, C), b=b, heads=num_qo_heads, device=dev)
+                for b, (M, N) in enumerate(zip(qo, kv))]
 
     def fingerprint(self) -> str:
         """What the kernels' masking depends on: the traced code, the parameter values and the *contents* of the
