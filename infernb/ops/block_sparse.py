@@ -8,8 +8,6 @@ evaluate, so every backend masks the same elements.
 """
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 
 from ..errors import InputError
@@ -142,30 +140,11 @@ def plan_block_sparse(mask: BlockSparse, *, num_qo_heads: int, num_kv_heads: int
         raise InputError(f"causal needs q tokens <= kv tokens, got {M} > {N}")
     mv = mask_variant(mask, device=device)
     full = mv if variant is None else combine(mv, variant, name=f"{mv.name}_{variant.name}")
-    if variant is not None and variant.mask_mod is not None:
-        # the variant's own mask makes the mask's full blocks partial: its mask_mod runs on every visible logit
-        mask = dataclasses.replace(mask, is_full=torch.zeros_like(mask.is_full), partial_masks=_all_partial(mask))
+    # (a variant's own mask makes the mask's full blocks partial: then its mask_mod runs on every visible logit)
     plan = plan_batch([M], [N], num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, dtype=dtype,
-                      causal=causal, variant=full, num_sms=num_sms, block_masks=[mask])
+                      causal=causal, variant=full, num_sms=num_sms, block_masks=[mask],
+                      full_blocks=variant is None or variant.mask_mod is None)
     return plan, full
-
-
-def _all_partial(mask: BlockSparse) -> torch.Tensor:
-    """``partial_masks`` of ``mask`` with every listed block as a partial one (full blocks: all their in-range
-    elements)."""
-    R, C = mask.block
-    M, N = mask.shape
-    rows = torch.repeat_interleave(torch.arange(len(mask.indptr) - 1), torch.diff(mask.indptr.long()))
-    out = torch.zeros((len(mask.indices), R, C), dtype=torch.bool)
-    pi = 0
-    for j in range(len(mask.indices)):
-        if bool(mask.is_full[j]):
-            h, w = min(R, M - int(rows[j]) * R), min(C, N - int(mask.indices[j]) * C)
-            out[j, :h, :w] = True
-        else:
-            out[j] = mask.partial_masks[pi]
-            pi += 1
-    return out
 
 
 __all__ = ["block_sparse_attention", "block_window", "check_mask", "mask_variant", "plan_block_sparse"]

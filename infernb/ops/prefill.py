@@ -293,14 +293,14 @@ class PrefillRunner:
         variant = check_variant(variant, plan)
         if rope_path not in ("auto", "tile", "pass"):
             raise InputError(f"rope_path: expected 'auto', 'tile' or 'pass', got {rope_path!r}")
-        #: the plan's block masks are the variant's (Plan.mask_source): its full runs skip mask_mod in the kernel
-        self.mask_skips = plan.block_masked and plan.mask_source == "variant:" + variant.fingerprint()
-        if plan.block_masked and not self.mask_skips:
+        # the plan's block masks must be the variant's own (Plan.mask_source): the kernel masks their partial blocks
+        # with its mask_mod and skips it on their full runs (Plan.seg_full, 0 without block masks)
+        if plan.block_masked and not plan.masks_are(variant):
             raise InputError(
                 "this plan was built with block masks that are not this variant's (plan.mask_source "
                 f"{plan.mask_source!r}): the kernel masks partial blocks with the variant's mask_mod, so plan with "
-                "block_masks=variant (infernb.plan / plan_batch(block_sparse=True)); custom BlockSparse masks run "
-                "through infernb.emulate(custom_masks=...) until block-sparse attention lands")
+                "block_masks=variant (infernb.plan / plan_batch(block_sparse=True)); a BlockSparse mask runs with "
+                "infernb.block_sparse_attention (or plan_block_sparse, which plans it with its own variant)")
         if (cache is None) != (page_table is None):
             raise InputError("cache and page_table go together (paged KV), or neither (ragged k / v at call time)")
         self.paged = cache is not None
@@ -350,8 +350,6 @@ class PrefillRunner:
                                          plan.causal, variant, None if passing else rope, config=config,
                                          rope_pass=rope if passing else None), device_info(self.device.index).arch)
         items, cta_ptr, runs, run_full = plan_records(plan, kv_start)
-        if not self.mask_skips:                          # the kernel evaluates mask_mod on every run
-            run_full[:] = 0
         dev = self.device
         self.items, self.cta_ptr = records_to_device(items, dev), records_to_device(cta_ptr, dev)
         self.runs = records_to_device(runs if len(runs) else np.zeros(1, PREFILL_RUN), dev)
@@ -528,7 +526,7 @@ def _check_qkv(q: torch.Tensor, num_kv_heads: int, head_dim: int) -> None:
 def plan_batch(qo_lens, kv_lens, *, num_qo_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype,
                page_size: int = 16, causal: bool = False, window_left: int = -1, variant: Variant | None = None,
                rope: RoPE | None = None, tile_q: int | None = None, num_sms=None, page_table=None,
-               block_sparse: bool | None = None, block_masks=None) -> Plan:
+               block_sparse: bool | None = None, block_masks=None, full_blocks: bool = True) -> Plan:
     """:func:`infernb.plan` for the prefill kernel: its default query tile (:func:`default_tile_q`), its traits' CTAs
     per SM and per-item cost, the variant's window promise when ``window_left`` is ``-1``, no split for sigmoid
     variants, and the variant's block structure (``block_sparse``; default: when it has a ``mask_mod``): tiles read
@@ -547,7 +545,7 @@ def plan_batch(qo_lens, kv_lens, *, num_qo_heads: int, num_kv_heads: int, head_d
                      merge_gain=0.05 if variant is None or variant.softmax else math.inf,
                      block_masks=block_masks if block_masks is not None else
                      variant if _block_sparse(variant, block_sparse) else None,
-                     mask_variant=variant if block_masks is not None else None)
+                     mask_variant=variant if block_masks is not None else None, full_blocks=full_blocks)
 
 
 def _block_sparse(variant: Variant | None, block_sparse: bool | None) -> bool:

@@ -35,7 +35,6 @@ class Plan:
 
     # problem
     qo_lens: np.ndarray            # [B]
-    block_masked: bool             # built with block masks: partial blocks need their masks (see mask_source)
     kv_lens: np.ndarray            # [B]
     num_qo_heads: int
     num_kv_heads: int
@@ -60,7 +59,7 @@ class Plan:
     seg_start: np.ndarray          # [S] key positions
     seg_end: np.ndarray
     seg_full: np.ndarray           # [S] 1: the block masks show every pair of the segment visible to the tile's rows
-    #                                (kernels skip the mask there); 1 everywhere without block masks
+    #                                (kernels skip the mask there); 0 everywhere without block masks
     # items [I], ordered by CTA then position; unit = tile * num_kv_heads + kv_head
     item_unit: np.ndarray
     item_kv_start: np.ndarray
@@ -76,6 +75,15 @@ class Plan:
     # where the block masks came from: "" (none), "custom" (BlockSparse masks given), or "variant:<fingerprint>"
     # (a variant's mask_mod, Variant.fingerprint: its kernels mask the partial blocks themselves)
     mask_source: str = ""
+
+    @property
+    def block_masked(self) -> bool:
+        """Built with block masks: partial blocks need their elements (see ``mask_source``)."""
+        return self.mask_source != ""
+
+    def masks_are(self, variant) -> bool:
+        """The plan's block masks are ``variant``'s own structure (its ``mask_mod`` masks their partial blocks)."""
+        return self.mask_source == variant_source(variant)
 
     def __post_init__(self):
         for name in _ARRAYS:                       # frozen means frozen: a plan is reused across layers
@@ -222,6 +230,11 @@ class Plan:
         if not np.allclose(np.bincount(self.item_cta, weights=self.item_cost, minlength=self.num_ctas), self.cta_load):
             raise InputError("Plan: cta_load must be the sum of its items' costs")
         return self
+
+
+def variant_source(variant) -> str:
+    """``Plan.mask_source`` of block masks that are ``variant``'s (:meth:`~infernb.variants.Variant.fingerprint`)."""
+    return "variant:" + variant.fingerprint()
 
 
 def token_positions(qo_lens, kv_lens) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

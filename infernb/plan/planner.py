@@ -21,7 +21,7 @@ import numpy as np
 
 from ..device import device_info
 from ..errors import InputError, is_int
-from .plan import Plan
+from .plan import Plan, variant_source
 
 DTYPES = ("bf16", "f16", "f32")
 #: CTAs per SM of the decode kernel by head dim (the planner sits below ops; tests check it equals
@@ -33,7 +33,7 @@ def plan(qo_lens: Sequence[int], kv_lens: Sequence[int], *, num_qo_heads: int, n
          head_dim: int, page_size: int = 16, page_table=None, causal: bool = False, window_left: int = -1,
          block_masks=None, tile_q: int | None = None, num_sms: int | None = None, ctas_per_sm: int | None = None,
          dtype: str = "bf16", strategy: str = "balanced", fixed_cost: float = 4.0, rows_balance: float = 64.0,
-         merge_gain: float = 0.05, check: bool | None = None, mask_variant=None) -> Plan:
+         merge_gain: float = 0.05, check: bool | None = None, mask_variant=None, full_blocks: bool = True) -> Plan:
     """Plan the attention of a batch.
 
     Args:
@@ -50,6 +50,8 @@ def plan(qo_lens: Sequence[int], kv_lens: Sequence[int], *, num_qo_heads: int, n
         mask_variant: with BlockSparse ``block_masks``, the variant whose ``mask_mod`` is their elements (e.g.
             :func:`infernb.ops.block_sparse.mask_variant`): kernels run with it mask the partial blocks themselves
             (``Plan.mask_source``); without it such a plan runs only in the emulator, given the dense masks.
+        full_blocks: ``False``: no segment is marked full (``Plan.seg_full`` 0): the kernel's mask adds conditions
+            of its own beyond the block masks (a variant and-ed with them), so it must run on every block.
         tile_q: rows (token x group head) per query tile; default: the GQA group in decode, otherwise 128 /
             64 / 16 by the average packed rows per request (FlashInfer's rule).
         num_sms, ctas_per_sm: the CTAs to fill (default: the GPU's SM count, 132 = H100 without one; and the
@@ -119,14 +121,14 @@ def plan(qo_lens: Sequence[int], kv_lens: Sequence[int], *, num_qo_heads: int, n
         if isinstance(block_masks, Variant):
             variant = block_masks
             block_masks = variant.block_masks(qo, kv, num_qo_heads=num_qo_heads)
-            mask_source = "variant:" + variant.fingerprint()
+            mask_source = variant_source(variant)
         elif mask_variant is not None:
             if not isinstance(mask_variant, Variant) or mask_variant.mask_mod is None:
                 raise InputError("mask_variant: expected a Variant with a mask_mod (the block masks' elements)")
-            mask_source = "variant:" + mask_variant.fingerprint()
+            mask_source = variant_source(mask_variant)
         else:
             mask_source = "custom"
-    tiles = _tiles(qo, kv, group, tile_q, causal, window_left, block_masks)
+    tiles = _tiles(qo, kv, group, tile_q, causal, window_left, block_masks, full_blocks)
     (t_req, t_tok0, t_tok1, t_rows, seg_ptr, seg_s, seg_e, seg_full, t_len) = tiles
     weight = np.maximum(1.0, t_rows / rows_balance)
     H = num_kv_heads
@@ -154,7 +156,7 @@ def plan(qo_lens: Sequence[int], kv_lens: Sequence[int], *, num_qo_heads: int, n
     merge_indptr = np.zeros(len(merge_unit) + 1, np.int64)
     np.cumsum(counts[merge_unit], out=merge_indptr[1:])
     p = Plan(
-        qo_lens=qo, block_masked=block_masks is not None, kv_lens=kv, num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
+        qo_lens=qo, kv_lens=kv, num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
         page_size=page_size, causal=bool(causal), window_left=int(window_left), tile_q=int(tile_q), dtype=dtype,
         strategy=strategy, num_ctas=int(n_ctas), fixed_cost=float(fixed_cost), rows_balance=float(rows_balance),
         tile_request=t_req, tile_token_start=t_tok0, tile_token_end=t_tok1, tile_rows=t_rows, tile_kv_len=t_len,
@@ -178,7 +180,7 @@ def _lens(name, x) -> np.ndarray:
     return a
 
 
-def _tiles(qo, kv, group, tile_q, causal, window_left, block_masks):
+def _tiles(qo, kv, group, tile_q, causal, window_left, block_masks, full_blocks=True):
     """Query tiles of every request and the key segments each tile must visit (vectorized unless block masks)."""
     rows = qo * group
     n_tiles = -(-rows // tile_q)
@@ -195,7 +197,7 @@ def _tiles(qo, kv, group, tile_q, causal, window_left, block_masks):
     lo = np.minimum(lo, hi)
     if block_masks is None:
         seg_ptr = np.arange(len(t_req) + 1, dtype=np.int64)
-        return t_req, tok0, tok1, t_rows, seg_ptr, lo, hi, np.ones(len(t_req), np.int64), hi - lo
+        return t_req, tok0, tok1, t_rows, seg_ptr, lo, hi, np.zeros(len(t_req), np.int64), hi - lo
     if len(block_masks) != len(qo):
         raise InputError(f"block_masks: expected {len(qo)} (one per request), got {len(block_masks)}")
     seg_s, seg_e, seg_f, seg_ptr = [], [], [], [0]
@@ -211,6 +213,7 @@ def _tiles(qo, kv, group, tile_q, causal, window_left, block_masks):
         cols, inv = np.unique(listed, return_inverse=True)
         # a column is full for the tile when it is listed and full in every block row the tile's tokens touch
         full = np.bincount(inv, weights=bm.is_full[a:z].numpy().astype(np.float64), minlength=len(cols)) == br1 - br0
+        full &= full_blocks
         s = np.maximum(cols * C, lo[t])
         e = np.minimum(np.minimum((cols + 1) * C, kv[b]), hi[t])
         keep = e > s
