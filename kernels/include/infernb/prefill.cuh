@@ -83,9 +83,9 @@ struct prefill_cfg_t {
   static constexpr int STAGES = STAGES_;
   static constexpr int KV_TILE_ELEMS = BLOCK_N * HEAD_DIM;
   static constexpr int STAGE_ELEMS = 2 * KV_TILE_ELEMS;        // K then V
-  // copies: each thread copies rows tid / CHUNKS + ROWS_PER_PASS * k, chunk tid % CHUNKS
+  // the Q tile's copies: each thread copies rows tid / CHUNKS + ROWS_PER_PASS * k, chunk tid % CHUNKS (the K/V
+  // stages' copies are the KV block iterator's, kv_iter.cuh, with the same geometry)
   static constexpr int ROWS_PER_PASS = NUM_THREADS / CHUNKS;
-  static constexpr int KV_PASSES = BLOCK_N / ROWS_PER_PASS;
   static constexpr int Q_PASSES = TILE_Q / ROWS_PER_PASS;
   // shared memory, bytes: K/V stages | Q tile (also the O tile of the epilogue) | flags | rows | RoPE tables
   static constexpr int SMEM_KV = STAGES * STAGE_ELEMS * 2;
@@ -98,7 +98,7 @@ struct prefill_cfg_t {
   static constexpr int SMEM_BYTES = SMEM_KV + SMEM_Q + SMEM_FLAGS + SMEM_ROWS + SMEM_ROPE + SMEM_PAGES;
   static_assert(sizeof(T) == 2, "prefill runs on fp16 / bf16 (tensor-core operands)");
   static_assert(HEAD_DIM % 64 == 0, "HEAD_DIM must be a multiple of 64 (swizzled rows of >= 128 bytes)");
-  static_assert(BLOCK_N % 16 == 0 && BLOCK_N % ROWS_PER_PASS == 0 && TILE_Q % ROWS_PER_PASS == 0, "copy tiling");
+  static_assert(BLOCK_N % 16 == 0 && TILE_Q % ROWS_PER_PASS == 0, "copy tiling");
   static_assert(STAGES >= 2, "the pipeline needs at least two stages");
   static_assert(SMEM_BYTES <= 227 * 1024, "shared memory budget of one SM");
 };
@@ -178,7 +178,7 @@ prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
     detail::rope_tables_init<ROPE>(s_rope_freq, s_rope_grp, rotary_dim, rope_log2_theta, rope_inv_scale, tid, NT);
 
 
-  // copy geometry: this thread's 16-byte chunk cp_ch of rows cp_r0 + ROWS_PER_PASS * i (see issue())
+  // copy geometry: this thread's 16-byte chunk cp_ch of rows cp_r0 + ROWS_PER_PASS * i (kv_block_iter_t::issue)
   const int cp_ch0 = tid % CH, cp_r00 = tid / CH;
 
   // ldmatrix lane offsets (mma.cuh): Q (A of S = Q K^T): rows lane & 15, chunk lane >> 4; K (B, non-transposed):

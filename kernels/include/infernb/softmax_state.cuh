@@ -80,7 +80,6 @@ struct softmax_state_t {
     bool moved = false;
 #pragma unroll
     for (int mt = 0; mt < M_TILES; ++mt) {
-      alpha[2 * mt + 1] = 1.f;
 #pragma unroll
       for (int h = 0; h < HALVES; ++h) {
         const int r = 2 * mt + h;
