@@ -206,27 +206,47 @@ class BlockSparse:
                     k += 1
         return out[:M, :N]
 
+    def block_rows(self) -> torch.Tensor:
+        """``[nnz_blocks]`` int64: the block row of each listed block (``indices``' rows)."""
+        return torch.repeat_interleave(torch.arange(self.num_block_rows), torch.diff(self.indptr.long()))
+
+    def validate(self) -> "BlockSparse":
+        """Check the structure kernels rely on (``InputError`` naming the broken part): one ``indptr`` entry per
+        block row plus one, non-decreasing from 0 to ``nnz_blocks``; block columns in range and increasing within a
+        row; ``is_full`` for every listed block and one partial mask per partial block."""
+        (M, N), (R, C) = self.shape, self.block
+        nbr, nbc = -(-M // R), -(-N // C)
+        ptr, idx = self.indptr.long(), self.indices.long()
+        if len(ptr) != nbr + 1 or int(ptr[0]) != 0 or (torch.diff(ptr) < 0).any() or int(ptr[-1]) != len(idx):
+            raise InputError(f"mask.indptr: expected {nbr + 1} non-decreasing entries from 0 to {len(idx)}")
+        if len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= nbc):
+            raise InputError(f"mask.indices: block columns must lie in [0, {nbc}), got {int(idx.min())}..{int(idx.max())}")
+        rows = self.block_rows()
+        if len(idx) > 1 and ((rows[1:] == rows[:-1]) & (idx[1:] <= idx[:-1])).any():
+            raise InputError("mask.indices: block columns must increase within a row")
+        if len(self.is_full) != len(idx) or len(self.partial_masks) != int((~self.is_full).sum()):
+            raise InputError("mask: is_full must flag every listed block, partial_masks hold one mask per partial block")
+        return self
+
     def block_grid(self) -> torch.Tensor:
         """``[num_block_rows, num_block_cols]`` int8: 0 empty, 1 partial, 2 full (for pictures)."""
         g = torch.zeros(self.num_block_rows, self.num_block_cols, dtype=torch.int8)
-        rows = torch.repeat_interleave(torch.arange(self.num_block_rows), torch.diff(self.indptr.long()))
-        g[rows, self.indices.long()] = torch.where(self.is_full, 2, 1).to(torch.int8)
+        g[self.block_rows(), self.indices.long()] = torch.where(self.is_full, 2, 1).to(torch.int8)
         return g
 
     def stats(self) -> dict:
-        """Block counts and densities: ``block_density`` = listed blocks / all blocks; ``density`` = visible
-        elements / (M * N); ``sparsity`` = 1 - density; ``work_saved`` = 1 - listed blocks / all blocks."""
+        """Block counts and densities: ``visible`` = visible elements; ``block_density`` = listed blocks / all
+        blocks; ``density`` = visible / (M * N); ``sparsity`` = 1 - density; ``work_saved`` = 1 - listed blocks / all blocks."""
         M, N = self.shape
         total_blocks = self.num_block_rows * self.num_block_cols
         R, C = self.block
         visible = 0
         # full blocks count their in-range area; partial blocks their True elements
-        rows = torch.repeat_interleave(torch.arange(self.num_block_rows), torch.diff(self.indptr.long()))
-        h = torch.clamp(M - rows * R, max=R)
+        h = torch.clamp(M - self.block_rows() * R, max=R)
         w = torch.clamp(N - self.indices.long() * C, max=C)
         visible = int((h * w)[self.is_full].sum()) + int(self.partial_masks.sum())
         return dict(shape=self.shape, block=self.block, blocks=total_blocks, nnz_blocks=self.nnz_blocks,
-                    full_blocks=int(self.is_full.sum()), partial_blocks=int((~self.is_full).sum()),
+                    full_blocks=int(self.is_full.sum()), partial_blocks=int((~self.is_full).sum()), visible=visible,
                     block_density=self.nnz_blocks / total_blocks if total_blocks else 0.0,
                     density=visible / (M * N) if M * N else 0.0,
                     sparsity=1 - visible / (M * N) if M * N else 1.0,

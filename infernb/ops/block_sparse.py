@@ -35,7 +35,7 @@ def mask_variant(mask: BlockSparse, *, device=None, name: str | None = None) -> 
     R, C = mask.block
     nbr, nbc = -(-M // R), -(-N // C)
     table = torch.full((_bucket(nbr), _bucket(nbc)), -1, dtype=torch.int32)
-    rows = torch.repeat_interleave(torch.arange(nbr), torch.diff(mask.indptr.long()))
+    rows = mask.block_rows()
     partial_index = torch.cumsum((~mask.is_full).to(torch.int32), 0) - 1
     table[rows, mask.indices.long()] = torch.where(mask.is_full, torch.tensor(-2, dtype=torch.int32),
                                                    partial_index.to(torch.int32))
@@ -67,27 +67,17 @@ def block_window(n: int, block: tuple[int, int] = (64, 64), blocks_per_row: int 
                        torch.zeros(0, R, C, dtype=torch.bool))
 
 
-def check_mask(mask, q_len: int, kv_len: int) -> BlockSparse:
-    """``mask`` a BlockSparse of shape ``(q_len, kv_len)`` whose rows list increasing, in-range block columns."""
+def check_mask(mask, q_len: int | None = None, kv_len: int | None = None) -> BlockSparse:
+    """``mask`` a valid BlockSparse (:meth:`~infernb.layout.BlockSparse.validate`), of shape ``(q_len, kv_len)``
+    when they are given."""
     if isinstance(mask, torch.Tensor):
         raise InputError("mask: expected an infernb.BlockSparse; for a dense boolean mask use "
                          "ib.BlockSparse.from_dense(mask, block) (an additive 0 / -inf mask: from_dense(mask == 0, ...))")
     if not isinstance(mask, BlockSparse):
         raise InputError(f"mask: expected an infernb.BlockSparse, got {type(mask).__name__}")
-    if tuple(mask.shape) != (q_len, kv_len):
+    if q_len is not None and tuple(mask.shape) != (q_len, kv_len):
         raise InputError(f"mask: shape {tuple(mask.shape)} must be (q tokens, kv tokens) = ({q_len}, {kv_len})")
-    R, C = mask.block
-    nbr, nbc = -(-q_len // R), -(-kv_len // C)
-    ptr, idx = mask.indptr.long(), mask.indices.long()
-    if len(ptr) != nbr + 1 or int(ptr[0]) != 0 or (torch.diff(ptr) < 0).any() or int(ptr[-1]) != len(idx):
-        raise InputError(f"mask.indptr: expected {nbr + 1} non-decreasing entries from 0 to {len(idx)}")
-    if len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= nbc):
-        raise InputError(f"mask.indices: block columns must lie in [0, {nbc}), got {int(idx.min())}..{int(idx.max())}")
-    rows = torch.repeat_interleave(torch.arange(nbr), torch.diff(ptr))
-    if len(idx) > 1 and ((rows[1:] == rows[:-1]) & (idx[1:] <= idx[:-1])).any():
-        raise InputError("mask.indices: block columns must increase within a row")
-    if len(mask.is_full) != len(idx) or len(mask.partial_masks) != int((~mask.is_full).sum()):
-        raise InputError("mask: is_full must flag every listed block, partial_masks hold one mask per partial block")
+    mask.validate()
     return mask
 
 
@@ -120,22 +110,22 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ma
                          "multiple of the KV heads")
     if q.dtype not in DTYPES or len({q.dtype, k.dtype, v.dtype}) != 1 or len({q.device, k.device, v.device}) != 1:
         raise InputError("q, k, v: one fp16 / bf16 dtype on one device")
-    check_mask(mask, q.shape[0], k.shape[0])
     plan, full = plan_block_sparse(mask, num_qo_heads=q.shape[1], num_kv_heads=k.shape[1], head_dim=q.shape[2],
-                                   dtype=q.dtype, device=q.device, variant=variant, causal=causal, num_sms=num_sms)
+                                   dtype=q.dtype, device=q.device, variant=variant, causal=causal, num_sms=num_sms,
+                                   shape=(q.shape[0], k.shape[0]))
     out, lse = run_prefill(plan, q.contiguous(), k.contiguous(), v.contiguous(), variant=full, sm_scale=sm_scale)
     return (out, lse) if return_lse else out
 
 
 def plan_block_sparse(mask: BlockSparse, *, num_qo_heads: int, num_kv_heads: int, head_dim: int,
                       dtype: torch.dtype = torch.bfloat16, device="cuda", variant: Variant | None = None,
-                      causal: bool = False, num_sms=None):
+                      causal: bool = False, num_sms=None, shape: tuple[int, int] | None = None):
     """The plan and the variant that :func:`block_sparse_attention` runs (keep them, with a
     :class:`~infernb.ops.PrefillRunner`, to run the same mask many times): the prefill kernel's plan of one sequence
     whose key segments are ``mask``'s listed blocks, and ``mask_variant(mask)`` (and-ed with ``variant``) for the
-    elements of its partial blocks. Returns ``(plan, variant)``."""
-    M, N = mask.shape if isinstance(mask, BlockSparse) else (0, 0)
-    check_mask(mask, M, N)
+    elements of its partial blocks (``shape``: the (q tokens, kv tokens) the mask must have). Returns ``(plan,
+    variant)``."""
+    M, N = check_mask(mask, *(shape or (None, None))).shape
     if causal and M > N:
         raise InputError(f"causal needs q tokens <= kv tokens, got {M} > {N}")
     mv = mask_variant(mask, device=device)

@@ -19,7 +19,8 @@ from ..errors import InputError
 from ..testing import rel_error
 from ._optional import optional_flashinfer
 from .decode import committed_results, copy_ceiling_tbps
-from .prefill import flex_call, flex_path, gemm_ceiling_tflops, sdpa_masked, sdpa_paths, visible_pairs
+from .prefill import (flashinfer_block_sparse, flashinfer_decode, flashinfer_paged, flashinfer_ragged, flex_call,
+                      flex_path, gemm_ceiling_tflops, sdpa_masked, sdpa_paths, visible_pairs)
 from .summary import short_lens
 from .timing import cuda_time_interleaved, device_name
 
@@ -61,7 +62,7 @@ def compare(op: str, qo_lens, kv_lens, *, num_qo_heads: int = 32, num_kv_heads: 
     from tqdm.auto import tqdm
 
     import infernb as ib
-    from ..ops.paged_decode import DecodeRunner
+    from ..ops.paged_decode import DecodeRunner, plan_decode
     from ..ops.prefill import PrefillRunner, plan_batch
     from ..reference import attention as ref_attention
 
@@ -73,17 +74,16 @@ def compare(op: str, qo_lens, kv_lens, *, num_qo_heads: int = 32, num_kv_heads: 
     causal = True if op == "decode" else (op != "block_sparse") if causal is None else bool(causal)
     full = None                                          # block_sparse: the mask's variant (and-ed with `variant`)
     if op == "block_sparse":
-        from ..ops.block_sparse import block_window, check_mask, plan_block_sparse
+        from ..ops.block_sparse import block_window, plan_block_sparse
 
         if len(qo) != 1:
             raise InputError("block_sparse: one request (qo_lens and kv_lens of one entry)")
         mask = block_window(kv[0]) if mask is None and qo[0] == kv[0] else mask
-        check_mask(mask, qo[0], kv[0])
         # the plan and the variant that ib.block_sparse_attention runs (the variant: the mask's lookup and-ed with
         # `variant`; the reference and FlexAttention evaluate the same one)
         bs_plan, full = plan_block_sparse(mask, num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads,
                                           head_dim=head_dim, dtype=torch.bfloat16, device="cuda", variant=variant,
-                                          causal=causal)
+                                          causal=causal, shape=(qo[0], kv[0]))
     elif mask is not None:
         raise InputError(f"mask: only op='block_sparse' takes one (got op={op!r})")
     dev, dtype = "cuda", torch.bfloat16
@@ -127,11 +127,10 @@ def compare(op: str, qo_lens, kv_lens, *, num_qo_heads: int = 32, num_kv_heads: 
         runner = PrefillRunner(bs_plan, variant=full)
         add("infernb", lambda: runner(q, k, v)[0])
     elif op == "prefill":
-        add("infernb", lambda: ib.prefill(q, k, v, qo_ptr.tolist(), kv_ptr.tolist(), causal=causal, variant=variant))
-        plan = plan_batch(qo, kv, num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads,
-                                        head_dim=head_dim, dtype=dtype, causal=causal, variant=variant)
+        plan = plan_batch(qo, kv, num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
+                          dtype=dtype, causal=causal, variant=variant)          # what ib.prefill plans
         runner = PrefillRunner(plan, variant=variant)
-        fns["infernb"] = lambda: runner(q, k, v)[0]
+        add("infernb", lambda: runner(q, k, v)[0])
     else:
         cache = ib.PagedKVCache(num_pages=max(1, sum(-(-n // page_size) for n in kv)), page_size=page_size,
                                 num_kv_heads=num_kv_heads, head_dim=head_dim, dtype=dtype, device=dev)
@@ -139,10 +138,8 @@ def compare(op: str, qo_lens, kv_lens, *, num_qo_heads: int = 32, num_kv_heads: 
         cache.append(ids, k, v, lengths=kv)
         table = cache.page_table(ids)
         if op == "decode":
-            vr = ib.variants.Variant("none") if variant is None else variant
-            plan = ib.plan(qo, kv, num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
-                           page_size=page_size, window_left=vr.window_left, dtype="bf16",
-                           merge_gain=0.05 if vr.softmax else float("inf"))      # what ib.decode plans
+            plan = plan_decode(kv, num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
+                               page_size=page_size, dtype=dtype, variant=variant)   # what ib.decode plans
             runner = DecodeRunner(plan, cache, table, variant=variant)
             add("infernb", lambda: runner(q)[0])
         else:
@@ -199,27 +196,14 @@ def compare(op: str, qo_lens, kv_lens, *, num_qo_heads: int = 32, num_kv_heads: 
     elif op == "block_sparse" and (causal or not bool(mask.is_full.all())):
         missing["flashinfer"] = "its BlockSparseAttentionWrapper is compared on masks of full blocks, not causal"
     else:
-        ws = torch.zeros(256 * 2**20, dtype=torch.uint8, device=dev)
         if op == "block_sparse":
-            R, C = mask.block
-            w = fi.BlockSparseAttentionWrapper(ws)
-            w.plan(mask.indptr.to(dev), mask.indices.to(dev), qo[0], kv[0], R, C, num_qo_heads, num_kv_heads, head_dim,
-                   q_data_type=dtype)
-            add("flashinfer", lambda: w.run(q, k, v))
+            add("flashinfer", flashinfer_block_sparse(fi, q, k, v, mask))
         elif op == "decode":
-            w = fi.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD", use_tensor_cores=True)
-            w.plan(table.indptr, table.indices, table.last_page_len, num_qo_heads, num_kv_heads, head_dim,
-                   page_size, data_type=dtype, q_data_type=dtype)
-            add("flashinfer", lambda: w.run(q, cache.pool))
+            add("flashinfer", flashinfer_decode(fi, q, cache.pool, table, use_tensor_cores=True))
         elif op == "prefill":
-            from .prefill import flashinfer_ragged
-            add("flashinfer", flashinfer_ragged(fi, q, k, v, qo, kv, causal=causal, workspace=ws))
+            add("flashinfer", flashinfer_ragged(fi, q, k, v, qo, kv, causal=causal))
         else:
-            w = fi.BatchPrefillWithPagedKVCacheWrapper(ws, "NHD", backend="fa2")
-            w.plan(torch.tensor(qo_ptr, dtype=torch.int32, device=dev), table.indptr, table.indices,
-                   table.last_page_len, num_qo_heads, num_kv_heads, head_dim, page_size, causal=causal,
-                   q_data_type=dtype)
-            add("flashinfer", lambda: w.run(q, cache.pool))
+            add("flashinfer", flashinfer_paged(fi, q, cache.pool, table, qo, causal=causal))
     steps.update()
 
     times = cuda_time_interleaved(fns, warmup=5, runs=runs)
@@ -255,7 +239,7 @@ def compare_sweep(problems, *, progress: bool = True, **kw) -> tuple[list[dict],
 
     results, failed = [], {}
     for op, qo, kv, variant in tqdm(list(problems), desc="compare sweep", disable=not progress):
-        label = case_name(op, list(qo), list(kv)) + ("" if variant is None else f" · {variant.name}")
+        label = result_label(case_name(op, list(qo), list(kv)), None if variant is None else variant.name)
         try:
             results.append(compare(op, qo, kv, variant=variant, progress=False, **kw))
         except Exception as e:                            # noqa: BLE001  (one problem's failure is reported)
@@ -267,6 +251,11 @@ def committed_compare() -> dict | None:
     """The committed ``compare`` runs (``benchmarks/results/compare_*.json``: ``{device, date, results: [...]}``,
     each result as :func:`compare` returns it), or ``None``."""
     return committed_results("compare")
+
+
+def result_label(case: str, variant: str | None) -> str:
+    """A problem's label: ``prefill 1 x 8192`` or ``prefill 1 x 8192 · softcap_30`` (case, variant name)."""
+    return case + (f" · {variant}" if variant else "")
 
 
 def case_name(op: str, qo, kv) -> str:
