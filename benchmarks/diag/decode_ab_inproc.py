@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -20,10 +21,11 @@ import torch
 import infernb as ib
 from infernb.ops.paged_decode import DecodeRunner
 from infernb.profile import cuda_time_interleaved, random_decode_batch
+from infernb.profile.decode_cases import decode_reference
 from infernb.testing import rel_error
 
-SHAPE = dict(num_qo_heads=32, num_kv_heads=8, head_dim=128, page_size=16)
-CASES = {"64x4096": [4096] * 64, "16x16384": [16384] * 16, "skewed": [65536] + [512] * 63, "1x32768": [32768]}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from decode_ab import CASES, SHAPE  # noqa: E402  (the decode benchmark's cases, as the two-checkout A/B runs them)
 
 
 def main() -> int:
@@ -44,8 +46,7 @@ def main() -> int:
             c = cache if layout == "NHD" else cache.to_layout("HND")
             p = ib.plan([1] * len(lens), lens, page_table=table, **SHAPE)
             runners = {"new": DecodeRunner(p, c, table), "old": DecodeRunner(p, c, table, extra_options=(f"-I{base}",))}
-            ref = ib.reference.paged_attention(q, c.pool, table.indptr, table.indices, table.last_page_len,
-                                               layout=layout)[0]
+            ref = decode_reference(c, table, q)
             row = dict(case=name, layout=layout)
             outs = {}
             for tag, r in runners.items():

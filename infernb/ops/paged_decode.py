@@ -315,6 +315,17 @@ def run_decode(plan: Plan, q: torch.Tensor, cache, page_table, *, variant: Varia
     return DecodeRunner(plan, cache, page_table, variant=variant, rope=rope, sm_scale=sm_scale)(q, cache)
 
 
+def plan_decode(kv_lens, *, num_qo_heads: int, num_kv_heads: int, head_dim: int, page_size: int, dtype: torch.dtype,
+                variant: Variant | None = None, num_sms=None) -> Plan:
+    """:func:`infernb.plan` for the decode kernel (one new token per request, ``kv_lens`` keys each): the variant's
+    window promise (only the pages inside the window are planned) and no split for sigmoid variants. What
+    :func:`decode` runs."""
+    variant = NONE if variant is None else variant
+    return make_plan([1] * len(kv_lens), list(kv_lens), num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads,
+                     head_dim=head_dim, page_size=page_size, window_left=getattr(variant, "window_left", -1),
+                     dtype=DTYPE_NAMES[dtype], num_sms=num_sms, merge_gain=0.05 if variant.softmax else math.inf)
+
+
 def decode(q: torch.Tensor, cache, seq_ids: Sequence[int], *, variant: Variant | None = None,
            rope: RoPE | None = None, sm_scale: float | None = None, return_lse: bool = False, num_sms=None):
     """Decode attention in one call: plan the batch and run it (notebooks; serving code keeps the runner).
@@ -341,13 +352,11 @@ def decode(q: torch.Tensor, cache, seq_ids: Sequence[int], *, variant: Variant |
     if q.dtype not in DTYPES:
         raise InputError(f"q: expected float16 or bfloat16, got {q.dtype}")
     variant = NONE if variant is None else variant
-    p = make_plan([1] * len(seq_ids), cache.lengths(seq_ids), num_qo_heads=q.shape[1],
-                  num_kv_heads=cache.num_kv_heads, head_dim=cache.head_dim, page_size=cache.page_size,
-                  window_left=getattr(variant, "window_left", -1), dtype=DTYPE_NAMES[q.dtype], num_sms=num_sms,
-                  merge_gain=0.05 if variant.softmax else math.inf)
+    p = plan_decode(cache.lengths(seq_ids), num_qo_heads=q.shape[1], num_kv_heads=cache.num_kv_heads,
+                    head_dim=cache.head_dim, page_size=cache.page_size, dtype=q.dtype, variant=variant, num_sms=num_sms)
     out, lse = run_decode(p, q, cache, table, variant=variant, rope=rope, sm_scale=sm_scale)
     return (out, lse) if return_lse else out
 
 
-__all__ = ["DecodeRunner", "cta_records", "decode", "decode_spec", "plan_arrays", "run_decode", "smem_bytes",
+__all__ = ["DecodeRunner", "cta_records", "decode", "decode_spec", "plan_arrays", "plan_decode", "run_decode", "smem_bytes",
            "specializations"]

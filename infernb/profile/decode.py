@@ -16,6 +16,7 @@ import torch
 
 from ..testing import rel_error
 from ._optional import optional_flashinfer
+from .prefill import flashinfer_decode
 from .timing import cuda_time, cuda_time_interleaved
 
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
@@ -86,13 +87,9 @@ def profile_decode(cases: dict, *, num_qo_heads: int = 32, num_kv_heads: int = 8
         fns = {"infernb": lambda: runner(q)}
         if fi is not None:
             for tc in (True, False):                 # each path its own workspace, zeroed (as FlashInfer asks)
-                ws = torch.zeros(256 * 2**20, dtype=torch.uint8, device="cuda")
-                w = fi.BatchDecodeWithPagedKVCacheWrapper(ws, "NHD", use_tensor_cores=tc)
-                w.plan(table.indptr, table.indices, table.last_page_len, num_qo_heads, num_kv_heads, head_dim,
-                       page_size, data_type=q.dtype, q_data_type=q.dtype)
                 path = "flashinfer_tc" if tc else "flashinfer_cc"
-                row[f"{path}_err_vs_infernb"] = rel_error(w.run(q, cache.pool), out)
-                fns[path] = (lambda w: lambda: w.run(q, cache.pool))(w)
+                fns[path] = flashinfer_decode(fi, q, cache.pool, table, use_tensor_cores=tc)
+                row[f"{path}_err_vs_infernb"] = rel_error(fns[path](), out)
         k = v = None
         if sdpa and len(set(lens)) == 1:             # contiguous [batch, heads, len, dim] K/V, GQA
             pages = table.indices.long()

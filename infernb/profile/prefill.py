@@ -35,11 +35,51 @@ def flashinfer_ragged(flashinfer, q, k, v, qo_lens, kv_lens, *, causal: bool, wo
     returns the call that runs it (and returns its output ``[tokens, num_qo_heads, head_dim]``). ``plan_kwargs``:
     its options (``window_left``, ``logits_soft_cap``, ``pos_encoding_mode``, ...)."""
     ptr = lambda x: torch.as_tensor(np.r_[0, np.cumsum(x)], dtype=torch.int32, device=q.device)  # noqa: E731
-    ws = torch.zeros(256 * 2**20, dtype=torch.uint8, device=q.device) if workspace is None else workspace
-    w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(ws, "NHD", backend="fa2")
+    w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(_workspace(q, workspace), "NHD", backend="fa2")
     w.plan(ptr(qo_lens), ptr(kv_lens), q.shape[1], k.shape[1], q.shape[2], causal=causal, q_data_type=q.dtype,
            **plan_kwargs)
     return lambda: w.run(q, k, v)
+
+
+def _workspace(q, workspace):
+    """FlashInfer's float workspace: 256 MiB, zeroed (as it asks), unless one is given."""
+    return torch.zeros(256 * 2**20, dtype=torch.uint8, device=q.device) if workspace is None else workspace
+
+
+def flashinfer_paged(flashinfer, q, pool, table, qo_lens, *, causal: bool, workspace: torch.Tensor | None = None):
+    """FlashInfer's paged fa2 prefill (NHD pool) of ``q`` (``qo_lens`` queries per request of ``table``), planned
+    once; returns the call (its output ``[tokens, num_qo_heads, head_dim]``)."""
+    w = flashinfer.BatchPrefillWithPagedKVCacheWrapper(_workspace(q, workspace), "NHD", backend="fa2")
+    w.plan(torch.as_tensor(np.r_[0, np.cumsum(qo_lens)], dtype=torch.int32, device=q.device), table.indptr,
+           table.indices, table.last_page_len, q.shape[1], pool.shape[3], q.shape[2], table.page_size, causal=causal,
+           q_data_type=q.dtype)
+    return lambda: w.run(q, pool)
+
+
+def flashinfer_decode(flashinfer, q, pool, table, *, use_tensor_cores: bool,
+                      workspace: torch.Tensor | None = None):
+    """FlashInfer's paged decode (NHD pool; its tensor-core or CUDA-core path) of ``q [batch, num_qo_heads, d]``,
+    planned once; returns the call."""
+    w = flashinfer.BatchDecodeWithPagedKVCacheWrapper(_workspace(q, workspace), "NHD", use_tensor_cores=use_tensor_cores)
+    w.plan(table.indptr, table.indices, table.last_page_len, q.shape[1], pool.shape[3], q.shape[2], table.page_size,
+           data_type=q.dtype, q_data_type=q.dtype)
+    return lambda: w.run(q, pool)
+
+
+def flashinfer_block_sparse(flashinfer, q, k, v, mask, *, workspace: torch.Tensor | None = None):
+    """FlashInfer's BlockSparseAttentionWrapper of one request under the BlockSparse ``mask`` (its listed blocks,
+    taken as full: give it a mask of full blocks), planned once; returns the call."""
+    R, C = mask.block
+    w = flashinfer.BlockSparseAttentionWrapper(_workspace(q, workspace))
+    w.plan(mask.indptr.to(q.device), mask.indices.to(q.device), q.shape[0], k.shape[0], R, C, q.shape[1], k.shape[1],
+           q.shape[2], q_data_type=q.dtype)
+    return lambda: w.run(q, k, v)
+
+
+def _sdpa_layout(q, k, v):
+    """SDPA's ``[1, heads, tokens, d]`` views of one request, K/V expanded to the query heads (GQA)."""
+    rep = q.shape[1] // k.shape[1]
+    return (t.transpose(0, 1)[None] for t in (q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)))
 
 
 def sdpa_paths(q, k, v, *, causal: bool) -> tuple[dict, dict]:
@@ -48,8 +88,7 @@ def sdpa_paths(q, k, v, *, causal: bool) -> tuple[dict, dict]:
     {label: why it is unavailable})``; each call returns ``[tokens, num_qo_heads, d]``."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    rep = q.shape[1] // k.shape[1]
-    qs, ks, vs = (t.transpose(0, 1)[None] for t in (q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)))
+    qs, ks, vs = _sdpa_layout(q, k, v)
     calls, missing = {}, {}
     for label, be in (("sdpa_flash", SDPBackend.FLASH_ATTENTION), ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION)):
         def call(be=be):
@@ -67,8 +106,7 @@ def sdpa_masked(q, k, v, mask: torch.Tensor):
     """torch SDPA with a dense boolean ``mask [tokens, keys]`` (True: visible) on one request (K/V expanded to the
     query heads here, outside any timing; SDPA picks its memory-efficient or math backend for a mask). Returns the
     call, which returns ``[tokens, num_qo_heads, d]`` (rows with no visible key: NaN, as SDPA gives them)."""
-    rep = q.shape[1] // k.shape[1]
-    qs, ks, vs = (t.transpose(0, 1)[None] for t in (q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)))
+    qs, ks, vs = _sdpa_layout(q, k, v)
     m = mask[None, None]
     return lambda: torch.nn.functional.scaled_dot_product_attention(qs, ks, vs, attn_mask=m)[0].transpose(0, 1)
 

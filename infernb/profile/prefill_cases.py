@@ -11,9 +11,10 @@ import torch
 
 from ..testing import rel_error
 from ._optional import optional_flashinfer
-from .prefill import flashinfer_ragged, flex_path, sdpa_paths, timing_fields, visible_pairs
+from .prefill import (flashinfer_block_sparse, flashinfer_paged, flashinfer_ragged, flex_path, gemm_ceiling_tflops,
+                      sdpa_paths, timing_fields, visible_pairs)
 from .summary import short_lens
-from .timing import cuda_time, cuda_time_interleaved, device_name
+from .timing import cuda_time_interleaved, device_name
 
 def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, flex: bool = True,
                   heads: tuple[int, int] = (32, 8), head_dim: int = 128, seed: int = 0) -> dict:
@@ -41,12 +42,7 @@ def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, fle
     result = dict(device=device_name(), date=str(dt.date.today()), torch=torch.__version__,
                   flashinfer=getattr(fi, "__version__", None), heads=[HQ, HKV], head_dim=D, dtype="bf16", cases=[])
 
-    # the GEMM ceiling, measured here
-    a, b = rnd(8192, 8192), rnd(8192, 8192)
-    t = cuda_time(lambda: a @ b, warmup=3, runs=10)
-    gemm = 2 * 8192 ** 3 / (t.median_ms * 1e-3) / 1e12
-    result["gemm_tflops"] = gemm
-    a = b = None
+    gemm = result["gemm_tflops"] = gemm_ceiling_tflops()          # the GEMM ceiling, measured here
     print(f"bf16 GEMM 8192^3: {gemm:.0f} TFLOP/s")
     ws = {}
 
@@ -109,8 +105,7 @@ def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, fle
         mask_pairs = {}                             # the masks' visible pairs (the _tflops fields count the case's)
         for m_name, variant in masks:               # a mask_mod: with its block structure, and without
             pm = plan_batch(qo, kv, dtype=dt_, variant=variant, **shape)
-            mask_pairs[m_name] = sum(round(bm.stats()["density"] * bm.shape[0] * bm.shape[1])
-                                     for bm in variant.block_masks(qo, kv, num_qo_heads=HQ))
+            mask_pairs[m_name] = sum(bm.stats()["visible"] for bm in variant.block_masks(qo, kv, num_qo_heads=HQ))
             add(f"infernb_{m_name}", pm, variant=variant)
             add(f"infernb_{m_name}_dense", plan_batch(qo, kv, dtype=dt_, variant=variant, block_sparse=False, **shape),
                 variant=variant)
@@ -178,19 +173,14 @@ def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, fle
                        page_table=table)                 # what ib.append plans
         r = PrefillRunner(p, cache, table)
         out = r(q)[0]
-        qo_ptr = np.r_[0, np.cumsum(qo)]
         ref, _ = reference.paged_attention(q[:qo[0]], cache.pool, table.indptr[:2], table.indices[:table.indptr[1]],
                                            table.last_page_len[:1], [0, qo[0]], causal=True)
         errs = {"infernb": check("infernb", out, ref, torch.arange(qo[0]))}
         fns = {"infernb": lambda: r(q)}
         if fi is not None:
-            w = fi.BatchPrefillWithPagedKVCacheWrapper(workspace("paged"), "NHD", backend="fa2")
-            i32 = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.int32, device=dev)  # noqa: E731
-            w.plan(i32(qo_ptr), table.indptr, table.indices, table.last_page_len, HQ, HKV, D, page, causal=True,
-                   q_data_type=dt_)
-            out = w.run(q, cache.pool)
-            errs["flashinfer_fa2"] = check("flashinfer_fa2", out, ref, torch.arange(qo[0]))
-            fns["flashinfer_fa2"] = lambda: w.run(q, cache.pool)
+            fns["flashinfer_fa2"] = flashinfer_paged(fi, q, cache.pool, table, qo, causal=True,
+                                                     workspace=workspace("paged"))
+            errs["flashinfer_fa2"] = check("flashinfer_fa2", fns["flashinfer_fa2"](), ref, torch.arange(qo[0]))
         times = cuda_time_interleaved(fns, warmup=5, runs=runs)
         row = dict(case=name, qo_lens=short_lens(qo), kv_lens=short_lens(kv), causal=True, page_size=page,
                    plan_tile_q=p.tile_q, plan_ctas=p.num_ctas, plan_items=p.num_items,
@@ -209,9 +199,8 @@ def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, fle
 
         R, C = block
         mask = block_window(n, block, blocks_per_row)
-        indptr, indices = mask.indptr, mask.indices
         q, k, v = rnd(n, HQ, D), rnd(n, HKV, D), rnd(n, HKV, D)
-        pairs = int(len(indices)) * R * C
+        pairs = mask.stats()["visible"]
         flops = 4 * HQ * D * pairs
 
         def block_mod(b, h, q_idx, kv_idx):
@@ -228,10 +217,8 @@ def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, fle
         rc = PrefillRunner(pc)
         fns["infernb_dense_causal"] = lambda: rc(q, k, v)
         if fi is not None:
-            w = fi.BlockSparseAttentionWrapper(workspace("bsr"))
-            w.plan(indptr.to(dev), indices.to(dev), n, n, R, C, HQ, HKV, D, q_data_type=dt_)
-            errs["flashinfer_bsr"] = check("flashinfer_bsr", w.run(q, k, v), ref, rows_chk)
-            fns["flashinfer_bsr"] = lambda: w.run(q, k, v)
+            fns["flashinfer_bsr"] = flashinfer_block_sparse(fi, q, k, v, mask, workspace=workspace("bsr"))
+            errs["flashinfer_bsr"] = check("flashinfer_bsr", fns["flashinfer_bsr"](), ref, rows_chk)
         if flex:
             call, why = flex_path(q, k, v, causal=False, mask_mod=block_mod)
             if call is None:

@@ -6,7 +6,7 @@ from ..device import has_gpu
 from ..errors import InfernbError
 from ._util import figure_widget, replace_figure
 
-#: problems the panel offers on a GPU: label -> (op, qo_lens, kv_lens, variant factory name or None)
+#: problems the panel offers on a GPU: label -> (op, qo_lens, kv_lens)
 PROBLEMS = {
     "decode 64 x 4096": ("decode", [1] * 64, [4096] * 64),
     "decode 16 x 16384": ("decode", [1] * 16, [16384] * 16),
@@ -114,6 +114,9 @@ class ProfilerPanel:
         else:
             self.status.value = f"<b>{self.problem.value}</b>: press run to time it on this GPU"
 
+    def _progress(self, done: int, total: int) -> None:
+        self.progress.max, self.progress.value = total, done
+
     def run(self) -> dict | None:
         """Time the chosen problem and variant now (GPU)."""
         from .. import profile
@@ -122,12 +125,12 @@ class ProfilerPanel:
             self.status.value = "no GPU here: the panel shows the committed runs"
             return None
         op, qo, kv = PROBLEMS[self.problem.value]
-        self.progress.max, self.progress.value = 6, 0
+        self.progress.value = 0
         self.status.value = f"timing {self.problem.value} ({self.variant.value}) ..."
         try:
             variant = make_variant(self.variant.value, self.heads["num_qo_heads"], "cuda")
             r = profile.compare(op, qo, kv, variant=variant, runs=self.runs.value, **self.heads,
-                                progress=lambda done, total: setattr(self.progress, "value", done))
+                                progress=self._progress)
         except InfernbError as e:
             self.status.value = f"<span style='color:#b91c1c'>{e}</span>"
             return None
@@ -140,7 +143,9 @@ class ProfilerPanel:
 
 
 def _label(r: dict) -> str:
-    return r["case"] + (f" · {r['variant']}" if r.get("variant") else "")
+    from ..profile import result_label
+
+    return result_label(r["case"], r.get("variant"))
 
 
 def _empty(case: str) -> dict:
