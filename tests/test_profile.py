@@ -170,3 +170,48 @@ def test_prefill_comparison_paths_on_the_cpu():
                         q_data_type=torch.float32, window_left=2)
     row = timing_fields({"infernb": Timing(2.0, 1.5, 2.5, 10)}, 4e12)
     assert row == dict(infernb_ms=2.0, infernb_p10_ms=1.5, infernb_p90_ms=2.5, infernb_tflops=2000.0)
+
+
+def test_flashinfer_paged_decode_and_block_sparse_wrappers_are_planned_with_the_problem():
+    """The paged, decode and block-sparse FlashInfer calls (compare, the benchmarks) are planned with the cache's and
+    the mask's shapes, in FlashInfer's argument order, and run on the tensors given (a stand-in module on the CPU)."""
+    import types
+
+    from infernb.ops.block_sparse import block_window
+    from infernb.profile.prefill import flashinfer_block_sparse, flashinfer_decode, flashinfer_paged
+
+    seen = []
+
+    def wrapper(name):
+        class W:
+            def __init__(self, ws, *a, **kw):
+                seen.append((name, "init", a, kw))
+
+            def plan(self, *a, **kw):
+                seen.append((name, "plan", [x.tolist() if isinstance(x, torch.Tensor) else x for x in a], kw))
+
+            def run(self, *a):
+                return a
+        return W
+
+    fi = types.SimpleNamespace(BatchPrefillWithPagedKVCacheWrapper=wrapper("paged"),
+                               BatchDecodeWithPagedKVCacheWrapper=wrapper("decode"),
+                               BlockSparseAttentionWrapper=wrapper("bsr"))
+    cache = ib.PagedKVCache(num_pages=8, page_size=4, num_kv_heads=2, head_dim=16, dtype=torch.bfloat16)
+    ids = cache.add_sequences(2)
+    cache.append(ids, torch.randn(11, 2, 16).bfloat16(), torch.randn(11, 2, 16).bfloat16(), [6, 5])
+    table = cache.page_table(ids)
+    q = torch.randn(3, 4, 16).bfloat16()
+    assert flashinfer_paged(fi, q, cache.pool, table, [2, 1], causal=True)() == (q, cache.pool)
+    assert seen[-2][0:2] == ("paged", "init") and seen[-2][2] == ("NHD",) and seen[-2][3] == dict(backend="fa2")
+    assert seen[-1][2] == [[0, 2, 3], table.indptr.tolist(), table.indices.tolist(), table.last_page_len.tolist(),
+                           4, 2, 16, 4] and seen[-1][3] == dict(causal=True, q_data_type=torch.bfloat16)
+    qd = q[:2]
+    assert flashinfer_decode(fi, qd, cache.pool, table, use_tensor_cores=False)() == (qd, cache.pool)
+    assert seen[-2][3] == dict(use_tensor_cores=False)
+    assert seen[-1][2] == [table.indptr.tolist(), table.indices.tolist(), table.last_page_len.tolist(), 4, 2, 16, 4]
+    assert seen[-1][3] == dict(data_type=torch.bfloat16, q_data_type=torch.bfloat16)
+    mask = block_window(96, (32, 32), 2)
+    qb, kb = torch.randn(96, 4, 16).bfloat16(), torch.randn(96, 2, 16).bfloat16()
+    assert flashinfer_block_sparse(fi, qb, kb, kb, mask)() == (qb, kb, kb)
+    assert seen[-1][2] == [mask.indptr.tolist(), mask.indices.tolist(), 96, 96, 32, 32, 4, 2, 16]
