@@ -33,9 +33,14 @@ def write_result(out_dir: str, stem: str, result: dict) -> Path:
 
 def prefill_config(text: str, head_dim: int, **kw):
     """A prefill kernel configuration from ``"m,block_n,sub_n,stages,ctas"`` (experiments:
-    ``bench_prefill.py``'s ``BENCH_CONFIGS``, ``diag/prefill_ncu.py --config``); ``kw``: other traits fields."""
-    from infernb.ops.prefill import PrefillTraits
+    ``bench_prefill.py``'s ``BENCH_CONFIGS``, ``diag/prefill_ncu.py --config``); ``kw``: other traits fields. The
+    planner's fixed cost is the default tile's (``TRAITS``) unless ``kw`` gives one: a configuration is compared
+    with the default under the same plan."""
+    from infernb.ops.prefill import TRAITS, PrefillTraits
 
     m, bn, sn, st, c = (int(x) for x in text.split(","))
+    default = TRAITS.get((head_dim, 64 * m))
+    if default is not None:
+        kw.setdefault("fixed_cost", default.fixed_cost)
     return PrefillTraits(head_dim, 64 * m, m, bn, st, c, sub_n=sn, **kw)
 

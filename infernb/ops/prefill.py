@@ -51,6 +51,10 @@ class PrefillTraits:
         head_dim, tile_q: the specialization (``tile_q`` = 64 ``m_tiles`` rows per warp x 4 warps).
         m_tiles: 16-row mma tiles per warp; block_n: keys per pipeline stage; stages: K/V buffers.
         sub_n: keys per compute step inside a stage (what the logits' registers hold; 0: the whole stage).
+        hooked_n: keys per step of the specializations that run more than the plain logit path -- a variant's
+            ``score_mod`` / ``mask_mod`` or the in-tile RoPE -- where the plain path's step would spill (0: the
+            same step). The kernel itself caps a step at 32 keys on sm_80 (its ptxas spills the 128-row tile's
+            64-key step there).
         ctas_per_sm: CTAs an SM keeps resident (registers and shared memory allow it); plan with this.
         fixed_cost: an item's own cost in key tokens for the planner (pipeline restart, Q tile load, epilogue):
             measured, benchmarks/NOTES.md (4, the decode figure, left CTAs of many short causal items a third of
@@ -66,6 +70,7 @@ class PrefillTraits:
     ctas_per_sm: int
     fixed_cost: float = 256.0
     sub_n: int = 0
+    hooked_n: int = 0
 
     @property
     def step_n(self) -> int:
@@ -75,29 +80,37 @@ class PrefillTraits:
     def smem_bytes(self, rope: int = 0) -> int:
         """Dynamic shared memory per CTA (``prefill_cfg_t::SMEM_BYTES``; each compiled unit checks they agree)."""
         d = self.head_dim
-        return (self.stages * 2 * self.block_n * d * 2 + self.tile_q * d * 2 + 128 + self.tile_q * 8 +
+        return (self.stages * 2 * self.block_n * d * 2 + self.tile_q * d * 2 + 128 * 48 + 192 + self.tile_q * 8 +
                 rope_table_bytes(d, rope) + self.stages * self.block_n * 4)
 
 
 #: (head_dim, tile_q) -> traits. Two CTAs per SM everywhere (registers: <= 255 per thread x 128 threads; shared
 #: memory: <= 113 KiB each). The 128-row tiles (32 rows per warp) read half the shared memory per mma of the 64-row
-#: ones; at head dim 128 their O accumulators take 128 fp32 registers, so a 64-key stage is computed in two 32-key
-#: steps (benchmarks/NOTES.md). Head dim 256 has no 128-row tile (its O alone would be 256 registers).
+#: ones; at head dim 128 their O accumulators take 128 fp32 registers beside a 64-key step's 64 logits: that fits in
+#: 255 without spilling on sm_90a since the ldmatrix offsets come from a lane table, the row sums from the tensor
+#: core and the producer's cursor waits in shared memory (benchmarks/NOTES.md; 32-key steps were 7% slower), on the
+#: plain logit path; hooked specializations (variants, in-tile RoPE) keep 32-key steps. Head dim 256 has no 128-row
+#: tile (its O alone would be 256 registers).
 TRAITS = {(64, 128): PrefillTraits(64, 128, 2, 64, 2, 2), (64, 64): PrefillTraits(64, 64, 1, 64, 2, 2),
-          (128, 128): PrefillTraits(128, 128, 2, 64, 2, 2, fixed_cost=512.0, sub_n=32),
+          (128, 128): PrefillTraits(128, 128, 2, 64, 2, 2, fixed_cost=512.0, hooked_n=32),
           (128, 64): PrefillTraits(128, 64, 1, 64, 2, 2),
           (256, 64): PrefillTraits(256, 64, 1, 32, 2, 2)}
 
 
 def traits(head_dim: int, tile_q: int, rope: int = 0) -> PrefillTraits:
-    """The traits of a specialization; raises ``InputError`` for one the kernel does not have."""
+    """The traits of a specialization (``rope``: the in-tile RoPE mode, 0 for none; it computes ``hooked_n``-key
+    steps); raises ``InputError`` for one the kernel does not have."""
     t = TRAITS.get((head_dim, tile_q))
     if t is None:
         have = sorted(k for k in TRAITS if k[0] == head_dim)
         raise InputError(f"the prefill kernel has no tile of {tile_q} rows for head_dim {head_dim} (it has "
                          f"{[k[1] for k in have] or 'none: head dims ' + str(HEAD_DIMS)}); plan with tile_q="
                          f"{default_tile_q(1 << 20, head_dim)}")
-    return t
+    return _hooked(t) if rope else t
+
+
+def _hooked(t: PrefillTraits) -> PrefillTraits:
+    return dataclasses.replace(t, sub_n=t.hooked_n) if t.hooked_n and t.step_n > t.hooked_n else t
 
 
 #: The largest query tile the default rule picks per head dim (256: 64 rows, the only tile it has).
@@ -116,13 +129,16 @@ def _struct_checks() -> str:
 
 
 def variant_traits(tr: PrefillTraits, variant: Variant) -> PrefillTraits:
-    """The traits a variant's specialization compiles with: a variant whose hooks read a captured tensor at an index
-    that depends on the key (a document id, a T5 bucket's bias: ``Generated.key_gathers``) computes 16-key steps
-    where the tile's steps are longer. Its hooks run branch-free on every logit of a step, and at 32 keys the
-    gathers' 64-bit addresses spill past 255 registers at the 128-row tile (benchmarks/NOTES.md)."""
+    """The traits a variant's specialization compiles with: a variant with hooks computes the tile's ``hooked_n``-key
+    steps; one whose hooks read a captured tensor at an index that depends on the key (a document id, a T5 bucket's
+    bias: ``Generated.key_gathers``) 16-key steps where the tile's steps are longer. Its hooks run branch-free on
+    every logit of a step, and at 32 keys the gathers' 64-bit addresses spill past 255 registers at the 128-row tile
+    (benchmarks/NOTES.md)."""
     if tr.step_n > 16 and variant.generated.key_gathers:
         return dataclasses.replace(tr, sub_n=16)
-    return tr
+    hooked = any(h is not None for h in (variant.score_mod, variant.cuda_score_mod, variant.mask_mod,
+                                         variant.cuda_mask_mod))
+    return _hooked(tr) if hooked else tr
 
 
 def rope_tiles_per_request(plan: Plan) -> float:

@@ -10,6 +10,7 @@
 //                                             (cp.async, 4 bytes a row) into the stage's page slots with the current
 //                                             group: in shared memory, not in registers, until the chunk's copies
 //                                             are issued one chunk later (hence two stages when paged)
+//   it.store(slot, tid) / it.load(slot)      the cursor parked in shared memory between two issues (see there)
 //   it.issue(...)                             writes the stage's chunk record (first key, key count | FLAG << 16, or
 //                                             count -1 past the last run), issues the chunk's copies, advances the
 //                                             cursor, prefetches the next chunk's page ids; commits the group
@@ -50,6 +51,15 @@ struct kv_block_iter_t {
   __device__ __forceinline__ void begin(const prefill_run_t* runs, int run_begin, int run_end) {
     run = run_begin; pos = 0; end = 0;
     if (run < run_end) { const prefill_run_t r = runs[run]; pos = r.pos_start; end = r.pos_end; }
+  }
+
+  // The cursor between two issues can wait in shared memory instead of three registers live across the caller's
+  // main loop: store() (thread 0 writes it) after an issue, load() (every thread) before the next one, on the far side
+  // of a barrier. A slot per stage (the cursor for the issue of stage s in slot s) keeps the write of the next slot
+  // clear of this issue's reads.
+  __device__ __forceinline__ void load(const int4* slot) { const int4 c = *slot; run = c.x; pos = c.y; end = c.z; }
+  __device__ __forceinline__ void store(int4* slot, int tid) const {
+    if (tid == 0) *slot = make_int4(run, pos, end, 0);
   }
 
   // paged: page ids of the chunk at the cursor into stage `stage`'s slots (s_pages_addr: [stages][BLOCK_N] int32)

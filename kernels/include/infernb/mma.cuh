@@ -124,9 +124,20 @@ struct kstep_lanes {
 #pragma unroll
     for (int i = 0; i < 4; ++i) x[i] = lane_off ^ (32u * i);
   }
+  // the four offsets as loaded from a lane table (prefill.cuh's)
+  __device__ __forceinline__ explicit kstep_lanes(uint4 v) { x[0] = v.x; x[1] = v.y; x[2] = v.z; x[3] = v.w; }
   // the address of k-step kk (a compile-time constant after unrolling) of the tile at `base`
   __device__ __forceinline__ unsigned operator()(unsigned base, int kk) const { return base + x[kk & 3] + 128u * (kk >> 2); }
 };
+
+// 16 bytes of shared memory at `addr` (a lane table's entry), read where it is written in the program: a volatile
+// load is neither hoisted out of the loop that reads it nor merged with another read, so the four registers it fills
+// are live only from here to their last use.
+__device__ __forceinline__ uint4 lds128_here(unsigned addr) {
+  uint4 v;
+  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr));
+  return v;
+}
 
 // Element offset of element `col` of row `row` in such a tile of 2-byte elements (8 per chunk).
 template <int CHUNKS>

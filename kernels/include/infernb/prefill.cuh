@@ -7,7 +7,8 @@
 //
 // 4 warps; warp w owns rows [16 M w, 16 M (w + 1)) of the tile (M = M_TILES 16-row mma tiles), so no warp ever
 // needs another's logits. K/V arrive in stages of BLOCK_N keys (one barrier each); a stage is computed in steps of
-// SUB_N keys (the logits of a step are what the registers hold: at M = 2, d = 128, 32 keys), each step:
+// SUB_N keys (the logits of a step are what the registers hold: at M = 2, d = 128, 64 keys on the plain path), each
+// step:
 //   S = Q K^T (Q and K from shared memory by ldmatrix)  ->  logits: scale, variant score_mod, masks  ->
 //   online softmax (softmax_state.cuh)  ->  O += P V (P from registers, V by ldmatrix.trans).
 // Rows per warp decide the shared-memory traffic: a K or V fragment loaded by ldmatrix feeds M mma tiles, so at
@@ -87,15 +88,17 @@ struct prefill_cfg_t {
   // stages' copies are the KV block iterator's, kv_iter.cuh, with the same geometry)
   static constexpr int ROWS_PER_PASS = NUM_THREADS / CHUNKS;
   static constexpr int Q_PASSES = TILE_Q / ROWS_PER_PASS;
-  // shared memory, bytes: K/V stages | Q tile (also the O tile of the epilogue) | flags | rows | RoPE tables
+  // shared memory, bytes: K/V stages | Q tile (also the O tile of the epilogue) | lane table | flags | rows | RoPE
+  // tables | page ids
   static constexpr int SMEM_KV = STAGES * STAGE_ELEMS * 2;
   static constexpr int SMEM_Q = TILE_Q * HEAD_DIM * 2;
-  static constexpr int SMEM_FLAGS = 128;                       // the merge flag, the item record
+  static constexpr int SMEM_LANES = NUM_THREADS * 3 * 16;      // each thread's ldmatrix offsets of Q, K, V (x4 each)
+  static constexpr int SMEM_FLAGS = 192;                       // the merge flag, the item record, the cursor slots
   static constexpr int SMEM_ROWS = TILE_Q * 8;                  // each row's (position, query head)
   using rope_smem = detail::rope_smem_t<ROPE, HEAD_DIM, NUM_WARPS>;   // the RoPE tables (rope.cuh)
   static constexpr int SMEM_ROPE = rope_smem::BYTES;
   static constexpr int SMEM_PAGES = STAGES * BLOCK_N * 4;        // paged: each stage's page id per key row
-  static constexpr int SMEM_BYTES = SMEM_KV + SMEM_Q + SMEM_FLAGS + SMEM_ROWS + SMEM_ROPE + SMEM_PAGES;
+  static constexpr int SMEM_BYTES = SMEM_KV + SMEM_Q + SMEM_LANES + SMEM_FLAGS + SMEM_ROWS + SMEM_ROPE + SMEM_PAGES;
   static_assert(sizeof(T) == 2, "prefill runs on fp16 / bf16 (tensor-core operands)");
   static_assert(HEAD_DIM % 64 == 0, "HEAD_DIM must be a multiple of 64 (swizzled rows of >= 128 bytes)");
   static_assert(BLOCK_N % 16 == 0 && TILE_Q % ROWS_PER_PASS == 0, "copy tiling");
@@ -129,7 +132,13 @@ prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
   using cfg = prefill_cfg_t<T, HEAD_DIM, M_TILES, BLOCK_N, STAGES, ROPE>;
   constexpr int D = HEAD_DIM, CH = cfg::CHUNKS, BN = BLOCK_N, NT = cfg::NUM_THREADS, ST = STAGES, M = M_TILES;
   constexpr int KSTEPS = D / 16;                 // k-steps of Q K^T
-  constexpr int SN = SUB_N;                      // keys per compute step (a stage holds BN / SN steps)
+  // keys per compute step (a stage holds BN / SN steps); sm_80's ptxas spills a 64-key step's logits beside 128
+  // registers of O (the 128-row tile at head dim 128), so a step there is at most 32 keys
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  constexpr int SN = M_TILES * HEAD_DIM / 2 >= 128 && SUB_N > 32 ? 32 : SUB_N;
+#else
+  constexpr int SN = SUB_N;
+#endif
   constexpr int NTILES = SN / 8;                 // 8-key n-tiles of S
   static_assert(SN % 16 == 0 && BN % SN == 0, "a stage holds whole compute steps of 16-key multiples");
   static_assert(ROPE == 0 || BN <= 16 * cfg::NUM_WARPS, "RoPE: each warp rotates 16 K rows of a stage");
@@ -145,17 +154,20 @@ prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
   if (mma::smem_addr(smem_raw) % 1024 != 0) __trap();   // the XOR addressing of ldmatrix relies on it
   T* s_kv = reinterpret_cast<T*>(smem_raw);
   T* s_q = reinterpret_cast<T*>(smem_raw + cfg::SMEM_KV);
-  int* s_flags = reinterpret_cast<int*>(smem_raw + cfg::SMEM_KV + cfg::SMEM_Q);
+  const unsigned s_lanes_addr = mma::smem_addr(smem_raw + cfg::SMEM_KV + cfg::SMEM_Q);   // the lane table
+  int* s_flags = reinterpret_cast<int*>(smem_raw + cfg::SMEM_KV + cfg::SMEM_Q + cfg::SMEM_LANES);
   prefill_item_t* s_item = reinterpret_cast<prefill_item_t*>(s_flags + 16);
   // s_flags (16 ints before the item record): [0] the merge flag, [1] the CTA's item end, [2, 3] the tile's first and
-  // last query position, [4, 8) the producer's bases (s_bases), [8, 8 + 2 ST) each stage's chunk (s_chunk)
+  // last query position, [4, 8) the producer's bases (s_bases), [8, 8 + 2 ST) each stage's chunk (s_chunk); after
+  // the record, [32, 32 + 4 ST) the producer's cursor slots
   struct producer_bases_t { const T* kbase; const int* page_ids; };
   producer_bases_t* s_bases = reinterpret_cast<producer_bases_t*>(s_flags + 4);
   int2* s_chunk = reinterpret_cast<int2*>(s_flags + 8);
-  int2* s_rows = reinterpret_cast<int2*>(smem_raw + cfg::SMEM_KV + cfg::SMEM_Q + cfg::SMEM_FLAGS);
+  int4* s_cursor = reinterpret_cast<int4*>(s_flags + 32);   // [32, 32 + 4 ST): the producer's cursor, a slot per stage
+  int2* s_rows = reinterpret_cast<int2*>(smem_raw + cfg::SMEM_KV + cfg::SMEM_Q + cfg::SMEM_LANES + cfg::SMEM_FLAGS);
   // (the RoPE tables' places spelled out, not through cfg::rope_smem as in decode: that form compiles to other
   // machine code here, and this is the code the GPU tests ran)
-  unsigned char* s_rope = smem_raw + cfg::SMEM_KV + cfg::SMEM_Q + cfg::SMEM_FLAGS + cfg::SMEM_ROWS;
+  unsigned char* s_rope = smem_raw + cfg::SMEM_KV + cfg::SMEM_Q + cfg::SMEM_LANES + cfg::SMEM_FLAGS + cfg::SMEM_ROWS;
   float4* s_rope_freq = reinterpret_cast<float4*>(s_rope);
   float2* s_rope_grp = reinterpret_cast<float2*>(s_rope + cfg::rope_smem::FREQ_BYTES);
   float2* s_rope_base = reinterpret_cast<float2*>(s_rope + cfg::rope_smem::FREQ_BYTES + cfg::rope_smem::GRP_BYTES);
@@ -184,16 +196,22 @@ prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
   // ldmatrix lane offsets (mma.cuh): Q (A of S = Q K^T): rows lane & 15, chunk lane >> 4; K (B, non-transposed):
   // keys (lane & 7) + 8 (lane >> 4), chunk (lane >> 3) & 1; V (B of O = P V, transposed): keys (lane & 7) +
   // 8 ((lane >> 3) & 1), chunk lane >> 4. Rows 16 further are 16 CH 16 bytes further (the swizzle repeats every 8).
-  // (computed in each step from the thread index read there, tid_here(), as mma::kstep_lanes: four registers per
-  // operand during the step, every other offset an immediate of the ldmatrix; hoisted, they would be live across the
-  // whole loop)
+  // Each thread's four k-step offsets of each operand (mma::kstep_lanes; Q's absolute, K's and V's inside a stage's
+  // tile) are computed once into the lane table, thread-major (3 x 16 bytes a thread), and read back at each step with
+  // three 16-byte loads: the twelve registers are live during the step only, and the step does not recompute them
+  // from the thread index (~35 integer instructions a step, benchmarks/NOTES.md).
   const unsigned s_q_addr = mma::smem_addr(s_q);
-  auto lane_offsets = [&](unsigned& q_l, unsigned& k_l, unsigned& v_l) {
-    const int th = tid_here(), w = th / 32, ln = th % 32;
-    q_l = s_q_addr + mma::swizzle<CH>(w * cfg::WARP_ROWS + (ln & 15), ln >> 4) * 16;
-    k_l = mma::swizzle<CH>((ln & 7) + (ln >> 4) * 8, (ln >> 3) & 1) * 16;
-    v_l = mma::swizzle<CH>((ln & 7) + ((ln >> 3) & 1) * 8, ln >> 4) * 16;
-  };
+  {
+    const mma::kstep_lanes ql(s_q_addr + mma::swizzle<CH>(warp * cfg::WARP_ROWS + (lane & 15), lane >> 4) * 16);
+    const mma::kstep_lanes kl(mma::swizzle<CH>((lane & 7) + (lane >> 4) * 8, (lane >> 3) & 1) * 16);
+    const mma::kstep_lanes vl(mma::swizzle<CH>((lane & 7) + ((lane >> 3) & 1) * 8, lane >> 4) * 16);
+    uint4* t = reinterpret_cast<uint4*>(smem_raw + cfg::SMEM_KV + cfg::SMEM_Q) + 3 * tid;
+    t[0] = make_uint4(ql.x[0], ql.x[1], ql.x[2], ql.x[3]);
+    t[1] = make_uint4(kl.x[0], kl.x[1], kl.x[2], kl.x[3]);
+    t[2] = make_uint4(vl.x[0], vl.x[1], vl.x[2], vl.x[3]);
+  }   // (each thread reads only its own entry: no barrier)
+  // this thread's entry: the table's base + 48 tid (the thread index read here: not a live register across the loop)
+  auto lane_entry = [&]() { return s_lanes_addr + 48u * unsigned(tid_here()); };
   constexpr unsigned ROW16 = 16 * CH * 16;       // bytes of 16 rows
 
 #pragma unroll 1
@@ -210,7 +228,8 @@ prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
     if (tid == 0) { s_bases->kbase = kbase0; s_bases->page_ids = page_ids0; }
     const int qpos0 = it.kv_len - it.qo_len;       // position of the request's first query
     // ------------------------------------------------------------ producer: the KV block iterator (kv_iter.cuh)
-    // over the item's runs; its cursor is the only producer state in registers
+    // over the item's runs; its cursor is in registers in the prologue and parked in shared memory between the main
+    // loop's issues (s_cursor: not three registers live across the loop)
     kv_iter p;
     p.begin(runs, it.run_begin, it.run_end);
     auto prefetch_pages = [&](int stage, const int* page_ids, int run_end) {
@@ -246,6 +265,7 @@ prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
     }
 #pragma unroll 1
     for (int s = 0; s < ST - 1; ++s) issue(s, kbase0, page_ids0, it.run_end);   // with the Q tile's group
+    p.store(s_cursor + (ST - 1), tid);             // (published by the first chunk's barrier)
 
     // ------------------------------------------------------------ every row's position and query head (shared
     // memory: read only by masked chunks and hooks, so the main loop keeps no registers for them)
@@ -274,7 +294,7 @@ prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
     for (int mt = 0; mt < M; ++mt)
 #pragma unroll
       for (int j = 0; j < DTILES; ++j) o[mt][j][0] = o[mt][j][1] = o[mt][j][2] = o[mt][j][3] = 0.f;
-    softmax_state_t<M, SOFTMAX> state;
+    softmax_state_t<M, SOFTMAX, 2, true> state;     // (row sums by mma: sum_kstep in O += P V)
     state.init();
     const float scale_log2 = sm_scale * LOG2E;
 
@@ -289,7 +309,12 @@ prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
       if (cur.y < 0) break;                        // the producer had no chunk left for this stage
       const int c_pos = cur.x, n_stage = MASK_MOD ? cur.y & 0xffff : cur.y;
       const bool mask_full = MASK_MOD && (cur.y >> 16) != 0;   // mask_mod is true on every pair of the chunk
-      issue((chunk + ST - 1) % ST, s_bases->kbase, s_bases->page_ids, s_item->run_end);
+      {
+        const int stage = (chunk + ST - 1) % ST;
+        p.load(s_cursor + stage);
+        issue(stage, s_bases->kbase, s_bases->page_ids, s_item->run_end);
+        p.store(s_cursor + (stage + 1) % ST, tid);
+      }
       T* s_k = s_kv + (chunk % ST) * cfg::STAGE_ELEMS;
 
       if (ROPE != 0) {                             // warps rotate 16 K rows each in place, then all of them are read
@@ -308,11 +333,10 @@ prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
         if (n_valid <= 0) break;                   // (the same for every thread: a run shorter than the stage)
 
         // S = Q K^T (the first k-step starts from a zero accumulator, no register clears)
-        unsigned q_lane, k_lane_off, v_lane_off;
-        lane_offsets(q_lane, k_lane_off, v_lane_off);
-        const mma::kstep_lanes q_lanes(q_lane), k_lanes(k_lane_off);
+        const unsigned lanes_at = lane_entry();
+        const mma::kstep_lanes q_lanes(mma::lds128_here(lanes_at));
         float s[M][NTILES][4];
-        const unsigned k_base = mma::smem_addr(s_k) + step * (SN / 16) * ROW16;
+        const unsigned k_lane = mma::smem_addr(s_k) + step * (SN / 16) * ROW16 + mma::lds128_here(lanes_at + 16).x;
 #pragma unroll
         for (int kk = 0; kk < KSTEPS; ++kk) {
           unsigned a[M][4];
@@ -321,7 +345,7 @@ prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
 #pragma unroll
           for (int nj = 0; nj < NTILES / 2; ++nj) {
             unsigned b[4];
-            mma::ldmatrix_x4(b, k_lanes(k_base + nj * ROW16, kk));
+            mma::ldmatrix_x4(b, mma::kstep_addr(k_lane, kk) + nj * ROW16);
 #pragma unroll
             for (int mt = 0; mt < M; ++mt) {
               if (kk == 0) {
@@ -398,7 +422,7 @@ prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
           }
         }
         const unsigned v_base = mma::smem_addr(s_k + cfg::KV_TILE_ELEMS) + step * (SN / 16) * ROW16;
-        const mma::kstep_lanes v_lanes(v_lane_off);
+        const mma::kstep_lanes v_lanes(mma::lds128_here(lane_entry() + 32));   // (not lanes_at: one register less)
 #pragma unroll
         for (int kk = 0; kk < SN / 16; ++kk) {
 #pragma unroll
@@ -411,6 +435,8 @@ prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
               mma::mma16816<T>(o[mt][2 * jj + 1], pa[kk][mt], b[2], b[3]);
             }
           }
+#pragma unroll
+          for (int mt = 0; mt < M; ++mt) state.template sum_kstep<T>(mt, pa[kk][mt]);
         }
       }
     }

@@ -11,6 +11,8 @@
 //                                         o and l are rescaled by exp2(m_old - m_new) (skipped when no row of the
 //                                         warp moved). s becomes exp2(scale * s - m) (one FFMA and one ex2 each),
 //                                         l += their sum (this lane's part)
+//   state.sum_kstep<T>(mt, a)             MMA_SUMS only: adds one k-step's probabilities of tile mt to l, from the A
+//                                         fragment of O += P V (P rounded to T): one mma with a B of ones
 //   state.row_sums(l)                     l reduced over the row's 4 lanes (the row's (m, l): a partial state)
 //   state.finish(scale, lse)              row_sums, then per row the output scale (1 / l, or 0 for a row that saw
 //                                         no key) and the natural-log LSE
@@ -20,6 +22,13 @@
 // is sum_i 2^(m_i - M) O_i / L and the natural-log LSE lse_of(M, L). Decode merges its warps' parts so
 // (decode.cuh); finish() is the one-part case. (merge_states.cuh merges parts already normalized, by their
 // natural-log LSEs.)
+//
+// MMA_SUMS: the row sums l come from the tensor core instead of 2 FADD per logit pair: the caller passes each k-step's
+// P (the A fragment it multiplies V with, already rounded to T) to sum_kstep, an m16n8k16 mma with every B element 1,
+// whose 16 x 8 result holds in every column the rows' sums over the k-step's 16 keys. Its accumulator (lsum, 4
+// registers a tile, rescaled with O) gives every lane its rows' whole sums: row_sums needs no 4-lane reduction. l is
+// then the sum of the probabilities as rounded for P V, the weights O is formed with (they sum to 1 exactly).
+// Per 32-key step of two 16-row tiles: 4 mma instead of 32 FADD.
 //
 // HALVES = 1: only rows g of each tile are in use (decode with <= 8 query heads per KV head); rows g + 8 are padding,
 // their probabilities 0 and their state untouched.
@@ -32,6 +41,7 @@
 // Sigmoid attention (SOFTMAX = false) has no max and no rescale: the output is the plain sum and lse = log(sum).
 #pragma once
 #include <infernb/common.cuh>
+#include <infernb/mma.cuh>
 
 namespace infernb {
 
@@ -47,16 +57,21 @@ __device__ __forceinline__ float lse_of(float M, float L) { return L > 0.f ? (M 
 // The weight of a part (m, l) in a merge of parts whose largest m is M (0 for an empty part).
 __device__ __forceinline__ float part_weight(float m, float l, float M) { return l > 0.f ? l * fast_exp2(m - M) : 0.f; }
 
-template <int M_TILES, bool SOFTMAX, int HALVES = 2>
+template <int M_TILES, bool SOFTMAX, int HALVES = 2, bool MMA_SUMS = false>
 struct softmax_state_t {
   static_assert(HALVES == 1 || HALVES == 2, "rows g, or g and g + 8, of each tile");
+  static_assert(!MMA_SUMS || HALVES == 2, "MMA_SUMS: both halves of each tile");
   static constexpr int ROWS = 2 * M_TILES;      // rows of this lane: (m, g) and (m, g + 8)
   static constexpr float RESCALE_SLACK = 8.f;   // log2 units: probabilities stay <= 256 (see above)
   float m[ROWS], l[ROWS];
+  float lsum[M_TILES][4];                       // MMA_SUMS: the row sums' accumulators (c0 = c1: row g, c2 = c3: g + 8)
 
   __device__ __forceinline__ void init() {
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) { m[r] = SOFTMAX ? -INFERNB_INF : 0.f; l[r] = 0.f; }
+    if (MMA_SUMS)
+#pragma unroll
+      for (int mt = 0; mt < M_TILES; ++mt) lsum[mt][0] = lsum[mt][1] = lsum[mt][2] = lsum[mt][3] = 0.f;
   }
 
   // s: [M_TILES][NT][4] scores (logits = scale * s, log2 domain; scale > 0); o: [M_TILES][DT][4] accumulators.
@@ -68,7 +83,8 @@ struct softmax_state_t {
 #pragma unroll
         for (int h = 0; h < HALVES; ++h)
 #pragma unroll
-          for (int nt = 0; nt < NT; ++nt) l[2 * mt + h] += s[mt][nt][2 * h] + s[mt][nt][2 * h + 1];
+          for (int nt = 0; nt < NT; ++nt)
+            if (!MMA_SUMS) l[2 * mt + h] += s[mt][nt][2 * h] + s[mt][nt][2 * h + 1];
 #pragma unroll
       for (int mt = 0; mt < M_TILES; ++mt)
 #pragma unroll
@@ -76,29 +92,43 @@ struct softmax_state_t {
           if (HALVES == 1) s[mt][nt][2] = s[mt][nt][3] = 0.f;   // rows g + 8: padding
       return;
     }
-    float alpha[ROWS], base[ROWS];
+    // the step's row maxima; whether some row of the warp moves its reference point (rare after a row's first steps)
+    float mx[ROWS], base[ROWS];
     bool moved = false;
 #pragma unroll
     for (int mt = 0; mt < M_TILES; ++mt) {
 #pragma unroll
       for (int h = 0; h < HALVES; ++h) {
         const int r = 2 * mt + h;
-        float mx = s[mt][0][2 * h];
+        float x = s[mt][0][2 * h];
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * h], s[mt][nt][2 * h + 1]));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        mx *= scale;                               // (-inf stays -inf)
-        const bool mv = mx > m[r] + RESCALE_SLACK;  // m = -inf: any finite max moves it
-        alpha[r] = mv ? fast_exp2(m[r] - mx) : 1.f;
-        m[r] = mv ? mx : m[r];
-        l[r] *= alpha[r];
-        moved |= mv;
-        base[r] = m[r] == -INFERNB_INF ? 0.f : m[r];   // a row with no key so far: probabilities 0
+        for (int nt = 0; nt < NT; ++nt) x = fmaxf(x, fmaxf(s[mt][nt][2 * h], s[mt][nt][2 * h + 1]));
+        x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+        x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+        mx[r] = x * scale;                          // (-inf stays -inf)
+        moved |= mx[r] > m[r] + RESCALE_SLACK;      // m = -inf: any finite max moves it
       }
     }
-    // rescale the output rows only when some row of the warp moved its reference point
+    // the rescale, l's and the output rows', only when some row of the warp moved: the common step pays for the
+    // maxima and the vote alone
     if (__any_sync(0xffffffffu, moved)) {
+      float alpha[ROWS];
+#pragma unroll
+      for (int mt = 0; mt < M_TILES; ++mt)
+#pragma unroll
+        for (int h = 0; h < HALVES; ++h) {
+          const int r = 2 * mt + h;
+          const bool mv = mx[r] > m[r] + RESCALE_SLACK;
+          alpha[r] = mv ? fast_exp2(m[r] - mx[r]) : 1.f;
+          m[r] = mv ? mx[r] : m[r];
+          l[r] *= alpha[r];
+        }
+      if (MMA_SUMS)
+#pragma unroll
+        for (int mt = 0; mt < M_TILES; ++mt) {
+          lsum[mt][0] *= alpha[2 * mt]; lsum[mt][1] *= alpha[2 * mt];
+          lsum[mt][2] *= alpha[2 * mt + 1]; lsum[mt][3] *= alpha[2 * mt + 1];
+        }
 #pragma unroll
       for (int mt = 0; mt < M_TILES; ++mt)
 #pragma unroll
@@ -107,6 +137,13 @@ struct softmax_state_t {
           if (HALVES == 2) { o[mt][j][2] *= alpha[2 * mt + 1]; o[mt][j][3] *= alpha[2 * mt + 1]; }
         }
     }
+#pragma unroll
+    for (int mt = 0; mt < M_TILES; ++mt)
+#pragma unroll
+      for (int h = 0; h < HALVES; ++h) {
+        const int r = 2 * mt + h;
+        base[r] = m[r] == -INFERNB_INF ? 0.f : m[r];   // a row with no key so far: probabilities 0
+      }
 #pragma unroll
     for (int mt = 0; mt < M_TILES; ++mt) {
 #pragma unroll
@@ -119,16 +156,25 @@ struct softmax_state_t {
         for (int nt = 0; nt < NT; ++nt) {
           s[mt][nt][2 * h] = fast_exp2(fmaf(s[mt][nt][2 * h], scale, -base[r]));
           s[mt][nt][2 * h + 1] = fast_exp2(fmaf(s[mt][nt][2 * h + 1], scale, -base[r]));
-          l[r] += s[mt][nt][2 * h] + s[mt][nt][2 * h + 1];
+          if (!MMA_SUMS) l[r] += s[mt][nt][2 * h] + s[mt][nt][2 * h + 1];
         }
       }
     }
+  }
+
+  // MMA_SUMS: l += the row sums of one k-step's P of tile mt (a: its A fragment, pairs of T)
+  template <typename T>
+  __device__ __forceinline__ void sum_kstep(int mt, const unsigned (&a)[4]) {
+    static_assert(MMA_SUMS, "sum_kstep: the state sums its rows by mma only with MMA_SUMS");
+    const unsigned ones = mma::pack2<T>(1.f, 1.f);
+    mma::mma16816<T>(lsum[mt], a, ones, ones);
   }
 
   // l of each row, summed over the row's 4 lanes (every lane of the row gets it).
   __device__ __forceinline__ void row_sums(float (&sum)[ROWS]) const {
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
+      if (MMA_SUMS) { sum[r] = lsum[r / 2][2 * (r % 2)]; continue; }   // (every lane holds its rows' sums)
       float x = l[r];
       x += __shfl_xor_sync(0xffffffffu, x, 1);
       x += __shfl_xor_sync(0xffffffffu, x, 2);
