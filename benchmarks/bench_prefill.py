@@ -39,6 +39,9 @@ from _common import parse_args, prefill_config, write_result  # noqa: E402
 HQ, HKV, D = 32, 8, 128
 #: planner settings compared on some cases: an item's fixed cost in key tokens (pipeline restart, Q tile, epilogue)
 FIXED_COSTS = [(f"fixed_cost{c}", dict(fixed_cost=float(c))) for c in (64, 1024)]
+#: the split threshold compared on the skewed and short-row cases: a split plan is taken when its busiest CTA is more
+#: than merge_gain below the unsplit plan's (plan_batch: 0.05), at the 128-row tile's fixed cost
+MERGE_GAINS = [(f"merge_gain{g}", dict(fixed_cost=512.0, merge_gain=g)) for g in (0.01, 0.0)]
 
 
 def configs():
@@ -74,7 +77,8 @@ def main(argv=None) -> int:
                                                ("alibi", alibi)]),
              dict(name="causal_16384", qo=[16384], kv=[16384], configs=configs()),
              dict(kind="paged", name="append_16x512_on_8192", qo=[512] * 16, kv=[8192 + 512] * 16),
-             dict(name="skewed_1x16384_63x512", qo=[16384] + [512] * 63, kv=[16384] + [512] * 63, naive=True),
+             dict(name="skewed_1x16384_63x512", qo=[16384] + [512] * 63, kv=[16384] + [512] * 63, naive=True,
+                  plan_variants=MERGE_GAINS),
              dict(name="window_1024_on_8192", qo=[8192], kv=[8192], window=1024),
              # a variant's mask_mod: 4 documents in one 8192-token request, by its block structure and densely;
              # the same documents as 4 ragged requests (plain causal) are the bound of what a mask can save
@@ -88,7 +92,7 @@ def main(argv=None) -> int:
                   masks=[("window1024", ib.variants.sliding_window(1024))]),
              dict(name="documents_16_in_8192", qo=[8192], kv=[8192],
                   masks=[("document16", ib.variants.document(torch.arange(16, device="cuda").repeat_interleave(512)))]),
-             dict(name="documents_16x512_ragged", qo=[512] * 16, kv=[512] * 16)]
+             dict(name="documents_16x512_ragged", qo=[512] * 16, kv=[512] * 16, plan_variants=MERGE_GAINS)]
     result = prefill_cases([c for c in cases if wanted(c["name"])], runs=args.runs, flashinfer=args.flashinfer,
                            flex=bool(args.flex))
     subset = "" if wanted("any-case") else "_subset"

@@ -113,6 +113,13 @@ def _hooked(t: PrefillTraits) -> PrefillTraits:
     return dataclasses.replace(t, sub_n=t.hooked_n) if t.hooked_n and t.step_n > t.hooked_n else t
 
 
+#: The split threshold of prefill plans (``infernb.plan``'s ``merge_gain``): split units only when that lowers the
+#: busiest CTA's load by more than 5%. Measured (H200, benchmarks/NOTES.md): at 1% the skewed batch (1 x 16384 +
+#: 63 x 512, 5.1% over the mean load unsplit) ran 0-1.6% faster, but the windowed cases split hundreds of short units
+#: for a predicted 2% and ran 5-9% slower: a split item's partial state and its merge cost more than the planner's
+#: fixed cost counts.
+MERGE_GAIN = 0.05
+
 #: The largest query tile the default rule picks per head dim (256: 64 rows, the only tile it has).
 MAX_DEFAULT_TILE = {64: 128, 128: 128, 256: 64}
 
@@ -129,16 +136,22 @@ def _struct_checks() -> str:
 
 
 def variant_traits(tr: PrefillTraits, variant: Variant) -> PrefillTraits:
-    """The traits a variant's specialization compiles with: a variant with hooks computes the tile's ``hooked_n``-key
-    steps; one whose hooks read a captured tensor at an index that depends on the key (a document id, a T5 bucket's
-    bias: ``Generated.key_gathers``) 16-key steps where the tile's steps are longer. Its hooks run branch-free on
-    every logit of a step, and at 32 keys the gathers' 64-bit addresses spill past 255 registers at the 128-row tile
-    (benchmarks/NOTES.md)."""
+    """The traits a variant's specialization compiles with. A variant whose hooks read a captured tensor at an index
+    that depends on the key (a document id, a T5 bucket's bias: ``Generated.key_gathers``) computes 16-key steps
+    where the tile's steps are longer: its hooks run branch-free on every logit of a step, and at 32 keys the
+    gathers' 64-bit addresses spill past 255 registers at the 128-row tile. Other hooked variants compute the
+    tile's ``hooked_n``-key steps, except a light one: a traced ``score_mod`` alone that captures no tensor and calls
+    no accurate math-library function (e.g. ``softcap(approx=True)``), which fits the plain path's step
+    (benchmarks/NOTES.md: soft-cap 1.09x of plain at 64 keys, 1.19x at 32)."""
     if tr.step_n > 16 and variant.generated.key_gathers:
         return dataclasses.replace(tr, sub_n=16)
-    hooked = any(h is not None for h in (variant.score_mod, variant.cuda_score_mod, variant.mask_mod,
-                                         variant.cuda_mask_mod))
-    return _hooked(tr) if hooked else tr
+    hooks = (variant.score_mod, variant.cuda_score_mod, variant.mask_mod, variant.cuda_mask_mod)
+    if not any(h is not None for h in hooks):
+        return tr
+    g = variant.generated
+    light = (variant.score_mod is not None and all(h is None for h in hooks[1:]) and not g.captures
+             and not g.lib_calls)
+    return tr if light else _hooked(tr)
 
 
 def rope_tiles_per_request(plan: Plan) -> float:
@@ -558,7 +571,7 @@ def plan_batch(qo_lens, kv_lens, *, num_qo_heads: int, num_kv_heads: int, head_d
     return make_plan(qo_lens, kv_lens, num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
                      page_size=page_size, page_table=page_table, causal=causal, window_left=window, tile_q=tq,
                      dtype=DTYPE_NAMES[dtype], num_sms=num_sms, ctas_per_sm=tr.ctas_per_sm, fixed_cost=tr.fixed_cost,
-                     merge_gain=0.05 if variant is None or variant.softmax else math.inf,
+                     merge_gain=MERGE_GAIN if variant is None or variant.softmax else math.inf,
                      block_masks=block_masks if block_masks is not None else
                      variant if _block_sparse(variant, block_sparse) else None,
                      mask_variant=variant if block_masks is not None else None, full_blocks=full_blocks)

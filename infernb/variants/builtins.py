@@ -202,6 +202,7 @@ EXAMPLE_CODE = (
     "variant = ib.variants.alibi(ib.variants.alibi_slopes(8).to(device))",
     "variant = ib.variants.softcap(30.0)",
     "variant = ib.variants.softcap(5.0, runtime=True)       # the cap is a runtime parameter: a slider",
+    "variant = ib.variants.softcap(30.0, approx=True)       # the SFU's tanh: a light hook, the plain path's step",
     _TABLE + "variant = ib.variants.relative_position_bias(table)",
     _TABLE + "variant = ib.variants.relative_position_bias(table, bidirectional=True)",
     "variant = ib.variants.sigmoid_attention(-2.0)",

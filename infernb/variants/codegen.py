@@ -39,6 +39,7 @@ class Generated:
     origins: dict[int, str]                           # line of `code` (1-based) -> Python origin
     approx: dict[str, float] = dataclasses.field(default_factory=dict)   # approximate ops used -> max rel. error
     key_gathers: bool = False     # a captured tensor is read at an index that depends on kv_idx (a read per logit)
+    lib_calls: int = 0            # accurate CUDA math-library calls emitted (tanhf, expf, ...: ~20 instructions each)
 
     @property
     def params_size(self) -> int:
@@ -59,6 +60,7 @@ class _Emitter:
         self.params: dict[str, str] = {}
         self.approx: dict[str, float] = {}
         self.key_gathers = False
+        self.lib_calls = 0
         self._on_key: dict[int, bool] = {}
 
     def expr(self, x: Sym) -> str:
@@ -149,6 +151,7 @@ class _Emitter:
         if op in UNARY:
             return UNARY[op].format(args[0])
         if op in FLOAT_FUNCS:
+            self.lib_calls += op not in ("floor", "ceil", "sqrt", "rsqrt")
             return f"{op}f((float)({args[0]}))"
         raise TraceError(f"internal: no CUDA for traced op {op!r}")
 
@@ -260,7 +263,7 @@ def generate(cname: str, score_mod, mask_mod, params: dict, runtime: set, softma
     fn_block("float score_mod(const params_t& p, float score, int b, int h, int q_idx, int kv_idx)", body["score"])
     fn_block("bool mask_mod(const params_t& p, int b, int h, int q_idx, int kv_idx)", body["mask"])
     lines.append("};")
-    g = Generated("", fields, captures, origins, dict(em.approx), em.key_gathers)
+    g = Generated("", fields, captures, origins, dict(em.approx), em.key_gathers, em.lib_calls)
     lines.append(f"static_assert(sizeof({cname}::params_t) == {g.params_size}, "
                  f"\"params_t layout differs from infernb's packing\");")
     # annotate generated lines with their Python origin for readers
