@@ -150,13 +150,14 @@ def flex_path(q, k, v, *, causal: bool, score_mod=None, window_left: int = -1, m
     return flex_call(q, k, v, mask_mod=mask if use else None, score_mod=score_mod)
 
 
-def timing_fields(times: dict, flops: float) -> dict:
+def timing_fields(times: dict, flops: float, label_flops: dict | None = None) -> dict:
     """``{<path>_ms, <path>_p10_ms, <path>_p90_ms, <path>_tflops}`` of interleaved timings (the benchmark JSON's
-    schema)."""
+    schema). TFLOP/s count ``flops`` (the case's visible pairs), or ``label_flops[label]`` for paths that compute
+    other pairs (a mask's own visible pairs)."""
     row = {}
     for label, t in times.items():
         row[f"{label}_ms"], row[f"{label}_p10_ms"], row[f"{label}_p90_ms"] = t.median_ms, t.p10_ms, t.p90_ms
-        row[f"{label}_tflops"] = flops / (t.median_ms * 1e-3) / 1e12
+        row[f"{label}_tflops"] = (label_flops or {}).get(label, flops) / (t.median_ms * 1e-3) / 1e12
     return row
 
 

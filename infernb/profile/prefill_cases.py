@@ -154,12 +154,17 @@ def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, fle
         row = dict(case=name, qo_lens=short_lens(qo), kv_lens=short_lens(kv), causal=causal, window_left=window,
                    plan_tile_q=p.tile_q, plan_ctas=p.num_ctas, plan_items=p.num_items,
                    plan_split_units=int(len(p.merge_unit)), visible_pairs=pairs, flops=flops, errors=errs,
-                   **timing_fields(times, flops))
+                   **timing_fields(times, flops, mask_flops(mask_pairs)))
         if mask_pairs:
             row["mask_visible_pairs"] = mask_pairs
         _ratios(row, times)
         result["cases"].append(row)
         _print(row, times, gemm)
+
+    def mask_flops(mask_pairs):
+        """A mask's paths (its block structure, dense, FlexAttention's) count the mask's visible pairs."""
+        return {f"{pre}{m}{post}": 4 * HQ * D * n for m, n in mask_pairs.items()
+                for pre, post in (("infernb_", ""), ("infernb_", "_dense"), ("flex_", ""))}
 
     def paged_case(name, qo, kv, page=16):
         cache = ib.PagedKVCache(sum(-(-n // page) for n in kv) + 8, page, HKV, D, dtype=dt_, device=dev)
