@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 
 from ..device import device_info
-from ..errors import DeviceError
+from ..errors import CompileError, DeviceError
 from . import cache, toolchain
 from .compiler import compile_options, compile_spec
 from .report import CompileReport, KernelResources, parse_ptxas_log
@@ -105,6 +105,26 @@ class Kernel:
             fn(grid, block, kargs, shared_mem=shared_mem, stream=_stream(dev))
         return go
 
+    def launch_packed(self, short_name: str, grid, block, params: list[bytes], *, shared_mem: int = 0,
+                      device_index: int | None = None):
+        """Launch ``short_name`` on torch's current stream with each parameter given as its bytes (the value as the
+        kernel takes it: an 8-byte pointer, a 4-byte int, a 128-byte ``CUtensorMap`` struct), through
+        ``cuLaunchKernel``'s parameter array: for parameters CuPy's argument conversion does not take (structs by
+        value, such as TMA descriptors)."""
+        import ctypes
+
+        from cupy.cuda import driver
+
+        self.launcher(short_name, shared_mem=shared_mem, device_index=device_index)   # loads, opts in to smem
+        import torch
+
+        dev = torch.cuda.current_device() if device_index is None else device_index
+        fn = self._functions[(dev, short_name)]
+        bufs = [ctypes.create_string_buffer(bytes(p), len(p)) for p in params]
+        ptrs = (ctypes.c_void_p * max(1, len(bufs)))(*[ctypes.cast(b, ctypes.c_void_p) for b in bufs])
+        g, bl = (tuple(grid) + (1, 1))[:3], (tuple(block) + (1, 1))[:3]
+        driver.launchKernel(fn.ptr, *g, *bl, shared_mem, _stream(dev).ptr, ctypes.addressof(ptrs), 0)
+
 
 def _stream(device_index: int):
     """CuPy view of torch's current stream on ``device_index`` (cached per raw stream handle)."""
@@ -163,6 +183,8 @@ def build(spec: KernelSpec, arch: str | None = None, *, extra_options: tuple[str
             return k
         _by_spec.clear()   # a file under kernels/ changed: re-key everything (the edited kernels recompile)
     arch = toolchain.normalize_arch(arch or device_info().arch)
+    if not spec.targets(arch):
+        raise CompileError(f"{spec.name} is written for {', '.join(spec.archs)}, not {arch}")
     t0 = time.perf_counter()
     options = compile_options(arch, extra_options)
     source = spec.render()

@@ -29,6 +29,7 @@ class KernelSpec:
         preamble: configuration code placed after the family include (typedefs, variant structs).
         preamble_origin: optional ``{preamble_line_no (1-based): "where it came from"}``; compile errors
             on those lines also show the origin (e.g. the Python line of a traced variant).
+        archs: the architectures it is written for (``("sm_90a",)`` for wgmma / TMA kernels); empty: every one.
     """
 
     family: str
@@ -36,6 +37,11 @@ class KernelSpec:
     kernels: tuple[tuple[str, str], ...]
     preamble: str = ""
     preamble_origin: tuple[tuple[int, str], ...] = ()
+    archs: tuple[str, ...] = ()
+
+    def targets(self, arch: str) -> bool:
+        """Whether this specialization is written for ``arch``."""
+        return not self.archs or arch in self.archs
 
     @property
     def filename(self) -> str:

@@ -67,6 +67,36 @@ def get_cubin(prog) -> bytes:
     return buf.raw
 
 
+def nvdisasm_path() -> str | None:
+    """The ``nvdisasm`` binary: on ``PATH``, in the CUDA toolkit, or from the ``nvidia-cuda-nvdisasm`` wheel (a dev
+    dependency); None if there is none."""
+    import shutil
+    import sys
+
+    found = shutil.which("nvdisasm")
+    if found:
+        return found
+    for root in [*(Path(p) for p in sys.path if p), Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"))]:
+        for cand in (root / "nvidia" / "cu13" / "bin" / "nvdisasm", root / "bin" / "nvdisasm"):
+            if cand.is_file() and os.access(cand, os.X_OK):
+                return str(cand)
+    return None
+
+
+def sass(cubin: bytes) -> str:
+    """The SASS of a cubin (``nvdisasm -c``), to read on the CPU: which instructions a kernel's loops use."""
+    import subprocess
+    import tempfile
+
+    tool = nvdisasm_path()
+    if tool is None:
+        raise DeviceError("nvdisasm not found: pip install nvidia-cuda-nvdisasm (a dev dependency)")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        return subprocess.run([tool, "-c", f.name], check=True, capture_output=True, text=True).stdout
+
+
 @functools.lru_cache(maxsize=None)
 def nvrtc_version() -> tuple[int, int]:
     """NVRTC ``(major, minor)``."""
