@@ -123,7 +123,8 @@ class Kernel:
         bufs = [ctypes.create_string_buffer(bytes(p), len(p)) for p in params]
         ptrs = (ctypes.c_void_p * max(1, len(bufs)))(*[ctypes.cast(b, ctypes.c_void_p) for b in bufs])
         g, bl = (tuple(grid) + (1, 1))[:3], (tuple(block) + (1, 1))[:3]
-        driver.launchKernel(fn.ptr, *g, *bl, shared_mem, _stream(dev).ptr, ctypes.addressof(ptrs), 0)
+        with _cupy().cuda.Device(dev):                  # the device's context current for the driver call
+            driver.launchKernel(fn.ptr, *g, *bl, shared_mem, _stream(dev).ptr, ctypes.addressof(ptrs), 0)
 
 
 def _stream(device_index: int):

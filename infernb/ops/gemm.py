@@ -77,7 +77,9 @@ def tensor_map_2d(t: torch.Tensor, box_rows: int, box_cols: int) -> bytes:
                          f"strides {t.stride()} on {t.device}")
     if (t.stride(0) * 2) % 16 or t.data_ptr() % 16:
         raise InputError("tensor_map_2d: rows must start on 16-byte boundaries (TMA)")
-    out = (ctypes.c_uint64 * 16)()
+    raw = (ctypes.c_uint8 * (128 + 64))()                                  # the driver wants it 64-byte aligned
+    at = -ctypes.addressof(raw) % 64
+    out = (ctypes.c_uint64 * 16).from_buffer(raw, at)
     dims = (ctypes.c_uint64 * 2)(t.shape[1], t.shape[0])                 # innermost first
     strides = (ctypes.c_uint64 * 1)(t.stride(0) * 2)                      # bytes, for the dims after the first
     box = (ctypes.c_uint32 * 2)(box_cols, box_rows)
@@ -111,8 +113,8 @@ def gemm(a: torch.Tensor, b: torch.Tensor, *, out: torch.Tensor | None = None,
     M, K = a.shape
     N = b.shape[0]
     if out is not None and (tuple(out.shape) != (M, N) or out.dtype != torch.bfloat16 or out.device != a.device
-                            or not out.is_contiguous()):
-        raise InputError(f"gemm: out must be a contiguous [{M}, {N}] bf16 tensor on {a.device}")
+                            or not out.is_contiguous() or out.data_ptr() % 16):
+        raise InputError(f"gemm: out must be a contiguous, 16-byte aligned [{M}, {N}] bf16 tensor on {a.device}")
     if not a.is_cuda:
         c = (a.float() @ b.float().T).to(torch.bfloat16)
         return c if out is None else out.copy_(c)

@@ -39,7 +39,8 @@ class Generated:
     origins: dict[int, str]                           # line of `code` (1-based) -> Python origin
     approx: dict[str, float] = dataclasses.field(default_factory=dict)   # approximate ops used -> max rel. error
     key_gathers: bool = False     # a captured tensor is read at an index that depends on kv_idx (a read per logit)
-    lib_calls: int = 0            # accurate CUDA math-library calls emitted (tanhf, expf, ...: ~20 instructions each)
+    lib_calls: int = 0            # accurate math-library calls emitted (tanhf, expf, powf, fmod, sigmoid's expf, ...:
+                                  # ~20 instructions each)
 
     @property
     def params_size(self) -> int:
@@ -123,8 +124,10 @@ class _Emitter:
         if op == "truncdiv":
             return f"truncf((float)({args[0]}) / (float)({args[1]}))" if f else f"({args[0]} / {args[1]})"
         if op == "mod":
+            self.lib_calls += f
             return f"infernb::vx::pymodf({args[0]}, {args[1]})" if f else f"infernb::vx::pymod({args[0]}, {args[1]})"
         if op == "pow":
+            self.lib_calls += f
             return f"powf((float)({args[0]}), (float)({args[1]}))" if f else f"infernb::vx::ipow({args[0]}, {args[1]})"
         if op in ("lt", "le", "gt", "ge", "eq", "ne"):
             sym = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}[op]
@@ -148,6 +151,8 @@ class _Emitter:
             return f"(long long)({a[1]})({args[0]})"
         if op in APPROX_OPS:
             self.approx[op] = APPROX_OPS[op]
+        if op == "sigmoid":
+            self.lib_calls += 1
         if op in UNARY:
             return UNARY[op].format(args[0])
         if op in FLOAT_FUNCS:

@@ -164,6 +164,8 @@ prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
   producer_bases_t* s_bases = reinterpret_cast<producer_bases_t*>(s_flags + 4);
   int2* s_chunk = reinterpret_cast<int2*>(s_flags + 8);
   int4* s_cursor = reinterpret_cast<int4*>(s_flags + 32);   // [32, 32 + 4 ST): the producer's cursor, a slot per stage
+  static_assert(sizeof(prefill_item_t) == 16 * 4 && (32 + 4 * ST) * 4 <= cfg::SMEM_FLAGS,
+                "the flags area: 16 ints, the item record (16 ints), the cursor slots");
   int2* s_rows = reinterpret_cast<int2*>(smem_raw + cfg::SMEM_KV + cfg::SMEM_Q + cfg::SMEM_LANES + cfg::SMEM_FLAGS);
   // (the RoPE tables' places spelled out, not through cfg::rope_smem as in decode: that form compiles to other
   // machine code here, and this is the code the GPU tests ran)
