@@ -81,15 +81,18 @@ def check_mask(mask, q_len: int | None = None, kv_len: int | None = None) -> Blo
     return mask
 
 
-def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: BlockSparse, *,
+def block_sparse_attention(q: torch.Tensor, k: torch.Tensor | None = None, v: torch.Tensor | None = None,
+                           mask: BlockSparse | None = None, *, cache=None, seq_id: int | None = None,
                            variant: Variant | None = None, causal: bool = False, sm_scale: float | None = None,
                            return_lse: bool = False, num_sms=None):
     """Attention of one sequence under a block-sparse mask: empty blocks are never read, full blocks skip the element
-    mask, partial blocks apply ``mask.partial_masks``.
+    mask, partial blocks apply ``mask.partial_masks``. The keys come from ragged ``k, v`` or from a paged cache
+    (``cache``, ``seq_id``: the mask's blocks are then read through the sequence's page table, the BSR format of both).
 
     Args:
         q: ``[M, num_qo_heads, head_dim]`` fp16/bf16; k, v: ``[N, num_kv_heads, head_dim]`` (GQA when the head
-            counts differ).
+            counts differ); or ``cache`` (:class:`~infernb.layout.PagedKVCache`, NHD or HND, any page size) and
+            ``seq_id``, a live sequence of N tokens (its K/V already appended) instead of k and v.
         mask: :class:`~infernb.layout.BlockSparse` of shape ``(M, N)``, any block shape ``(R, C)`` (``(1, C)``,
             ``(R, 1)``, not powers of two), e.g. ``BlockSparse.from_dense`` / ``from_mask_mod``; query row ``i`` sits
             at position ``N - M + i`` (the append convention of :mod:`infernb.reference`).
@@ -99,6 +102,26 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ma
     Returns:
         ``out [M, num_qo_heads, head_dim]`` q.dtype (and ``lse``); rows that see no key are 0.
     """
+    if mask is None:
+        raise InputError("mask: a BlockSparse of shape (q tokens, kv tokens) is required")
+    if cache is not None:
+        if k is not None or v is not None or seq_id is None:
+            raise InputError("block_sparse_attention: give either k and v, or cache and seq_id (not both)")
+        table = cache.page_table([seq_id])               # raises on freed / unknown ids
+        n = int(cache.lengths([seq_id])[0])
+        if not isinstance(q, torch.Tensor) or q.dim() != 3 or q.shape[2] != cache.head_dim \
+                or q.shape[1] % cache.num_kv_heads:
+            raise InputError(f"q: expected [tokens, a multiple of {cache.num_kv_heads} heads, {cache.head_dim}], got "
+                             f"{list(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__}")
+        if q.dtype != cache.dtype or q.device != cache.pool.device:
+            raise InputError(f"q: expected {cache.dtype} on {cache.pool.device} (the cache's), got {q.dtype} on "
+                             f"{q.device}")
+        plan, full = plan_block_sparse(mask, num_qo_heads=q.shape[1], num_kv_heads=cache.num_kv_heads,
+                                       head_dim=cache.head_dim, dtype=q.dtype, device=q.device, variant=variant,
+                                       causal=causal, num_sms=num_sms, shape=(q.shape[0], n),
+                                       page_size=cache.page_size, page_table=table)
+        out, lse = run_prefill(plan, q.contiguous(), cache=cache, page_table=table, variant=full, sm_scale=sm_scale)
+        return (out, lse) if return_lse else out
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor) or t.dim() != 3:
             raise InputError(f"{name}: expected [tokens, heads, head_dim], got "
@@ -119,12 +142,13 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ma
 
 def plan_block_sparse(mask: BlockSparse, *, num_qo_heads: int, num_kv_heads: int, head_dim: int,
                       dtype: torch.dtype = torch.bfloat16, device="cuda", variant: Variant | None = None,
-                      causal: bool = False, num_sms=None, shape: tuple[int, int] | None = None):
+                      causal: bool = False, num_sms=None, shape: tuple[int, int] | None = None,
+                      page_size: int = 16, page_table=None):
     """The plan and the variant that :func:`block_sparse_attention` runs (keep them, with a
     :class:`~infernb.ops.PrefillRunner`, to run the same mask many times): the prefill kernel's plan of one sequence
     whose key segments are ``mask``'s listed blocks, and ``mask_variant(mask)`` (and-ed with ``variant``) for the
     elements of its partial blocks (``shape``: the (q tokens, kv tokens) the mask must have). Returns ``(plan,
-    variant)``."""
+    variant)``. ``page_size``, ``page_table``: a paged cache's (the sequence's table), for keys read through it."""
     M, N = check_mask(mask, *(shape or (None, None))).shape
     if causal and M > N:
         raise InputError(f"causal needs q tokens <= kv tokens, got {M} > {N}")
@@ -132,7 +156,8 @@ def plan_block_sparse(mask: BlockSparse, *, num_qo_heads: int, num_kv_heads: int
     full = mv if variant is None else combine(mv, variant, name=f"{mv.name}_{variant.name}")
     # (a variant's own mask makes the mask's full blocks partial: then its mask_mod runs on every visible logit)
     plan = plan_batch([M], [N], num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, dtype=dtype,
-                      causal=causal, variant=full, num_sms=num_sms, block_masks=[mask],
+                      causal=causal, variant=full, num_sms=num_sms, block_masks=[mask], page_size=page_size,
+                      page_table=page_table,
                       full_blocks=variant is None or variant.mask_mod is None)
     return plan, full
 

@@ -27,12 +27,22 @@ def random_mask(gen, M, N, R, C, density, inner=True):
 
 
 def run(gen, M, N, hq, hkv, d, R, C, density, *, causal=False, inner=True, variant=None, dtype=torch.bfloat16,
-        device=DEV):
+        device=DEV, paged=None, page_size=16):
+    """``paged``: None (ragged k, v) or a cache layout ("NHD" / "HND"): the keys then sit in a paged cache of
+    ``page_size``, behind another sequence (the table's pages are not the pool's first ones)."""
     dense, bs = random_mask(gen, M, N, R, C, density, inner)
     q = torch.randn(M, hq, d, generator=gen).to(dtype).to(device)
     k = torch.randn(N, hkv, d, generator=gen).to(dtype).to(device)
     v = torch.randn(N, hkv, d, generator=gen).to(dtype).to(device)
-    out, lse = ib.block_sparse_attention(q, k, v, bs, causal=causal, variant=variant, return_lse=True)
+    if paged is None:
+        out, lse = ib.block_sparse_attention(q, k, v, bs, causal=causal, variant=variant, return_lse=True)
+    else:
+        cache = ib.PagedKVCache(-(-N // page_size) + 8, page_size, hkv, d, dtype=dtype, device=device, layout=paged)
+        other, sid = cache.add_sequences(2)
+        cache.append([other], k[:3 * page_size // 2], v[:3 * page_size // 2], [3 * page_size // 2])
+        cache.append([sid], k, v, [N])
+        out, lse = ib.block_sparse_attention(q, mask=bs, cache=cache, seq_id=sid, causal=causal, variant=variant,
+                                             return_lse=True)
     off = N - M
     dd = dense.to(device)
     kw = {} if variant is None else variant.reference_kwargs()
@@ -70,6 +80,29 @@ def test_cpu_block_sparse_attention_matches_the_reference(gen, R, C, causal):
 def test_cpu_block_sparse_with_a_variant(gen):
     run(gen, 64, 128, 8, 2, 64, 16, 16, 0.6, variant=ib.variants.softcap(5.0), device="cpu")
     run(gen, 64, 128, 8, 2, 64, 16, 16, 0.6, variant=ib.variants.sliding_window(40), device="cpu")
+
+
+@pytest.mark.parametrize("layout,page", [("NHD", 16), ("HND", 5)])
+def test_cpu_block_sparse_over_a_paged_cache(gen, layout, page):
+    run(gen, 70, 130, 8, 2, 64, 16, 16, 0.5, causal=True, device="cpu", paged=layout, page_size=page)
+
+
+def test_cpu_paged_front_door_checks(gen):
+    cache = ib.PagedKVCache(8, 16, 2, 64, dtype=torch.bfloat16)
+    (sid,) = cache.add_sequences(1)
+    kv = torch.randn(40, 2, 64).to(torch.bfloat16)
+    cache.append([sid], kv, kv, [40])
+    bs = ib.BlockSparse.from_dense(torch.ones(8, 40, dtype=torch.bool), (4, 8))
+    q = torch.randn(8, 4, 64).to(torch.bfloat16)
+    with pytest.raises(InputError, match="either k and v, or cache"):
+        ib.block_sparse_attention(q, kv, kv, bs, cache=cache, seq_id=sid)
+    with pytest.raises(InputError, match="q: expected"):
+        ib.block_sparse_attention(q[:, :3], mask=bs, cache=cache, seq_id=sid)
+    with pytest.raises(InputError, match="shape"):
+        ib.block_sparse_attention(q, mask=ib.BlockSparse.from_dense(torch.ones(8, 41, dtype=torch.bool), (4, 8)),
+                                  cache=cache, seq_id=sid)
+    with pytest.raises(InputError):
+        ib.block_sparse_attention(q, mask=bs, cache=cache, seq_id=sid + 7)
 
 
 def test_cpu_bad_masks_are_named(gen):
@@ -134,6 +167,16 @@ def test_gpu_block_shapes_and_sizes(gen, R, C, M, N):
 @pytest.mark.parametrize("d", [64, 128, 256])
 def test_gpu_heads_and_head_dims(gen, heads, d):
     run(gen, 200, 333, heads[0], heads[1], d, 16, 32, 0.4)
+
+
+PAGED = [("NHD", 16, 16, 64), ("HND", 16, 16, 64), ("NHD", 1, 64, 64), ("HND", 5, 4, 4), ("NHD", 64, 5, 7)]
+
+
+@gpu
+@pytest.mark.parametrize("layout,page,R,C", PAGED, ids=[f"{lt}-p{p}-R{R}-C{C}" for lt, p, R, C in PAGED])
+def test_gpu_paged_cache(gen, layout, page, R, C):
+    run(gen, 300, 700, 16, 4, 128, R, C, 0.4, causal=True, paged=layout, page_size=page)
+    run(gen, 128, 128, 8, 8, 64, R, C, 0.6, paged=layout, page_size=page, variant=ib.variants.softcap(10.0))
 
 
 @gpu
