@@ -93,6 +93,40 @@ class BlockSparse:
         return cls._build(ev, (M, N), (R, C), heads=H, device=dev)
 
     @classmethod
+    def from_variable_blocks(cls, block_mask: torch.Tensor, row_sizes, col_sizes,
+                             block: tuple[int, int] | None = None) -> "BlockSparse":
+        """Blocks of variable sizes (FlashInfer's ``VariableBlockSparseAttentionWrapper`` case): block row ``i``
+        holds ``row_sizes[i]`` query tokens, block column ``j`` ``col_sizes[j]`` keys, and ``block_mask[i, j]`` says
+        whether that whole block is visible. Represented exactly on a uniform grid of ``block`` (default: the
+        sizes' greatest common divisors, each raised to 16 rows / 64 keys when it is smaller): grid blocks inside
+        one variable block are full or empty, those across a variable block's edge partial (their elements kept in
+        ``partial_masks``), so the kernel reads the same keys the variable blocks list.
+
+        Args:
+            block_mask: ``[len(row_sizes), len(col_sizes)]`` bool.
+            row_sizes, col_sizes: positive ints; ``M = sum(row_sizes)``, ``N = sum(col_sizes)``.
+        """
+        rs = torch.as_tensor(list(row_sizes), dtype=torch.int64)
+        cs = torch.as_tensor(list(col_sizes), dtype=torch.int64)
+        if rs.dim() != 1 or cs.dim() != 1 or not len(rs) or not len(cs) or (rs <= 0).any() or (cs <= 0).any():
+            raise InputError(f"row_sizes and col_sizes: non-empty lists of positive ints, got {rs.tolist()[:8]} and "
+                             f"{cs.tolist()[:8]}")
+        if not isinstance(block_mask, torch.Tensor) or block_mask.dtype != torch.bool \
+                or tuple(block_mask.shape) != (len(rs), len(cs)):
+            got = (f"{block_mask.dtype} {list(block_mask.shape)}" if isinstance(block_mask, torch.Tensor)
+                   else type(block_mask).__name__)
+            raise InputError(f"block_mask: expected a bool tensor [{len(rs)}, {len(cs)}] (one entry per variable "
+                             f"block), got {got}")
+        if block is None:
+            gr, gc = int(np.gcd.reduce(rs.numpy())), int(np.gcd.reduce(cs.numpy()))
+            block = (gr if gr >= 16 else 16, gc if gc >= 64 else 64)
+        bm = block_mask.cpu()
+        rb = torch.repeat_interleave(torch.arange(len(rs)), rs)                # each token's block row / column
+        cb = torch.repeat_interleave(torch.arange(len(cs)), cs)
+        return cls._build(lambda r0, r1, c0, c1: bm[rb[r0:r1]][:, cb[c0:c1]], (int(rs.sum()), int(cs.sum())),
+                          _check_block(block))
+
+    @classmethod
     def from_page_table(cls, table, *, rows_per_request: int = 1) -> "BlockSparse":
         """The paged KV cache as BSR: block row ``b`` = request ``b`` (``rows_per_request`` query tokens),
         block column = page id (``C = page_size``, ``N = num_pages * page_size``). A request's last page is a

@@ -82,6 +82,38 @@ def test_cpu_block_sparse_with_a_variant(gen):
     run(gen, 64, 128, 8, 2, 64, 16, 16, 0.6, variant=ib.variants.sliding_window(40), device="cpu")
 
 
+def variable_case(gen, row_sizes, col_sizes, density, block=None):
+    """A variable-block mask (FlashInfer's VariableBlockSparse case) and its dense element mask."""
+    bm = torch.rand(len(row_sizes), len(col_sizes), generator=gen) < density
+    dense = bm.repeat_interleave(torch.tensor(row_sizes), 0).repeat_interleave(torch.tensor(col_sizes), 1)
+    return dense, ib.BlockSparse.from_variable_blocks(bm, row_sizes, col_sizes, block)
+
+
+def run_variable(gen, row_sizes, col_sizes, density, hq, hkv, d, *, device=DEV, block=None):
+    dense, bs = variable_case(gen, row_sizes, col_sizes, density, block)
+    assert torch.equal(bs.to_dense(), dense)                  # the uniform grid represents the blocks exactly
+    M, N = dense.shape
+    q = torch.randn(M, hq, d, generator=gen).to(torch.bfloat16).to(device)
+    k = torch.randn(N, hkv, d, generator=gen).to(torch.bfloat16).to(device)
+    v = torch.randn(N, hkv, d, generator=gen).to(torch.bfloat16).to(device)
+    out, lse = ib.block_sparse_attention(q, k, v, bs, return_lse=True)
+    dd = dense.to(device)
+    ref_o, ref_s = reference.attention(q, k, v, [0, M], [0, N], mask_mod=lambda b, h, qi, ki: dd[qi - (N - M), ki])
+    check(out, lse, ref_o, ref_s, torch.bfloat16)
+    return bs
+
+
+def test_cpu_variable_block_sizes(gen):
+    bs = run_variable(gen, [5, 17, 40, 2], [30, 7, 64, 13, 9], 0.5, 8, 2, 64, device="cpu")
+    assert bs.block == (16, 64)                               # gcds 1: the default grid, edges partial
+    bs = run_variable(gen, [64, 128, 32], [64, 192, 128], 0.6, 4, 4, 64, device="cpu")
+    assert bs.block == (32, 64) and bs.stats()["partial_blocks"] == 0   # aligned sizes: the gcd grid, no partials
+    with pytest.raises(InputError, match="block_mask"):
+        ib.BlockSparse.from_variable_blocks(torch.ones(2, 2), [4, 4], [8, 8])
+    with pytest.raises(InputError, match="positive"):
+        ib.BlockSparse.from_variable_blocks(torch.ones(2, 2, dtype=torch.bool), [4, 0], [8, 8])
+
+
 @pytest.mark.parametrize("layout,page", [("NHD", 16), ("HND", 5)])
 def test_cpu_block_sparse_over_a_paged_cache(gen, layout, page):
     run(gen, 70, 130, 8, 2, 64, 16, 16, 0.5, causal=True, device="cpu", paged=layout, page_size=page)
@@ -167,6 +199,13 @@ def test_gpu_block_shapes_and_sizes(gen, R, C, M, N):
 @pytest.mark.parametrize("d", [64, 128, 256])
 def test_gpu_heads_and_head_dims(gen, heads, d):
     run(gen, 200, 333, heads[0], heads[1], d, 16, 32, 0.4)
+
+
+@gpu
+def test_gpu_variable_block_sizes(gen):
+    run_variable(gen, [5, 17, 40, 2, 300, 96], [30, 7, 64, 13, 9, 500, 77], 0.5, 16, 4, 128)
+    run_variable(gen, [128] * 8 + [256] * 4, [64] * 16 + [512] * 2, 0.4, 8, 2, 128)
+    run_variable(gen, [64, 192, 32, 160], [96, 32, 416], 0.7, 8, 8, 64, block=(32, 32))
 
 
 PAGED = [("NHD", 16, 16, 64), ("HND", 16, 16, 64), ("NHD", 1, 64, 64), ("HND", 5, 4, 4), ("NHD", 64, 5, 7)]
