@@ -38,6 +38,19 @@ def prefix_lm(prefix_len: int) -> Variant:
     return Variant(f"prefix_lm_{prefix_len}", mask_mod=mask_mod, params={"prefix_len": int(prefix_len)})
 
 
+def attention_sink(window: int, sink: int = 4) -> Variant:
+    """StreamingLLM's mask: causal, the keys within ``window`` positions to the left and the first ``sink`` keys
+    (the attention sinks). Its block structure reads the sink's blocks and the window's band only."""
+    for name, x in (("window", window), ("sink", sink)):
+        if not is_int(x) or x < 0:
+            raise InputError(f"{name}: expected an integer >= 0, got {x!r}")
+
+    def mask_mod(b, h, q_idx, kv_idx, window, sink):
+        return (kv_idx <= q_idx) & ((kv_idx >= q_idx - window) | (kv_idx < sink))
+    return Variant(f"attention_sink_{sink}_window_{window}", mask_mod=mask_mod,
+                   params={"window": int(window), "sink": int(sink)})
+
+
 def document(doc_ids: torch.Tensor, *, causal: bool = True) -> Variant:
     """Packed sequences: a query sees only keys of its own document. ``doc_ids`` ``[total_tokens]`` int32/64
     gives each packed position's document (on the device the kernel runs on)."""
@@ -184,7 +197,7 @@ def combine(*variants: Variant, name: str | None = None) -> Variant:
                    window_left=_window(variants, "and"))
 
 
-BUILTINS = ("examples", "causal", "sliding_window", "prefix_lm", "document", "alibi", "softcap", "relative_position_bias",
+BUILTINS = ("examples", "causal", "sliding_window", "attention_sink", "prefix_lm", "document", "alibi", "softcap", "relative_position_bias",
             "sigmoid_attention", "and_masks", "or_masks", "combine")
 
 
@@ -198,6 +211,7 @@ EXAMPLE_CODE = (
     "variant = ib.variants.sliding_window(16)",
     "variant = ib.variants.sliding_window(8, causal=False)",
     "variant = ib.variants.prefix_lm(6)",
+    "variant = ib.variants.attention_sink(12, sink=3)      # StreamingLLM: a window and the first keys",
     _DOC + "variant = ib.variants.document(doc)",
     "variant = ib.variants.alibi(ib.variants.alibi_slopes(8).to(device))",
     "variant = ib.variants.softcap(30.0)",

@@ -405,12 +405,13 @@ def test_gpu_score_mod_on_full_and_partial_steps(gen, make):
 
 def _mask_variants(device):
     """mask_mod variants whose block structure has empty, partial and full blocks: a hole one key block behind the
-    diagonal, a head-dependent mask (its structure is the union / intersection over heads), documents, a window and
-    a prefix."""
+    diagonal, a head-dependent mask (its structure is the union / intersection over heads), documents, a window, a
+    prefix and attention sinks with a window."""
     hole = ib.Variant("hole", mask_mod=lambda b, h, q, k: (q >= k) & ((q // 128) != (k // 128) + 1))
     heads = ib.Variant("stripes_by_head", mask_mod=lambda b, h, q, k: (q >= k) & ((k // 64) % 4 != h % 4))
     doc_ids = torch.repeat_interleave(torch.arange(4), torch.tensor([200, 330, 70, 400])).to(device)
-    return [hole, heads, ib.variants.document(doc_ids), ib.variants.sliding_window(150), ib.variants.prefix_lm(90)]
+    return [hole, heads, ib.variants.document(doc_ids), ib.variants.sliding_window(150), ib.variants.prefix_lm(90),
+            ib.variants.attention_sink(100, sink=70)]
 
 
 def test_cpu_variant_block_structure(gen):
