@@ -1,5 +1,5 @@
-"""``VariantEditor``: write or pick a variant, see its CUDA, compile report, errors, mask/score pictures, and
-move its parameters without recompiling."""
+"""``VariantEditor``: write or pick a variant, see its CUDA, compile report, errors, mask/score pictures, move its
+parameters without recompiling, and run it through the attention kernel (on the GPU when there is one)."""
 from __future__ import annotations
 
 import html
@@ -8,13 +8,14 @@ import torch
 
 from .. import variants as V
 from .. import viz
+from ..device import device_info, has_gpu
 from ..errors import CompileError, InfernbError
 from ..jit import build
 from ._util import figure_widget, replace_figure
 
 TEMPLATE = '''import torch
 # A soft-capped sliding window with a per-head bias: edit me, then press "compile".
-head_bias = torch.linspace(-1.0, 1.0, 8)
+head_bias = torch.linspace(-1.0, 1.0, 8, device=device)
 
 def score_mod(score, b, h, q_idx, kv_idx, cap):
     return cap * torch.tanh(score / cap) + head_bias[h]
@@ -32,6 +33,8 @@ class VariantEditor:
     report of its probe kernel, compile errors pointing at the Python line, heatmaps of the mask and modified
     scores on a small grid, and the block-sparse picture at a chosen block size. Runtime parameters get
     sliders: moving one redraws from the Python reference without recompiling (the report says "cache hit").
+    "run" sends the variant through the prefill kernel on a small random batch (the GPU when there is one, the CPU
+    emulator otherwise) and checks it against the float64 reference (:meth:`run`).
 
     ``editor.variant`` is the current variant. The code runs in a namespace with ``ib`` (infernb) and ``torch``.
     """
@@ -47,6 +50,8 @@ class VariantEditor:
         self.pick = w.Dropdown(options=["(code below)", *self._builtins], value="(code below)", description="built-in")
         self.code = w.Textarea(value=code, layout=w.Layout(width="100%", height="220px"))
         self.compile_button = w.Button(description="compile", icon="play", button_style="primary")
+        self.run_button = w.Button(description="run", icon="bolt", tooltip="run it through the attention kernel")
+        self.run_view = w.HTML()
         self.head = w.BoundedIntText(value=0, min=0, max=heads - 1, description="head")
         self.block = w.Dropdown(options=[8, 16, 32, 64], value=16, description="block")
         self.sliders = w.VBox()
@@ -56,11 +61,12 @@ class VariantEditor:
         self.grid_fig = figure_widget(viz.variant_grid(*V.causal().evaluate(torch.zeros(1, 1, 2, 2))))
         self.block_fig = figure_widget(viz.block_sparse(V.causal().block_mask(16, 16, (8, 8))))
         self.compile_button.on_click(lambda _: self.compile())
+        self.run_button.on_click(lambda _: self.run())
         self.pick.observe(lambda ch: self._pick(ch["new"]), names="value")
         for c in (self.head, self.block):
             c.observe(lambda _: self.redraw(), names="value")
-        self.panel = w.VBox([w.HBox([self.pick, self.compile_button, self.head, self.block]), self.code, self.status,
-                             self.sliders, self.grid_fig, self.block_fig,
+        self.panel = w.VBox([w.HBox([self.pick, self.compile_button, self.run_button, self.head, self.block]),
+                             self.code, self.status, self.run_view, self.sliders, self.grid_fig, self.block_fig,
                              w.Accordion(children=[self.cuda_view, self.report_view],
                                          titles=("generated CUDA", "compile report"))])
         self.compile()
@@ -116,6 +122,41 @@ class VariantEditor:
         self.status.value = (f"<span style='color:#065f46'>{html.escape(name)} = {value}: "
                              f"{'recompiled' if self.recompiled else 'same compiled kernel, no recompilation'}</span>")
         self.redraw()
+
+    def run(self) -> dict | None:
+        """Run the current variant through the prefill kernel -- on the GPU when there is one, else the CPU emulator
+        -- on a random batch of the grid's size (``grid`` queries and keys, ``heads`` query heads on one KV head, head
+        dim 64, bf16; no causal mask beyond the variant's own) and compare with the float64 reference. Shows and
+        returns ``{device, error}`` (``||out - ref|| / ||ref||``; bf16 tolerance 1e-2), or None after an error. On the
+        GPU the code runs again with ``device = "cuda"``, so tensors it captures must be created on ``device``."""
+        from .. import reference
+        from ..ops import prefill
+        from ..testing import rel_error
+
+        if self.variant is None:
+            return None
+        dev = "cuda" if has_gpu() else "cpu"
+        try:
+            v = self.variant
+            if dev != "cpu":
+                v = V.variant_from_code(self.code.value, filename="<variant editor>", device=dev)
+                v = v.with_params(**{n: self.variant.params[n] for n in self.variant.runtime})
+            Q, K = self.grid
+            g = torch.Generator().manual_seed(1)
+            q, k, vv = (torch.randn(n, h, 64, generator=g).to(torch.bfloat16).to(dev)
+                        for n, h in ((Q, self.heads), (K, 1), (K, 1)))
+            out = prefill(q, k, vv, [0, Q], [0, K], variant=v)
+            ref, _ = reference.attention(q, k, vv, [0, Q], [0, K], **v.reference_kwargs())
+            err = rel_error(out, ref)
+        except (InfernbError, RuntimeError, ValueError, TypeError) as e:
+            self._error(f"run: {type(e).__name__}: {e}")
+            return None
+        where = f"the prefill kernel on {device_info().name}" if dev != "cpu" else "the CPU emulator (no GPU here)"
+        ok = err < 1e-2
+        self.run_view.value = (f"<span style='color:{'#065f46' if ok else '#b91c1c'}'>{html.escape(v.name)} through "
+                               f"{html.escape(where)}: ||out - ref|| / ||ref|| = {err:.1e} (bf16 tolerance 1e-2)"
+                               "</span>")
+        return dict(device=dev, error=err)
 
     def redraw(self) -> None:
         if self.variant is None:

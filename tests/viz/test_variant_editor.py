@@ -59,3 +59,15 @@ def test_variant_grid_figure():
     s, m = ib.variants.sliding_window(3).evaluate(torch.randn(1, 2, 10, 10))
     fig = ib.viz.variant_grid(s, m, head=1)
     assert fig.data[0].z[5][2] == 1 and fig.data[0].z[5][1] == 0
+
+
+def test_editor_runs_the_variant_through_the_kernel():
+    """"run": the prefill kernel (here the CPU emulator) on the grid's batch, against the float64 reference."""
+    e = ib.widgets.VariantEditor()
+    res = e.run()
+    assert res == dict(device="cuda" if ib.has_gpu() else "cpu", error=res["error"]) and res["error"] < 1e-2
+    assert "my_softcap_window through" in e.run_view.value and "1e-2" in e.run_view.value
+    e.sliders.children[1].value = 4                                 # a runtime parameter moved: the run follows it
+    assert e.run()["error"] < 1e-2
+    e.pick.value = next(n for n in e._builtins if n.startswith("document"))   # a builtin that captures a tensor
+    assert e.run()["error"] < 1e-2
