@@ -13,7 +13,7 @@ import torch
 from ..errors import InputError
 from ..layout import BlockSparse
 from ..variants import Variant, combine
-from .prefill import DTYPES, plan_batch, run_prefill  # noqa: F401  (DTYPES: the prefill kernel's operand types)
+from .prefill import DTYPES, check_q_for_cache, plan_batch, run_prefill  # noqa: F401  (DTYPES: the prefill kernel's operand types)
 
 
 def _bucket(n: int) -> int:
@@ -109,13 +109,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor | None = None, v: to
             raise InputError("block_sparse_attention: give either k and v, or cache and seq_id (not both)")
         table = cache.page_table([seq_id])               # raises on freed / unknown ids
         n = int(cache.lengths([seq_id])[0])
-        if not isinstance(q, torch.Tensor) or q.dim() != 3 or q.shape[2] != cache.head_dim \
-                or q.shape[1] % cache.num_kv_heads:
-            raise InputError(f"q: expected [tokens, a multiple of {cache.num_kv_heads} heads, {cache.head_dim}], got "
-                             f"{list(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__}")
-        if q.dtype != cache.dtype or q.device != cache.pool.device:
-            raise InputError(f"q: expected {cache.dtype} on {cache.pool.device} (the cache's), got {q.dtype} on "
-                             f"{q.device}")
+        check_q_for_cache(q, cache)
         plan, full = plan_block_sparse(mask, num_qo_heads=q.shape[1], num_kv_heads=cache.num_kv_heads,
                                        head_dim=cache.head_dim, dtype=q.dtype, device=q.device, variant=variant,
                                        causal=causal, num_sms=num_sms, shape=(q.shape[0], n),

@@ -549,7 +549,15 @@ def _check_qkv(q: torch.Tensor, num_kv_heads: int, head_dim: int) -> None:
     if q.shape[2] != head_dim:
         raise InputError(f"q: head_dim {q.shape[2]}, the keys have {head_dim}")
     if q.shape[1] % num_kv_heads:
-        raise InputError(f"q has {q.shape[1]} heads, not a multiple of the {num_kv_heads} KV heads")
+        raise InputError(f"q: expected a multiple of the {num_kv_heads} KV heads, got {q.shape[1]} heads")
+
+
+def check_q_for_cache(q: torch.Tensor, cache) -> None:
+    """``q`` ``[tokens, num_qo_heads, head_dim]`` for a paged cache's keys: its head dim, a multiple of its KV heads,
+    its dtype and device (the front doors that read a cache: :func:`append`, block-sparse attention)."""
+    _check_qkv(q, cache.num_kv_heads, cache.head_dim)
+    if q.dtype != cache.dtype or q.device != cache.pool.device:
+        raise InputError(f"q: expected {cache.dtype} on {cache.pool.device} (the cache's), got {q.dtype} on {q.device}")
 
 
 def plan_batch(qo_lens, kv_lens, *, num_qo_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype,
@@ -651,7 +659,7 @@ def append(q: torch.Tensor, cache, seq_ids: Sequence[int], qo_lens: Sequence[int
     qo_lens = np.asarray(list(qo_lens), np.int64)
     if len(qo_lens) != len(seq_ids):
         raise InputError(f"qo_lens has {len(qo_lens)} entries, seq_ids {len(seq_ids)}")
-    _check_qkv(q, cache.num_kv_heads, cache.head_dim)
+    check_q_for_cache(q, cache)
     if q.shape[0] != int(qo_lens.sum()):
         raise InputError(f"q has {q.shape[0]} rows but sum(qo_lens) = {int(qo_lens.sum())}")
     kv_lens = np.asarray(cache.lengths(seq_ids), np.int64)
@@ -659,8 +667,6 @@ def append(q: torch.Tensor, cache, seq_ids: Sequence[int], qo_lens: Sequence[int
         i = int(np.argmax(qo_lens > kv_lens))
         raise InputError(f"qo_lens[{i}] = {qo_lens[i]} exceeds sequence {seq_ids[i]}'s length {kv_lens[i]}: append "
                          "the new tokens' K/V to the cache first")
-    if q.dtype != cache.dtype or q.device != cache.pool.device:
-        raise InputError(f"q: expected {cache.dtype} on {cache.pool.device} (the cache's), got {q.dtype} on {q.device}")
     p = plan_batch(qo_lens, kv_lens, num_qo_heads=q.shape[1], num_kv_heads=cache.num_kv_heads,
                    head_dim=cache.head_dim, dtype=q.dtype, page_size=cache.page_size, causal=causal,
                    window_left=window_left, variant=variant, rope=rope, tile_q=tile_q, num_sms=num_sms,
@@ -673,3 +679,22 @@ def append(q: torch.Tensor, cache, seq_ids: Sequence[int], qo_lens: Sequence[int
 
 __all__ = ["PREFILL_ITEM", "PREFILL_RUN", "PrefillRunner", "PrefillTraits", "TRAITS", "append", "default_tile_q",
            "plan_batch", "plan_records", "prefill", "prefill_spec", "run_prefill", "specializations", "traits"]
+
+
+def variant_error(variant: Variant, q_len: int = 64, kv_len: int = 64, *, num_qo_heads: int = 8,
+                  num_kv_heads: int = 1, head_dim: int = 64, device=None, seed: int = 1) -> dict:
+    """Run ``variant`` through :func:`prefill` on a random bf16 batch of one request (``q_len`` queries against
+    ``kv_len`` keys, no causal mask beyond the variant's own) on ``device`` -- the prefill kernel on a GPU, the CPU
+    emulator on the CPU (default: the GPU when there is one) -- and compare with the float64 reference.
+    Tensors the variant captures must live on that device. Returns ``{device, error}`` (``||out - ref|| / ||ref||``;
+    the bf16 tolerance is 1e-2)."""
+    from ..reference import attention as reference_attention
+    from ..testing import rel_error
+
+    dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(n, h, head_dim, generator=g).to(torch.bfloat16).to(dev)
+               for n, h in ((q_len, num_qo_heads), (kv_len, num_kv_heads), (kv_len, num_kv_heads)))
+    out = prefill(q, k, v, [0, q_len], [0, kv_len], variant=variant)
+    ref, _ = reference_attention(q, k, v, [0, q_len], [0, kv_len], **variant.reference_kwargs())
+    return dict(device=dev.type, error=rel_error(out, ref))

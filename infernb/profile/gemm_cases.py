@@ -9,6 +9,7 @@ import torch
 
 from ..ops.gemm import gemm
 from ..testing import rel_error
+from .prefill import timing_fields
 from .timing import cuda_time_interleaved, device_name
 
 
@@ -28,10 +29,7 @@ def gemm_benchmark(shapes, *, runs: int = 20, seed: int = 0) -> dict:
         errs = {label: rel_error(fn().double() @ ones_n, ref_rows) for label, fn in fns.items()}
         times = cuda_time_interleaved(fns, warmup=5, runs=runs)
         flops = 2.0 * M * N * K
-        row = dict(case=f"{M}x{N}x{K}", M=M, N=N, K=K, flops=flops, errors=errs)
-        for label, t in times.items():
-            row[f"{label}_ms"], row[f"{label}_p10_ms"], row[f"{label}_p90_ms"] = t.median_ms, t.p10_ms, t.p90_ms
-            row[f"{label}_tflops"] = flops / (t.median_ms * 1e-3) / 1e12
+        row = dict(case=f"{M}x{N}x{K}", M=M, N=N, K=K, flops=flops, errors=errs, **timing_fields(times, flops))
         row["infernb_over_torch_speed"] = times["torch"].median_ms / times["infernb"].median_ms
         result["cases"].append(row)
         print(f"{row['case']}: infernb {row['infernb_ms']:.3f} ms ({row['infernb_tflops']:.0f} TF), torch "

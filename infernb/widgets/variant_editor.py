@@ -124,14 +124,12 @@ class VariantEditor:
         self.redraw()
 
     def run(self) -> dict | None:
-        """Run the current variant through the prefill kernel -- on the GPU when there is one, else the CPU emulator
-        -- on a random batch of the grid's size (``grid`` queries and keys, ``heads`` query heads on one KV head, head
-        dim 64, bf16; no causal mask beyond the variant's own) and compare with the float64 reference. Shows and
-        returns ``{device, error}`` (``||out - ref|| / ||ref||``; bf16 tolerance 1e-2), or None after an error. On the
-        GPU the code runs again with ``device = "cuda"``, so tensors it captures must be created on ``device``."""
-        from .. import reference
-        from ..ops import prefill
-        from ..testing import rel_error
+        """Run the current variant through the prefill kernel (:func:`infernb.ops.prefill.variant_error`: the GPU's
+        when there is one, else the CPU emulator) on a random batch of the grid's size, ``heads`` query heads on one
+        KV head, and show its error against the float64 reference. Returns ``{device, error}``, or None after an
+        error. On the GPU the code runs again with ``device = "cuda"``, so tensors it captures must be created on
+        ``device``."""
+        from ..ops.prefill import variant_error
 
         if self.variant is None:
             return None
@@ -141,22 +139,16 @@ class VariantEditor:
             if dev != "cpu":
                 v = V.variant_from_code(self.code.value, filename="<variant editor>", device=dev)
                 v = v.with_params(**{n: self.variant.params[n] for n in self.variant.runtime})
-            Q, K = self.grid
-            g = torch.Generator().manual_seed(1)
-            q, k, vv = (torch.randn(n, h, 64, generator=g).to(torch.bfloat16).to(dev)
-                        for n, h in ((Q, self.heads), (K, 1), (K, 1)))
-            out = prefill(q, k, vv, [0, Q], [0, K], variant=v)
-            ref, _ = reference.attention(q, k, vv, [0, Q], [0, K], **v.reference_kwargs())
-            err = rel_error(out, ref)
+            res = variant_error(v, *self.grid, num_qo_heads=self.heads, device=dev)
         except (InfernbError, RuntimeError, ValueError, TypeError) as e:
             self._error(f"run: {type(e).__name__}: {e}")
             return None
+        err = res["error"]
         where = f"the prefill kernel on {device_info().name}" if dev != "cpu" else "the CPU emulator (no GPU here)"
-        ok = err < 1e-2
-        self.run_view.value = (f"<span style='color:{'#065f46' if ok else '#b91c1c'}'>{html.escape(v.name)} through "
-                               f"{html.escape(where)}: ||out - ref|| / ||ref|| = {err:.1e} (bf16 tolerance 1e-2)"
-                               "</span>")
-        return dict(device=dev, error=err)
+        self.run_view.value = (f"<span style='color:{'#065f46' if err < 1e-2 else '#b91c1c'}'>{html.escape(v.name)} "
+                               f"through {html.escape(where)}: ||out - ref|| / ||ref|| = {err:.1e} (bf16 tolerance "
+                               "1e-2)</span>")
+        return res
 
     def redraw(self) -> None:
         if self.variant is None:

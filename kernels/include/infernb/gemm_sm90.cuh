@@ -37,7 +37,7 @@ gemm_bf16_tn_kernel(const __grid_constant__ sm90::tensor_map_t a_map, const __gr
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   using cfg = gemm_sm90_cfg_t<BM, BN, BK, STAGES>;
   extern __shared__ __align__(1024) unsigned char smem[];
-  if (sm90::smem_u32(smem) % 1024 != 0) __trap();             // 128-byte swizzle atoms are 1024-byte aligned
+  if (sm90::smem_addr(smem) % 1024 != 0) __trap();             // 128-byte swizzle atoms are 1024-byte aligned
   unsigned char* s_a = smem;
   unsigned char* s_b = smem + STAGES * cfg::A_BYTES;
   unsigned long long* full = reinterpret_cast<unsigned long long*>(smem + STAGES * cfg::STAGE_BYTES);
@@ -79,8 +79,8 @@ gemm_bf16_tn_kernel(const __grid_constant__ sm90::tensor_map_t a_map, const __gr
     for (int kb = 0; kb < kblocks; ++kb) {
       const int s = kb % STAGES;
       sm90::mbar_wait(full + s, (kb / STAGES) & 1);
-      const unsigned a = sm90::smem_u32(s_a + s * cfg::A_BYTES + a_rows);
-      const unsigned b = sm90::smem_u32(s_b + s * cfg::B_BYTES);
+      const unsigned a = sm90::smem_addr(s_a + s * cfg::A_BYTES + a_rows);
+      const unsigned b = sm90::smem_addr(s_b + s * cfg::B_BYTES);
       sm90::wgmma_fence();
 #pragma unroll
       for (int k = 0; k < BK / 16; ++k)

@@ -17,6 +17,7 @@
 // a tile is the descriptor of base + 32 k: the hardware applies the swizzle to the whole address.
 #pragma once
 #include <infernb/common.cuh>
+#include <infernb/mma.cuh>
 
 namespace infernb {
 namespace sm90 {
@@ -32,22 +33,22 @@ constexpr bool hopper_available() {
 // A CUtensorMap: 128 opaque bytes from cuTensorMapEncodeTiled on the host (infernb.ops.gemm.tensor_map_2d).
 struct __align__(64) tensor_map_t { unsigned long long v[16]; };
 
-__device__ __forceinline__ unsigned smem_u32(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
+using mma::smem_addr;   // a shared-memory pointer as the 32-bit address PTX takes (mma.cuh)
 
 // ------------------------------------------------------------------------------------------------ mbarrier
 __device__ __forceinline__ void mbar_init(unsigned long long* bar, unsigned count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count) : "memory");
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count) : "memory");
 }
 // the barriers' initialization visible to the async proxy (TMA) before any use (then a __syncthreads)
 __device__ __forceinline__ void fence_barrier_init() {
   asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
 }
 __device__ __forceinline__ void mbar_arrive(unsigned long long* bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(bar)) : "memory");
 }
 // arrive and expect `bytes` more of asynchronous transactions (TMA loads completing on this barrier) in the phase
 __device__ __forceinline__ void mbar_arrive_expect_tx(unsigned long long* bar, unsigned bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(bytes)
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(bytes)
                : "memory");
 }
 // true once the phase of parity `parity` has completed (the barrier's phases alternate 0, 1, 0, ...)
@@ -59,7 +60,7 @@ __device__ __forceinline__ bool mbar_try_wait(unsigned long long* bar, unsigned 
       "  mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
       "  selp.u32 %0, 1, 0, p;\n"
       "}\n"
-      : "=r"(done) : "r"(smem_u32(bar)), "r"(parity) : "memory");
+      : "=r"(done) : "r"(smem_addr(bar)), "r"(parity) : "memory");
   return done != 0;
 }
 __device__ __forceinline__ void mbar_wait(unsigned long long* bar, unsigned parity) {
@@ -73,8 +74,8 @@ __device__ __forceinline__ void mbar_wait(unsigned long long* bar, unsigned pari
 __device__ __forceinline__ void tma_load_2d(void* dst, const tensor_map_t* map, unsigned long long* bar, int c0, int c1) {
   asm volatile(
       "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(
-          smem_u32(dst)),
-      "l"(reinterpret_cast<unsigned long long>(map)), "r"(c0), "r"(c1), "r"(smem_u32(bar))
+          smem_addr(dst)),
+      "l"(reinterpret_cast<unsigned long long>(map)), "r"(c0), "r"(c1), "r"(smem_addr(bar))
       : "memory");
 }
 __device__ __forceinline__ void tma_prefetch_descriptor(const tensor_map_t* map) {
