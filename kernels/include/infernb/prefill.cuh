@@ -199,9 +199,10 @@ prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
   // keys (lane & 7) + 8 (lane >> 4), chunk (lane >> 3) & 1; V (B of O = P V, transposed): keys (lane & 7) +
   // 8 ((lane >> 3) & 1), chunk lane >> 4. Rows 16 further are 16 CH 16 bytes further (the swizzle repeats every 8).
   // Each thread's four k-step offsets of each operand (mma::kstep_lanes; Q's absolute, K's and V's inside a stage's
-  // tile) are computed once into the lane table, thread-major (3 x 16 bytes a thread), and read back at each step with
-  // three 16-byte loads: the twelve registers are live during the step only, and the step does not recompute them
-  // from the thread index (~35 integer instructions a step, benchmarks/NOTES.md).
+  // tile) are computed once into the lane table, thread-major (3 x 16 bytes a thread), and read back at each step
+  // (lds128_here): the step does not recompute them from the thread index (~35 integer instructions a step,
+  // benchmarks/NOTES.md). Q and V use their four; K uses the first alone, XOR'd per k-step (mma::kstep_addr: one
+  // register instead of four, what lets the 64-key step fit in 255 registers).
   const unsigned s_q_addr = mma::smem_addr(s_q);
   {
     const mma::kstep_lanes ql(s_q_addr + mma::swizzle<CH>(warp * cfg::WARP_ROWS + (lane & 15), lane >> 4) * 16);
