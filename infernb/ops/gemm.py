@@ -19,7 +19,7 @@ from ..errors import DeviceError, InputError
 from ..jit import KernelSpec, build
 
 #: CUtensorMapDataType, CUtensorMapSwizzle, CUtensorMapL2promotion values (cuda.h)
-_BF16, _SWIZZLE_128B, _L2_256B = 9, 3, 3
+_F16, _BF16, _SWIZZLE_128B, _L2_256B = 6, 9, 3, 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,10 +70,11 @@ def _libcuda():
 
 
 def tensor_map_2d(t: torch.Tensor, box_rows: int, box_cols: int) -> bytes:
-    """The ``CUtensorMap`` (128 bytes) of a row-major 2-D bf16 CUDA tensor, tiled in boxes of ``box_rows`` x
-    ``box_cols`` elements (``box_cols`` x 2 = 128 bytes: the 128-byte swizzle), for ``tma_load_2d``."""
-    if t.dim() != 2 or t.dtype != torch.bfloat16 or not t.is_cuda or t.stride(1) != 1:
-        raise InputError(f"tensor_map_2d: a row-major 2-D bf16 CUDA tensor, got {tuple(t.shape)} {t.dtype} "
+    """The ``CUtensorMap`` (128 bytes) of a row-major 2-D bf16 / f16 CUDA tensor (rows may be strided), tiled in
+    boxes of ``box_rows`` x ``box_cols`` elements (``box_cols`` x 2 = 128 bytes: the 128-byte swizzle), for
+    ``tma_load_2d``. Boxes reaching past the tensor's end are zero-filled."""
+    if t.dim() != 2 or t.dtype not in (torch.bfloat16, torch.float16) or not t.is_cuda or t.stride(1) != 1:
+        raise InputError(f"tensor_map_2d: a row-major 2-D bf16 / f16 CUDA tensor, got {tuple(t.shape)} {t.dtype} "
                          f"strides {t.stride()} on {t.device}")
     if (t.stride(0) * 2) % 16 or t.data_ptr() % 16:
         raise InputError("tensor_map_2d: rows must start on 16-byte boundaries (TMA)")
@@ -84,7 +85,7 @@ def tensor_map_2d(t: torch.Tensor, box_rows: int, box_cols: int) -> bytes:
     strides = (ctypes.c_uint64 * 1)(t.stride(0) * 2)                      # bytes, for the dims after the first
     box = (ctypes.c_uint32 * 2)(box_cols, box_rows)
     elem = (ctypes.c_uint32 * 2)(1, 1)
-    res = _libcuda()(ctypes.byref(out), _BF16, 2, ctypes.c_void_p(t.data_ptr()), dims, strides, box, elem, 0,
+    res = _libcuda()(ctypes.byref(out), _BF16 if t.dtype == torch.bfloat16 else _F16, 2, ctypes.c_void_p(t.data_ptr()), dims, strides, box, elem, 0,
                      _SWIZZLE_128B, _L2_256B, 0)
     if res != 0:
         raise DeviceError(f"cuTensorMapEncodeTiled failed (CUresult {res}) for a {tuple(t.shape)} tensor, box "

@@ -27,6 +27,7 @@ from ..jit import KernelSpec, build
 from ..plan import Plan, emulate, plan as make_plan, token_positions
 from ..reference import RoPE
 from ..variants import Variant
+from .prefill_sm90 import SM90_TRAITS, Sm90Launch, resolve_backend
 from ._common import (CUDA_TYPES, DTYPE_NAMES, DTYPES, HEAD_DIMS, check_paged_inputs, check_pool, check_q, check_rope,
                       NONE, check_variant, plan_dtype, prepare_outputs, record_check, records_to_device,
                       rope_mode, rope_table_bytes)
@@ -314,11 +315,15 @@ class PrefillRunner:
             (q too; paged keys and values are gathered into ragged ones) before a kernel that rotates nothing, or
             ``"auto"``: the pass when the request's keys are read by 2 or more query tiles on average (a prompt,
             an append of many tokens), the tile otherwise. Both round the rotated operands once, from fp32.
+        backend: ``"mma"`` (the mma.sync kernel, sm_80+), ``"sm90"`` (the Hopper kernel, wgmma + TMA:
+            :mod:`infernb.ops.prefill_sm90`; its plans come from ``plan_batch(..., backend="sm90")``; raises
+            ``InputError`` saying why when it cannot run this) or ``"auto"`` (the mma.sync kernel for now). A CPU
+            device runs the emulator whatever the backend.
     """
 
     def __init__(self, plan: Plan, cache=None, page_table=None, *, variant: Variant | None = None,
                  rope: RoPE | None = None, sm_scale: float | None = None, device=None,
-                 config: PrefillTraits | None = None, rope_path: str = "auto"):
+                 config: PrefillTraits | None = None, rope_path: str = "auto", backend: str = "auto"):
         variant = check_variant(variant, plan)
         if rope_path not in ("auto", "tile", "pass"):
             raise InputError(f"rope_path: expected 'auto', 'tile' or 'pass', got {rope_path!r}")
@@ -358,8 +363,18 @@ class PrefillRunner:
         self._num_q = int(plan.qo_lens.sum())
         self._num_kv = int(plan.kv_lens.sum())
         self.rope_path = None
-        if self.device.type != "cuda":
+        cuda = self.device.type == "cuda"
+        self.backend = resolve_backend(backend, head_dim=plan.head_dim, dtype=self.dtype, variant=variant,
+                                       rope=rope, paged=self.paged, device=self.device if cuda else None, plan=plan)
+        if not cuda:
             return                                       # the emulator runs it (see __call__)
+        if self.backend == "sm90":
+            items, cta_ptr, runs, _ = plan_records(plan, kv_start)
+            dev = self.device
+            self.items, self.cta_ptr = records_to_device(items, dev), records_to_device(cta_ptr, dev)
+            self.runs = records_to_device(runs if len(runs) else np.zeros(1, PREFILL_RUN), dev)
+            self._sm90 = Sm90Launch(plan, self.dtype, dev, self.items, self.cta_ptr, self.runs, self.sm_scale)
+            return
         if rope is not None:
             self.rope_path = rope_path if rope_path != "auto" else \
                 "pass" if rope_tiles_per_request(plan) >= 2 else "tile"
@@ -429,6 +444,9 @@ class PrefillRunner:
             return out.copy_(o), lse.copy_(s)
         if p.num_items == 0:
             return out.zero_(), lse.fill_(float("-inf"))
+        if self.backend == "sm90":
+            self._sm90(q, *src, out, lse)
+            return out, lse
         part_o, part_lse = self._part if self._part is not None else (out, lse)   # unsplit plans never write them
         kp, vp = (src[0], src[0]) if self.paged else src
         if self.rope_path == "pass":
@@ -519,10 +537,11 @@ class PrefillRunner:
 
 def run_prefill(plan: Plan, q: torch.Tensor, k=None, v=None, *, cache=None, page_table=None,
                 variant: Variant | None = None, rope: RoPE | None = None,
-                sm_scale: float | None = None, rope_path: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+                sm_scale: float | None = None, rope_path: str = "auto",
+                backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """One-off prefill of a planned batch (builds a :class:`PrefillRunner`; keep the runner to call it per layer)."""
     r = PrefillRunner(plan, cache, page_table, variant=variant, rope=rope, sm_scale=sm_scale, device=q.device,
-                      rope_path=rope_path)
+                      rope_path=rope_path, backend=backend)
     return r(q, k, v) if cache is None else r(q, cache=cache)
 
 
@@ -563,23 +582,35 @@ def check_q_for_cache(q: torch.Tensor, cache) -> None:
 def plan_batch(qo_lens, kv_lens, *, num_qo_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype,
                page_size: int = 16, causal: bool = False, window_left: int = -1, variant: Variant | None = None,
                rope: RoPE | None = None, tile_q: int | None = None, num_sms=None, page_table=None,
-               block_sparse: bool | None = None, block_masks=None, full_blocks: bool = True) -> Plan:
+               block_sparse: bool | None = None, block_masks=None, full_blocks: bool = True,
+               backend: str = "mma") -> Plan:
     """:func:`infernb.plan` for the prefill kernel: its default query tile (:func:`default_tile_q`), its traits' CTAs
     per SM and per-item cost, the variant's window promise when ``window_left`` is ``-1``, no split for sigmoid
     variants, and the variant's block structure (``block_sparse``; default: when it has a ``mask_mod``): tiles read
     only the key blocks its mask leaves visible, and skip ``mask_mod`` on the full ones
     (:meth:`~infernb.variants.Variant.block_masks`, evaluated here, once per plan); or ``block_masks``, given
     BlockSparse masks whose elements are the variant's ``mask_mod`` (:func:`infernb.ops.block_sparse.mask_variant`).
-    What :func:`prefill`, :func:`append` and :func:`~infernb.ops.block_sparse.block_sparse_attention` run."""
+    What :func:`prefill`, :func:`append` and :func:`~infernb.ops.block_sparse.block_sparse_attention` run.
+    ``backend="sm90"``: a plan for the Hopper kernel (:data:`~infernb.ops.prefill_sm90.SM90_TRAITS`: 128-row tiles,
+    one CTA per SM, no split units); ``"mma"`` (default) for the mma.sync kernel."""
     window = window_left if window_left >= 0 else getattr(variant, "window_left", -1)
     qo_lens = np.asarray(qo_lens)
     rows_avg = float(np.mean(qo_lens) * (num_qo_heads // num_kv_heads)) if len(qo_lens) else 0.0
-    tq = default_tile_q(rows_avg, head_dim) if tile_q is None else tile_q
-    tr = traits(head_dim, tq, rope_mode(rope))
+    if backend not in ("mma", "sm90"):
+        raise InputError(f"plan_batch: backend 'mma' or 'sm90', got {backend!r}")
+    if backend == "sm90":
+        if tile_q not in (None, SM90_TRAITS.tile_q):
+            raise InputError(f"the Hopper kernel's tile is {SM90_TRAITS.tile_q} rows, got tile_q={tile_q}")
+        tq, ctas, fixed, gain = SM90_TRAITS.tile_q, SM90_TRAITS.ctas_per_sm, SM90_TRAITS.fixed_cost, math.inf
+    else:
+        tq = default_tile_q(rows_avg, head_dim) if tile_q is None else tile_q
+        tr = traits(head_dim, tq, rope_mode(rope))
+        ctas, fixed = tr.ctas_per_sm, tr.fixed_cost
+        gain = MERGE_GAIN if variant is None or variant.softmax else math.inf
     return make_plan(qo_lens, kv_lens, num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
                      page_size=page_size, page_table=page_table, causal=causal, window_left=window, tile_q=tq,
-                     dtype=DTYPE_NAMES[dtype], num_sms=num_sms, ctas_per_sm=tr.ctas_per_sm, fixed_cost=tr.fixed_cost,
-                     merge_gain=MERGE_GAIN if variant is None or variant.softmax else math.inf,
+                     dtype=DTYPE_NAMES[dtype], num_sms=num_sms, ctas_per_sm=ctas, fixed_cost=fixed,
+                     merge_gain=gain,
                      block_masks=block_masks if block_masks is not None else
                      variant if _block_sparse(variant, block_sparse) else None,
                      mask_variant=variant if block_masks is not None else None, full_blocks=full_blocks)
@@ -597,7 +628,7 @@ def _block_sparse(variant: Variant | None, block_sparse: bool | None) -> bool:
 def prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qo_indptr, kv_indptr, *, causal: bool = False,
             window_left: int = -1, variant: Variant | None = None, rope: RoPE | None = None,
             sm_scale: float | None = None, return_lse: bool = False, tile_q: int | None = None, num_sms=None,
-            rope_path: str = "auto", block_sparse: bool | None = None):
+            rope_path: str = "auto", block_sparse: bool | None = None, backend: str = "auto"):
     """Attention of a ragged batch in one call: plan it and run it (notebooks; serving code keeps the runner).
 
     Args:
@@ -612,6 +643,7 @@ def prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qo_indptr, kv_ind
         tile_q: query tile rows (64 / 128; default :func:`default_tile_q`); num_sms: SMs to plan for.
         block_sparse: plan with the variant's block structure (:func:`plan_batch`; default: when the variant has a
             ``mask_mod``): its empty key blocks are never read, its full ones skip ``mask_mod``.
+        backend: ``"auto"``, ``"mma"`` or ``"sm90"`` (:class:`PrefillRunner`; the plan is made for it).
     Returns:
         ``out [qo_indptr[-1], num_qo_heads, head_dim]`` q.dtype (and ``lse``).
     """
@@ -629,12 +661,13 @@ def prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qo_indptr, kv_ind
     kv = _indptr("kv_indptr", kv_indptr, k.shape[0])
     if len(qo) != len(kv):
         raise InputError(f"qo_indptr has {len(qo) - 1} requests, kv_indptr {len(kv) - 1}")
+    be = resolve_backend(backend, head_dim=k.shape[2], dtype=q.dtype, variant=variant, rope=rope,
+                         device=q.device if q.is_cuda else None)
     p = plan_batch(np.diff(qo), np.diff(kv), num_qo_heads=q.shape[1], num_kv_heads=k.shape[1], head_dim=k.shape[2],
                    dtype=q.dtype, causal=causal, window_left=window_left, variant=variant, rope=rope, tile_q=tile_q,
-                   num_sms=num_sms, block_sparse=block_sparse)
+                   num_sms=num_sms, block_sparse=block_sparse, backend=be)
     out, lse = run_prefill(p, q.contiguous(), k.contiguous(), v.contiguous(), variant=variant, rope=rope,
-                           rope_path=rope_path,
-                           sm_scale=sm_scale)
+                           rope_path=rope_path, sm_scale=sm_scale, backend=be)
     return (out, lse) if return_lse else out
 
 

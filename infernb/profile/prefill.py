@@ -30,12 +30,13 @@ def gemm_ceiling_tflops(n: int = 8192, runs: int = 10) -> float:
 
 
 def flashinfer_ragged(flashinfer, q, k, v, qo_lens, kv_lens, *, causal: bool, workspace: torch.Tensor | None = None,
-                      **plan_kwargs):
-    """FlashInfer's ragged fa2 prefill of ``q, k, v`` (``qo_lens`` / ``kv_lens`` per request), planned once;
-    returns the call that runs it (and returns its output ``[tokens, num_qo_heads, head_dim]``). ``plan_kwargs``:
-    its options (``window_left``, ``logits_soft_cap``, ``pos_encoding_mode``, ...)."""
+                      backend: str = "fa2", **plan_kwargs):
+    """FlashInfer's ragged prefill of ``q, k, v`` (``qo_lens`` / ``kv_lens`` per request; its ``backend``, ``"fa2"``
+    or ``"fa3"`` on Hopper), planned once; returns the call that runs it (and returns its output ``[tokens,
+    num_qo_heads, head_dim]``). ``plan_kwargs``: its options (``window_left``, ``logits_soft_cap``,
+    ``pos_encoding_mode``, ...)."""
     ptr = lambda x: torch.as_tensor(np.r_[0, np.cumsum(x)], dtype=torch.int32, device=q.device)  # noqa: E731
-    w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(_workspace(q, workspace), "NHD", backend="fa2")
+    w = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(_workspace(q, workspace), "NHD", backend=backend)
     w.plan(ptr(qo_lens), ptr(kv_lens), q.shape[1], k.shape[1], q.shape[2], causal=causal, q_data_type=q.dtype,
            **plan_kwargs)
     return lambda: w.run(q, k, v)

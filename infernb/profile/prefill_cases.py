@@ -24,7 +24,8 @@ def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, fle
     its block structure, and again without it as ``<label>_dense``: every causal key read, the mask evaluated on
     each; FlexAttention with the same mask_mod on one request), ``rope_cmp`` (RoPE by the pass and in the tile), ``naive`` (the
     same kernel on a naive plan), ``tile_cmp`` (the other query tile), ``plan_variants`` (``[(label, plan kwargs)]``),
-    ``configs`` (``[PrefillTraits]``); paged: ``page``; ``kind="block_sparse"``: ``n``, ``block``, ``blocks_per_row`` (a
+    ``configs`` (``[PrefillTraits]``), ``sm90`` (the Hopper kernel, ``backend="sm90"``, and FlashInfer's fa3 backend
+    beside fa2); paged: ``page``; ``kind="block_sparse"``: ``n``, ``block``, ``blocks_per_row`` (a
     block-aligned sliding window, against FlashInfer's BlockSparseAttentionWrapper and FlexAttention). ``flashinfer``: 0 none, 1 plain fa2, 2 also its variant
     paths. Returns the benchmark JSON: ``{device, date, torch, flashinfer, heads, head_dim, dtype, gemm_tflops,
     cases: [rows]}``, rows with ``<path>_ms``, ``<path>_tflops``, errors and ``<path>_over_infernb``."""
@@ -58,7 +59,7 @@ def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, fle
         return err
 
     def ragged_case(name, qo, kv, *, causal=True, window=-1, variants=(), rope_cmp=False, naive=False,
-                    tile_cmp=False, plan_variants=(), configs=(), masks=()):
+                    tile_cmp=False, plan_variants=(), configs=(), masks=(), sm90=False):
         q, k, v = rnd(sum(qo), HQ, D), rnd(sum(kv), HKV, D), rnd(sum(kv), HKV, D)
         qo_ptr, kv_ptr = np.r_[0, np.cumsum(qo)], np.r_[0, np.cumsum(kv)]
         pairs = visible_pairs(qo, kv, causal, window)
@@ -79,8 +80,8 @@ def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, fle
                 outs.append(o)
             return torch.cat(outs)
 
-        def add(label, plan, variant=None, rope=None, config=None, rope_path="auto"):
-            r = PrefillRunner(plan, variant=variant, rope=rope, config=config, rope_path=rope_path)
+        def add(label, plan, variant=None, rope=None, config=None, rope_path="auto", backend="mma"):
+            r = PrefillRunner(plan, variant=variant, rope=rope, config=config, rope_path=rope_path, backend=backend)
             out = r(q, k, v)[0]
             errs[label] = check(label, out, ref_rows(variant, rope), rows)
             fns[label] = lambda: r(q, k, v)
@@ -89,6 +90,8 @@ def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, fle
         p = plan_batch(qo, kv, dtype=dt_, **shape)       # what ib.prefill plans
         fc = p.fixed_cost
         add("infernb", p)
+        if sm90:                                    # the Hopper kernel on its own plan
+            add("infernb_sm90", plan_batch(qo, kv, dtype=dt_, backend="sm90", **shape), backend="sm90")
         if tile_cmp:                                # the other query tile, same kernel family, same rounds
             add(f"infernb_tile{192 - p.tile_q}", plan_batch(qo, kv, dtype=dt_, tile_q=192 - p.tile_q, **shape))
         for cfg in configs:                          # kernel configurations, planned for their CTAs per SM
@@ -118,6 +121,9 @@ def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, fle
                 return fns[label]()
             out = fi_ragged("flashinfer_fa2", window_left=window)
             errs["flashinfer_fa2"] = check("flashinfer_fa2", out, ref_rows(), rows)
+            if sm90:
+                out = fi_ragged("flashinfer_fa3", window_left=window, backend="fa3")
+                errs["flashinfer_fa3"] = check("flashinfer_fa3", out, ref_rows(), rows)
             if flashinfer >= 2:
                 for v_name, variant in variants:
                     if v_name == "softcap30_approx":

@@ -1,0 +1,41 @@
+"""The Hopper prefill kernel (issue 16) side by side with the mma.sync kernel, FlashInfer fa3 / fa2, cuDNN, SDPA
+flash and FlexAttention, in one run.
+
+    python benchmarks/bench_prefill_sm90.py [--out DIR] [--runs N] [--flashinfer 0|1] [--flex 0|1]
+
+bf16, head_dim 128, 32 query / 8 KV heads, ragged K/V: one causal request of 8192 and of 16384 tokens, the skewed
+batch 1 x 16384 + 63 x 512, 16 x 512 short requests, a sliding window of 1024 on 8192. Every path checked against
+the float64 reference on a row sample first, timed in interleaved rounds with the L2 flushed
+(``infernb.profile.prefill_cases``). Targets (issue 16): >= 1.1x FlashInfer fa3 and >= 1.0x cuDNN on the one-request
+cases. Writes ``prefill_sm90_<device>_<date>.json``.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import parse_args, write_result  # noqa: E402
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv, runs=20, flashinfer=1, flex=1)
+    from infernb.profile.prefill_cases import prefill_cases
+
+    cases = [dict(name="causal_8192", qo=[8192], kv=[8192], sm90=True),
+             dict(name="causal_16384", qo=[16384], kv=[16384], sm90=True),
+             dict(name="skewed_1x16384_63x512", qo=[16384] + [512] * 63, kv=[16384] + [512] * 63, sm90=True),
+             dict(name="documents_16x512_ragged", qo=[512] * 16, kv=[512] * 16, sm90=True),
+             dict(name="full_4096", qo=[4096], kv=[4096], causal=False, sm90=True),
+             dict(name="window_1024_on_8192", qo=[8192], kv=[8192], window=1024, sm90=True)]
+    only = os.environ.get("BENCH_CASES")
+    cases = [c for c in cases if only is None or c["name"] in only.split(",")]
+    result = prefill_cases(cases, runs=args.runs, flashinfer=args.flashinfer, flex=bool(args.flex))
+    path = write_result(args.out, f"prefill_sm90_{result['device']}_{result['date']}", result)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

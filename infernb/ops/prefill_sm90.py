@@ -1,0 +1,158 @@
+"""Prefill and append attention on Hopper: wgmma + TMA, a producer warpgroup and two consumer warpgroups
+(``kernels/include/infernb/prefill_sm90.cuh``; issue 16).
+
+It runs the prefill plan format unchanged (:func:`infernb.ops.prefill.plan_records`: items, CTA lists, key runs)
+with its own traits (:data:`SM90_TRAITS`: 128-row tiles, one CTA per SM, no split units). What it covers today:
+head dim 128, bf16 / f16, ragged K/V, causal or not, sliding windows, custom ``sm_scale``; variants with hooks,
+RoPE and paged caches run on the mma.sync kernel (:func:`unsupported` says why a run does not qualify).
+:class:`~infernb.ops.prefill.PrefillRunner` and the front doors take ``backend="sm90"`` / ``"mma"`` / ``"auto"``.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..jit import KernelSpec
+from ._common import CUDA_TYPES, DTYPE_NAMES, DTYPES
+
+#: backends of the prefill front doors: ``"mma"`` (mma.sync, sm_80+), ``"sm90"`` (wgmma + TMA, sm_90 only) and
+#: ``"auto"`` (what :func:`resolve_backend` picks).
+BACKENDS = ("auto", "mma", "sm90")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sm90Traits:
+    """The Hopper kernel's facts for the planner and the runner: ``tile_q`` rows per item (two consumer warpgroups
+    of 64), ``block_n`` keys per stage, ``stages`` K/V buffers, one CTA per SM (its shared memory), ``fixed_cost``
+    an item's own cost in key tokens (Q load, pipeline fill, epilogue)."""
+
+    head_dim: int = 128
+    tile_q: int = 128
+    block_n: int = 128
+    stages: int = 2
+    ctas_per_sm: int = 1
+    fixed_cost: float = 512.0
+
+    @property
+    def smem_bytes(self) -> int:
+        """``prefill_sm90_cfg_t::SMEM_BYTES`` (each compiled unit checks they agree)."""
+        d = self.head_dim
+        return self.tile_q * d * 2 + self.stages * 2 * self.block_n * d * 2 + 2 * self.stages * 8
+
+
+SM90_TRAITS = Sm90Traits()
+#: head dims the Hopper kernel has
+SM90_HEAD_DIMS = (128,)
+
+
+def sm90_spec(dtype: torch.dtype, head_dim: int = 128, causal: bool = False,
+              tr: Sm90Traits = SM90_TRAITS) -> KernelSpec:
+    """The sm_90a specialization for (dtype, head dim, causal)."""
+    if dtype not in DTYPES:
+        raise InputError(f"the Hopper prefill kernel runs bf16 / f16, got {dtype}")
+    if head_dim not in SM90_HEAD_DIMS:
+        raise InputError(f"the Hopper prefill kernel has head dims {SM90_HEAD_DIMS}, got {head_dim}")
+    ct = CUDA_TYPES[dtype]
+    args = f"{ct}, {head_dim}, {tr.stages}"
+    check = (f"static_assert(infernb::prefill_sm90_cfg_t<{args}>::SMEM_BYTES == {tr.smem_bytes} && "
+             f"infernb::prefill_sm90_cfg_t<{args}>::TILE_Q == {tr.tile_q} && "
+             f"infernb::prefill_sm90_cfg_t<{args}>::BLOCK_N == {tr.block_n}, "
+             '"infernb.ops.prefill_sm90.Sm90Traits disagrees with prefill_sm90_cfg_t");')
+    from .prefill import _struct_checks
+    return KernelSpec(family="prefill_sm90",
+                      name=f"prefill_sm90_{DTYPE_NAMES[dtype]}_hd{head_dim}_s{tr.stages}{'_causal' if causal else ''}",
+                      kernels=(("prefill", f"infernb::prefill_sm90_kernel<{args}, {'true' if causal else 'false'}>"),),
+                      preamble=check + "\n" + _struct_checks(), archs=("sm_90a",))
+
+
+def specializations() -> list[KernelSpec]:
+    """What CI compiles: every dtype, causal or not."""
+    return [sm90_spec(dt, d, c) for dt in DTYPES for d in SM90_HEAD_DIMS for c in (False, True)]
+
+
+def unsupported(*, head_dim: int, dtype: torch.dtype, variant=None, rope=None, paged: bool = False,
+                device: torch.device | None = None, plan=None) -> str | None:
+    """Why the Hopper kernel cannot run this (a sentence), or None when it can."""
+    from ..variants import Variant  # noqa: F401  (the type of variant)
+
+    if device is not None:
+        if device.type != "cuda":
+            return f"it runs on CUDA devices ({device} is not one)"
+        major, minor = torch.cuda.get_device_capability(device)
+        if major != 9:
+            return f"it runs on sm_90 (Hopper) GPUs; {device} is sm_{major}{minor}"
+    if head_dim not in SM90_HEAD_DIMS:
+        return f"it has head dims {SM90_HEAD_DIMS} (not {head_dim})"
+    if dtype not in DTYPES:
+        return f"it runs bf16 / f16 (not {dtype})"
+    if variant is not None and (variant.score_mod is not None or variant.mask_mod is not None or
+                                variant.cuda_score_mod is not None or variant.cuda_mask_mod is not None or
+                                not variant.softmax):
+        return f"variant {variant.name!r} has hooks (score_mod / mask_mod / sigmoid): the mma.sync kernel runs those"
+    if rope is not None:
+        return "fused RoPE runs on the mma.sync kernel"
+    if paged:
+        return "paged caches run on the mma.sync kernel"
+    if plan is not None:
+        if plan.tile_q != SM90_TRAITS.tile_q:
+            return f"its plans have {SM90_TRAITS.tile_q}-row tiles (this one {plan.tile_q}): plan with backend='sm90'"
+        if len(plan.merge_unit):
+            return "its plans split no unit (this one does): plan with backend='sm90'"
+    return None
+
+
+def resolve_backend(backend: str, **kw) -> str:
+    """``"mma"`` or ``"sm90"`` for a requested backend (:data:`BACKENDS`); ``"sm90"`` raises ``InputError`` with the
+    reason when the Hopper kernel cannot run the arguments (:func:`unsupported`'s keywords); ``"auto"`` is the
+    mma.sync kernel (the Hopper kernel is opt-in until it covers the prefill grid)."""
+    if backend not in BACKENDS:
+        raise InputError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    if backend == "sm90":
+        why = unsupported(**kw)
+        if why:
+            raise InputError(f"backend='sm90': the Hopper prefill kernel cannot run this: {why}")
+        return "sm90"
+    return "mma"
+
+
+class Sm90Launch:
+    """The Hopper kernel bound to a plan's records (device tensors) and scalars; called with q, k, v, out, lse."""
+
+    def __init__(self, plan, dtype: torch.dtype, device: torch.device, items, cta_ptr, runs, sm_scale: float):
+        from ..device import device_info
+        from ..jit import build
+
+        why = unsupported(head_dim=plan.head_dim, dtype=dtype, device=device, plan=plan)
+        if why:
+            raise InputError(f"the Hopper prefill kernel cannot run this plan: {why}")
+        self.plan, self.device, self.tr = plan, device, SM90_TRAITS
+        self.kernel = build(sm90_spec(dtype, plan.head_dim, plan.causal), device_info(device.index).arch)
+        self.items, self.cta_ptr, self.runs = items, cta_ptr, runs
+        u64, i32 = np.uint64, np.int32
+        self._tail = [u64(items.data_ptr()).tobytes(), u64(cta_ptr.data_ptr()).tobytes(),
+                      u64(runs.data_ptr()).tobytes()]
+        self._scalars = [np.float32(sm_scale).tobytes(), i32(plan.group).tobytes(), i32(plan.num_qo_heads).tobytes(),
+                         i32(plan.window_left).tobytes()]
+        self._maps: dict = {}
+
+    def _map(self, t: torch.Tensor) -> bytes:
+        from .gemm import tensor_map_2d
+
+        key = (t.data_ptr(), tuple(t.shape), t.dtype)
+        m = self._maps.get(key)
+        if m is None:
+            if len(self._maps) > 8:
+                self._maps.clear()
+            n, h, d = t.shape
+            m = self._maps[key] = tensor_map_2d(t.view(n, h * d), self.tr.block_n, 64)
+        return m
+
+    def __call__(self, q, k, v, out, lse) -> None:
+        u64 = np.uint64
+        params = [self._map(k), self._map(v), u64(q.data_ptr()).tobytes(), *self._tail,
+                  u64(out.data_ptr()).tobytes(), u64(lse.data_ptr()).tobytes(), *self._scalars]
+        self.kernel.launch_packed("prefill", (self.plan.num_ctas, 1, 1), (384, 1, 1), params,
+                                  shared_mem=self.tr.smem_bytes, device_index=self.device.index)

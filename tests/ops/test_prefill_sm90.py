@@ -1,0 +1,168 @@
+"""The Hopper prefill kernel (issue 16: kernels/include/infernb/prefill_sm90.cuh, infernb.ops.prefill_sm90).
+
+CPU: every specialization compiles for sm_90a in <= 3 s without spills, its SASS (the whole cubin) runs both GEMMs on
+HGMMA (P V with a transposed, MN-major V) and loads K/V by TMA; the backend's choice and its refusals; its plans
+(128-row tiles, one CTA per SM, nothing split). GPU (sm_90): against the float64 reference over the prefill grid's
+head-dim-128 part (batch, group, causal, qo / kv lengths, fp16 / bf16), windows, edge rows, a running max that moves,
+many items per CTA; outputs poisoned with NaN first."""
+import itertools
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import infernb as ib
+from infernb import InputError, reference
+from infernb.jit import build, toolchain
+from infernb.ops.prefill import PrefillRunner, plan_batch
+from infernb.ops.prefill_sm90 import SM90_TRAITS, resolve_backend, sm90_spec, specializations, unsupported
+
+from .test_prefill import KV, QO, check, ragged
+
+gpu = pytest.mark.gpu
+hopper = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9,
+                            reason="needs an sm_90 (Hopper) GPU")
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.mark.parametrize("spec", specializations(), ids=lambda s: s.name)
+def test_compiles_fast_without_spills(spec):
+    k = build(spec, "sm_90a", force=True)
+    assert k.report.compile_seconds <= 3.0, k.report
+    (r,) = k.report.kernels
+    assert not r.spills and r.stack_frame == 0, r
+    assert spec.targets("sm_90a") and not spec.targets("sm_80")
+
+
+@pytest.mark.skipif(toolchain.nvdisasm_path() is None, reason="nvdisasm (pip install nvidia-cuda-nvdisasm)")
+def test_sass_runs_both_gemms_on_hgmma():
+    text = toolchain.sass(build(sm90_spec(torch.bfloat16, 128, True), "sm_90a").cubin)
+    hg = re.findall(r"HGMMA\.64x128x16\.F32\.BF16[^;]*;", text)
+    # S = Q K^T: 8 k-steps over the head dim (both operands from shared memory); O += P V: 8 k-steps over the block's
+    # keys, P from registers, V transposed (MN-major)
+    assert len(hg) == 16, hg
+    assert sum("tnspB" in h for h in hg) == 8 and sum(re.search(r"R\d+, R\d+, gdesc", h) is not None for h in hg) == 8
+    ops = re.findall(r"/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", text)
+    assert ops.count("UTMALDG") == 4                                     # K and V, two 64-column slabs each
+    assert "LDL" not in ops and "STL" not in ops and ops.count("USETMAXREG") == 2
+    # the wgmmas of each GEMM are issued back to back (one wait per group), not serialized by the compiler
+    assert len(re.findall(r"HGMMA[^;]*gsb0", text)) == 2
+
+
+def test_backend_choice_and_refusals():
+    kw = dict(head_dim=128, dtype=torch.bfloat16)
+    assert unsupported(**kw) is None
+    assert "head dims" in unsupported(head_dim=64, dtype=torch.bfloat16)
+    assert "hooks" in unsupported(**kw, variant=ib.variants.softcap(30.0))
+    assert "RoPE" in unsupported(**kw, rope=ib.RoPE())
+    assert "paged" in unsupported(**kw, paged=True)
+    assert "CUDA" in unsupported(**kw, device=torch.device("cpu"))
+    assert resolve_backend("auto", **kw) == "mma" and resolve_backend("mma", **kw) == "mma"
+    assert resolve_backend("sm90", **kw) == "sm90"
+    with pytest.raises(InputError, match="backend"):
+        resolve_backend("cuda", **kw)
+    with pytest.raises(InputError, match="sm90.*head dims"):
+        resolve_backend("sm90", head_dim=256, dtype=torch.bfloat16)
+    # a plan made for the mma.sync kernel is refused by the Hopper runner, with the fix in the message
+    p = plan_batch([300], [300], num_qo_heads=8, num_kv_heads=2, head_dim=128, dtype=torch.bfloat16, tile_q=64)
+    with pytest.raises(InputError, match="backend='sm90'"):
+        PrefillRunner(p, device="cpu", backend="sm90")
+
+
+def test_sm90_plans_and_cpu_path():
+    p = plan_batch([16384] + [512] * 63, [16384] + [512] * 63, num_qo_heads=32, num_kv_heads=8, head_dim=128,
+                   dtype=torch.bfloat16, causal=True, backend="sm90", num_sms=132)
+    assert p.tile_q == SM90_TRAITS.tile_q and p.num_ctas == 132 and len(p.merge_unit) == 0
+    with pytest.raises(InputError, match="128 rows"):
+        plan_batch([64], [64], num_qo_heads=8, num_kv_heads=2, head_dim=128, dtype=torch.bfloat16, tile_q=64,
+                   backend="sm90")
+    # the CPU runs the emulator whatever the backend, the Hopper one's constraints checked all the same
+    g = torch.Generator().manual_seed(0)
+    q, k, v, qo, kv = ragged(g, [37, 5], [90, 5], 8, 2, 128, device="cpu")
+    out = ib.prefill(q, k, v, qo, kv, causal=True, backend="sm90")
+    ref, _ = reference.attention(q, k, v, qo, kv, causal=True)
+    check(out, torch.zeros(out.shape[:2]), ref, torch.zeros(out.shape[:2]), torch.bfloat16)
+    with pytest.raises(InputError, match="sm90"):
+        ib.prefill(q, k, v, qo, kv, causal=True, backend="sm90", variant=ib.variants.softcap(30.0))
+
+
+# ---------------------------------------------------------------------------------------------- GPU
+def run_sm90(gen, qo_lens, kv_lens, hq, hkv, *, dtype=torch.bfloat16, causal=False, window_left=-1, num_sms=None,
+             sm_scale=None, k_scale=1.0, q=None, k=None):
+    """Plan for the Hopper kernel, poison, run, compare with the float64 reference (rows that see no key: 0, -inf)."""
+    qq, kk, v, qo_ptr, kv_ptr = ragged(gen, qo_lens, kv_lens, hq, hkv, 128, dtype)
+    q = qq if q is None else q
+    k = (kk.float() * k_scale).to(dtype) if k is None else k
+    p = plan_batch(qo_lens, kv_lens, num_qo_heads=hq, num_kv_heads=hkv, head_dim=128, dtype=dtype, causal=causal,
+                   window_left=window_left, num_sms=num_sms, backend="sm90")
+    runner = PrefillRunner(p, device=q.device, backend="sm90", sm_scale=sm_scale)
+    assert runner.backend == "sm90"
+    out = torch.full_like(q, float("nan"))
+    lse = torch.full(q.shape[:2], float("nan"), dtype=torch.float32, device=q.device)
+    o, s = runner(q, k, v, out=out, lse=lse)
+    assert o is out and s is lse
+    ref_o, ref_s = reference.attention(q, k, v, qo_ptr, kv_ptr, causal=causal, window_left=window_left,
+                                       sm_scale=sm_scale)
+    check(o, s, ref_o, ref_s, dtype)
+    return p
+
+
+GRID = list(itertools.product([1, 12, 17], [1, 4, 8, 32], [False, True]))
+
+
+@gpu
+@hopper
+@pytest.mark.parametrize("batch,group,causal", GRID, ids=[f"b{b}-g{g}-{'causal' if c else 'full'}"
+                                                          for b, g, c in GRID])
+def test_gpu_ragged_grid(gen, batch, group, causal):
+    rng = np.random.default_rng(batch * 1000 + group * 10 + causal)
+    kv = rng.choice(KV, batch).tolist()
+    qo = [int(min(x, y)) if causal else int(y) for x, y in zip(kv, rng.choice(QO, batch))]
+    dtype = torch.bfloat16 if (batch + group) % 2 else torch.float16
+    run_sm90(gen, qo, kv, 2 * group if group < 32 else 32, 2 if group < 32 else 1, dtype=dtype, causal=causal)
+
+
+@gpu
+@hopper
+@pytest.mark.parametrize("case", ["batch128", "kv16384", "prompt8192_few_ctas", "window", "edge_rows", "scale",
+                                  "rising_max"])
+def test_gpu_cases(gen, case):
+    if case == "batch128":
+        rng = np.random.default_rng(128)
+        kv = rng.choice(KV, 128).tolist()
+        run_sm90(gen, [min(17, x) for x in kv], kv, 32, 8, causal=True)
+    elif case == "kv16384":
+        run_sm90(gen, [577, 127], [16384, 16384], 32, 8, causal=True)
+    elif case == "prompt8192_few_ctas":           # many items per CTA: the stages' phases carry across items
+        run_sm90(gen, [2048], [2048], 16, 4, causal=True, num_sms=3)
+    elif case == "window":
+        run_sm90(gen, [577, 127, 1], [2048, 512, 54], 16, 4, causal=True, window_left=100)
+        run_sm90(gen, [300], [700], 8, 8, window_left=200)
+    elif case == "edge_rows":                     # empty requests, no keys, one key; a window hiding every key
+        run_sm90(gen, [0, 17, 0, 1], [54, 0, 0, 1], 16, 4)
+        run_sm90(gen, [37], [37], 8, 2, window_left=0)
+    elif case == "scale":
+        run_sm90(gen, [200, 33], [200, 500], 8, 2, causal=True, sm_scale=0.3, dtype=torch.float16)
+    else:                                          # logits growing along every row: the max moves block after block
+        qo, kv = [200, 64], [3000, 700]
+        _, k, _, _, _ = ragged(gen, qo, kv, 16, 4, 128)
+        pos = torch.cat([torch.arange(n, device=DEV, dtype=torch.float32) for n in kv])
+        run_sm90(gen, qo, kv, 16, 4, causal=True, k=(k.float() * (1 + pos / 64 * 1.5)[:, None, None]).to(k.dtype))
+
+
+@gpu
+@hopper
+def test_gpu_front_door_and_runner_reuse(gen):
+    q, k, v, qo, kv = ragged(gen, [513, 64], [1000, 64], 32, 8, 128)
+    a = ib.prefill(q, k, v, qo, kv, causal=True, backend="sm90")
+    b = ib.prefill(q, k, v, qo, kv, causal=True, backend="mma")
+    ref, _ = reference.attention(q, k, v, qo, kv, causal=True)
+    check(a, torch.zeros(a.shape[:2]), ref, torch.zeros(a.shape[:2]), torch.bfloat16)
+    assert (a.float() - b.float()).abs().max() < 0.05
+    p = plan_batch([513, 64], [1000, 64], num_qo_heads=32, num_kv_heads=8, head_dim=128, dtype=torch.bfloat16,
+                   causal=True, backend="sm90")
+    r = PrefillRunner(p, backend="sm90")
+    o1, _ = r(q, k, v)
+    o2, _ = r(q, k.clone(), v.clone())                 # new tensors: new TMA descriptors, same result
+    assert torch.equal(o1, o2) and torch.equal(o1, a)
