@@ -21,10 +21,19 @@ from _common import parse_args, write_result  # noqa: E402
 
 def main(argv=None) -> int:
     args = parse_args(argv, runs=20, flashinfer=1, flex=1)
+    import dataclasses
+
+    from infernb.ops.prefill_sm90 import SM90_TRAITS
     from infernb.profile.prefill_cases import prefill_cases
 
-    cases = [dict(name="causal_8192", qo=[8192], kv=[8192], sm90=True),
-             dict(name="causal_16384", qo=[16384], kv=[16384], sm90=True),
+    # the schedules compared with the default (overlap inside a warpgroup + pingpong, 3 stages): none and each alone,
+    # and the default's with 2 stages; BENCH_SM90="stages,sched;..." replaces the list
+    spec = os.environ.get("BENCH_SM90")
+    pairs = [(3, 0), (3, 1), (3, 2), (2, 3)] if spec is None else \
+        [tuple(int(x) for x in part.split(",")) for part in spec.split(";") if part]
+    alts = [dataclasses.replace(SM90_TRAITS, stages=st, sched=sc) for st, sc in pairs]
+    cases = [dict(name="causal_8192", qo=[8192], kv=[8192], sm90=True, sm90_configs=alts),
+             dict(name="causal_16384", qo=[16384], kv=[16384], sm90=True, sm90_configs=alts),
              dict(name="skewed_1x16384_63x512", qo=[16384] + [512] * 63, kv=[16384] + [512] * 63, sm90=True),
              dict(name="documents_16x512_ragged", qo=[512] * 16, kv=[512] * 16, sm90=True),
              dict(name="full_4096", qo=[4096], kv=[4096], causal=False, sm90=True),

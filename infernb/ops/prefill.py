@@ -309,7 +309,7 @@ class PrefillRunner:
         sm_scale: logit scale (default ``1 / sqrt(head_dim)``).
         device: where ragged inputs will live (default ``"cuda"``; a CPU device runs the emulator).
         config: experiments: a :class:`PrefillTraits` other than :data:`TRAITS`' for the plan's tile (plan with
-            its ``ctas_per_sm``).
+            its ``ctas_per_sm``); with ``backend="sm90"`` a :class:`~infernb.ops.prefill_sm90.Sm90Traits`.
         rope_path: where RoPE rotates the keys: ``"tile"``, in each K stage of the kernel (every query tile of a
             request rotates its keys again), ``"pass"``, once per call by a rotation pass into scratch buffers
             (q too; paged keys and values are gathered into ragged ones) before a kernel that rotates nothing, or
@@ -373,7 +373,8 @@ class PrefillRunner:
             dev = self.device
             self.items, self.cta_ptr = records_to_device(items, dev), records_to_device(cta_ptr, dev)
             self.runs = records_to_device(runs if len(runs) else np.zeros(1, PREFILL_RUN), dev)
-            self._sm90 = Sm90Launch(plan, self.dtype, dev, self.items, self.cta_ptr, self.runs, self.sm_scale)
+            self._sm90 = Sm90Launch(plan, self.dtype, dev, self.items, self.cta_ptr, self.runs, self.sm_scale,
+                                    config=config)
             return
         if rope is not None:
             self.rope_path = rope_path if rope_path != "auto" else \

@@ -27,14 +27,16 @@ BACKENDS = ("auto", "mma", "sm90")
 class Sm90Traits:
     """The Hopper kernel's facts for the planner and the runner: ``tile_q`` rows per item (two consumer warpgroups
     of 64), ``block_n`` keys per stage, ``stages`` K/V buffers, one CTA per SM (its shared memory), ``fixed_cost``
-    an item's own cost in key tokens (Q load, pipeline fill, epilogue)."""
+    an item's own cost in key tokens (Q load, pipeline fill, epilogue), ``sched`` the consumers' schedule (bits:
+    1 overlap inside a warpgroup, 2 pingpong between the two; ``SM90_OVERLAP`` / ``SM90_PINGPONG`` in the header)."""
 
     head_dim: int = 128
     tile_q: int = 128
     block_n: int = 128
-    stages: int = 2
+    stages: int = 3
     ctas_per_sm: int = 1
     fixed_cost: float = 512.0
+    sched: int = 3
 
     @property
     def smem_bytes(self) -> int:
@@ -57,14 +59,17 @@ def sm90_spec(dtype: torch.dtype, head_dim: int = 128, causal: bool = False,
         raise InputError(f"the Hopper prefill kernel has head dims {SM90_HEAD_DIMS}, got {head_dim}")
     ct = CUDA_TYPES[dtype]
     args = f"{ct}, {head_dim}, {tr.stages}"
+    tuned = tr != SM90_TRAITS
     check = (f"static_assert(infernb::prefill_sm90_cfg_t<{args}>::SMEM_BYTES == {tr.smem_bytes} && "
              f"infernb::prefill_sm90_cfg_t<{args}>::TILE_Q == {tr.tile_q} && "
              f"infernb::prefill_sm90_cfg_t<{args}>::BLOCK_N == {tr.block_n}, "
              '"infernb.ops.prefill_sm90.Sm90Traits disagrees with prefill_sm90_cfg_t");')
     from .prefill import _struct_checks
     return KernelSpec(family="prefill_sm90",
-                      name=f"prefill_sm90_{DTYPE_NAMES[dtype]}_hd{head_dim}_s{tr.stages}{'_causal' if causal else ''}",
-                      kernels=(("prefill", f"infernb::prefill_sm90_kernel<{args}, {'true' if causal else 'false'}>"),),
+                      name=(f"prefill_sm90_{DTYPE_NAMES[dtype]}_hd{head_dim}{'_causal' if causal else ''}"
+                            f"{f'_s{tr.stages}x{tr.sched}' if tuned else ''}"),
+                      kernels=(("prefill", f"infernb::prefill_sm90_kernel<{args}, {'true' if causal else 'false'}, "
+                                           f"{tr.sched}>"),),
                       preamble=check + "\n" + _struct_checks(), archs=("sm_90a",))
 
 
@@ -121,15 +126,16 @@ def resolve_backend(backend: str, **kw) -> str:
 class Sm90Launch:
     """The Hopper kernel bound to a plan's records (device tensors) and scalars; called with q, k, v, out, lse."""
 
-    def __init__(self, plan, dtype: torch.dtype, device: torch.device, items, cta_ptr, runs, sm_scale: float):
+    def __init__(self, plan, dtype: torch.dtype, device: torch.device, items, cta_ptr, runs, sm_scale: float,
+                 config: Sm90Traits | None = None):
         from ..device import device_info
         from ..jit import build
 
         why = unsupported(head_dim=plan.head_dim, dtype=dtype, device=device, plan=plan)
         if why:
             raise InputError(f"the Hopper prefill kernel cannot run this plan: {why}")
-        self.plan, self.device, self.tr = plan, device, SM90_TRAITS
-        self.kernel = build(sm90_spec(dtype, plan.head_dim, plan.causal), device_info(device.index).arch)
+        self.plan, self.device, self.tr = plan, device, config or SM90_TRAITS
+        self.kernel = build(sm90_spec(dtype, plan.head_dim, plan.causal, self.tr), device_info(device.index).arch)
         self.items, self.cta_ptr, self.runs = items, cta_ptr, runs
         u64, i32 = np.uint64, np.int32
         self._tail = [u64(items.data_ptr()).tobytes(), u64(cta_ptr.data_ptr()).tobytes(),

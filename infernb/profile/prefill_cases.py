@@ -25,7 +25,7 @@ def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, fle
     each; FlexAttention with the same mask_mod on one request), ``rope_cmp`` (RoPE by the pass and in the tile), ``naive`` (the
     same kernel on a naive plan), ``tile_cmp`` (the other query tile), ``plan_variants`` (``[(label, plan kwargs)]``),
     ``configs`` (``[PrefillTraits]``), ``sm90`` (the Hopper kernel, ``backend="sm90"``, and FlashInfer's fa3 backend
-    beside fa2); paged: ``page``; ``kind="block_sparse"``: ``n``, ``block``, ``blocks_per_row`` (a
+    beside fa2), ``sm90_configs`` (``[Sm90Traits]``: its other stages / schedules); paged: ``page``; ``kind="block_sparse"``: ``n``, ``block``, ``blocks_per_row`` (a
     block-aligned sliding window, against FlashInfer's BlockSparseAttentionWrapper and FlexAttention). ``flashinfer``: 0 none, 1 plain fa2, 2 also its variant
     paths. Returns the benchmark JSON: ``{device, date, torch, flashinfer, heads, head_dim, dtype, gemm_tflops,
     cases: [rows]}``, rows with ``<path>_ms``, ``<path>_tflops``, errors and ``<path>_over_infernb``."""
@@ -59,7 +59,7 @@ def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, fle
         return err
 
     def ragged_case(name, qo, kv, *, causal=True, window=-1, variants=(), rope_cmp=False, naive=False,
-                    tile_cmp=False, plan_variants=(), configs=(), masks=(), sm90=False):
+                    tile_cmp=False, plan_variants=(), configs=(), masks=(), sm90=False, sm90_configs=()):
         q, k, v = rnd(sum(qo), HQ, D), rnd(sum(kv), HKV, D), rnd(sum(kv), HKV, D)
         qo_ptr, kv_ptr = np.r_[0, np.cumsum(qo)], np.r_[0, np.cumsum(kv)]
         pairs = visible_pairs(qo, kv, causal, window)
@@ -90,8 +90,11 @@ def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, fle
         p = plan_batch(qo, kv, dtype=dt_, **shape)       # what ib.prefill plans
         fc = p.fixed_cost
         add("infernb", p)
-        if sm90:                                    # the Hopper kernel on its own plan
-            add("infernb_sm90", plan_batch(qo, kv, dtype=dt_, backend="sm90", **shape), backend="sm90")
+        if sm90:                                    # the Hopper kernel on its own plan (and its other schedules)
+            p90 = plan_batch(qo, kv, dtype=dt_, backend="sm90", **shape)
+            add("infernb_sm90", p90, backend="sm90")
+            for cfg in sm90_configs:
+                add(f"infernb_sm90_s{cfg.stages}x{cfg.sched}", p90, backend="sm90", config=cfg)
         if tile_cmp:                                # the other query tile, same kernel family, same rounds
             add(f"infernb_tile{192 - p.tile_q}", plan_batch(qo, kv, dtype=dt_, tile_q=192 - p.tile_q, **shape))
         for cfg in configs:                          # kernel configurations, planned for their CTAs per SM

@@ -40,14 +40,15 @@ def test_sass_runs_both_gemms_on_hgmma():
     text = toolchain.sass(build(sm90_spec(torch.bfloat16, 128, True), "sm_90a").cubin)
     hg = re.findall(r"HGMMA\.64x128x16\.F32\.BF16[^;]*;", text)
     # S = Q K^T: 8 k-steps over the head dim (both operands from shared memory); O += P V: 8 k-steps over the block's
-    # keys, P from registers, V transposed (MN-major)
-    assert len(hg) == 16, hg
-    assert sum("tnspB" in h for h in hg) == 8 and sum(re.search(r"R\d+, R\d+, gdesc", h) is not None for h in hg) == 8
+    # keys, P from registers, V transposed (MN-major). The overlapped schedule has each GEMM twice: S for the first
+    # block and in the loop, P V in the loop and for the last block.
+    assert len(hg) == 32, hg
+    assert sum("tnspB" in h for h in hg) == 16 and sum(re.search(r"R\d+, R\d+, gdesc", h) is not None for h in hg) == 16
     ops = re.findall(r"/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", text)
     assert ops.count("UTMALDG") == 4                                     # K and V, two 64-column slabs each
     assert "LDL" not in ops and "STL" not in ops and ops.count("USETMAXREG") == 2
-    # the wgmmas of each GEMM are issued back to back (one wait per group), not serialized by the compiler
-    assert len(re.findall(r"HGMMA[^;]*gsb0", text)) == 2
+    # the wgmmas of each GEMM are issued back to back (one scoreboard wait per group), not serialized by the compiler
+    assert len(re.findall(r"HGMMA[^;]*gsb0", text)) == 4
 
 
 def test_backend_choice_and_refusals():
@@ -89,14 +90,14 @@ def test_sm90_plans_and_cpu_path():
 
 # ---------------------------------------------------------------------------------------------- GPU
 def run_sm90(gen, qo_lens, kv_lens, hq, hkv, *, dtype=torch.bfloat16, causal=False, window_left=-1, num_sms=None,
-             sm_scale=None, k_scale=1.0, q=None, k=None):
+             sm_scale=None, k_scale=1.0, q=None, k=None, config=None):
     """Plan for the Hopper kernel, poison, run, compare with the float64 reference (rows that see no key: 0, -inf)."""
     qq, kk, v, qo_ptr, kv_ptr = ragged(gen, qo_lens, kv_lens, hq, hkv, 128, dtype)
     q = qq if q is None else q
     k = (kk.float() * k_scale).to(dtype) if k is None else k
     p = plan_batch(qo_lens, kv_lens, num_qo_heads=hq, num_kv_heads=hkv, head_dim=128, dtype=dtype, causal=causal,
                    window_left=window_left, num_sms=num_sms, backend="sm90")
-    runner = PrefillRunner(p, device=q.device, backend="sm90", sm_scale=sm_scale)
+    runner = PrefillRunner(p, device=q.device, backend="sm90", sm_scale=sm_scale, config=config)
     assert runner.backend == "sm90"
     out = torch.full_like(q, float("nan"))
     lse = torch.full(q.shape[:2], float("nan"), dtype=torch.float32, device=q.device)
@@ -149,6 +150,18 @@ def test_gpu_cases(gen, case):
         _, k, _, _, _ = ragged(gen, qo, kv, 16, 4, 128)
         pos = torch.cat([torch.arange(n, device=DEV, dtype=torch.float32) for n in kv])
         run_sm90(gen, qo, kv, 16, 4, causal=True, k=(k.float() * (1 + pos / 64 * 1.5)[:, None, None]).to(k.dtype))
+
+
+@gpu
+@hopper
+@pytest.mark.parametrize("stages,sched", [(3, 0), (3, 1), (3, 2), (2, 3), (2, 0)])
+def test_gpu_other_schedules(gen, stages, sched):
+    # the benchmark's alternatives to the default schedule (3: overlap + pingpong, 3 stages): the same results
+    import dataclasses
+    cfg = dataclasses.replace(SM90_TRAITS, stages=stages, sched=sched)
+    run_sm90(gen, [577, 127, 1], [2048, 512, 54], 16, 4, causal=True, config=cfg)
+    run_sm90(gen, [2048], [2048], 16, 4, causal=True, num_sms=3, config=cfg)
+    run_sm90(gen, [0, 17, 300], [54, 0, 700], 8, 2, window_left=200, config=cfg, dtype=torch.float16)
 
 
 @gpu

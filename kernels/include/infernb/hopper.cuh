@@ -158,6 +158,11 @@ __device__ __forceinline__ void named_barrier_sync(int id, int count) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
 }
 
+// arrive on a named barrier without waiting (the producer side of a barrier another group syncs on)
+__device__ __forceinline__ void named_barrier_arrive(int id, int count) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+
 // d (+)= A B^T, 64 x 128 x 16, one warpgroup, A and B K-major in shared memory (descriptors); d's layout as
 // m64n256k16's (thread t: rows 16 w + l / 4 (+ 8), columns 8 j + 2 (l % 4) (+ 1), d[4 j + 0, 1] and d[4 j + 2, 3]),
 // i.e. a warp's 16 rows as 16 mma.m16n8 accumulator tiles. T: __nv_bfloat16 or half.

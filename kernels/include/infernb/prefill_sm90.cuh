@@ -30,6 +30,39 @@
 
 namespace infernb {
 
+// SCHED bits of the Hopper prefill kernel's consumers
+constexpr int SM90_OVERLAP = 1;    // inside a warpgroup: S_j = Q K_j^T and O += P_(j-1) V_(j-1) in flight together,
+                                   // S_j's softmax while P V runs, O rescaled after it
+constexpr int SM90_PINGPONG = 2;   // between the two: each issues its GEMMs after the other has issued its own
+
+namespace detail {
+// The blocks of BLOCK_N keys of an item's key runs, in order (producer and consumers walk the same sequence).
+template <int BN>
+struct sm90_blocks_t {
+  int r, r_end, p0, pos_end;
+  __device__ __forceinline__ void seek(const prefill_run_t* runs) {
+    for (; r < r_end; ++r) {
+      p0 = runs[r].pos_start;
+      pos_end = runs[r].pos_end;
+      if (p0 < pos_end) return;
+    }
+  }
+  __device__ __forceinline__ void begin(const prefill_run_t* runs, int run_begin, int run_end) {
+    r = run_begin;
+    r_end = run_end;
+    seek(runs);
+  }
+  __device__ __forceinline__ bool done() const { return r >= r_end; }
+  __device__ __forceinline__ void next(const prefill_run_t* runs) {
+    p0 += BN;
+    if (p0 >= pos_end) {
+      ++r;
+      seek(runs);
+    }
+  }
+};
+}  // namespace detail
+
 template <typename T, int HEAD_DIM, int STAGES>
 struct prefill_sm90_cfg_t {
   static constexpr int THREADS = 384, TILE_Q = 128, BLOCK_N = 128;
@@ -48,7 +81,7 @@ struct prefill_sm90_cfg_t {
 // grid: the plan's CTAs; block: 384 threads; dynamic shared memory: prefill_sm90_cfg_t::SMEM_BYTES.
 // k_map / v_map: TMA descriptors of k and v as [kv_tokens, num_kv_heads * HEAD_DIM] (boxes of 128 x 64).
 // q, out: [q_tokens, num_qo_heads, HEAD_DIM]; lse: [q_tokens, num_qo_heads] (natural log). window_left: -1 off.
-template <typename T, int HEAD_DIM, int STAGES, bool CAUSAL>
+template <typename T, int HEAD_DIM, int STAGES, bool CAUSAL, int SCHED>
 __global__ void __launch_bounds__(384, 1)
 prefill_sm90_kernel(const __grid_constant__ sm90::tensor_map_t k_map, const __grid_constant__ sm90::tensor_map_t v_map,
                     const T* __restrict__ q, const prefill_item_t* __restrict__ items, const int* __restrict__ cta_ptr,
@@ -87,20 +120,18 @@ prefill_sm90_kernel(const __grid_constant__ sm90::tensor_map_t k_map, const __gr
     for (int i = item_begin; i < item_end; ++i) {
       const prefill_item_t& it = items[i];
       const int col0 = it.kv_head * D, row_base = it.kv_start;
-      for (int r = it.run_begin; r < it.run_end; ++r) {
-        const int pos_end = runs[r].pos_end;
-        for (int p0 = runs[r].pos_start; p0 < pos_end; p0 += BN, ++n) {
-          const int s = n % ST;
-          if (n >= ST) sm90::mbar_wait(empty + s, ((n / ST) & 1) ^ 1);   // its previous use released
-          unsigned char* kst = s_kv + s * cfg::STAGE_BYTES;
-          sm90::mbar_arrive_expect_tx(full + s, cfg::STAGE_BYTES);
+      detail::sm90_blocks_t<BN> bi;
+      for (bi.begin(runs, it.run_begin, it.run_end); !bi.done(); bi.next(runs), ++n) {
+        const int s = n % ST;
+        if (n >= ST) sm90::mbar_wait(empty + s, ((n / ST) & 1) ^ 1);   // its previous use released
+        unsigned char* kst = s_kv + s * cfg::STAGE_BYTES;
+        sm90::mbar_arrive_expect_tx(full + s, cfg::STAGE_BYTES);
 #pragma unroll
-          for (int h = 0; h < cfg::SLABS; ++h) {
-            sm90::tma_load_2d(kst + h * (cfg::KV_BYTES / cfg::SLABS), &k_map, full + s, col0 + h * cfg::SLAB,
-                              row_base + p0);
-            sm90::tma_load_2d(kst + cfg::KV_BYTES + h * (cfg::KV_BYTES / cfg::SLABS), &v_map, full + s,
-                              col0 + h * cfg::SLAB, row_base + p0);
-          }
+        for (int h = 0; h < cfg::SLABS; ++h) {
+          sm90::tma_load_2d(kst + h * (cfg::KV_BYTES / cfg::SLABS), &k_map, full + s, col0 + h * cfg::SLAB,
+                            row_base + bi.p0);
+          sm90::tma_load_2d(kst + cfg::KV_BYTES + h * (cfg::KV_BYTES / cfg::SLABS), &v_map, full + s,
+                            col0 + h * cfg::SLAB, row_base + bi.p0);
         }
       }
     }
@@ -115,6 +146,9 @@ prefill_sm90_kernel(const __grid_constant__ sm90::tensor_map_t k_map, const __gr
   unsigned char* s_qw = s_q + c * (64 * 128);
   constexpr int SLAB_Q = cfg::Q_BYTES / cfg::SLABS;                 // bytes of one slab of the whole Q tile
   constexpr int SLAB_KV = cfg::KV_BYTES / cfg::SLABS;
+  // pingpong: warpgroup 0 issues first (warpgroup 1 passes it the first turn); every issue section of either is
+  // followed by a pass to the other, so warpgroup 0 takes the one pass left over at the end (below)
+  if ((SCHED & SM90_PINGPONG) && c == 1) sm90::named_barrier_arrive(3, 256);
   int n = 0;                                                        // blocks consumed so far (all items)
   for (int i = item_begin; i < item_end; ++i) {
     const prefill_item_t it = items[i];
@@ -152,66 +186,135 @@ prefill_sm90_kernel(const __grid_constant__ sm90::tensor_map_t k_map, const __gr
     for (int j = 0; j < 16; ++j) o[0][j][0] = o[0][j][1] = o[0][j][2] = o[0][j][3] = 0.f;
     softmax_state_t<1, true> state;
     state.init();
+    float(&of)[64] = reinterpret_cast<float(&)[64]>(o);
+    const unsigned qa = sm90::smem_addr(s_qw);
+    float sacc[1][16][4];
+    float(&sf)[64] = reinterpret_cast<float(&)[64]>(sacc);
+    unsigned pa[8][4];
 
-    for (int r = it.run_begin; r < it.run_end; ++r) {
-      const int pos_end = runs[r].pos_end;
-      for (int p0 = runs[r].pos_start; p0 < pos_end; p0 += BN, ++n) {
+    // S = Q K^T of the stage's K (issued, not waited for)
+    auto issue_s = [&](int s) {
+      const unsigned kst = sm90::smem_addr(s_kv + s * cfg::STAGE_BYTES);
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        const unsigned off = (kk / 4) * SLAB_Q + 32 * (kk % 4), koff = (kk / 4) * SLAB_KV + 32 * (kk % 4);
+        sm90::wgmma_m64n128k16_ss<T>(sf, sm90::desc_sw128(qa + off), sm90::desc_sw128(kst + koff), kk > 0);
+      }
+    };
+    // O += P V of the stage's V, P from pa (issued, not waited for: pa stays untouched until then)
+    auto issue_pv = [&](int s) {
+      const unsigned vst = sm90::smem_addr(s_kv + s * cfg::STAGE_BYTES) + cfg::KV_BYTES;
+#pragma unroll
+      for (int kk = 0; kk < 8; ++kk)
+        sm90::wgmma_m64n128k16_rs<T>(of, pa[kk], sm90::desc_sw128_mn(vst + 2048 * kk, SLAB_KV));
+    };
+    // masks: keys past the run's end, causal (pos <= the row's position), window (pos >= position - w)
+    auto mask = [&](int p0, int pos_end) {
+      const int last = min(p0 + BN, pos_end) - 1;                   // the block's last valid key
+      const bool full_block = last == p0 + BN - 1 && (!CAUSAL || last <= wpos_first) &&
+                              (window_left < 0 || p0 >= wpos_last - window_left);
+      if (full_block) return;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int hi = CAUSAL ? min(last, rpos[h]) : last;
+        const int lo = window_left >= 0 ? rpos[h] - window_left : -0x7fffffff - 1;
+#pragma unroll
+        for (int j = 0; j < 16; ++j)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int pos = p0 + 8 * j + 2 * tq + e;
+            if (!((pos <= hi) & (pos >= lo))) sacc[0][j][2 * h + e] = -INFERNB_INF;
+          }
+      }
+    };
+    // P as A fragments (k-step kk: keys 16 kk .. 16 kk + 15 = n-tiles 2 kk, 2 kk + 1)
+    auto pack_p = [&]() {
+#pragma unroll
+      for (int kk = 0; kk < 8; ++kk) {
+        pa[kk][0] = mma::pack2<T>(sacc[0][2 * kk][0], sacc[0][2 * kk][1]);
+        pa[kk][1] = mma::pack2<T>(sacc[0][2 * kk][2], sacc[0][2 * kk][3]);
+        pa[kk][2] = mma::pack2<T>(sacc[0][2 * kk + 1][0], sacc[0][2 * kk + 1][1]);
+        pa[kk][3] = mma::pack2<T>(sacc[0][2 * kk + 1][2], sacc[0][2 * kk + 1][3]);
+      }
+    };
+    // pingpong: wait for this warpgroup's turn to issue; hand the turn to the other one
+    auto turn_wait = [&]() { if (SCHED & SM90_PINGPONG) sm90::named_barrier_sync(3 + c, 256); };
+    auto turn_pass = [&]() { if (SCHED & SM90_PINGPONG) sm90::named_barrier_arrive(3 + (c ^ 1), 256); };
+    auto release = [&](int s) { if (lane == 0) sm90::mbar_arrive(empty + s); };   // this warp is done with it
+
+    detail::sm90_blocks_t<BN> bi;
+    bi.begin(runs, it.run_begin, it.run_end);
+    if (!(SCHED & SM90_OVERLAP)) {
+      // one block at a time: S, wait, softmax, P V, wait, release
+      for (; !bi.done(); bi.next(runs), ++n) {
         const int s = n % ST;
         sm90::mbar_wait(full + s, (n / ST) & 1);
-        const unsigned kst = sm90::smem_addr(s_kv + s * cfg::STAGE_BYTES);
-        const unsigned vst = kst + cfg::KV_BYTES;
-        const unsigned qa = sm90::smem_addr(s_qw);
-        float sacc[1][16][4];
-        float(&sf)[64] = reinterpret_cast<float(&)[64]>(sacc);
+        turn_wait();
         sm90::wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) {
-          const unsigned off = (kk / 4) * SLAB_Q + 32 * (kk % 4), koff = (kk / 4) * SLAB_KV + 32 * (kk % 4);
-          sm90::wgmma_m64n128k16_ss<T>(sf, sm90::desc_sw128(qa + off), sm90::desc_sw128(kst + koff), kk > 0);
-        }
+        issue_s(s);
         sm90::wgmma_commit();
+        turn_pass();
         sm90::wgmma_wait<0>();
         sm90::fence_operands(sf);
-
-        // ---- masks: keys past the run's end, causal (pos <= the row's position), window (pos >= position - w)
-        const int last = min(p0 + BN, pos_end) - 1;                 // the block's last valid key
-        const bool full_block = last == p0 + BN - 1 && (!CAUSAL || last <= wpos_first) &&
-                                (window_left < 0 || p0 >= wpos_last - window_left);
-        if (!full_block) {
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int hi = CAUSAL ? min(last, rpos[h]) : last;
-            const int lo = window_left >= 0 ? rpos[h] - window_left : -0x7fffffff - 1;
-#pragma unroll
-            for (int j = 0; j < 16; ++j)
-#pragma unroll
-              for (int e = 0; e < 2; ++e) {
-                const int pos = p0 + 8 * j + 2 * tq + e;
-                if (!((pos <= hi) & (pos >= lo))) sacc[0][j][2 * h + e] = -INFERNB_INF;
-              }
-          }
-        }
+        mask(bi.p0, bi.pos_end);
         state.update(sacc, o, scale_log2);
-
-        // ---- O += P V: P as A fragments (k-step kk: keys 16 kk .. 16 kk + 15 = n-tiles 2 kk, 2 kk + 1)
-        unsigned pa[8][4];
-#pragma unroll
-        for (int kk = 0; kk < 8; ++kk) {
-          pa[kk][0] = mma::pack2<T>(sacc[0][2 * kk][0], sacc[0][2 * kk][1]);
-          pa[kk][1] = mma::pack2<T>(sacc[0][2 * kk][2], sacc[0][2 * kk][3]);
-          pa[kk][2] = mma::pack2<T>(sacc[0][2 * kk + 1][0], sacc[0][2 * kk + 1][1]);
-          pa[kk][3] = mma::pack2<T>(sacc[0][2 * kk + 1][2], sacc[0][2 * kk + 1][3]);
-        }
-        float(&of)[64] = reinterpret_cast<float(&)[64]>(o);
+        pack_p();
+        turn_wait();
         sm90::wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < 8; ++kk)
-          sm90::wgmma_m64n128k16_rs<T>(of, pa[kk], sm90::desc_sw128_mn(vst + 2048 * kk, SLAB_KV));
+        issue_pv(s);
         sm90::wgmma_commit();
+        turn_pass();
         sm90::wgmma_wait<0>();
         sm90::fence_operands(of);
-        if (lane == 0) sm90::mbar_arrive(empty + s);                // this warp is done with the stage
+        release(s);
       }
+    } else if (!bi.done()) {
+      // block 0: S, softmax, P
+      int s_prev = n % ST;
+      sm90::mbar_wait(full + s_prev, (n / ST) & 1);
+      turn_wait();
+      sm90::wgmma_fence();
+      issue_s(s_prev);
+      sm90::wgmma_commit();
+      turn_pass();
+      sm90::wgmma_wait<0>();
+      sm90::fence_operands(sf);
+      mask(bi.p0, bi.pos_end);
+      state.update(sacc, o, scale_log2);                           // (o is zero: its rescale is void)
+      pack_p();
+      ++n;
+      // blocks j >= 1: S_j and P_(j-1) V_(j-1) issued together; S_j's softmax under the P V
+      for (bi.next(runs); !bi.done(); bi.next(runs), ++n) {
+        const int s = n % ST;
+        sm90::mbar_wait(full + s, (n / ST) & 1);
+        turn_wait();
+        sm90::wgmma_fence();
+        issue_s(s);
+        sm90::wgmma_commit();
+        issue_pv(s_prev);
+        sm90::wgmma_commit();
+        turn_pass();
+        sm90::wgmma_wait<1>();                                      // S_j landed (P V may still run)
+        sm90::fence_operands(sf);
+        mask(bi.p0, bi.pos_end);
+        float alpha[2];
+        const bool moved = state.update_deferred(sacc, scale_log2, alpha);
+        sm90::wgmma_wait<0>();                                      // P_(j-1) V_(j-1) done: O, pa and the stage free
+        sm90::fence_operands(of);
+        release(s_prev);
+        if (moved) state.rescale(o, alpha);
+        pack_p();
+        s_prev = s;
+      }
+      // the last block's P V
+      turn_wait();
+      sm90::wgmma_fence();
+      issue_pv(s_prev);
+      sm90::wgmma_commit();
+      turn_pass();
+      sm90::wgmma_wait<0>();
+      sm90::fence_operands(of);
+      release(s_prev);
     }
 
     // ---- epilogue: O / l and the LSE, rows of the tile only
@@ -230,6 +333,7 @@ prefill_sm90_kernel(const __grid_constant__ sm90::tensor_map_t k_map, const __gr
       if (tq == 0) lse[idx] = lrow[h];
     }
   }
+  if ((SCHED & SM90_PINGPONG) && c == 0) sm90::named_barrier_sync(3, 256);   // warpgroup 1's last pass
 #else
   __trap();                                                         // sm_90a only (KernelSpec.archs)
 #endif

@@ -11,6 +11,8 @@
 //                                         o and l are rescaled by exp2(m_old - m_new) (skipped when no row of the
 //                                         warp moved). s becomes exp2(scale * s - m) (one FFMA and one ex2 each),
 //                                         l += their sum (this lane's part)
+//   state.update_deferred(s, scale, a)    update() leaving o alone: a[r] is the factor row r's O takes, applied by
+//                                         state.rescale(o, a) once the tensor core is done writing O (Hopper)
 //   state.sum_kstep<T>(mt, a)             MMA_SUMS only: adds one k-step's probabilities of tile mt to l, from the A
 //                                         fragment of O += P V (P rounded to T): one mma with a B of ones
 //   state.row_sums(l)                     l reduced over the row's 4 lanes (the row's (m, l): a partial state)
@@ -160,6 +162,64 @@ struct softmax_state_t {
         }
       }
     }
+  }
+
+  // update() without touching o, for a caller whose O is still being written by the tensor core (a Hopper
+  // consumer overlapping O += P V with the next block's softmax): m, l and s as update() leaves them; alpha[r] is
+  // the factor row r's O must be multiplied by (1 where no row moved), applied with rescale() once O is readable.
+  // Returns whether some row of the warp moved (when false, alpha is all ones and rescale() can be skipped).
+  template <int NT>
+  __device__ __forceinline__ bool update_deferred(float (&s)[M_TILES][NT][4], float scale, float (&alpha)[ROWS]) {
+    static_assert(SOFTMAX && HALVES == 2 && !MMA_SUMS, "update_deferred: softmax rows g and g + 8, sums by FADD");
+    float mx[ROWS];
+    bool moved = false;
+#pragma unroll
+    for (int mt = 0; mt < M_TILES; ++mt) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = 2 * mt + h;
+        float x = s[mt][0][2 * h];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) x = fmaxf(x, fmaxf(s[mt][nt][2 * h], s[mt][nt][2 * h + 1]));
+        x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+        x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+        mx[r] = x * scale;
+        moved |= mx[r] > m[r] + RESCALE_SLACK;
+      }
+    }
+    const bool any = __any_sync(0xffffffffu, moved);
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+      const bool mv = any && mx[r] > m[r] + RESCALE_SLACK;
+      alpha[r] = mv ? fast_exp2(m[r] - mx[r]) : 1.f;
+      m[r] = mv ? mx[r] : m[r];
+      l[r] *= alpha[r];
+    }
+#pragma unroll
+    for (int mt = 0; mt < M_TILES; ++mt)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int r = 2 * mt + h;
+        const float base = m[r] == -INFERNB_INF ? 0.f : m[r];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          s[mt][nt][2 * h] = fast_exp2(fmaf(s[mt][nt][2 * h], scale, -base));
+          s[mt][nt][2 * h + 1] = fast_exp2(fmaf(s[mt][nt][2 * h + 1], scale, -base));
+          l[r] += s[mt][nt][2 * h] + s[mt][nt][2 * h + 1];
+        }
+      }
+    return any;
+  }
+  // o's rows times alpha (update_deferred's factors)
+  template <int DT>
+  __device__ __forceinline__ static void rescale(float (&o)[M_TILES][DT][4], const float (&alpha)[ROWS]) {
+#pragma unroll
+    for (int mt = 0; mt < M_TILES; ++mt)
+#pragma unroll
+      for (int j = 0; j < DT; ++j) {
+        o[mt][j][0] *= alpha[2 * mt]; o[mt][j][1] *= alpha[2 * mt];
+        o[mt][j][2] *= alpha[2 * mt + 1]; o[mt][j][3] *= alpha[2 * mt + 1];
+      }
   }
 
   // MMA_SUMS: l += the row sums of one k-step's P of tile mt (a: its A fragment, pairs of T)
