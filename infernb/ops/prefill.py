@@ -315,10 +315,10 @@ class PrefillRunner:
             (q too; paged keys and values are gathered into ragged ones) before a kernel that rotates nothing, or
             ``"auto"``: the pass when the request's keys are read by 2 or more query tiles on average (a prompt,
             an append of many tokens), the tile otherwise. Both round the rotated operands once, from fp32.
-        backend: ``"mma"`` (the mma.sync kernel, sm_80+), ``"sm90"`` (the Hopper kernel, wgmma + TMA:
+        backend: ``"mma"`` (the mma.sync kernel, sm_80+) or ``"sm90"`` (the Hopper kernel, wgmma + TMA:
             :mod:`infernb.ops.prefill_sm90`; its plans come from ``plan_batch(..., backend="sm90")``; raises
-            ``InputError`` saying why when it cannot run this) or ``"auto"`` (the mma.sync kernel for now). A CPU
-            device runs the emulator whatever the backend.
+            ``InputError`` saying why when it cannot run this); ``"auto"`` (default) is ``"mma"`` here: a plan is
+            made for one kernel (the front doors choose). A CPU device runs the emulator whatever the backend.
     """
 
     def __init__(self, plan: Plan, cache=None, page_table=None, *, variant: Variant | None = None,
@@ -364,17 +364,20 @@ class PrefillRunner:
         self._num_kv = int(plan.kv_lens.sum())
         self.rope_path = None
         cuda = self.device.type == "cuda"
-        self.backend = resolve_backend(backend, head_dim=plan.head_dim, dtype=self.dtype, variant=variant,
+        self.backend = resolve_backend("mma" if backend == "auto" else backend, head_dim=plan.head_dim, dtype=self.dtype, variant=variant,
                                        rope=rope, paged=self.paged, device=self.device if cuda else None, plan=plan)
         if not cuda:
             return                                       # the emulator runs it (see __call__)
         if self.backend == "sm90":
-            items, cta_ptr, runs, _ = plan_records(plan, kv_start)
+            items, cta_ptr, runs, run_full = plan_records(plan, kv_start)
             dev = self.device
             self.items, self.cta_ptr = records_to_device(items, dev), records_to_device(cta_ptr, dev)
             self.runs = records_to_device(runs if len(runs) else np.zeros(1, PREFILL_RUN), dev)
+            self.run_full = records_to_device(run_full if len(run_full) else np.zeros(1, np.int32), dev)
+            params, self._captures = variant.pack(self.device)
+            self.params = torch.frombuffer(bytearray(params), dtype=torch.uint8).to(dev)
             self._sm90 = Sm90Launch(plan, self.dtype, dev, self.items, self.cta_ptr, self.runs, self.sm_scale,
-                                    config=config)
+                                    config=config, variant=variant, params=self.params, run_full=self.run_full)
             return
         if rope is not None:
             self.rope_path = rope_path if rope_path != "auto" else \
@@ -644,7 +647,8 @@ def prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qo_indptr, kv_ind
         tile_q: query tile rows (64 / 128; default :func:`default_tile_q`); num_sms: SMs to plan for.
         block_sparse: plan with the variant's block structure (:func:`plan_batch`; default: when the variant has a
             ``mask_mod``): its empty key blocks are never read, its full ones skip ``mask_mod``.
-        backend: ``"auto"``, ``"mma"`` or ``"sm90"`` (:class:`PrefillRunner`; the plan is made for it).
+        backend: ``"sm90"`` (the Hopper kernel), ``"mma"`` (the mma.sync kernel) or ``"auto"``: the Hopper kernel on
+            an sm_90 GPU when it covers the call (:func:`~infernb.ops.prefill_sm90.unsupported`), else mma.sync.
     Returns:
         ``out [qo_indptr[-1], num_qo_heads, head_dim]`` q.dtype (and ``lse``).
     """
@@ -662,6 +666,8 @@ def prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qo_indptr, kv_ind
     kv = _indptr("kv_indptr", kv_indptr, k.shape[0])
     if len(qo) != len(kv):
         raise InputError(f"qo_indptr has {len(qo) - 1} requests, kv_indptr {len(kv) - 1}")
+    if backend == "auto" and tile_q not in (None, SM90_TRAITS.tile_q):
+        backend = "mma"                              # (the Hopper kernel has one tile)
     be = resolve_backend(backend, head_dim=k.shape[2], dtype=q.dtype, variant=variant, rope=rope,
                          device=q.device if q.is_cuda else None)
     p = plan_batch(np.diff(qo), np.diff(kv), num_qo_heads=q.shape[1], num_kv_heads=k.shape[1], head_dim=k.shape[2],
@@ -675,7 +681,7 @@ def prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qo_indptr, kv_ind
 def append(q: torch.Tensor, cache, seq_ids: Sequence[int], qo_lens: Sequence[int], *, causal: bool = True,
            window_left: int = -1, variant: Variant | None = None, rope: RoPE | None = None,
            sm_scale: float | None = None, return_lse: bool = False, tile_q: int | None = None, num_sms=None,
-           rope_path: str = "auto", block_sparse: bool | None = None):
+           rope_path: str = "auto", block_sparse: bool | None = None, backend: str = "auto"):
     """Append attention: the newest ``qo_lens[i]`` tokens of each sequence attend to the whole sequence.
 
     Args:
@@ -684,7 +690,8 @@ def append(q: torch.Tensor, cache, seq_ids: Sequence[int], qo_lens: Sequence[int
             (``cache.append`` them first).
         seq_ids: live sequence ids; qo_lens: new tokens of each (``<=`` its length).
         causal: bottom-right aligned (chunked prefill, speculative verification); window_left, variant, rope,
-            rope_path, sm_scale, return_lse, tile_q, num_sms, block_sparse: as in :func:`prefill`.
+            rope_path, sm_scale, return_lse, tile_q, num_sms, block_sparse, backend: as in :func:`prefill` (paged
+            caches run on the mma.sync kernel today: ``backend="sm90"`` raises, ``"auto"`` takes mma.sync).
     Returns:
         ``out [sum(qo_lens), num_qo_heads, head_dim]`` q.dtype (and ``lse [sum(qo_lens), num_qo_heads]``).
     """
@@ -696,6 +703,8 @@ def append(q: torch.Tensor, cache, seq_ids: Sequence[int], qo_lens: Sequence[int
     check_q_for_cache(q, cache)
     if q.shape[0] != int(qo_lens.sum()):
         raise InputError(f"q has {q.shape[0]} rows but sum(qo_lens) = {int(qo_lens.sum())}")
+    resolve_backend(backend, head_dim=cache.head_dim, dtype=q.dtype, variant=variant, rope=rope, paged=True,
+                    device=q.device if q.is_cuda else None)
     kv_lens = np.asarray(cache.lengths(seq_ids), np.int64)
     if (qo_lens > kv_lens).any():
         i = int(np.argmax(qo_lens > kv_lens))

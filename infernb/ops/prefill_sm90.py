@@ -5,7 +5,9 @@ It runs the prefill plan format unchanged (:func:`infernb.ops.prefill.plan_recor
 with its own traits (:data:`SM90_TRAITS`: 128-row tiles, one CTA per SM, no split units). What it covers today:
 head dim 128, bf16 / f16, ragged K/V, causal or not, sliding windows, custom ``sm_scale``; variants with hooks,
 RoPE and paged caches run on the mma.sync kernel (:func:`unsupported` says why a run does not qualify).
-:class:`~infernb.ops.prefill.PrefillRunner` and the front doors take ``backend="sm90"`` / ``"mma"`` / ``"auto"``.
+The front doors (:func:`~infernb.prefill`, :func:`~infernb.append`) take ``backend="auto"`` (default: this kernel on
+an sm_90 GPU when it covers the call, the mma.sync kernel otherwise), ``"sm90"`` or ``"mma"``;
+:class:`~infernb.ops.prefill.PrefillRunner` runs the backend its plan was made for (``"mma"`` unless told).
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ class Sm90Traits:
     def smem_bytes(self) -> int:
         """``prefill_sm90_cfg_t::SMEM_BYTES`` (each compiled unit checks they agree)."""
         d = self.head_dim
-        return self.tile_q * d * 2 + self.stages * 2 * self.block_n * d * 2 + 2 * self.stages * 8
+        return self.tile_q * d * 2 + self.stages * 2 * self.block_n * d * 2 + 2 * self.stages * 8 + self.tile_q * 8
 
 
 SM90_TRAITS = Sm90Traits()
@@ -51,8 +53,14 @@ SM90_HEAD_DIMS = (128,)
 
 
 def sm90_spec(dtype: torch.dtype, head_dim: int = 128, causal: bool = False,
-              tr: Sm90Traits = SM90_TRAITS) -> KernelSpec:
-    """The sm_90a specialization for (dtype, head dim, causal)."""
+              tr: Sm90Traits = SM90_TRAITS, variant=None) -> KernelSpec:
+    """The sm_90a specialization for (dtype, head dim, causal, traits, variant: a softmax
+    :class:`~infernb.variants.Variant`, its hooks traced into the unit; None for plain attention)."""
+    from ..variants import Variant  # noqa: F401
+    from ._common import NONE
+    variant = NONE if variant is None else variant
+    if not variant.softmax:
+        raise InputError(f"the Hopper prefill kernel runs softmax variants; {variant.name} is sigmoid attention")
     if dtype not in DTYPES:
         raise InputError(f"the Hopper prefill kernel runs bf16 / f16, got {dtype}")
     if head_dim not in SM90_HEAD_DIMS:
@@ -60,6 +68,10 @@ def sm90_spec(dtype: torch.dtype, head_dim: int = 128, causal: bool = False,
     ct = CUDA_TYPES[dtype]
     args = f"{ct}, {head_dim}, {tr.stages}"
     tuned = tr != SM90_TRAITS
+    score = variant.score_mod is not None or variant.cuda_score_mod is not None
+    mask = variant.mask_mod is not None or variant.cuda_mask_mod is not None
+    b = lambda x: "true" if x else "false"  # noqa: E731
+    g = variant.generated
     check = (f"static_assert(infernb::prefill_sm90_cfg_t<{args}>::SMEM_BYTES == {tr.smem_bytes} && "
              f"infernb::prefill_sm90_cfg_t<{args}>::TILE_Q == {tr.tile_q} && "
              f"infernb::prefill_sm90_cfg_t<{args}>::BLOCK_N == {tr.block_n}, "
@@ -67,15 +79,45 @@ def sm90_spec(dtype: torch.dtype, head_dim: int = 128, causal: bool = False,
     from .prefill import _struct_checks
     return KernelSpec(family="prefill_sm90",
                       name=(f"prefill_sm90_{DTYPE_NAMES[dtype]}_hd{head_dim}{'_causal' if causal else ''}"
-                            f"{f'_s{tr.stages}x{tr.sched}' if tuned else ''}"),
-                      kernels=(("prefill", f"infernb::prefill_sm90_kernel<{args}, {'true' if causal else 'false'}, "
-                                           f"{tr.sched}>"),),
-                      preamble=check + "\n" + _struct_checks(), archs=("sm_90a",))
+                            f"_{variant.name}_{variant.code_hash}{f'_s{tr.stages}x{tr.sched}' if tuned else ''}"),
+                      kernels=(("prefill", f"infernb::prefill_sm90_kernel<{args}, {b(causal)}, {tr.sched}, "
+                                           f"{variant.cuda_name}, {b(score)}, {b(mask)}>"),),
+                      preamble=g.code + "\n" + check + "\n" + _struct_checks(),
+                      preamble_origin=tuple(sorted(g.origins.items())), archs=("sm_90a",))
+
+
+_SCHED_FITS: dict = {}
+
+
+def variant_traits(variant, tr: Sm90Traits = SM90_TRAITS, *, dtype: torch.dtype = torch.bfloat16,
+                   head_dim: int = 128, causal: bool = True) -> Sm90Traits:
+    """The traits a variant runs with: the overlapped schedule (``sched`` 3) when its specialization compiles
+    without spills there, else pingpong only (``sched`` 2: no overlap inside a warpgroup, so a block's logits and
+    the previous block's P are never live together, which leaves the hooks ~32 more registers). Decided by
+    compiling the overlapped specialization (NVRTC, no GPU needed; the JIT cache keeps it), once per variant
+    code, dtype and mask: hooks that read captured tensors, call math functions or do 64-bit index arithmetic
+    usually take pingpong; soft-caps keep the overlap (benchmarks/NOTES.md)."""
+    if variant is None or tr != SM90_TRAITS:
+        return tr
+    hooks = (variant.score_mod, variant.cuda_score_mod, variant.mask_mod, variant.cuda_mask_mod)
+    if not any(h is not None for h in hooks):
+        return tr
+    key = (variant.name, variant.code_hash, dtype, head_dim, causal)
+    fits = _SCHED_FITS.get(key)
+    if fits is None:
+        from ..jit import build
+        (r,) = build(sm90_spec(dtype, head_dim, causal, tr, variant), "sm_90a").report.kernels
+        fits = _SCHED_FITS[key] = not r.spills and r.stack_frame == 0
+    return tr if fits else dataclasses.replace(tr, sched=2)
 
 
 def specializations() -> list[KernelSpec]:
-    """What CI compiles: every dtype, causal or not."""
-    return [sm90_spec(dt, d, c) for dt in DTYPES for d in SM90_HEAD_DIMS for c in (False, True)]
+    """What CI compiles: every dtype, causal or not; every softmax example variant (bf16, causal)."""
+    from ..variants import examples
+
+    out = [sm90_spec(dt, d, c) for dt in DTYPES for d in SM90_HEAD_DIMS for c in (False, True)]
+    return out + [sm90_spec(torch.bfloat16, 128, True, variant_traits(v), variant=v) for v in examples()
+                  if unsupported(head_dim=128, dtype=torch.bfloat16, variant=v) is None]
 
 
 def unsupported(*, head_dim: int, dtype: torch.dtype, variant=None, rope=None, paged: bool = False,
@@ -93,10 +135,11 @@ def unsupported(*, head_dim: int, dtype: torch.dtype, variant=None, rope=None, p
         return f"it has head dims {SM90_HEAD_DIMS} (not {head_dim})"
     if dtype not in DTYPES:
         return f"it runs bf16 / f16 (not {dtype})"
-    if variant is not None and (variant.score_mod is not None or variant.mask_mod is not None or
-                                variant.cuda_score_mod is not None or variant.cuda_mask_mod is not None or
-                                not variant.softmax):
-        return f"variant {variant.name!r} has hooks (score_mod / mask_mod / sigmoid): the mma.sync kernel runs those"
+    if variant is not None and not variant.softmax:
+        return f"variant {variant.name!r} is sigmoid attention: the mma.sync kernel runs it"
+    if variant is not None and variant.generated.key_gathers and variant.generated.lib_calls:
+        return (f"variant {variant.name!r} gathers a captured tensor per key and calls a math function (e.g. a T5 "
+                "bias): its hooks spill at the Hopper kernel's 128-key blocks; the mma.sync kernel runs it")
     if rope is not None:
         return "fused RoPE runs on the mma.sync kernel"
     if paged:
@@ -110,15 +153,17 @@ def unsupported(*, head_dim: int, dtype: torch.dtype, variant=None, rope=None, p
 
 
 def resolve_backend(backend: str, **kw) -> str:
-    """``"mma"`` or ``"sm90"`` for a requested backend (:data:`BACKENDS`); ``"sm90"`` raises ``InputError`` with the
-    reason when the Hopper kernel cannot run the arguments (:func:`unsupported`'s keywords); ``"auto"`` is the
-    mma.sync kernel (the Hopper kernel is opt-in until it covers the prefill grid)."""
+    """``"mma"`` or ``"sm90"`` for a requested backend (:data:`BACKENDS`): ``"sm90"`` raises ``InputError`` with the
+    reason when the Hopper kernel cannot run the arguments (:func:`unsupported`'s keywords), ``"auto"`` takes it
+    when it can (an sm_90 ``device`` given, and the rest supported) and the mma.sync kernel otherwise."""
     if backend not in BACKENDS:
         raise InputError(f"backend: expected one of {BACKENDS}, got {backend!r}")
     if backend == "sm90":
         why = unsupported(**kw)
         if why:
             raise InputError(f"backend='sm90': the Hopper prefill kernel cannot run this: {why}")
+        return "sm90"
+    if backend == "auto" and kw.get("device") is not None and unsupported(**kw) is None:
         return "sm90"
     return "mma"
 
@@ -127,21 +172,24 @@ class Sm90Launch:
     """The Hopper kernel bound to a plan's records (device tensors) and scalars; called with q, k, v, out, lse."""
 
     def __init__(self, plan, dtype: torch.dtype, device: torch.device, items, cta_ptr, runs, sm_scale: float,
-                 config: Sm90Traits | None = None):
+                 config: Sm90Traits | None = None, variant=None, params=None, run_full=None):
         from ..device import device_info
         from ..jit import build
 
-        why = unsupported(head_dim=plan.head_dim, dtype=dtype, device=device, plan=plan)
+        why = unsupported(head_dim=plan.head_dim, dtype=dtype, device=device, plan=plan, variant=variant)
         if why:
             raise InputError(f"the Hopper prefill kernel cannot run this plan: {why}")
-        self.plan, self.device, self.tr = plan, device, config or SM90_TRAITS
-        self.kernel = build(sm90_spec(dtype, plan.head_dim, plan.causal, self.tr), device_info(device.index).arch)
-        self.items, self.cta_ptr, self.runs = items, cta_ptr, runs
+        self.plan, self.device = plan, device
+        self.tr = config or variant_traits(variant, dtype=dtype, head_dim=plan.head_dim, causal=plan.causal)
+        self.kernel = build(sm90_spec(dtype, plan.head_dim, plan.causal, self.tr, variant),
+                            device_info(device.index).arch)
+        self.items, self.cta_ptr, self.runs, self.params, self.run_full = items, cta_ptr, runs, params, run_full
         u64, i32 = np.uint64, np.int32
         self._tail = [u64(items.data_ptr()).tobytes(), u64(cta_ptr.data_ptr()).tobytes(),
                       u64(runs.data_ptr()).tobytes()]
         self._scalars = [np.float32(sm_scale).tobytes(), i32(plan.group).tobytes(), i32(plan.num_qo_heads).tobytes(),
-                         i32(plan.window_left).tobytes()]
+                         i32(plan.window_left).tobytes(), u64(params.data_ptr()).tobytes(),
+                         u64(run_full.data_ptr()).tobytes()]
         self._maps: dict = {}
 
     def _map(self, t: torch.Tensor) -> bytes:

@@ -108,6 +108,8 @@ def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, fle
                                               **shape))
         for v_name, variant in variants:
             add(f"infernb_{v_name}", p, variant=variant)
+            if sm90:
+                add(f"infernb_sm90_{v_name}", p90, variant=variant, backend="sm90")
         mask_pairs = {}                             # the masks' visible pairs (the _tflops fields count the case's)
         for m_name, variant in masks:               # a mask_mod: with its block structure, and without
             pm = plan_batch(qo, kv, dtype=dt_, variant=variant, **shape)

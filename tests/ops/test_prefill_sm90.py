@@ -55,7 +55,8 @@ def test_backend_choice_and_refusals():
     kw = dict(head_dim=128, dtype=torch.bfloat16)
     assert unsupported(**kw) is None
     assert "head dims" in unsupported(head_dim=64, dtype=torch.bfloat16)
-    assert "hooks" in unsupported(**kw, variant=ib.variants.softcap(30.0))
+    assert unsupported(**kw, variant=ib.variants.softcap(30.0)) is None
+    assert "sigmoid" in unsupported(**kw, variant=ib.variants.sigmoid_attention())
     assert "RoPE" in unsupported(**kw, rope=ib.RoPE())
     assert "paged" in unsupported(**kw, paged=True)
     assert "CUDA" in unsupported(**kw, device=torch.device("cpu"))
@@ -85,26 +86,30 @@ def test_sm90_plans_and_cpu_path():
     ref, _ = reference.attention(q, k, v, qo, kv, causal=True)
     check(out, torch.zeros(out.shape[:2]), ref, torch.zeros(out.shape[:2]), torch.bfloat16)
     with pytest.raises(InputError, match="sm90"):
-        ib.prefill(q, k, v, qo, kv, causal=True, backend="sm90", variant=ib.variants.softcap(30.0))
+        ib.prefill(q, k, v, qo, kv, causal=True, backend="sm90", variant=ib.variants.sigmoid_attention())
 
 
 # ---------------------------------------------------------------------------------------------- GPU
 def run_sm90(gen, qo_lens, kv_lens, hq, hkv, *, dtype=torch.bfloat16, causal=False, window_left=-1, num_sms=None,
-             sm_scale=None, k_scale=1.0, q=None, k=None, config=None):
-    """Plan for the Hopper kernel, poison, run, compare with the float64 reference (rows that see no key: 0, -inf)."""
+             sm_scale=None, q_scale=1.0, q=None, k=None, config=None, variant=None, block_sparse=None):
+    """Plan for the Hopper kernel, poison, run, compare with the float64 reference (rows that see no key: 0, -inf).
+    ``q_scale`` widens the logits; ``block_sparse``: plan with the variant's block structure (default: when it has a
+    mask_mod, as the front doors do)."""
     qq, kk, v, qo_ptr, kv_ptr = ragged(gen, qo_lens, kv_lens, hq, hkv, 128, dtype)
-    q = qq if q is None else q
-    k = (kk.float() * k_scale).to(dtype) if k is None else k
+    q = (qq.float() * q_scale).to(dtype) if q is None else q
+    k = kk if k is None else k
     p = plan_batch(qo_lens, kv_lens, num_qo_heads=hq, num_kv_heads=hkv, head_dim=128, dtype=dtype, causal=causal,
-                   window_left=window_left, num_sms=num_sms, backend="sm90")
-    runner = PrefillRunner(p, device=q.device, backend="sm90", sm_scale=sm_scale, config=config)
+                   window_left=window_left, num_sms=num_sms, backend="sm90", variant=variant,
+                   block_sparse=block_sparse)
+    runner = PrefillRunner(p, device=q.device, backend="sm90", sm_scale=sm_scale, config=config, variant=variant)
     assert runner.backend == "sm90"
     out = torch.full_like(q, float("nan"))
     lse = torch.full(q.shape[:2], float("nan"), dtype=torch.float32, device=q.device)
     o, s = runner(q, k, v, out=out, lse=lse)
     assert o is out and s is lse
+    kw = {} if variant is None else variant.reference_kwargs()
     ref_o, ref_s = reference.attention(q, k, v, qo_ptr, kv_ptr, causal=causal, window_left=window_left,
-                                       sm_scale=sm_scale)
+                                       sm_scale=sm_scale, **kw)
     check(o, s, ref_o, ref_s, dtype)
     return p
 
@@ -150,6 +155,50 @@ def test_gpu_cases(gen, case):
         _, k, _, _, _ = ragged(gen, qo, kv, 16, 4, 128)
         pos = torch.cat([torch.arange(n, device=DEV, dtype=torch.float32) for n in kv])
         run_sm90(gen, qo, kv, 16, 4, causal=True, k=(k.float() * (1 + pos / 64 * 1.5)[:, None, None]).to(k.dtype))
+
+
+@pytest.mark.parametrize("variant", [v for v in ib.variants.examples()], ids=lambda v: v.name)
+def test_every_example_variant_compiles_without_spills_or_is_refused(variant):
+    why = unsupported(head_dim=128, dtype=torch.bfloat16, variant=variant)
+    if why is not None:
+        assert not variant.softmax or (variant.generated.key_gathers and variant.generated.lib_calls), why
+        return
+    from infernb.ops.prefill_sm90 import variant_traits
+    k = build(sm90_spec(torch.bfloat16, 128, True, variant_traits(variant), variant=variant), "sm_90a")
+    (r,) = k.report.kernels
+    assert not r.spills and r.stack_frame == 0, (variant.name, r)
+
+
+def _sm90_examples():
+    if not torch.cuda.is_available():
+        return []
+    return [v for v in ib.variants.examples("cuda") if unsupported(head_dim=128, dtype=torch.bfloat16, variant=v) is None]
+
+
+@gpu
+@hopper
+@pytest.mark.parametrize("variant", _sm90_examples(), ids=lambda v: v.name)
+def test_gpu_every_builtin_variant(gen, variant):
+    # examples() capture 8-head slopes and 64 document ids: 8 query heads, keys <= 64; with and without the
+    # variant's block structure (mask_mod on every pair, or skipped on its full runs)
+    run_sm90(gen, [17, 64, 1], [40, 64, 54], 8, 2, causal=True, variant=variant)
+    if variant.mask_mod is not None:
+        run_sm90(gen, [17, 64, 1], [40, 64, 54], 8, 2, causal=True, variant=variant, block_sparse=False)
+
+
+@gpu
+@hopper
+@pytest.mark.parametrize("make", [lambda: ib.variants.softcap(5.0, approx=True), lambda: ib.variants.softcap(5.0),
+                                  lambda: ib.variants.alibi(ib.variants.alibi_slopes(8).to(DEV)),
+                                  lambda: ib.Variant("relpos", score_mod=lambda s, b, h, q, k: s - 0.01 * abs(q - k)),
+                                  lambda: ib.variants.sliding_window(300),
+                                  lambda: ib.variants.document(torch.arange(3, device=DEV).repeat_interleave(700))],
+                         ids=["softcap_approx", "softcap", "alibi", "relpos", "window300", "documents"])
+def test_gpu_hooks_on_long_rows(gen, make):
+    # long rows: most blocks full (hooks without the per-element bounds), the diagonal and the runs' ends partial;
+    # q scaled up so the soft-cap (cap 5) saturates and the biases matter
+    variant = make()
+    run_sm90(gen, [577, 300], [2100, 300], 8, 2, causal=True, variant=variant, q_scale=3.0)
 
 
 @gpu

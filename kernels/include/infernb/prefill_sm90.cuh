@@ -19,14 +19,15 @@
 //     natural-log LSE straight from registers.
 //
 // Plans must not split a unit (no partial states here: the planner is asked for none). Head dim 128 (two 64-column
-// swizzled slabs per tile), bf16 or f16, ragged K/V, no variant hooks, no RoPE: infernb.ops.prefill_sm90 says which
-// runs qualify.
+// swizzled slabs per tile), bf16 or f16, ragged K/V, softmax variants (score_mod / mask_mod hooks, block structures),
+// no RoPE: infernb.ops.prefill_sm90 says which runs qualify.
 #pragma once
 #include <infernb/common.cuh>
 #include <infernb/hopper.cuh>
 #include <infernb/mma.cuh>
 #include <infernb/prefill.cuh>
 #include <infernb/softmax_state.cuh>
+#include <infernb/variant.cuh>
 
 namespace infernb {
 
@@ -36,6 +37,13 @@ constexpr int SM90_OVERLAP = 1;    // inside a warpgroup: S_j = Q K_j^T and O +=
 constexpr int SM90_PINGPONG = 2;   // between the two: each issues its GEMMs after the other has issued its own
 
 namespace detail {
+// a load the compiler cannot merge with an earlier one of the same address (asm volatile): a value read again
+// instead of kept live in a register
+__device__ __forceinline__ int ld_uncached(const int* p) {
+  int v;
+  asm volatile("ld.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p));
+  return v;
+}
 // The blocks of BLOCK_N keys of an item's key runs, in order (producer and consumers walk the same sequence).
 template <int BN>
 struct sm90_blocks_t {
@@ -71,7 +79,8 @@ struct prefill_sm90_cfg_t {
   static constexpr int Q_BYTES = TILE_Q * HEAD_DIM * 2;             // [slab][128 rows][128 B]
   static constexpr int KV_BYTES = BLOCK_N * HEAD_DIM * 2;           // K or V of a stage: [slab][128 keys][128 B]
   static constexpr int STAGE_BYTES = 2 * KV_BYTES;                  // K, then V
-  static constexpr int SMEM_BYTES = Q_BYTES + STAGES * STAGE_BYTES + 2 * STAGES * 8;
+  static constexpr int ROWS_BYTES = TILE_Q * 8;                     // each tile row's (position, query head)
+  static constexpr int SMEM_BYTES = Q_BYTES + STAGES * STAGE_BYTES + 2 * STAGES * 8 + ROWS_BYTES;
   static constexpr int PRODUCER_REGS = 24, CONSUMER_REGS = 240;     // 128 x 24 + 256 x 240 <= 64 K
   static_assert(HEAD_DIM == 128, "the Hopper prefill kernel is written for head dim 128");
   static_assert(SMEM_BYTES <= 227 * 1024, "shared memory of one SM");
@@ -81,17 +90,22 @@ struct prefill_sm90_cfg_t {
 // grid: the plan's CTAs; block: 384 threads; dynamic shared memory: prefill_sm90_cfg_t::SMEM_BYTES.
 // k_map / v_map: TMA descriptors of k and v as [kv_tokens, num_kv_heads * HEAD_DIM] (boxes of 128 x 64).
 // q, out: [q_tokens, num_qo_heads, HEAD_DIM]; lse: [q_tokens, num_qo_heads] (natural log). window_left: -1 off.
-template <typename T, int HEAD_DIM, int STAGES, bool CAUSAL, int SCHED>
+// VARIANT (variant.cuh; softmax variants), SCORE_MOD / MASK_MOD: whether its hooks run. score_mod sees
+// sm_scale * score and returns the logit; mask_mod is evaluated on every pair of a block except in runs the plan's
+// block structure marks full (run_full[r] != 0). Both see padding rows as the tile's last real row and keys past a
+// run's end as its last key (in-range arguments; those logits are masked).
+template <typename T, int HEAD_DIM, int STAGES, bool CAUSAL, int SCHED, typename VARIANT, bool SCORE_MOD,
+          bool MASK_MOD>
 __global__ void __launch_bounds__(384, 1)
 prefill_sm90_kernel(const __grid_constant__ sm90::tensor_map_t k_map, const __grid_constant__ sm90::tensor_map_t v_map,
                     const T* __restrict__ q, const prefill_item_t* __restrict__ items, const int* __restrict__ cta_ptr,
                     const prefill_run_t* __restrict__ runs, T* __restrict__ out, float* __restrict__ lse,
-                    float sm_scale, int group, int num_qo_heads, int window_left) {
+                    float sm_scale, int group, int num_qo_heads, int window_left,
+                    const typename VARIANT::params_t* __restrict__ vparams, const int* __restrict__ run_full) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   using cfg = prefill_sm90_cfg_t<T, HEAD_DIM, STAGES>;
   constexpr int D = HEAD_DIM, BN = cfg::BLOCK_N, ST = STAGES;
-  const int item_begin = cta_ptr[blockIdx.x], item_end = cta_ptr[blockIdx.x + 1];
-  if (item_begin >= item_end) return;
+  if (cta_ptr[blockIdx.x] >= cta_ptr[blockIdx.x + 1]) return;
 
   extern __shared__ __align__(1024) unsigned char smem[];
   if (sm90::smem_addr(smem) % 1024 != 0) __trap();                 // 128-byte swizzle atoms are 1024-byte aligned
@@ -99,6 +113,9 @@ prefill_sm90_kernel(const __grid_constant__ sm90::tensor_map_t k_map, const __gr
   unsigned char* s_kv = smem + cfg::Q_BYTES;
   unsigned long long* full = reinterpret_cast<unsigned long long*>(s_kv + ST * cfg::STAGE_BYTES);
   unsigned long long* empty = full + ST;
+  // tile row r's (position, query head), written and read by the threads holding row r (no barrier): read by the
+  // masks and hooks only, so the main loop keeps no registers for them
+  int2* s_rows = reinterpret_cast<int2*>(empty + ST);
   const int wg = threadIdx.x / 128, t = threadIdx.x % 128;
 
   if (threadIdx.x == 0) {
@@ -109,11 +126,17 @@ prefill_sm90_kernel(const __grid_constant__ sm90::tensor_map_t k_map, const __gr
     sm90::fence_barrier_init();
   }
   __syncthreads();
+  // the CTA's items are read again after each warpgroup's setmaxnreg (ptxas spills what is live across it)
+  auto cta_items = [&]() {
+    return make_int2(detail::ld_uncached(cta_ptr + blockIdx.x), detail::ld_uncached(cta_ptr + blockIdx.x + 1));
+  };
 
   if (wg == 0) {
     // ------------------------------------------------------------ producer
     sm90::setmaxnreg_dec<cfg::PRODUCER_REGS>();
     if (t != 0) return;
+    const int2 cta = cta_items();
+    const int item_begin = cta.x, item_end = cta.y;
     sm90::tma_prefetch_descriptor(&k_map);
     sm90::tma_prefetch_descriptor(&v_map);
     int n = 0;                                                      // blocks issued so far (all items)
@@ -140,8 +163,14 @@ prefill_sm90_kernel(const __grid_constant__ sm90::tensor_map_t k_map, const __gr
 
   // -------------------------------------------------------------- consumers
   sm90::setmaxnreg_inc<cfg::CONSUMER_REGS>();
+  const int2 cta = cta_items();
+  const int item_begin = cta.x, item_end = cta.y;
   const int c = wg - 1, w = t / 32, lane = t % 32, g = lane / 4, tq = lane % 4;
-  const float scale_log2 = sm_scale * LOG2E;
+  static_assert(VARIANT::USE_SOFTMAX, "the Hopper kernel runs softmax variants");
+  // the softmax takes logits as scale * x: the raw score and the log2-domain sm_scale, or score_mod's output and
+  // log2(e)
+  const float scale_log2 = SCORE_MOD ? LOG2E : sm_scale * LOG2E;
+  const typename VARIANT::params_t vp = *vparams;
   // this warpgroup's Q rows: 64 rows of each slab (8 KiB a slab)
   unsigned char* s_qw = s_q + c * (64 * 128);
   constexpr int SLAB_Q = cfg::Q_BYTES / cfg::SLABS;                 // bytes of one slab of the whole Q tile
@@ -149,37 +178,56 @@ prefill_sm90_kernel(const __grid_constant__ sm90::tensor_map_t k_map, const __gr
   // pingpong: warpgroup 0 issues first (warpgroup 1 passes it the first turn); every issue section of either is
   // followed by a pass to the other, so warpgroup 0 takes the one pass left over at the end (below)
   if ((SCHED & SM90_PINGPONG) && c == 1) sm90::named_barrier_arrive(3, 256);
-  int n = 0;                                                        // blocks consumed so far (all items)
-  for (int i = item_begin; i < item_end; ++i) {
-    const prefill_item_t it = items[i];
-    const int qpos0 = it.kv_len - it.qo_len;                        // position of the request's first query
-    // ---- this warpgroup's 64 Q rows: 16-byte chunks, 128-byte swizzle (chunk ^ row % 8), zero past the tile
+  // this warpgroup's 64 Q rows of item i: 16-byte chunks by cp.async, 128-byte swizzle (chunk ^ row % 8), zero past
+  // the tile. Issued for the next item as soon as the current one's last S = Q K^T has completed (its P V and
+  // epilogue hide the copy); q_ready() waits for them.
+  auto load_q = [&](int i) {
+    const prefill_item_t& it = items[i];
+    const int rows = it.rows, q_start = it.q_start, row0 = it.row0, kv_head = it.kv_head;
+    // (the thread index read here: the copy geometry is computed per call, not hoisted out of the item loop into
+    // registers live through the main loop)
+    const int tt = tid_here() % 128;
 #pragma unroll
     for (int j = 0; j < 64 * (D / 8) / 128; ++j) {
-      const int idx = t + 128 * j, r = idx / (D / 8), ch = idx % (D / 8);
+      const int idx = tt + 128 * j, r = idx / (D / 8), ch = idx % (D / 8);
       const int rt = 64 * c + r;                                    // row of the tile
-      const bool valid = rt < it.rows;
-      const T* src = valid ? q + detail::packed_row_index(it.q_start, it.row0 + rt, group, it.kv_head, num_qo_heads) * D +
+      const bool valid = rt < rows;
+      const T* src = valid ? q + detail::packed_row_index(q_start, row0 + rt, group, kv_head, num_qo_heads) * D +
                                  ch * 8
                            : q;
       const int slab = ch / 8, cc = ch % 8;
       mma::cp_async16(sm90::smem_addr(s_qw + slab * SLAB_Q + r * 128 + ((cc ^ (r % 8)) * 16)), src, valid);
     }
     mma::cp_async_commit();
+  };
+  auto q_ready = [&]() {
     mma::cp_async_wait<0>();
     sm90::fence_proxy_async();                                      // the copies visible to wgmma (async proxy)
     sm90::named_barrier_sync(1 + c, 128);
+  };
+  load_q(item_begin);
+  int n = 0;                                                        // blocks consumed so far (all items)
+  for (int i = item_begin; i < item_end; ++i) {
+    // the item's fields are read from its record where they are used (the loop's asm statements order those reads
+    // after it: the main loop keeps none of them in registers)
+    const prefill_item_t& it = items[i];
+    const int qpos0 = it.kv_len - it.qo_len;                        // position of the request's first query
+    q_ready();
+    // the item's blocks; the next item's Q is loaded once the last one's S has completed
+    int nblocks = 0;
+    for (int r = it.run_begin; r < it.run_end; ++r)
+      nblocks += max(0, runs[r].pos_end - runs[r].pos_start + BN - 1) / BN;
+    const bool next_item = i + 1 < item_end;
+    if (nblocks == 0 && next_item) load_q(i + 1);
 
     // ---- this thread's rows (g and g + 8 of its warp's 16): position (padding rows take the last real row's)
-    int rpos[2];
+    const int my_row = 64 * c + 16 * w + g;                         // this thread's rows: my_row, my_row + 8
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const int rt = min(64 * c + 16 * w + g + 8 * h, it.rows - 1);
-      rpos[h] = qpos0 + (it.row0 + rt) / group;
+      const int rt = min(my_row + 8 * h, it.rows - 1);
+      const int2 th = detail::packed_row(it.row0 + rt, group, it.kv_head);
+      s_rows[my_row + 8 * h] = make_int2(qpos0 + th.x, th.y);
     }
-    // the warpgroup's first and last positions: a block inside every row's bounds needs no per-element mask
-    const int wpos_first = qpos0 + (it.row0 + min(64 * c, it.rows - 1)) / group;
-    const int wpos_last = qpos0 + (it.row0 + min(64 * c + 63, it.rows - 1)) / group;
 
     float o[1][16][4];
 #pragma unroll
@@ -208,22 +256,34 @@ prefill_sm90_kernel(const __grid_constant__ sm90::tensor_map_t k_map, const __gr
       for (int kk = 0; kk < 8; ++kk)
         sm90::wgmma_m64n128k16_rs<T>(of, pa[kk], sm90::desc_sw128_mn(vst + 2048 * kk, SLAB_KV));
     };
-    // masks: keys past the run's end, causal (pos <= the row's position), window (pos >= position - w)
-    auto mask = [&](int p0, int pos_end) {
+    // logits: score_mod, then the masks -- keys past the run's end, causal (pos <= the row's position), window
+    // (pos >= position - w), mask_mod -- on the blocks that need them (a full block inside every row's bounds skips
+    // the per-element bounds; a full run of the plan's block structure skips mask_mod)
+    auto mask = [&](int p0, int pos_end, int r) {
+      const int2 rw0 = s_rows[my_row], rw1 = s_rows[my_row + 8];   // (rows in order: rw0.x <= rw1.x)
       const int last = min(p0 + BN, pos_end) - 1;                   // the block's last valid key
-      const bool full_block = last == p0 + BN - 1 && (!CAUSAL || last <= wpos_first) &&
-                              (window_left < 0 || p0 >= wpos_last - window_left);
-      if (full_block) return;
+      // inside both rows' bounds (this thread's own test: the lanes of a warp may differ)
+      const bool full_block = last == p0 + BN - 1 && (!CAUSAL || last <= rw0.x) &&
+                              (window_left < 0 || p0 >= rw1.x - window_left);
+      const bool mm = MASK_MOD && run_full[r] == 0;
+      if (full_block && !SCORE_MOD && !mm) return;
+      const int b = (SCORE_MOD || MASK_MOD) ? items[i].b : 0;
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const int hi = CAUSAL ? min(last, rpos[h]) : last;
-        const int lo = window_left >= 0 ? rpos[h] - window_left : -0x7fffffff - 1;
+        const int2 rw = h ? rw1 : rw0;                              // (position, query head)
+        const int hi = CAUSAL ? min(last, rw.x) : last;
+        const int lo = window_left >= 0 ? rw.x - window_left : -0x7fffffff - 1;
 #pragma unroll
         for (int j = 0; j < 16; ++j)
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             const int pos = p0 + 8 * j + 2 * tq + e;
-            if (!((pos <= hi) & (pos >= lo))) sacc[0][j][2 * h + e] = -INFERNB_INF;
+            const int hpos = min(pos, last);                        // the key the hooks see
+            float x = sacc[0][j][2 * h + e];
+            if (SCORE_MOD) x = VARIANT::score_mod(vp, x * sm_scale, b, rw.y, rw.x, hpos);
+            bool ok = full_block || ((pos <= hi) & (pos >= lo));
+            if (MASK_MOD && mm) ok = VARIANT::mask_mod(vp, b, rw.y, rw.x, hpos) & ok;
+            sacc[0][j][2 * h + e] = ok ? x : -INFERNB_INF;
           }
       }
     };
@@ -243,10 +303,10 @@ prefill_sm90_kernel(const __grid_constant__ sm90::tensor_map_t k_map, const __gr
     auto release = [&](int s) { if (lane == 0) sm90::mbar_arrive(empty + s); };   // this warp is done with it
 
     detail::sm90_blocks_t<BN> bi;
-    bi.begin(runs, it.run_begin, it.run_end);
+    bi.begin(runs, items[i].run_begin, items[i].run_end);
     if (!(SCHED & SM90_OVERLAP)) {
       // one block at a time: S, wait, softmax, P V, wait, release
-      for (; !bi.done(); bi.next(runs), ++n) {
+      for (int j = 0; !bi.done(); bi.next(runs), ++n, ++j) {
         const int s = n % ST;
         sm90::mbar_wait(full + s, (n / ST) & 1);
         turn_wait();
@@ -256,7 +316,8 @@ prefill_sm90_kernel(const __grid_constant__ sm90::tensor_map_t k_map, const __gr
         turn_pass();
         sm90::wgmma_wait<0>();
         sm90::fence_operands(sf);
-        mask(bi.p0, bi.pos_end);
+        if (j == nblocks - 1 && next_item) load_q(i + 1);
+        mask(bi.p0, bi.pos_end, bi.r);
         state.update(sacc, o, scale_log2);
         pack_p();
         turn_wait();
@@ -279,12 +340,14 @@ prefill_sm90_kernel(const __grid_constant__ sm90::tensor_map_t k_map, const __gr
       turn_pass();
       sm90::wgmma_wait<0>();
       sm90::fence_operands(sf);
-      mask(bi.p0, bi.pos_end);
+      if (nblocks == 1 && next_item) load_q(i + 1);
+      mask(bi.p0, bi.pos_end, bi.r);
       state.update(sacc, o, scale_log2);                           // (o is zero: its rescale is void)
       pack_p();
       ++n;
       // blocks j >= 1: S_j and P_(j-1) V_(j-1) issued together; S_j's softmax under the P V
-      for (bi.next(runs); !bi.done(); bi.next(runs), ++n) {
+      int j = 1;
+      for (bi.next(runs); !bi.done(); bi.next(runs), ++n, ++j) {
         const int s = n % ST;
         sm90::mbar_wait(full + s, (n / ST) & 1);
         turn_wait();
@@ -296,7 +359,8 @@ prefill_sm90_kernel(const __grid_constant__ sm90::tensor_map_t k_map, const __gr
         turn_pass();
         sm90::wgmma_wait<1>();                                      // S_j landed (P V may still run)
         sm90::fence_operands(sf);
-        mask(bi.p0, bi.pos_end);
+        if (j == nblocks - 1 && next_item) load_q(i + 1);
+        mask(bi.p0, bi.pos_end, bi.r);
         float alpha[2];
         const bool moved = state.update_deferred(sacc, scale_log2, alpha);
         sm90::wgmma_wait<0>();                                      // P_(j-1) V_(j-1) done: O, pa and the stage free
@@ -321,10 +385,15 @@ prefill_sm90_kernel(const __grid_constant__ sm90::tensor_map_t k_map, const __gr
     float osc[2], lrow[2];
     state.finish(osc, lrow);
 #pragma unroll
+    // (the item's fields and this thread's rows read again, not kept in registers through the main loop)
+    const prefill_item_t* ie = items + i;
+    const int e_rows = detail::ld_uncached(&ie->rows), e_q_start = detail::ld_uncached(&ie->q_start);
+    const int e_row0 = detail::ld_uncached(&ie->row0), e_kv_head = detail::ld_uncached(&ie->kv_head);
+    const int e_row = 64 * c + 16 * ((threadIdx.x % 128) / 32) + (threadIdx.x % 32) / 4;
     for (int h = 0; h < 2; ++h) {
-      const int rt = 64 * c + 16 * w + g + 8 * h;
-      if (rt >= it.rows) continue;
-      const long long idx = detail::packed_row_index(it.q_start, it.row0 + rt, group, it.kv_head, num_qo_heads);
+      const int rt = e_row + 8 * h;
+      if (rt >= e_rows) continue;
+      const long long idx = detail::packed_row_index(e_q_start, e_row0 + rt, group, e_kv_head, num_qo_heads);
       T* orow = out + idx * D;
 #pragma unroll
       for (int j = 0; j < 16; ++j)
