@@ -5,7 +5,8 @@ flash and FlexAttention, in one run.
 
 bf16, head_dim 128, 32 query / 8 KV heads, ragged K/V: one causal request of 8192 (plain, and soft-cap 30, a
 relative-position bias and ALiBi on both kernels and FlexAttention) and of 16384 tokens, the skewed batch 1 x 16384
-+ 63 x 512, 16 x 512 short requests, a full (non-causal) 4096, a sliding window of 1024 on 8192. Every path checked against
++ 63 x 512, 16 x 512 short requests, a full (non-causal) 4096, a sliding window of 1024 on 8192; the paged append
+of 16 x 512 new tokens onto 8192 cached (page 16) against FlashInfer's paged fa3 / fa2. Every path checked against
 the float64 reference on a row sample first, timed in interleaved rounds with the L2 flushed
 (``infernb.profile.prefill_cases``). Targets (issue 16): >= 1.1x FlashInfer fa3 and >= 1.0x cuDNN on the one-request
 cases. Writes ``prefill_sm90_<device>_<date>.json``.
@@ -38,9 +39,11 @@ def main(argv=None) -> int:
     # relative-position bias written as arithmetic on (q, k), ALiBi (a captured tensor of slopes)
     relpos = ib.Variant("relpos", score_mod=lambda s, b, h, q, k: s - 0.01 * abs(q - k))
     alibi = ib.variants.alibi(ib.variants.alibi_slopes(32).to("cuda"))
-    variants = [("softcap30", ib.variants.softcap(30.0)), ("relpos", relpos), ("alibi", alibi)]
+    variants = [("softcap30", ib.variants.softcap(30.0)), ("softcap30_approx", ib.variants.softcap(30.0, approx=True)),
+                ("relpos", relpos), ("alibi", alibi)]
     cases = [dict(name="causal_8192", qo=[8192], kv=[8192], sm90=True, sm90_configs=alts, variants=variants),
              dict(name="causal_16384", qo=[16384], kv=[16384], sm90=True, sm90_configs=alts),
+             dict(kind="paged", name="append_16x512_on_8192", qo=[512] * 16, kv=[8192 + 512] * 16, sm90=True),
              dict(name="skewed_1x16384_63x512", qo=[16384] + [512] * 63, kv=[16384] + [512] * 63, sm90=True),
              dict(name="documents_16x512_ragged", qo=[512] * 16, kv=[512] * 16, sm90=True),
              dict(name="full_4096", qo=[4096], kv=[4096], causal=False, sm90=True),

@@ -377,7 +377,8 @@ class PrefillRunner:
             params, self._captures = variant.pack(self.device)
             self.params = torch.frombuffer(bytearray(params), dtype=torch.uint8).to(dev)
             self._sm90 = Sm90Launch(plan, self.dtype, dev, self.items, self.cta_ptr, self.runs, self.sm_scale,
-                                    config=config, variant=variant, params=self.params, run_full=self.run_full)
+                                    config=config, variant=variant, params=self.params, run_full=self.run_full,
+                                    kv=self.kv, page_indices=page_table.indices if self.paged else None)
             return
         if rope is not None:
             self.rope_path = rope_path if rope_path != "auto" else \
@@ -449,7 +450,7 @@ class PrefillRunner:
         if p.num_items == 0:
             return out.zero_(), lse.fill_(float("-inf"))
         if self.backend == "sm90":
-            self._sm90(q, *src, out, lse)
+            self._sm90(q, *(src if not self.paged else (src[0], None)), out, lse)
             return out, lse
         part_o, part_lse = self._part if self._part is not None else (out, lse)   # unsplit plans never write them
         kp, vp = (src[0], src[0]) if self.paged else src
@@ -690,8 +691,7 @@ def append(q: torch.Tensor, cache, seq_ids: Sequence[int], qo_lens: Sequence[int
             (``cache.append`` them first).
         seq_ids: live sequence ids; qo_lens: new tokens of each (``<=`` its length).
         causal: bottom-right aligned (chunked prefill, speculative verification); window_left, variant, rope,
-            rope_path, sm_scale, return_lse, tile_q, num_sms, block_sparse, backend: as in :func:`prefill` (paged
-            caches run on the mma.sync kernel today: ``backend="sm90"`` raises, ``"auto"`` takes mma.sync).
+            rope_path, sm_scale, return_lse, tile_q, num_sms, block_sparse, backend: as in :func:`prefill`.
     Returns:
         ``out [sum(qo_lens), num_qo_heads, head_dim]`` q.dtype (and ``lse [sum(qo_lens), num_qo_heads]``).
     """
@@ -703,8 +703,10 @@ def append(q: torch.Tensor, cache, seq_ids: Sequence[int], qo_lens: Sequence[int
     check_q_for_cache(q, cache)
     if q.shape[0] != int(qo_lens.sum()):
         raise InputError(f"q has {q.shape[0]} rows but sum(qo_lens) = {int(qo_lens.sum())}")
-    resolve_backend(backend, head_dim=cache.head_dim, dtype=q.dtype, variant=variant, rope=rope, paged=True,
-                    device=q.device if q.is_cuda else None)
+    if backend == "auto" and tile_q not in (None, SM90_TRAITS.tile_q):
+        backend = "mma"                              # (the Hopper kernel has one tile)
+    be = resolve_backend(backend, head_dim=cache.head_dim, dtype=q.dtype, variant=variant, rope=rope, paged=True,
+                         device=q.device if q.is_cuda else None)
     kv_lens = np.asarray(cache.lengths(seq_ids), np.int64)
     if (qo_lens > kv_lens).any():
         i = int(np.argmax(qo_lens > kv_lens))
@@ -713,10 +715,9 @@ def append(q: torch.Tensor, cache, seq_ids: Sequence[int], qo_lens: Sequence[int
     p = plan_batch(qo_lens, kv_lens, num_qo_heads=q.shape[1], num_kv_heads=cache.num_kv_heads,
                    head_dim=cache.head_dim, dtype=q.dtype, page_size=cache.page_size, causal=causal,
                    window_left=window_left, variant=variant, rope=rope, tile_q=tile_q, num_sms=num_sms,
-                   block_sparse=block_sparse)
+                   block_sparse=block_sparse, backend=be)
     out, lse = run_prefill(p, q.contiguous(), cache=cache, page_table=table, variant=variant, rope=rope,
-                           rope_path=rope_path,
-                           sm_scale=sm_scale)
+                           rope_path=rope_path, sm_scale=sm_scale, backend=be)
     return (out, lse) if return_lse else out
 
 

@@ -4,7 +4,7 @@
 It runs the prefill plan format unchanged (:func:`infernb.ops.prefill.plan_records`: items, CTA lists, key runs)
 with its own traits (:data:`SM90_TRAITS`: 128-row tiles, one CTA per SM, no split units). What it covers today:
 head dim 128, bf16 / f16, ragged K/V, causal or not, sliding windows, custom ``sm_scale``; variants with hooks,
-RoPE and paged caches run on the mma.sync kernel (:func:`unsupported` says why a run does not qualify).
+RoPE runs on the mma.sync kernel (:func:`unsupported` says why a run does not qualify).
 The front doors (:func:`~infernb.prefill`, :func:`~infernb.append`) take ``backend="auto"`` (default: this kernel on
 an sm_90 GPU when it covers the call, the mma.sync kernel otherwise), ``"sm90"`` or ``"mma"``;
 :class:`~infernb.ops.prefill.PrefillRunner` runs the backend its plan was made for (``"mma"`` unless told).
@@ -52,10 +52,17 @@ SM90_TRAITS = Sm90Traits()
 SM90_HEAD_DIMS = (128,)
 
 
+#: KV sources of the Hopper kernel: ragged tensors (TMA) and the paged layouts (cp.async by the producer warpgroup)
+KV_MODES = {"ragged": 0, "NHD": 1, "HND": 2}
+
+
 def sm90_spec(dtype: torch.dtype, head_dim: int = 128, causal: bool = False,
-              tr: Sm90Traits = SM90_TRAITS, variant=None) -> KernelSpec:
+              tr: Sm90Traits = SM90_TRAITS, variant=None, kv: str = "ragged") -> KernelSpec:
     """The sm_90a specialization for (dtype, head dim, causal, traits, variant: a softmax
-    :class:`~infernb.variants.Variant`, its hooks traced into the unit; None for plain attention)."""
+    :class:`~infernb.variants.Variant`, its hooks traced into the unit, None for plain attention; KV source
+    ``"ragged"`` / ``"NHD"`` / ``"HND"``)."""
+    if kv not in KV_MODES:
+        raise InputError(f"kv: expected one of {list(KV_MODES)}, got {kv!r}")
     from ..variants import Variant  # noqa: F401
     from ._common import NONE
     variant = NONE if variant is None else variant
@@ -78,10 +85,10 @@ def sm90_spec(dtype: torch.dtype, head_dim: int = 128, causal: bool = False,
              '"infernb.ops.prefill_sm90.Sm90Traits disagrees with prefill_sm90_cfg_t");')
     from .prefill import _struct_checks
     return KernelSpec(family="prefill_sm90",
-                      name=(f"prefill_sm90_{DTYPE_NAMES[dtype]}_hd{head_dim}{'_causal' if causal else ''}"
+                      name=(f"prefill_sm90_{DTYPE_NAMES[dtype]}_hd{head_dim}_{kv.lower()}{'_causal' if causal else ''}"
                             f"_{variant.name}_{variant.code_hash}{f'_s{tr.stages}x{tr.sched}' if tuned else ''}"),
                       kernels=(("prefill", f"infernb::prefill_sm90_kernel<{args}, {b(causal)}, {tr.sched}, "
-                                           f"{variant.cuda_name}, {b(score)}, {b(mask)}>"),),
+                                           f"{variant.cuda_name}, {b(score)}, {b(mask)}, {KV_MODES[kv]}>"),),
                       preamble=g.code + "\n" + check + "\n" + _struct_checks(),
                       preamble_origin=tuple(sorted(g.origins.items())), archs=("sm_90a",))
 
@@ -112,10 +119,13 @@ def variant_traits(variant, tr: Sm90Traits = SM90_TRAITS, *, dtype: torch.dtype 
 
 
 def specializations() -> list[KernelSpec]:
-    """What CI compiles: every dtype, causal or not; every softmax example variant (bf16, causal)."""
+    """What CI compiles: every dtype, causal or not (ragged); both paged layouts (bf16); every example variant the
+    kernel runs (bf16, causal, ragged)."""
     from ..variants import examples
 
     out = [sm90_spec(dt, d, c) for dt in DTYPES for d in SM90_HEAD_DIMS for c in (False, True)]
+    out += [sm90_spec(torch.bfloat16, d, c, kv=kv) for d in SM90_HEAD_DIMS for c in (False, True)
+            for kv in ("NHD", "HND")]
     return out + [sm90_spec(torch.bfloat16, 128, True, variant_traits(v), variant=v) for v in examples()
                   if unsupported(head_dim=128, dtype=torch.bfloat16, variant=v) is None]
 
@@ -142,8 +152,6 @@ def unsupported(*, head_dim: int, dtype: torch.dtype, variant=None, rope=None, p
                 "bias): its hooks spill at the Hopper kernel's 128-key blocks; the mma.sync kernel runs it")
     if rope is not None:
         return "fused RoPE runs on the mma.sync kernel"
-    if paged:
-        return "paged caches run on the mma.sync kernel"
     if plan is not None:
         if plan.tile_q != SM90_TRAITS.tile_q:
             return f"its plans have {SM90_TRAITS.tile_q}-row tiles (this one {plan.tile_q}): plan with backend='sm90'"
@@ -172,7 +180,8 @@ class Sm90Launch:
     """The Hopper kernel bound to a plan's records (device tensors) and scalars; called with q, k, v, out, lse."""
 
     def __init__(self, plan, dtype: torch.dtype, device: torch.device, items, cta_ptr, runs, sm_scale: float,
-                 config: Sm90Traits | None = None, variant=None, params=None, run_full=None):
+                 config: Sm90Traits | None = None, variant=None, params=None, run_full=None, kv: str = "ragged",
+                 page_indices=None):
         from ..device import device_info
         from ..jit import build
 
@@ -181,7 +190,8 @@ class Sm90Launch:
             raise InputError(f"the Hopper prefill kernel cannot run this plan: {why}")
         self.plan, self.device = plan, device
         self.tr = config or variant_traits(variant, dtype=dtype, head_dim=plan.head_dim, causal=plan.causal)
-        self.kernel = build(sm90_spec(dtype, plan.head_dim, plan.causal, self.tr, variant),
+        self.kv, self.page_indices = kv, page_indices
+        self.kernel = build(sm90_spec(dtype, plan.head_dim, plan.causal, self.tr, variant, kv),
                             device_info(device.index).arch)
         self.items, self.cta_ptr, self.runs, self.params, self.run_full = items, cta_ptr, runs, params, run_full
         u64, i32 = np.uint64, np.int32
@@ -190,6 +200,11 @@ class Sm90Launch:
         self._scalars = [np.float32(sm_scale).tobytes(), i32(plan.group).tobytes(), i32(plan.num_qo_heads).tobytes(),
                          i32(plan.window_left).tobytes(), u64(params.data_ptr()).tobytes(),
                          u64(run_full.data_ptr()).tobytes()]
+        ps = plan.page_size
+        self._page = [u64(page_indices.data_ptr() if page_indices is not None else 0).tobytes(),
+                      i32(plan.num_kv_heads).tobytes(), i32(ps).tobytes(),
+                      i32(ps.bit_length() - 1 if ps & (ps - 1) == 0 else -1).tobytes()]
+        self._null_map = bytes(128)
         self._maps: dict = {}
 
     def _map(self, t: torch.Tensor) -> bytes:
@@ -205,8 +220,12 @@ class Sm90Launch:
         return m
 
     def __call__(self, q, k, v, out, lse) -> None:
+        """Ragged: ``k``, ``v`` the tensors; paged: ``k`` the cache's pool, ``v`` None."""
         u64 = np.uint64
-        params = [self._map(k), self._map(v), u64(q.data_ptr()).tobytes(), *self._tail,
-                  u64(out.data_ptr()).tobytes(), u64(lse.data_ptr()).tobytes(), *self._scalars]
+        paged = self.kv != "ragged"
+        maps = [self._null_map, self._null_map] if paged else [self._map(k), self._map(v)]
+        params = [*maps, u64(q.data_ptr()).tobytes(), *self._tail,
+                  u64(out.data_ptr()).tobytes(), u64(lse.data_ptr()).tobytes(), *self._scalars,
+                  u64(k.data_ptr() if paged else 0).tobytes(), *self._page]
         self.kernel.launch_packed("prefill", (self.plan.num_ctas, 1, 1), (384, 1, 1), params,
                                   shared_mem=self.tr.smem_bytes, device_index=self.device.index)

@@ -47,10 +47,12 @@ def _workspace(q, workspace):
     return torch.zeros(256 * 2**20, dtype=torch.uint8, device=q.device) if workspace is None else workspace
 
 
-def flashinfer_paged(flashinfer, q, pool, table, qo_lens, *, causal: bool, workspace: torch.Tensor | None = None):
-    """FlashInfer's paged fa2 prefill (NHD pool) of ``q`` (``qo_lens`` queries per request of ``table``), planned
-    once; returns the call (its output ``[tokens, num_qo_heads, head_dim]``)."""
-    w = flashinfer.BatchPrefillWithPagedKVCacheWrapper(_workspace(q, workspace), "NHD", backend="fa2")
+def flashinfer_paged(flashinfer, q, pool, table, qo_lens, *, causal: bool, workspace: torch.Tensor | None = None,
+                     backend: str = "fa2"):
+    """FlashInfer's paged prefill (NHD pool; its ``backend``, ``"fa2"`` or ``"fa3"`` on Hopper) of ``q``
+    (``qo_lens`` queries per request of ``table``), planned once; returns the call (its output ``[tokens,
+    num_qo_heads, head_dim]``)."""
+    w = flashinfer.BatchPrefillWithPagedKVCacheWrapper(_workspace(q, workspace), "NHD", backend=backend)
     w.plan(torch.as_tensor(np.r_[0, np.cumsum(qo_lens)], dtype=torch.int32, device=q.device), table.indptr,
            table.indices, table.last_page_len, q.shape[1], pool.shape[3], q.shape[2], table.page_size, causal=causal,
            q_data_type=q.dtype)

@@ -177,7 +177,7 @@ def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, fle
         return {f"{pre}{m}{post}": 4 * HQ * D * n for m, n in mask_pairs.items()
                 for pre, post in (("infernb_", ""), ("infernb_", "_dense"), ("flex_", ""))}
 
-    def paged_case(name, qo, kv, page=16):
+    def paged_case(name, qo, kv, page=16, sm90=False):
         cache = ib.PagedKVCache(sum(-(-n // page) for n in kv) + 8, page, HKV, D, dtype=dt_, device=dev)
         ids = cache.add_sequences(len(kv))
         cache.append(ids, rnd(sum(kv), HKV, D), rnd(sum(kv), HKV, D), kv)
@@ -193,10 +193,18 @@ def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, fle
                                            table.last_page_len[:1], [0, qo[0]], causal=True)
         errs = {"infernb": check("infernb", out, ref, torch.arange(qo[0]))}
         fns = {"infernb": lambda: r(q)}
+        if sm90:                                    # the Hopper kernel (its producer copies the pages), own plan
+            p90 = plan_batch(qo, kv, num_qo_heads=HQ, num_kv_heads=HKV, head_dim=D, dtype=dt_, page_size=page,
+                             causal=True, page_table=table, backend="sm90")
+            r90 = PrefillRunner(p90, cache, table, backend="sm90")
+            errs["infernb_sm90"] = check("infernb_sm90", r90(q)[0], ref, torch.arange(qo[0]))
+            fns["infernb_sm90"] = lambda: r90(q)
         if fi is not None:
-            fns["flashinfer_fa2"] = flashinfer_paged(fi, q, cache.pool, table, qo, causal=True,
-                                                     workspace=workspace("paged"))
-            errs["flashinfer_fa2"] = check("flashinfer_fa2", fns["flashinfer_fa2"](), ref, torch.arange(qo[0]))
+            for be in ("fa2", "fa3") if sm90 else ("fa2",):
+                label = f"flashinfer_{be}"
+                fns[label] = flashinfer_paged(fi, q, cache.pool, table, qo, causal=True, workspace=workspace(label),
+                                              backend=be)
+                errs[label] = check(label, fns[label](), ref, torch.arange(qo[0]))
         times = cuda_time_interleaved(fns, warmup=5, runs=runs)
         row = dict(case=name, qo_lens=short_lens(qo), kv_lens=short_lens(kv), causal=True, page_size=page,
                    plan_tile_q=p.tile_q, plan_ctas=p.num_ctas, plan_items=p.num_items,

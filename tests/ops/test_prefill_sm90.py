@@ -18,6 +18,7 @@ from infernb.jit import build, toolchain
 from infernb.ops.prefill import PrefillRunner, plan_batch
 from infernb.ops.prefill_sm90 import SM90_TRAITS, resolve_backend, sm90_spec, specializations, unsupported
 
+from .decode_cases import make_cache
 from .test_prefill import KV, QO, check, ragged
 
 gpu = pytest.mark.gpu
@@ -58,7 +59,7 @@ def test_backend_choice_and_refusals():
     assert unsupported(**kw, variant=ib.variants.softcap(30.0)) is None
     assert "sigmoid" in unsupported(**kw, variant=ib.variants.sigmoid_attention())
     assert "RoPE" in unsupported(**kw, rope=ib.RoPE())
-    assert "paged" in unsupported(**kw, paged=True)
+    assert unsupported(**kw, paged=True) is None
     assert "CUDA" in unsupported(**kw, device=torch.device("cpu"))
     assert resolve_backend("auto", **kw) == "mma" and resolve_backend("mma", **kw) == "mma"
     assert resolve_backend("sm90", **kw) == "sm90"
@@ -211,6 +212,55 @@ def test_gpu_other_schedules(gen, stages, sched):
     run_sm90(gen, [577, 127, 1], [2048, 512, 54], 16, 4, causal=True, config=cfg)
     run_sm90(gen, [2048], [2048], 16, 4, causal=True, num_sms=3, config=cfg)
     run_sm90(gen, [0, 17, 300], [54, 0, 700], 8, 2, window_left=200, config=cfg, dtype=torch.float16)
+
+
+def run_paged_sm90(gen, qo_lens, kv_lens, hq, hkv, page_size, layout, *, dtype=torch.bfloat16, causal=True,
+                   variant=None):
+    """ib.append on the Hopper kernel (its producer copying the pages with cp.async) against the float64 reference
+    on the paged cache; the output poisoned first."""
+    cache, ids, _ = make_cache(gen, kv_lens, hq, hkv, 128, page_size, layout=layout, dtype=dtype, device=DEV)
+    q = torch.randn(sum(qo_lens), hq, 128, generator=gen).to(dtype).to(DEV)
+    t = cache.page_table(ids)
+    p = plan_batch(qo_lens, kv_lens, num_qo_heads=hq, num_kv_heads=hkv, head_dim=128, dtype=dtype,
+                   page_size=page_size, causal=causal, variant=variant, backend="sm90")
+    r = PrefillRunner(p, cache, t, variant=variant, backend="sm90")
+    assert r.backend == "sm90"
+    out = torch.full_like(q, float("nan"))
+    lse = torch.full(q.shape[:2], float("nan"), dtype=torch.float32, device=q.device)
+    o, s = r(q, out=out, lse=lse)
+    kw = {} if variant is None else variant.reference_kwargs()
+    ref_o, ref_s = reference.paged_attention(q, cache.pool, t.indptr, t.indices, t.last_page_len,
+                                             np.r_[0, np.cumsum(qo_lens)].tolist(), layout=layout, causal=causal,
+                                             **kw)
+    check(o, s, ref_o, ref_s, dtype)
+    # the front door takes the Hopper kernel for it on its own
+    o2 = ib.append(q, cache, ids, qo_lens, causal=causal, variant=variant)
+    assert torch.equal(o2, o)
+
+
+PAGED = [(1, "NHD"), (5, "HND"), (16, "NHD"), (64, "HND"), (16, "HND"), (5, "NHD")]
+
+
+@gpu
+@hopper
+@pytest.mark.parametrize("page,layout", PAGED, ids=[f"p{p}-{l}" for p, l in PAGED])
+@pytest.mark.parametrize("causal", [True, False])
+def test_gpu_paged_append(gen, page, layout, causal):
+    rng = np.random.default_rng(page + causal)
+    kv = rng.choice(KV, 12).tolist()
+    qo = [int(min(x, y)) for x, y in zip(kv, rng.choice(QO, 12))]
+    run_paged_sm90(gen, qo, kv, 16, 4, page, layout, causal=causal,
+                   dtype=torch.bfloat16 if page != 5 else torch.float16)
+
+
+@gpu
+@hopper
+def test_gpu_paged_long_and_variants(gen):
+    run_paged_sm90(gen, [577, 127], [16384, 16384], 32, 8, 16, "NHD")
+    run_paged_sm90(gen, [512] * 4, [2560] * 4, 32, 8, 16, "NHD")
+    run_paged_sm90(gen, [17, 30], [60, 30], 8, 2, 16, "HND", variant=ib.variants.softcap(5.0, approx=True))
+    run_paged_sm90(gen, [17, 30], [60, 30], 8, 2, 16, "NHD",
+                   variant=ib.variants.alibi(ib.variants.alibi_slopes(8).to(DEV)))
 
 
 @gpu

@@ -81,7 +81,7 @@ struct prefill_sm90_cfg_t {
   static constexpr int STAGE_BYTES = 2 * KV_BYTES;                  // K, then V
   static constexpr int ROWS_BYTES = TILE_Q * 8;                     // each tile row's (position, query head)
   static constexpr int SMEM_BYTES = Q_BYTES + STAGES * STAGE_BYTES + 2 * STAGES * 8 + ROWS_BYTES;
-  static constexpr int PRODUCER_REGS = 24, CONSUMER_REGS = 240;     // 128 x 24 + 256 x 240 <= 64 K
+  static constexpr int PRODUCER_REGS = 32, CONSUMER_REGS = 240;     // 128 x 32 + 256 x 240 = 64 K
   static_assert(HEAD_DIM == 128, "the Hopper prefill kernel is written for head dim 128");
   static_assert(SMEM_BYTES <= 227 * 1024, "shared memory of one SM");
   static_assert(128 * PRODUCER_REGS + 256 * CONSUMER_REGS <= 65536, "the SM's register file");
@@ -94,14 +94,19 @@ struct prefill_sm90_cfg_t {
 // sm_scale * score and returns the logit; mask_mod is evaluated on every pair of a block except in runs the plan's
 // block structure marks full (run_full[r] != 0). Both see padding rows as the tile's last real row and keys past a
 // run's end as its last key (in-range arguments; those logits are masked).
+// KV_MODE: 0 ragged (k_map / v_map, TMA), 1 a paged pool [pages, 2, page_size, num_kv_heads, D] (NHD), 2 one
+// [pages, 2, num_kv_heads, page_size, D] (HND): the producer warpgroup's 128 threads copy each block's key rows from
+// their pages with cp.async (pages are too small for TMA boxes), kv_indices the page table's indices.
 template <typename T, int HEAD_DIM, int STAGES, bool CAUSAL, int SCHED, typename VARIANT, bool SCORE_MOD,
-          bool MASK_MOD>
+          bool MASK_MOD, int KV_MODE>
 __global__ void __launch_bounds__(384, 1)
 prefill_sm90_kernel(const __grid_constant__ sm90::tensor_map_t k_map, const __grid_constant__ sm90::tensor_map_t v_map,
                     const T* __restrict__ q, const prefill_item_t* __restrict__ items, const int* __restrict__ cta_ptr,
                     const prefill_run_t* __restrict__ runs, T* __restrict__ out, float* __restrict__ lse,
                     float sm_scale, int group, int num_qo_heads, int window_left,
-                    const typename VARIANT::params_t* __restrict__ vparams, const int* __restrict__ run_full) {
+                    const typename VARIANT::params_t* __restrict__ vparams, const int* __restrict__ run_full,
+                    const T* __restrict__ pool, const int* __restrict__ kv_indices, int num_kv_heads, int page_size,
+                    int page_shift) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   using cfg = prefill_sm90_cfg_t<T, HEAD_DIM, STAGES>;
   constexpr int D = HEAD_DIM, BN = cfg::BLOCK_N, ST = STAGES;
@@ -120,7 +125,8 @@ prefill_sm90_kernel(const __grid_constant__ sm90::tensor_map_t k_map, const __gr
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < ST; ++s) {
-      sm90::mbar_init(full + s, 1);                                 // the producer's arrive, with the TMA bytes
+      // the producer's arrive with the TMA bytes (ragged), or each producer thread's once its copies landed (paged)
+      sm90::mbar_init(full + s, KV_MODE == 0 ? 1 : 128);
       sm90::mbar_init(empty + s, 8);                                // one arrive per consumer warp
     }
     sm90::fence_barrier_init();
@@ -134,6 +140,53 @@ prefill_sm90_kernel(const __grid_constant__ sm90::tensor_map_t k_map, const __gr
   if (wg == 0) {
     // ------------------------------------------------------------ producer
     sm90::setmaxnreg_dec<cfg::PRODUCER_REGS>();
+    if (KV_MODE != 0) {
+      // paged: every thread copies 16-byte chunk t % 16 of rows t / 16 + 8 i of each block (K and V), zero past
+      // the run; a block is signalled (full[s]) once this thread's copies of it have landed and are made visible to
+      // the async proxy (wgmma reads shared memory through it), before the thread waits for the next free stage
+      const int2 cta = cta_items();
+      const int ch = t % 16, r0 = t / 16, slab = ch / 8, cc = ch % 8;
+      const int tok_stride = KV_MODE == 2 ? D : num_kv_heads * D;   // a page's rows
+      const long long page_stride = 2ll * page_size * num_kv_heads * D, v_off = (long long)page_size * num_kv_heads * D;
+      int n = 0, pending = -1;
+      for (int i = cta.x; i < cta.y; ++i) {
+        const prefill_item_t& it = items[i];
+        const T* head_base = pool + (long long)it.kv_head * (KV_MODE == 2 ? page_size * D : D) + ch * 8;
+        const int* pages = kv_indices + it.kv_start;
+        detail::sm90_blocks_t<BN> bi;
+        for (bi.begin(runs, it.run_begin, it.run_end); !bi.done(); bi.next(runs), ++n) {
+          const int s = n % ST;
+          if (pending >= 0) {
+            mma::cp_async_wait<0>();
+            sm90::fence_proxy_async();
+            sm90::mbar_arrive(full + pending);
+            pending = -1;
+          }
+          if (n >= ST) sm90::mbar_wait(empty + s, ((n / ST) & 1) ^ 1);   // its previous use released
+          const unsigned kst = sm90::smem_addr(s_kv + s * cfg::STAGE_BYTES) + slab * (cfg::KV_BYTES / cfg::SLABS);
+#pragma unroll 4
+          for (int j = 0; j < BN / 8; ++j) {
+            const int r = r0 + 8 * j, pos = bi.p0 + r;
+            const bool valid = pos < bi.pos_end;
+            const int pp = valid ? pos : bi.p0;
+            const int pg = page_shift >= 0 ? pp >> page_shift : pp / page_size;
+            const int in_page = pp - pg * page_size;
+            const T* src = head_base + pages[pg] * page_stride + (long long)in_page * tok_stride;
+            const unsigned dst = kst + r * 128 + ((cc ^ (r % 8)) * 16);
+            mma::cp_async16(dst, src, valid);
+            mma::cp_async16(dst + cfg::KV_BYTES, src + v_off, valid);
+          }
+          mma::cp_async_commit();
+          pending = s;
+        }
+      }
+      if (pending >= 0) {
+        mma::cp_async_wait<0>();
+        sm90::fence_proxy_async();
+        sm90::mbar_arrive(full + pending);
+      }
+      return;
+    }
     if (t != 0) return;
     const int2 cta = cta_items();
     const int item_begin = cta.x, item_end = cta.y;
