@@ -6,7 +6,9 @@ with its own traits (:data:`SM90_TRAITS`: 128-row tiles, one CTA per SM, no spli
 head dim 128, bf16 / f16, ragged K/V, causal or not, sliding windows, custom ``sm_scale``; variants with hooks,
 RoPE runs on the mma.sync kernel (:func:`unsupported` says why a run does not qualify).
 The front doors (:func:`~infernb.prefill`, :func:`~infernb.append`) take ``backend="auto"`` (default: this kernel on
-an sm_90 GPU when it covers the call, the mma.sync kernel otherwise), ``"sm90"`` or ``"mma"``;
+an sm_90 GPU when it covers the call with ragged K/V, the mma.sync kernel otherwise), ``"sm90"`` or ``"mma"``; paged
+caches run on it when asked (``backend="sm90"``: its producer warpgroup copies the pages with cp.async; not yet run
+on a GPU, so ``"auto"`` does not pick it for them);
 :class:`~infernb.ops.prefill.PrefillRunner` runs the backend its plan was made for (``"mma"`` unless told).
 """
 from __future__ import annotations
@@ -163,7 +165,7 @@ def unsupported(*, head_dim: int, dtype: torch.dtype, variant=None, rope=None, p
 def resolve_backend(backend: str, **kw) -> str:
     """``"mma"`` or ``"sm90"`` for a requested backend (:data:`BACKENDS`): ``"sm90"`` raises ``InputError`` with the
     reason when the Hopper kernel cannot run the arguments (:func:`unsupported`'s keywords), ``"auto"`` takes it
-    when it can (an sm_90 ``device`` given, and the rest supported) and the mma.sync kernel otherwise."""
+    when it can (an sm_90 ``device`` given, ragged K/V, and the rest supported) and the mma.sync kernel otherwise."""
     if backend not in BACKENDS:
         raise InputError(f"backend: expected one of {BACKENDS}, got {backend!r}")
     if backend == "sm90":
@@ -171,7 +173,9 @@ def resolve_backend(backend: str, **kw) -> str:
         if why:
             raise InputError(f"backend='sm90': the Hopper prefill kernel cannot run this: {why}")
         return "sm90"
-    if backend == "auto" and kw.get("device") is not None and unsupported(**kw) is None:
+    # (auto leaves paged caches to the mma.sync kernel until the Hopper kernel's paged producer has run its GPU
+    # tests: written 2026-11-30, tests/ops/test_prefill_sm90.py::test_gpu_paged_*; backend="sm90" runs it)
+    if backend == "auto" and kw.get("device") is not None and not kw.get("paged") and unsupported(**kw) is None:
         return "sm90"
     return "mma"
 

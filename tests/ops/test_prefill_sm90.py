@@ -62,6 +62,7 @@ def test_backend_choice_and_refusals():
     assert unsupported(**kw, paged=True) is None
     assert "CUDA" in unsupported(**kw, device=torch.device("cpu"))
     assert resolve_backend("auto", **kw) == "mma" and resolve_backend("mma", **kw) == "mma"
+    assert resolve_backend("sm90", **kw, paged=True) == "sm90"
     assert resolve_backend("sm90", **kw) == "sm90"
     with pytest.raises(InputError, match="backend"):
         resolve_backend("cuda", **kw)
@@ -233,8 +234,8 @@ def run_paged_sm90(gen, qo_lens, kv_lens, hq, hkv, page_size, layout, *, dtype=t
                                              np.r_[0, np.cumsum(qo_lens)].tolist(), layout=layout, causal=causal,
                                              **kw)
     check(o, s, ref_o, ref_s, dtype)
-    # the front door takes the Hopper kernel for it on its own
-    o2 = ib.append(q, cache, ids, qo_lens, causal=causal, variant=variant)
+    # the front door, asked for the Hopper kernel, plans and runs the same
+    o2 = ib.append(q, cache, ids, qo_lens, causal=causal, variant=variant, backend="sm90")
     assert torch.equal(o2, o)
 
 

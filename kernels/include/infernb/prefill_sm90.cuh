@@ -81,10 +81,12 @@ struct prefill_sm90_cfg_t {
   static constexpr int STAGE_BYTES = 2 * KV_BYTES;                  // K, then V
   static constexpr int ROWS_BYTES = TILE_Q * 8;                     // each tile row's (position, query head)
   static constexpr int SMEM_BYTES = Q_BYTES + STAGES * STAGE_BYTES + 2 * STAGES * 8 + ROWS_BYTES;
-  static constexpr int PRODUCER_REGS = 32, CONSUMER_REGS = 240;     // 128 x 32 + 256 x 240 = 64 K
+  // setmaxnreg moves registers inside the CTA's launch allocation (168 x 384 = 64512 at __launch_bounds__(384, 1)):
+  // a budget above it never comes (the consumers' setmaxnreg.inc would wait forever)
+  static constexpr int PRODUCER_REGS = 24, CONSUMER_REGS = 240;     // 128 x 24 + 256 x 240 = 64512
   static_assert(HEAD_DIM == 128, "the Hopper prefill kernel is written for head dim 128");
   static_assert(SMEM_BYTES <= 227 * 1024, "shared memory of one SM");
-  static_assert(128 * PRODUCER_REGS + 256 * CONSUMER_REGS <= 65536, "the SM's register file");
+  static_assert(128 * PRODUCER_REGS + 256 * CONSUMER_REGS <= 168 * THREADS, "the CTA's launch allocation");
 };
 
 // grid: the plan's CTAs; block: 384 threads; dynamic shared memory: prefill_sm90_cfg_t::SMEM_BYTES.
@@ -141,18 +143,15 @@ prefill_sm90_kernel(const __grid_constant__ sm90::tensor_map_t k_map, const __gr
     // ------------------------------------------------------------ producer
     sm90::setmaxnreg_dec<cfg::PRODUCER_REGS>();
     if (KV_MODE != 0) {
-      // paged: every thread copies 16-byte chunk t % 16 of rows t / 16 + 8 i of each block (K and V), zero past
+      // paged: every thread copies 16-byte chunk t % 16 of rows t / 16 + 8 j of each block (K and V), zero past
       // the run; a block is signalled (full[s]) once this thread's copies of it have landed and are made visible to
-      // the async proxy (wgmma reads shared memory through it), before the thread waits for the next free stage
+      // the async proxy (wgmma reads shared memory through it), before the thread waits for the next free stage.
+      // (24 registers: the geometry is recomputed from the thread index and the kernel's parameters per row.)
       const int2 cta = cta_items();
-      const int ch = t % 16, r0 = t / 16, slab = ch / 8, cc = ch % 8;
-      const int tok_stride = KV_MODE == 2 ? D : num_kv_heads * D;   // a page's rows
-      const long long page_stride = 2ll * page_size * num_kv_heads * D, v_off = (long long)page_size * num_kv_heads * D;
       int n = 0, pending = -1;
       for (int i = cta.x; i < cta.y; ++i) {
         const prefill_item_t& it = items[i];
-        const T* head_base = pool + (long long)it.kv_head * (KV_MODE == 2 ? page_size * D : D) + ch * 8;
-        const int* pages = kv_indices + it.kv_start;
+        const int kv_start = it.kv_start, kv_head = it.kv_head;
         detail::sm90_blocks_t<BN> bi;
         for (bi.begin(runs, it.run_begin, it.run_end); !bi.done(); bi.next(runs), ++n) {
           const int s = n % ST;
@@ -160,21 +159,21 @@ prefill_sm90_kernel(const __grid_constant__ sm90::tensor_map_t k_map, const __gr
             mma::cp_async_wait<0>();
             sm90::fence_proxy_async();
             sm90::mbar_arrive(full + pending);
-            pending = -1;
           }
           if (n >= ST) sm90::mbar_wait(empty + s, ((n / ST) & 1) ^ 1);   // its previous use released
-          const unsigned kst = sm90::smem_addr(s_kv + s * cfg::STAGE_BYTES) + slab * (cfg::KV_BYTES / cfg::SLABS);
-#pragma unroll 4
+#pragma unroll 1
           for (int j = 0; j < BN / 8; ++j) {
-            const int r = r0 + 8 * j, pos = bi.p0 + r;
+            const int tt = tid_here(), ch = tt % 16, r = tt / 16 + 8 * j, pos = bi.p0 + r;
             const bool valid = pos < bi.pos_end;
             const int pp = valid ? pos : bi.p0;
             const int pg = page_shift >= 0 ? pp >> page_shift : pp / page_size;
-            const int in_page = pp - pg * page_size;
-            const T* src = head_base + pages[pg] * page_stride + (long long)in_page * tok_stride;
-            const unsigned dst = kst + r * 128 + ((cc ^ (r % 8)) * 16);
-            mma::cp_async16(dst, src, valid);
-            mma::cp_async16(dst + cfg::KV_BYTES, src + v_off, valid);
+            const long long off = (long long)kv_indices[kv_start + pg] * (2 * page_size * num_kv_heads * D) +
+                                  kv_head * (KV_MODE == 2 ? page_size * D : D) +
+                                  (pp - pg * page_size) * (KV_MODE == 2 ? D : num_kv_heads * D) + ch * 8;
+            const unsigned dst = sm90::smem_addr(s_kv + s * cfg::STAGE_BYTES) + (ch / 8) * (cfg::KV_BYTES / cfg::SLABS) +
+                                 r * 128 + (((ch % 8) ^ (r % 8)) * 16);
+            mma::cp_async16(dst, pool + off, valid);
+            mma::cp_async16(dst + cfg::KV_BYTES, pool + off + page_size * num_kv_heads * D, valid);
           }
           mma::cp_async_commit();
           pending = s;
