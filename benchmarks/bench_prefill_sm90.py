@@ -9,7 +9,7 @@ relative-position bias and ALiBi on both kernels and FlexAttention) and of 16384
 of 16 x 512 new tokens onto 8192 cached (page 16) against FlashInfer's paged fa3 / fa2. Every path checked against
 the float64 reference on a row sample first, timed in interleaved rounds with the L2 flushed
 (``infernb.profile.prefill_cases``). Targets (issue 16): >= 1.1x FlashInfer fa3 and >= 1.0x cuDNN on the one-request
-cases. Writes ``prefill_sm90_<device>_<date>.json``.
+cases. Writes ``hopper_prefill_<device>_<date>.json``.
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     only = os.environ.get("BENCH_CASES")
     cases = [c for c in cases if only is None or c["name"] in only.split(",")]
     result = prefill_cases(cases, runs=args.runs, flashinfer=args.flashinfer, flex=bool(args.flex))
-    path = write_result(args.out, f"prefill_sm90_{result['device']}_{result['date']}", result)
+    path = write_result(args.out, f"hopper_prefill_{result['device']}_{result['date']}", result)
     print(f"wrote {path}")
     return 0
 
