@@ -126,6 +126,19 @@ def test_committed_prefill_run_draws():
         assert all(e < 2e-2 for e in c["errors"].values()), c["case"]
 
 
+def test_committed_hopper_run_draws_both_kernels():
+    run = ib.profile.committed_results("hopper_prefill")
+    assert run is not None and run["gemm_tflops"] > 0
+    assert "infernb_sm90_ms" in run["cases"][0]
+    fig = ib.viz.tflops_bars(run["cases"], run["gemm_tflops"], paths=ib.viz.profile.HOPPER_PATHS)
+    names = {t.name for t in fig.data}
+    assert {"infernb Hopper (wgmma + TMA)", "infernb mma.sync", "FlashInfer fa3", "torch SDPA cuDNN"} <= names
+    for c in run["cases"]:                                   # every path of every case was checked before timing
+        assert all(e < 2e-2 for e in c["errors"].values()), c["case"]
+    # the mma.sync benchmark's committed run is not the Hopper one
+    assert "infernb_sm90_ms" not in ib.profile.committed_results("prefill")["cases"][0]
+
+
 def test_committed_results_pick_the_newest_complete_run(tmp_path, monkeypatch):
     """Partial runs (a suffix after the date: BENCH_CASES subsets) are never the committed run; dates decide."""
     import infernb.profile.decode as pd

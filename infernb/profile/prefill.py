@@ -165,15 +165,16 @@ def timing_fields(times: dict, flops: float, label_flops: dict | None = None) ->
 
 
 def profile_prefill(cases: dict, *, num_qo_heads: int = 32, num_kv_heads: int = 8, head_dim: int = 128,
-                    causal: bool = True, runs: int = 20, seed: int = 0) -> list[dict]:
+                    causal: bool = True, runs: int = 20, seed: int = 0, sm90: bool = False) -> list[dict]:
     """Time the prefill of each ragged batch ``{name: (qo_lens, kv_lens)}`` (bf16, random inputs) with infernb, with
     FlashInfer's ragged fa2 prefill when it is installed, and, for one-request batches, with SDPA flash and cuDNN
-    (K/V expanded to the query heads outside the timing) and FlexAttention (compiled before the timing): the
+    (K/V expanded to the query heads outside the timing) and FlexAttention (compiled before the timing); ``sm90``:
+    also infernb's Hopper kernel and FlashInfer's fa3 backend (an sm_90 GPU): the
     benchmark's measurement (:func:`infernb.profile.prefill_cases.prefill_cases`: every path checked against the
     float64 reference first, interleaved rounds). Returns its rows ``{case, flops, <path>_ms, <path>_tflops, ...}``
     (``benchmarks/bench_prefill.py``'s JSON schema; :func:`infernb.viz.tflops_bars` draws them)."""
     from .prefill_cases import prefill_cases
 
-    specs = [dict(name=name, qo=list(qo), kv=list(kv), causal=causal) for name, (qo, kv) in cases.items()]
+    specs = [dict(name=name, qo=list(qo), kv=list(kv), causal=causal, sm90=sm90) for name, (qo, kv) in cases.items()]
     return prefill_cases(specs, runs=runs, flashinfer=1, flex=True, heads=(num_qo_heads, num_kv_heads),
                          head_dim=head_dim, seed=seed)["cases"]

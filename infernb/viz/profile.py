@@ -65,16 +65,23 @@ PREFILL_PATHS = (("infernb", "infernb", "#2563eb"), ("flashinfer_fa2", "FlashInf
                  ("sdpa_cudnn", "torch SDPA cuDNN", "#10b981"))
 
 
+#: the Hopper benchmark's paths (benchmarks/bench_prefill_sm90.py): both infernb kernels and Hopper's competitors
+HOPPER_PATHS = (("infernb_sm90", "infernb Hopper (wgmma + TMA)", "#1d4ed8"), ("infernb", "infernb mma.sync", "#93c5fd"),
+                ("flashinfer_fa3", "FlashInfer fa3", "#b45309"), ("flashinfer_fa2", "FlashInfer fa2", "#f59e0b"),
+                ("sdpa_cudnn", "torch SDPA cuDNN", "#10b981"), ("flex", "FlexAttention", "#8b5cf6"))
+
+
 def tflops_bars(rows: list[dict], gemm_tflops: float | None = None, *, title: str = "Prefill: attention TFLOP/s",
-                subtitle: str = ""):
+                subtitle: str = "", paths=PREFILL_PATHS):
     """Grouped bars of ``<path>_tflops`` per case (``rows`` from :func:`infernb.profile.profile_prefill` or the
     ``cases`` of a committed ``prefill_*.json``), labelled with each path's time; the bf16 GEMM ceiling measured in
-    the same run as a dashed line."""
+    the same run as a dashed line. ``paths``: ``[(key, label, color)]`` (default :data:`PREFILL_PATHS`;
+    :data:`HOPPER_PATHS` for the Hopper benchmark's rows)."""
     import plotly.graph_objects as go
 
     cases = [r["case"] for r in rows]
     fig = go.Figure()
-    for key, label, color in PREFILL_PATHS:
+    for key, label, color in paths:
         if not any(f"{key}_tflops" in r for r in rows):
             continue
         fig.add_trace(go.Bar(name=label, x=cases, y=[r.get(f"{key}_tflops") for r in rows], marker_color=color,
@@ -83,7 +90,7 @@ def tflops_bars(rows: list[dict], gemm_tflops: float | None = None, *, title: st
                              hovertemplate="%{x}: %{y:.0f} TFLOP/s (%{text})<extra>" + label + "</extra>"))
     if gemm_tflops:
         _ceiling(fig, go, gemm_tflops, f"bf16 GEMM {gemm_tflops:.0f} TFLOP/s")
-    _headroom(fig, rows, [f"{k}_tflops" for k, _, _ in PREFILL_PATHS], gemm_tflops)
+    _headroom(fig, rows, [f"{k}_tflops" for k, _, _ in paths], gemm_tflops)
     fig.update_layout(**base_layout(title + (f"<br><sup>{subtitle}</sup>" if subtitle else "")), barmode="group",
                       yaxis_title="TFLOP/s (visible pairs)", height=430, legend=dict(orientation="h", y=-0.25))
     return fig
