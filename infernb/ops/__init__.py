@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..jit import KernelSpec
 from ..layout import append_kernel
-from . import gemm, merge, paged_decode, prefill as prefill_ops
+from . import gemm, merge, paged_decode, prefill as prefill_ops, prefill_sm90
 from .block_sparse import block_sparse_attention
 from .paged_decode import DecodeRunner, decode
 from .merge import merge_state, merge_states
@@ -16,7 +16,8 @@ def kernel_specializations() -> list[KernelSpec]:
     from ..variants import examples, probe_spec
 
     return [*merge.specializations(), *append_kernel.specializations(), *(probe_spec(v) for v in examples()),
-            *paged_decode.specializations(), *prefill_ops.specializations(), *gemm.specializations()]
+            *paged_decode.specializations(), *prefill_ops.specializations(), *gemm.specializations(),
+            *prefill_sm90.specializations()]
 
 
 __all__ = ["DecodeRunner", "PrefillRunner", "append", "block_sparse_attention", "decode", "kernel_specializations", "merge_state", "merge_states",
