@@ -356,46 +356,44 @@ prefill_sm90_kernel(const __grid_constant__ sm90::tensor_map_t k_map, const __gr
 
     detail::sm90_blocks_t<BN> bi;
     bi.begin(runs, items[i].run_begin, items[i].run_end);
-    if (!(SCHED & SM90_OVERLAP)) {
-      // one block at a time: S, wait, softmax, P V, wait, release
-      for (int j = 0; !bi.done(); bi.next(runs), ++n, ++j) {
-        const int s = n % ST;
-        sm90::mbar_wait(full + s, (n / ST) & 1);
-        turn_wait();
-        sm90::wgmma_fence();
-        issue_s(s);
-        sm90::wgmma_commit();
-        turn_pass();
-        sm90::wgmma_wait<0>();
-        sm90::fence_operands(sf);
-        if (j == nblocks - 1 && next_item) load_q(i + 1);
-        mask(bi.p0, bi.pos_end, bi.r);
-        state.update(sacc, o, scale_log2);
-        pack_p();
-        turn_wait();
-        sm90::wgmma_fence();
-        issue_pv(s);
-        sm90::wgmma_commit();
-        turn_pass();
-        sm90::wgmma_wait<0>();
-        sm90::fence_operands(of);
-        release(s);
-      }
-    } else if (!bi.done()) {
-      // block 0: S, softmax, P
-      int s_prev = n % ST;
-      sm90::mbar_wait(full + s_prev, (n / ST) & 1);
+    // block j of the item in stage s alone: S = Q K^T issued and waited for (the next item's Q copied once the
+    // item's last S is done), its logits, the softmax (o rescaled in place), P packed
+    auto block_s = [&](int s, int j) {
+      sm90::mbar_wait(full + s, (n / ST) & 1);
       turn_wait();
       sm90::wgmma_fence();
-      issue_s(s_prev);
+      issue_s(s);
       sm90::wgmma_commit();
       turn_pass();
       sm90::wgmma_wait<0>();
       sm90::fence_operands(sf);
-      if (nblocks == 1 && next_item) load_q(i + 1);
+      if (j == nblocks - 1 && next_item) load_q(i + 1);
       mask(bi.p0, bi.pos_end, bi.r);
-      state.update(sacc, o, scale_log2);                           // (o is zero: its rescale is void)
+      state.update(sacc, o, scale_log2);
       pack_p();
+    };
+    // O += P V of stage s alone, waited for; the stage released
+    auto block_pv = [&](int s) {
+      turn_wait();
+      sm90::wgmma_fence();
+      issue_pv(s);
+      sm90::wgmma_commit();
+      turn_pass();
+      sm90::wgmma_wait<0>();
+      sm90::fence_operands(of);
+      release(s);
+    };
+    if (!(SCHED & SM90_OVERLAP)) {
+      // one block at a time: S, wait, softmax, P V, wait, release
+      for (int j = 0; !bi.done(); bi.next(runs), ++n, ++j) {
+        const int s = n % ST;
+        block_s(s, j);
+        block_pv(s);
+      }
+    } else if (!bi.done()) {
+      // block 0: S, softmax, P
+      int s_prev = n % ST;
+      block_s(s_prev, 0);                                           // (o is zero: its rescale is void)
       ++n;
       // blocks j >= 1: S_j and P_(j-1) V_(j-1) issued together; S_j's softmax under the P V
       int j = 1;
@@ -422,15 +420,7 @@ prefill_sm90_kernel(const __grid_constant__ sm90::tensor_map_t k_map, const __gr
         pack_p();
         s_prev = s;
       }
-      // the last block's P V
-      turn_wait();
-      sm90::wgmma_fence();
-      issue_pv(s_prev);
-      sm90::wgmma_commit();
-      turn_pass();
-      sm90::wgmma_wait<0>();
-      sm90::fence_operands(of);
-      release(s_prev);
+      block_pv(s_prev);                                             // the last block's P V
     }
 
     // ---- epilogue: O / l and the LSE, rows of the tile only

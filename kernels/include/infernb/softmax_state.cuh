@@ -76,6 +76,28 @@ struct softmax_state_t {
       for (int mt = 0; mt < M_TILES; ++mt) lsum[mt][0] = lsum[mt][1] = lsum[mt][2] = lsum[mt][3] = 0.f;
   }
 
+  // The step's row maxima mx (logits: scale * s; reduced over the row's 4 lanes; -inf stays -inf) of the rows in
+  // use; whether one of this lane's rows moves its reference point (m = -inf: any finite max moves it).
+  template <int NT>
+  __device__ __forceinline__ bool step_max(const float (&s)[M_TILES][NT][4], float scale, float (&mx)[ROWS]) const {
+    bool moved = false;
+#pragma unroll
+    for (int mt = 0; mt < M_TILES; ++mt) {
+#pragma unroll
+      for (int h = 0; h < HALVES; ++h) {
+        const int r = 2 * mt + h;
+        float x = s[mt][0][2 * h];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) x = fmaxf(x, fmaxf(s[mt][nt][2 * h], s[mt][nt][2 * h + 1]));
+        x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+        x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+        mx[r] = x * scale;
+        moved |= mx[r] > m[r] + RESCALE_SLACK;
+      }
+    }
+    return moved;
+  }
+
   // s: [M_TILES][NT][4] scores (logits = scale * s, log2 domain; scale > 0); o: [M_TILES][DT][4] accumulators.
   template <int NT, int DT>
   __device__ __forceinline__ void update(float (&s)[M_TILES][NT][4], float (&o)[M_TILES][DT][4], float scale) {
@@ -96,21 +118,7 @@ struct softmax_state_t {
     }
     // the step's row maxima; whether some row of the warp moves its reference point (rare after a row's first steps)
     float mx[ROWS], base[ROWS];
-    bool moved = false;
-#pragma unroll
-    for (int mt = 0; mt < M_TILES; ++mt) {
-#pragma unroll
-      for (int h = 0; h < HALVES; ++h) {
-        const int r = 2 * mt + h;
-        float x = s[mt][0][2 * h];
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) x = fmaxf(x, fmaxf(s[mt][nt][2 * h], s[mt][nt][2 * h + 1]));
-        x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
-        x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
-        mx[r] = x * scale;                          // (-inf stays -inf)
-        moved |= mx[r] > m[r] + RESCALE_SLACK;      // m = -inf: any finite max moves it
-      }
-    }
+    const bool moved = step_max(s, scale, mx);
     // the rescale, l's and the output rows', only when some row of the warp moved: the common step pays for the
     // maxima and the vote alone
     if (__any_sync(0xffffffffu, moved)) {
@@ -172,22 +180,7 @@ struct softmax_state_t {
   __device__ __forceinline__ bool update_deferred(float (&s)[M_TILES][NT][4], float scale, float (&alpha)[ROWS]) {
     static_assert(SOFTMAX && HALVES == 2 && !MMA_SUMS, "update_deferred: softmax rows g and g + 8, sums by FADD");
     float mx[ROWS];
-    bool moved = false;
-#pragma unroll
-    for (int mt = 0; mt < M_TILES; ++mt) {
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int r = 2 * mt + h;
-        float x = s[mt][0][2 * h];
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) x = fmaxf(x, fmaxf(s[mt][nt][2 * h], s[mt][nt][2 * h + 1]));
-        x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
-        x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
-        mx[r] = x * scale;
-        moved |= mx[r] > m[r] + RESCALE_SLACK;
-      }
-    }
-    const bool any = __any_sync(0xffffffffu, moved);
+    const bool any = __any_sync(0xffffffffu, step_max(s, scale, mx));
 #pragma unroll
     for (int r = 0; r < ROWS; ++r) {
       const bool mv = any && mx[r] > m[r] + RESCALE_SLACK;
