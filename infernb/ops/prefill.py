@@ -364,8 +364,9 @@ class PrefillRunner:
         self._num_kv = int(plan.kv_lens.sum())
         self.rope_path = None
         cuda = self.device.type == "cuda"
-        self.backend = resolve_backend("mma" if backend == "auto" else backend, head_dim=plan.head_dim, dtype=self.dtype, variant=variant,
-                                       rope=rope, paged=self.paged, device=self.device if cuda else None, plan=plan)
+        self.backend = resolve_backend("mma" if backend == "auto" else backend, head_dim=plan.head_dim,
+                                       dtype=self.dtype, variant=variant, rope=rope, paged=self.paged,
+                                       device=self.device if cuda else None, plan=plan)
         if not cuda:
             return                                       # the emulator runs it (see __call__)
         if self.backend == "sm90":

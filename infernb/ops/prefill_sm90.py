@@ -3,8 +3,9 @@
 
 It runs the prefill plan format unchanged (:func:`infernb.ops.prefill.plan_records`: items, CTA lists, key runs)
 with its own traits (:data:`SM90_TRAITS`: 128-row tiles, one CTA per SM, no split units). What it covers today:
-head dim 128, bf16 / f16, ragged K/V, causal or not, sliding windows, custom ``sm_scale``; variants with hooks,
-RoPE runs on the mma.sync kernel (:func:`unsupported` says why a run does not qualify).
+head dim 128, bf16 / f16, ragged or paged K/V, causal or not, sliding windows, custom ``sm_scale``, softmax variants
+(score_mod / mask_mod hooks, block structures); fused RoPE, sigmoid variants and other head dims run on the mma.sync
+kernel (:func:`unsupported` says why a call does not qualify).
 The front doors (:func:`~infernb.prefill`, :func:`~infernb.append`) take ``backend="auto"`` (default: this kernel on
 an sm_90 GPU when it covers the call with ragged K/V, the mma.sync kernel otherwise), ``"sm90"`` or ``"mma"``; paged
 caches run on it when asked (``backend="sm90"``: its producer warpgroup copies the pages with cp.async; not yet run

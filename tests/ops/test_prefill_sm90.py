@@ -77,7 +77,8 @@ def test_register_handover_fits_the_launch_allocation():
     (r,) = build(sm90_spec(torch.bfloat16, 128, True), "sm_90a").report.kernels
     assert r.registers * 384 <= 65536
     if text:
-        budgets = [int(x, 16) for x in re.findall(r"USETMAXREG\.(?:TRY_ALLOC|DEALLOC)\.CTAPOOL[^,;]*?,?\s*0x([0-9a-f]+)", text)]
+        pat = r"USETMAXREG\.(?:TRY_ALLOC|DEALLOC)\.CTAPOOL[^,;]*?,?\s*0x([0-9a-f]+)"
+        budgets = [int(x, 16) for x in re.findall(pat, text)]
         assert sorted(budgets) == [24, 240], budgets
         assert 128 * 24 + 256 * 240 <= r.registers * 384
 
@@ -204,7 +205,8 @@ def test_every_example_variant_compiles_without_spills_or_is_refused(variant):
 def _sm90_examples():
     if not torch.cuda.is_available():
         return []
-    return [v for v in ib.variants.examples("cuda") if unsupported(head_dim=128, dtype=torch.bfloat16, variant=v) is None]
+    return [v for v in ib.variants.examples("cuda")
+            if unsupported(head_dim=128, dtype=torch.bfloat16, variant=v) is None]
 
 
 @gpu
