@@ -451,6 +451,8 @@ class PrefillRunner:
         if p.num_items == 0:
             return out.zero_(), lse.fill_(float("-inf"))
         if self.backend == "sm90":
+            if not self.paged and src[0].shape[0] == 0:   # no key at all (a TMA descriptor needs a non-empty tensor)
+                return out.zero_(), lse.fill_(float("-inf"))
             self._sm90(q, *(src if not self.paged else (src[0], None)), out, lse)
             return out, lse
         part_o, part_lse = self._part if self._part is not None else (out, lse)   # unsplit plans never write them

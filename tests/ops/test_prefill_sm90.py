@@ -181,6 +181,7 @@ def test_gpu_cases(gen, case):
     elif case == "edge_rows":                     # empty requests, no keys, one key; a window hiding every key
         run_sm90(gen, [0, 17, 0, 1], [54, 0, 0, 1], 16, 4)
         run_sm90(gen, [37], [37], 8, 2, window_left=0)
+        run_sm90(gen, [5, 3], [0, 0], 8, 2)                          # no key in the whole batch
     elif case == "scale":
         run_sm90(gen, [200, 33], [200, 500], 8, 2, causal=True, sm_scale=0.3, dtype=torch.float16)
     else:                                          # logits growing along every row: the max moves block after block
