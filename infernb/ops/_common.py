@@ -16,6 +16,21 @@ DTYPES = (torch.float16, torch.bfloat16)
 #: Plain attention (identity hooks): the runners' default variant.
 NONE = Variant("none")
 
+#: KV sources of the prefill kernels (their KV_MODE template argument): ragged tensors, the paged layouts.
+KV_MODES = {"ragged": 0, "NHD": 1, "HND": 2}
+
+
+def hook_flags(variant: Variant) -> tuple[bool, bool]:
+    """Whether ``variant`` has a score_mod hook and a mask_mod hook (traced or written in CUDA): the kernels'
+    SCORE_MOD / MASK_MOD template arguments."""
+    return (variant.score_mod is not None or variant.cuda_score_mod is not None,
+            variant.mask_mod is not None or variant.cuda_mask_mod is not None)
+
+
+def page_shift(page_size: int) -> int:
+    """log2(page_size) for power-of-two pages (the kernels shift), -1 otherwise (they divide)."""
+    return page_size.bit_length() - 1 if page_size & (page_size - 1) == 0 else -1
+
 
 def plan_dtype(plan) -> torch.dtype:
     """The torch dtype a tensor-core kernel runs for ``plan.dtype`` (bf16 / f16), or ``InputError``."""

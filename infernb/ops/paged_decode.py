@@ -26,7 +26,7 @@ from ..reference import RoPE
 from ..variants import Variant
 from ..device import device_info
 from ._common import (CUDA_TYPES, DTYPE_NAMES, DTYPES, HEAD_DIMS, check_paged_inputs, check_pool, check_q,
-                      NONE, check_variant, prepare_outputs, record_check, records_to_device, rope_mode,
+                      NONE, check_variant, page_shift, prepare_outputs, record_check, records_to_device, rope_mode,
                       rope_table_bytes)
 
 #: The decode work item (``decode_item_t`` in ``kernels/include/infernb/decode.cuh``; every compiled unit checks the
@@ -252,8 +252,8 @@ class DecodeRunner:
         self.params = torch.frombuffer(bytearray(params), dtype=torch.uint8).to(pool.device)
         rd = (rope.rotary_dim or plan.head_dim) if rope else plan.head_dim
         ps = plan.page_size
-        page_shift = ps.bit_length() - 1 if ps & (ps - 1) == 0 else -1          # power-of-two pages: a shift
-        self._scalars = (np.float32(self.sm_scale), np.int32(plan.num_kv_heads), np.int32(ps), np.int32(page_shift),
+        self._scalars = (np.float32(self.sm_scale), np.int32(plan.num_kv_heads), np.int32(ps),
+                         np.int32(page_shift(ps)),
                          np.int32(rd), np.float32(math.log2(rope.theta) if rope else 0.0),
                          np.float32(1.0 / rope.scale if rope else 1.0))
         n_slots = len(plan.merge_slots)

@@ -28,12 +28,11 @@ from ..plan import Plan, emulate, plan as make_plan, token_positions
 from ..reference import RoPE
 from ..variants import Variant
 from .prefill_sm90 import SM90_TRAITS, Sm90Launch, resolve_backend
-from ._common import (CUDA_TYPES, DTYPE_NAMES, DTYPES, HEAD_DIMS, check_paged_inputs, check_pool, check_q, check_rope,
-                      NONE, check_variant, plan_dtype, prepare_outputs, record_check, records_to_device,
-                      rope_mode, rope_table_bytes)
+from ._common import (CUDA_TYPES, DTYPE_NAMES, DTYPES, HEAD_DIMS, KV_MODES, check_paged_inputs, check_pool,
+                      check_q, check_rope, NONE, check_variant, hook_flags, page_shift, plan_dtype, prepare_outputs,
+                      record_check, records_to_device, rope_mode, rope_table_bytes)
 
 NUM_THREADS = 128
-KV_MODES = {"ragged": 0, "NHD": 1, "HND": 2}
 
 #: The work item the kernel reads (``prefill_item_t`` in ``kernels/include/infernb/prefill.cuh``; every compiled
 #: unit checks these offsets with ``static_assert``).
@@ -180,8 +179,7 @@ def prefill_spec(dtype: torch.dtype, head_dim: int, tile_q: int, kv: str = "ragg
                              f"{head_dim}, {tile_q}")
         tr = config
     g = variant.generated
-    score = variant.score_mod is not None or variant.cuda_score_mod is not None
-    mask = variant.mask_mod is not None or variant.cuda_mask_mod is not None
+    score, mask = hook_flags(variant)
     b = lambda x: "true" if x else "false"  # noqa: E731
     args = (f"{CUDA_TYPES[dtype]}, {head_dim}, {tr.m_tiles}, {tr.block_n}, {tr.step_n}, {tr.stages}, {KV_MODES[kv]}, "
             f"{b(causal)}, {variant.cuda_name}, {b(score)}, {b(mask)}, {mode}, {tr.ctas_per_sm}")
@@ -370,13 +368,8 @@ class PrefillRunner:
         if not cuda:
             return                                       # the emulator runs it (see __call__)
         if self.backend == "sm90":
-            items, cta_ptr, runs, run_full = plan_records(plan, kv_start)
+            self._upload(plan, kv_start, variant)
             dev = self.device
-            self.items, self.cta_ptr = records_to_device(items, dev), records_to_device(cta_ptr, dev)
-            self.runs = records_to_device(runs if len(runs) else np.zeros(1, PREFILL_RUN), dev)
-            self.run_full = records_to_device(run_full if len(run_full) else np.zeros(1, np.int32), dev)
-            params, self._captures = variant.pack(self.device)
-            self.params = torch.frombuffer(bytearray(params), dtype=torch.uint8).to(dev)
             self._sm90 = Sm90Launch(plan, self.dtype, dev, self.items, self.cta_ptr, self.runs, self.sm_scale,
                                     config=config, variant=variant, params=self.params, run_full=self.run_full,
                                     kv=self.kv, page_indices=page_table.indices if self.paged else None)
@@ -389,7 +382,6 @@ class PrefillRunner:
         mode = rope_mode(rope) if self.rope_path == "tile" else 0
         tr = check_prefill_plan(plan, mode)
         self.traits = tr = tr if config is None else config
-        params, self._captures = variant.pack(self.device)
         smem = tr.smem_bytes(mode)
         limit = getattr(torch.cuda.get_device_properties(self.device), "shared_memory_per_block_optin", smem)
         if smem > limit:
@@ -399,21 +391,16 @@ class PrefillRunner:
         self.kernel = build(prefill_spec(self.dtype, plan.head_dim, plan.tile_q, "ragged" if passing else self.kv,
                                          plan.causal, variant, None if passing else rope, config=config,
                                          rope_pass=rope if passing else None), device_info(self.device.index).arch)
-        items, cta_ptr, runs, run_full = plan_records(plan, kv_start)
+        self._upload(plan, kv_start, variant)
         dev = self.device
-        self.items, self.cta_ptr = records_to_device(items, dev), records_to_device(cta_ptr, dev)
-        self.runs = records_to_device(runs if len(runs) else np.zeros(1, PREFILL_RUN), dev)
-        self.run_full = records_to_device(run_full if len(run_full) else np.zeros(1, np.int32), dev)
         self.merge_count = torch.zeros(max(len(plan.merge_unit), 1), dtype=torch.int32, device=dev)
-        self.params = torch.frombuffer(bytearray(params), dtype=torch.uint8).to(dev)
         n_slots = len(plan.merge_slots)
         self._part = (torch.empty((n_slots, plan.tile_q, plan.head_dim), dtype=torch.float32, device=dev),
                       torch.empty((n_slots, plan.tile_q), dtype=torch.float32, device=dev)) if n_slots else None
         ps = plan.page_size
         rd = (rope.rotary_dim or plan.head_dim) if rope else plan.head_dim
         self._scalars = (np.float32(self.sm_scale), np.int32(plan.num_kv_heads), np.int32(plan.group),
-                         np.int32(plan.window_left), np.int32(ps), np.int32(ps.bit_length() - 1 if ps & (ps - 1) == 0
-                                                                            else -1),
+                         np.int32(plan.window_left), np.int32(ps), np.int32(page_shift(ps)),
                          np.int32(rd), np.float32(math.log2(rope.theta) if rope else 0.0),
                          np.float32(1.0 / rope.scale if rope else 1.0))
         self._go = self.kernel.launcher("prefill", shared_mem=smem, device_index=dev.index)
@@ -465,6 +452,17 @@ class PrefillRunner:
                   ptr(lse.data_ptr()), ptr(part_o.data_ptr()), ptr(part_lse.data_ptr()),
                   ptr(self.merge_count.data_ptr()), *self._scalars, ptr(self.run_full.data_ptr())))
         return out, lse
+
+    def _upload(self, plan: Plan, kv_start: np.ndarray, variant: Variant) -> None:
+        """The plan's records (items, CTA lists, runs, the runs' full flags) and the variant's packed parameters on
+        the device: what either kernel reads."""
+        items, cta_ptr, runs, run_full = plan_records(plan, kv_start)
+        dev = self.device
+        self.items, self.cta_ptr = records_to_device(items, dev), records_to_device(cta_ptr, dev)
+        self.runs = records_to_device(runs if len(runs) else np.zeros(1, PREFILL_RUN), dev)
+        self.run_full = records_to_device(run_full if len(run_full) else np.zeros(1, np.int32), dev)
+        params, self._captures = variant.pack(dev)
+        self.params = torch.frombuffer(bytearray(params), dtype=torch.uint8).to(dev)
 
     # ------------------------------------------------------------------ the rotation pass (rope_path "pass")
     def _init_rope_pass(self, plan: Plan, page_table) -> np.ndarray:

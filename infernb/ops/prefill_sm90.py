@@ -21,7 +21,7 @@ import torch
 
 from ..errors import InputError
 from ..jit import KernelSpec
-from ._common import CUDA_TYPES, DTYPE_NAMES, DTYPES
+from ._common import CUDA_TYPES, DTYPE_NAMES, DTYPES, KV_MODES, NONE, hook_flags, page_shift
 
 #: backends of the prefill front doors: ``"mma"`` (mma.sync, sm_80+), ``"sm90"`` (wgmma + TMA, sm_90 only) and
 #: ``"auto"`` (what :func:`resolve_backend` picks).
@@ -55,19 +55,13 @@ SM90_TRAITS = Sm90Traits()
 SM90_HEAD_DIMS = (128,)
 
 
-#: KV sources of the Hopper kernel: ragged tensors (TMA) and the paged layouts (cp.async by the producer warpgroup)
-KV_MODES = {"ragged": 0, "NHD": 1, "HND": 2}
-
-
 def sm90_spec(dtype: torch.dtype, head_dim: int = 128, causal: bool = False,
               tr: Sm90Traits = SM90_TRAITS, variant=None, kv: str = "ragged") -> KernelSpec:
     """The sm_90a specialization for (dtype, head dim, causal, traits, variant: a softmax
     :class:`~infernb.variants.Variant`, its hooks traced into the unit, None for plain attention; KV source
-    ``"ragged"`` / ``"NHD"`` / ``"HND"``)."""
+    ``"ragged"`` (TMA) / ``"NHD"`` / ``"HND"`` (cp.async by the producer warpgroup))."""
     if kv not in KV_MODES:
         raise InputError(f"kv: expected one of {list(KV_MODES)}, got {kv!r}")
-    from ..variants import Variant  # noqa: F401
-    from ._common import NONE
     variant = NONE if variant is None else variant
     if not variant.softmax:
         raise InputError(f"the Hopper prefill kernel runs softmax variants; {variant.name} is sigmoid attention")
@@ -78,8 +72,7 @@ def sm90_spec(dtype: torch.dtype, head_dim: int = 128, causal: bool = False,
     ct = CUDA_TYPES[dtype]
     args = f"{ct}, {head_dim}, {tr.stages}"
     tuned = tr != SM90_TRAITS
-    score = variant.score_mod is not None or variant.cuda_score_mod is not None
-    mask = variant.mask_mod is not None or variant.cuda_mask_mod is not None
+    score, mask = hook_flags(variant)
     b = lambda x: "true" if x else "false"  # noqa: E731
     g = variant.generated
     check = (f"static_assert(infernb::prefill_sm90_cfg_t<{args}>::SMEM_BYTES == {tr.smem_bytes} && "
@@ -107,10 +100,7 @@ def variant_traits(variant, tr: Sm90Traits = SM90_TRAITS, *, dtype: torch.dtype 
     compiling the overlapped specialization (NVRTC, no GPU needed; the JIT cache keeps it), once per variant
     code, dtype and mask: hooks that read captured tensors, call math functions or do 64-bit index arithmetic
     usually take pingpong; soft-caps keep the overlap (benchmarks/NOTES.md)."""
-    if variant is None or tr != SM90_TRAITS:
-        return tr
-    hooks = (variant.score_mod, variant.cuda_score_mod, variant.mask_mod, variant.cuda_mask_mod)
-    if not any(h is not None for h in hooks):
+    if variant is None or tr != SM90_TRAITS or not any(hook_flags(variant)):
         return tr
     key = (variant.name, variant.code_hash, dtype, head_dim, causal)
     fits = _SCHED_FITS.get(key)
@@ -136,8 +126,6 @@ def specializations() -> list[KernelSpec]:
 def unsupported(*, head_dim: int, dtype: torch.dtype, variant=None, rope=None, paged: bool = False,
                 device: torch.device | None = None, plan=None) -> str | None:
     """Why the Hopper kernel cannot run this (a sentence), or None when it can."""
-    from ..variants import Variant  # noqa: F401  (the type of variant)
-
     if device is not None:
         if device.type != "cuda":
             return f"it runs on CUDA devices ({device} is not one)"
@@ -208,7 +196,7 @@ class Sm90Launch:
         ps = plan.page_size
         self._page = [u64(page_indices.data_ptr() if page_indices is not None else 0).tobytes(),
                       i32(plan.num_kv_heads).tobytes(), i32(ps).tobytes(),
-                      i32(ps.bit_length() - 1 if ps & (ps - 1) == 0 else -1).tobytes()]
+                      i32(page_shift(ps)).tobytes()]
         self._null_map = bytes(128)
         self._maps: dict = {}
 
