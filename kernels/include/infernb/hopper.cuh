@@ -83,10 +83,14 @@ __device__ __forceinline__ void tma_prefetch_descriptor(const tensor_map_t* map)
 }
 
 // ------------------------------------------------------------------------------------------------ wgmma
-// The descriptor of a 128-byte-swizzled K-major tile at shared address `addr` (see the top of this file).
-__device__ __forceinline__ unsigned long long desc_sw128(unsigned addr) {
-  return (unsigned long long)((addr & 0x3FFFF) >> 4) | (1ull << 16) | ((unsigned long long)(1024 >> 4) << 32) |
-         (1ull << 62);
+// The descriptor of a 128-byte-swizzled tile at shared address `addr`: 8-row atoms of 1024 bytes (stride-dimension
+// offset), swizzle mode 1 (128 bytes), leading-dimension offset `lbo` bytes. A K-major tile (see the top of this
+// file) leaves lbo at 16 (unused). An MN-major tile (a B operand whose N elements are contiguous: V in P V, rows of
+// keys holding 64 of the N columns each; used with imm-trans-b = 1) has its next 64 columns lbo bytes further (a
+// whole 64-column slab of the tile); its k-step k (16 keys) is the descriptor of base + 2048 k.
+__device__ __forceinline__ unsigned long long desc_sw128(unsigned addr, unsigned lbo = 16) {
+  return (unsigned long long)((addr & 0x3FFFF) >> 4) | ((unsigned long long)((lbo & 0x3FFFF) >> 4) << 16) |
+         ((unsigned long long)(1024 >> 4) << 32) | (1ull << 62);
 }
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
@@ -143,14 +147,6 @@ __device__ __forceinline__ void wgmma_m64n256k16_bf16(float (&d)[128], unsigned 
       : "l"(desc_a), "l"(desc_b), "r"(int(accumulate)));
 }
 
-// The descriptor of a 128-byte-swizzled MN-major tile (a B operand whose N elements are contiguous: V in P V, rows of
-// keys holding 64 of the N columns each): 8-key atoms of 1024 bytes (stride-dimension offset), the next 64 columns
-// `lbo` bytes further (leading-dimension offset: a whole 64-column slab of the tile). K-step k (16 keys) is the
-// descriptor of base + 2048 k. Used with imm-trans-b = 1.
-__device__ __forceinline__ unsigned long long desc_sw128_mn(unsigned addr, unsigned lbo) {
-  return (unsigned long long)((addr & 0x3FFFF) >> 4) | ((unsigned long long)((lbo & 0x3FFFF) >> 4) << 16) |
-         ((unsigned long long)(1024 >> 4) << 32) | (1ull << 62);
-}
 // generic-proxy writes to shared memory (st.shared, cp.async) visible to the async proxy (wgmma operands, TMA)
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 // a named barrier of `count` threads (whole warps); id 0 is __syncthreads'
@@ -170,58 +166,56 @@ template <typename T>
 __device__ __forceinline__ void wgmma_m64n128k16_ss(float (&d)[64], unsigned long long desc_a, unsigned long long desc_b,
                                                     bool accumulate);
 // d += A B, 64 x 128 x 16: A from registers (a warp's 16 x 16 slice as an mma.m16n8k16 A fragment: the rows' P),
-// B MN-major in shared memory (desc_sw128_mn: V with its head dim contiguous).
+// B MN-major in shared memory (desc_sw128 with the slab stride as lbo: V with its head dim contiguous).
 template <typename T>
 __device__ __forceinline__ void wgmma_m64n128k16_rs(float (&d)[64], const unsigned (&a)[4], unsigned long long desc_b);
 // the two specializations of each (the type's PTX name TY, its C type CTY)
-#define INFERNB_WGMMA_M64N128K16(TY, CTY)                                                                          \
-  template <>                                                                                                  \
-  __device__ __forceinline__ void wgmma_m64n128k16_ss<CTY>(float (&d)[64], unsigned long long desc_a,          \
-                                                           unsigned long long desc_b, bool accumulate) {        \
-    asm volatile(                                                                                              \
-        "{\n"                                                                                                 \
-        "  .reg .pred p;\n"                                                                                    \
-        "  setp.ne.b32 p, %66, 0;\n"                                                                           \
-        "  wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " "                                          \
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "  \
-        "%64, %65, p, 1, 1, 0, 0;\n"                                                                           \
-        "}\n"                                                                                                 \
-        :\
-        "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),\
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),\
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),\
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),\
-        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),\
-        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),\
-        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),\
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])                                                                                                \
-        : "l"(desc_a), "l"(desc_b), "r"(int(accumulate)));                                                     \
-  }                                                                                                           \
-  template <>                                                                                                  \
-  __device__ __forceinline__ void wgmma_m64n128k16_rs<CTY>(float (&d)[64], const unsigned (&a)[4],             \
-                                                           unsigned long long desc_b) {                        \
-    asm volatile(                                                                                              \
-        "{\n"                                                                                                 \
-        "  .reg .pred p;\n"                                                                                    \
-        "  setp.ne.b32 p, %69, 0;\n"                                                                           \
-        "  wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " "                                          \
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "  \
-        "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n"                                                           \
-        "}\n"                                                                                                 \
-        :\
-        "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),\
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),\
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),\
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),\
-        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),\
-        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),\
-        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),\
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])                                                                                                \
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));                                    \
+// the 64 fp32 accumulators of an m64n128 wgmma: the asm operand list and its placeholders %0 .. %63
+#define INFERNB_WGMMA_D64_REGS                                                                                         \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
+#define INFERNB_WGMMA_D64                                                                                              \
+        "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),                \
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),          \
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),        \
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),        \
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),        \
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),        \
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),        \
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+#define INFERNB_WGMMA_M64N128K16(TY, CTY)                                                                              \
+  template <>                                                                                                          \
+  __device__ __forceinline__ void wgmma_m64n128k16_ss<CTY>(float (&d)[64], unsigned long long desc_a,                  \
+                                                           unsigned long long desc_b, bool accumulate) {               \
+    asm volatile(                                                                                                      \
+        "{\n"                                                                                                          \
+        "  .reg .pred p;\n"                                                                                            \
+        "  setp.ne.b32 p, %66, 0;\n"                                                                                   \
+        "  wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " "                                                 \
+        INFERNB_WGMMA_D64_REGS ", "                                                                                    \
+        "%64, %65, p, 1, 1, 0, 0;\n"                                                                                   \
+        "}\n"                                                                                                          \
+        : INFERNB_WGMMA_D64                                                                                            \
+        : "l"(desc_a), "l"(desc_b), "r"(int(accumulate)));                                                             \
+  }                                                                                                                    \
+  template <>                                                                                                          \
+  __device__ __forceinline__ void wgmma_m64n128k16_rs<CTY>(float (&d)[64], const unsigned (&a)[4],                     \
+                                                           unsigned long long desc_b) {                                \
+    asm volatile(                                                                                                      \
+        "{\n"                                                                                                          \
+        "  .reg .pred p;\n"                                                                                            \
+        "  setp.ne.b32 p, %69, 0;\n"                                                                                   \
+        "  wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " "                                                 \
+        INFERNB_WGMMA_D64_REGS ", "                                                                                    \
+        "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n"                                                                     \
+        "}\n"                                                                                                          \
+        : INFERNB_WGMMA_D64                                                                                            \
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));                                            \
   }
 INFERNB_WGMMA_M64N128K16("bf16", __nv_bfloat16)
 INFERNB_WGMMA_M64N128K16("f16", half)
 #undef INFERNB_WGMMA_M64N128K16
+#undef INFERNB_WGMMA_D64
+#undef INFERNB_WGMMA_D64_REGS
 
 // ------------------------------------------------------------------------------------------------ registers
 // Move this warpgroup's register budget (per thread) down / up; the kernel launches with the budget its launch

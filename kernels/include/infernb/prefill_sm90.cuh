@@ -306,7 +306,7 @@ prefill_sm90_kernel(const __grid_constant__ sm90::tensor_map_t k_map, const __gr
       const unsigned vst = sm90::smem_addr(s_kv + s * cfg::STAGE_BYTES) + cfg::KV_BYTES;
 #pragma unroll
       for (int kk = 0; kk < 8; ++kk)
-        sm90::wgmma_m64n128k16_rs<T>(of, pa[kk], sm90::desc_sw128_mn(vst + 2048 * kk, SLAB_KV));
+        sm90::wgmma_m64n128k16_rs<T>(of, pa[kk], sm90::desc_sw128(vst + 2048 * kk, SLAB_KV));
     };
     // logits: score_mod, then the masks -- keys past the run's end, causal (pos <= the row's position), window
     // (pos >= position - w), mask_mod -- on the blocks that need them (a full block inside every row's bounds skips
