@@ -98,6 +98,44 @@ struct softmax_state_t {
     return moved;
   }
 
+  // The rows whose step maximum mx exceeds their reference point by more than RESCALE_SLACK (and `any`: some row of
+  // the warp moved) take it as their new one; alpha[r]: the factor their O and l take (1 for the others); l scaled.
+  __device__ __forceinline__ void move_refs(const float (&mx)[ROWS], bool any, float (&alpha)[ROWS]) {
+#pragma unroll
+    for (int mt = 0; mt < M_TILES; ++mt)
+#pragma unroll
+      for (int h = 0; h < HALVES; ++h) {
+        const int r = 2 * mt + h;
+        const bool mv = any && mx[r] > m[r] + RESCALE_SLACK;
+        alpha[r] = mv ? fast_exp2(m[r] - mx[r]) : 1.f;
+        m[r] = mv ? mx[r] : m[r];
+        l[r] *= alpha[r];
+      }
+  }
+
+  // s becomes exp2(scale * s - m) per row (a row with no key so far: probabilities 0; HALVES = 1: rows g + 8 zero);
+  // without MMA_SUMS l += their sum (this lane's part).
+  template <int NT>
+  __device__ __forceinline__ void probabilities(float (&s)[M_TILES][NT][4], float scale) {
+#pragma unroll
+    for (int mt = 0; mt < M_TILES; ++mt) {
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+        if (HALVES == 1) s[mt][nt][2] = s[mt][nt][3] = 0.f;   // rows g + 8: padding
+#pragma unroll
+      for (int h = 0; h < HALVES; ++h) {
+        const int r = 2 * mt + h;
+        const float base = m[r] == -INFERNB_INF ? 0.f : m[r];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          s[mt][nt][2 * h] = fast_exp2(fmaf(s[mt][nt][2 * h], scale, -base));
+          s[mt][nt][2 * h + 1] = fast_exp2(fmaf(s[mt][nt][2 * h + 1], scale, -base));
+          if (!MMA_SUMS) l[r] += s[mt][nt][2 * h] + s[mt][nt][2 * h + 1];
+        }
+      }
+    }
+  }
+
   // s: [M_TILES][NT][4] scores (logits = scale * s, log2 domain; scale > 0); o: [M_TILES][DT][4] accumulators.
   template <int NT, int DT>
   __device__ __forceinline__ void update(float (&s)[M_TILES][NT][4], float (&o)[M_TILES][DT][4], float scale) {
@@ -117,59 +155,22 @@ struct softmax_state_t {
       return;
     }
     // the step's row maxima; whether some row of the warp moves its reference point (rare after a row's first steps)
-    float mx[ROWS], base[ROWS];
+    float mx[ROWS];
     const bool moved = step_max(s, scale, mx);
     // the rescale, l's and the output rows', only when some row of the warp moved: the common step pays for the
     // maxima and the vote alone
     if (__any_sync(0xffffffffu, moved)) {
       float alpha[ROWS];
-#pragma unroll
-      for (int mt = 0; mt < M_TILES; ++mt)
-#pragma unroll
-        for (int h = 0; h < HALVES; ++h) {
-          const int r = 2 * mt + h;
-          const bool mv = mx[r] > m[r] + RESCALE_SLACK;
-          alpha[r] = mv ? fast_exp2(m[r] - mx[r]) : 1.f;
-          m[r] = mv ? mx[r] : m[r];
-          l[r] *= alpha[r];
-        }
+      move_refs(mx, true, alpha);
       if (MMA_SUMS)
 #pragma unroll
         for (int mt = 0; mt < M_TILES; ++mt) {
           lsum[mt][0] *= alpha[2 * mt]; lsum[mt][1] *= alpha[2 * mt];
           lsum[mt][2] *= alpha[2 * mt + 1]; lsum[mt][3] *= alpha[2 * mt + 1];
         }
-#pragma unroll
-      for (int mt = 0; mt < M_TILES; ++mt)
-#pragma unroll
-        for (int j = 0; j < DT; ++j) {
-          o[mt][j][0] *= alpha[2 * mt]; o[mt][j][1] *= alpha[2 * mt];
-          if (HALVES == 2) { o[mt][j][2] *= alpha[2 * mt + 1]; o[mt][j][3] *= alpha[2 * mt + 1]; }
-        }
+      rescale(o, alpha);
     }
-#pragma unroll
-    for (int mt = 0; mt < M_TILES; ++mt)
-#pragma unroll
-      for (int h = 0; h < HALVES; ++h) {
-        const int r = 2 * mt + h;
-        base[r] = m[r] == -INFERNB_INF ? 0.f : m[r];   // a row with no key so far: probabilities 0
-      }
-#pragma unroll
-    for (int mt = 0; mt < M_TILES; ++mt) {
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
-        if (HALVES == 1) s[mt][nt][2] = s[mt][nt][3] = 0.f;   // rows g + 8: padding
-#pragma unroll
-      for (int h = 0; h < HALVES; ++h) {
-        const int r = 2 * mt + h;
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-          s[mt][nt][2 * h] = fast_exp2(fmaf(s[mt][nt][2 * h], scale, -base[r]));
-          s[mt][nt][2 * h + 1] = fast_exp2(fmaf(s[mt][nt][2 * h + 1], scale, -base[r]));
-          if (!MMA_SUMS) l[r] += s[mt][nt][2 * h] + s[mt][nt][2 * h + 1];
-        }
-      }
-    }
+    probabilities(s, scale);
   }
 
   // update() without touching o, for a caller whose O is still being written by the tensor core (a Hopper
@@ -181,29 +182,11 @@ struct softmax_state_t {
     static_assert(SOFTMAX && HALVES == 2 && !MMA_SUMS, "update_deferred: softmax rows g and g + 8, sums by FADD");
     float mx[ROWS];
     const bool any = __any_sync(0xffffffffu, step_max(s, scale, mx));
-#pragma unroll
-    for (int r = 0; r < ROWS; ++r) {
-      const bool mv = any && mx[r] > m[r] + RESCALE_SLACK;
-      alpha[r] = mv ? fast_exp2(m[r] - mx[r]) : 1.f;
-      m[r] = mv ? mx[r] : m[r];
-      l[r] *= alpha[r];
-    }
-#pragma unroll
-    for (int mt = 0; mt < M_TILES; ++mt)
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int r = 2 * mt + h;
-        const float base = m[r] == -INFERNB_INF ? 0.f : m[r];
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-          s[mt][nt][2 * h] = fast_exp2(fmaf(s[mt][nt][2 * h], scale, -base));
-          s[mt][nt][2 * h + 1] = fast_exp2(fmaf(s[mt][nt][2 * h + 1], scale, -base));
-          l[r] += s[mt][nt][2 * h] + s[mt][nt][2 * h + 1];
-        }
-      }
+    move_refs(mx, any, alpha);
+    probabilities(s, scale);
     return any;
   }
-  // o's rows times alpha (update_deferred's factors)
+  // o's rows times alpha (update_deferred's factors; update's own rescale)
   template <int DT>
   __device__ __forceinline__ static void rescale(float (&o)[M_TILES][DT][4], const float (&alpha)[ROWS]) {
 #pragma unroll
@@ -211,7 +194,7 @@ struct softmax_state_t {
 #pragma unroll
       for (int j = 0; j < DT; ++j) {
         o[mt][j][0] *= alpha[2 * mt]; o[mt][j][1] *= alpha[2 * mt];
-        o[mt][j][2] *= alpha[2 * mt + 1]; o[mt][j][3] *= alpha[2 * mt + 1];
+        if (HALVES == 2) { o[mt][j][2] *= alpha[2 * mt + 1]; o[mt][j][3] *= alpha[2 * mt + 1]; }
       }
   }
 
