@@ -426,12 +426,12 @@ prefill_sm90_kernel(const __grid_constant__ sm90::tensor_map_t k_map, const __gr
     // ---- epilogue: O / l and the LSE, rows of the tile only
     float osc[2], lrow[2];
     state.finish(osc, lrow);
-#pragma unroll
     // (the item's fields and this thread's rows read again, not kept in registers through the main loop)
     const prefill_item_t* ie = items + i;
     const int e_rows = detail::ld_uncached(&ie->rows), e_q_start = detail::ld_uncached(&ie->q_start);
     const int e_row0 = detail::ld_uncached(&ie->row0), e_kv_head = detail::ld_uncached(&ie->kv_head);
     const int e_row = 64 * c + 16 * ((threadIdx.x % 128) / 32) + (threadIdx.x % 32) / 4;
+#pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int rt = e_row + 8 * h;
       if (rt >= e_rows) continue;
