@@ -92,12 +92,6 @@ __device__ __forceinline__ unsigned long long desc_sw128(unsigned addr, unsigned
   return (unsigned long long)((addr & 0x3FFFF) >> 4) | ((unsigned long long)((lbo & 0x3FFFF) >> 4) << 16) |
          ((unsigned long long)(1024 >> 4) << 32) | (1ull << 62);
 }
-// The byte offset of 16-byte chunk `chunk` of row `row` in a tile stored as 64-column slabs of `slab_bytes` each,
-// 128-byte rows, 128-byte swizzled (the layout TMA writes and desc_sw128 describes; the tile 1024-byte aligned):
-// what a thread copying the tile itself (cp.async) writes where.
-__device__ __forceinline__ unsigned sw128_chunk(int row, int chunk, int slab_bytes) {
-  return unsigned((chunk / 8) * slab_bytes + row * 128 + (((chunk % 8) ^ (row % 8)) * 16));
-}
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 // wait until at most N committed wgmma groups of this warpgroup are in flight
