@@ -201,7 +201,7 @@ class Sm90Launch:
         self._maps: dict = {}
 
     def _map(self, t: torch.Tensor) -> bytes:
-        from .gemm import tensor_map_2d
+        from ..jit.tma import tensor_map_2d
 
         key = (t.data_ptr(), tuple(t.shape), t.dtype)
         m = self._maps.get(key)
