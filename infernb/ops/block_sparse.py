@@ -84,7 +84,7 @@ def check_mask(mask, q_len: int | None = None, kv_len: int | None = None) -> Blo
 def block_sparse_attention(q: torch.Tensor, k: torch.Tensor | None = None, v: torch.Tensor | None = None,
                            mask: BlockSparse | None = None, *, cache=None, seq_id: int | None = None,
                            variant: Variant | None = None, causal: bool = False, sm_scale: float | None = None,
-                           return_lse: bool = False, num_sms=None):
+                           return_lse: bool = False, num_sms=None, backend: str = "auto"):
     """Attention of one sequence under a block-sparse mask: empty blocks are never read, full blocks skip the element
     mask, partial blocks apply ``mask.partial_masks``. The keys come from ragged ``k, v`` or from a paged cache
     (``cache``, ``seq_id``: the mask's blocks are then read through the sequence's page table, the BSR format of both).
@@ -99,6 +99,8 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor | None = None, v: to
         variant: a score_mod / mask_mod to apply on top (its mask and-ed with ``mask``).
         causal: also the bottom-right aligned causal mask; sm_scale: logit scale (default ``1 / sqrt(head_dim)``).
         return_lse: also return the natural-log LSE ``[M, num_qo_heads]`` float32 (``-inf`` for rows with no key).
+        backend: ``"auto"`` (the Hopper kernel on an sm_90 GPU when it covers the call, else the mma.sync kernel),
+            ``"sm90"`` or ``"mma"`` (as in :func:`~infernb.prefill`).
     Returns:
         ``out [M, num_qo_heads, head_dim]`` q.dtype (and ``lse``); rows that see no key are 0.
     """
@@ -110,11 +112,13 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor | None = None, v: to
         table = cache.page_table([seq_id])               # raises on freed / unknown ids
         n = int(cache.lengths([seq_id])[0])
         check_q_for_cache(q, cache)
+        be = _backend(backend, mask, q, cache.head_dim, variant, paged=True)
         plan, full = plan_block_sparse(mask, num_qo_heads=q.shape[1], num_kv_heads=cache.num_kv_heads,
                                        head_dim=cache.head_dim, dtype=q.dtype, device=q.device, variant=variant,
                                        causal=causal, num_sms=num_sms, shape=(q.shape[0], n),
-                                       page_size=cache.page_size, page_table=table)
-        out, lse = run_prefill(plan, q.contiguous(), cache=cache, page_table=table, variant=full, sm_scale=sm_scale)
+                                       page_size=cache.page_size, page_table=table, backend=be)
+        out, lse = run_prefill(plan, q.contiguous(), cache=cache, page_table=table, variant=full, sm_scale=sm_scale,
+                               backend=be)
         return (out, lse) if return_lse else out
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor) or t.dim() != 3:
@@ -127,22 +131,35 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor | None = None, v: to
                          "multiple of the KV heads")
     if q.dtype not in DTYPES or len({q.dtype, k.dtype, v.dtype}) != 1 or len({q.device, k.device, v.device}) != 1:
         raise InputError("q, k, v: one fp16 / bf16 dtype on one device")
+    be = _backend(backend, mask, q, q.shape[2], variant)
     plan, full = plan_block_sparse(mask, num_qo_heads=q.shape[1], num_kv_heads=k.shape[1], head_dim=q.shape[2],
                                    dtype=q.dtype, device=q.device, variant=variant, causal=causal, num_sms=num_sms,
-                                   shape=(q.shape[0], k.shape[0]))
-    out, lse = run_prefill(plan, q.contiguous(), k.contiguous(), v.contiguous(), variant=full, sm_scale=sm_scale)
+                                   shape=(q.shape[0], k.shape[0]), backend=be)
+    out, lse = run_prefill(plan, q.contiguous(), k.contiguous(), v.contiguous(), variant=full, sm_scale=sm_scale,
+                           backend=be)
     return (out, lse) if return_lse else out
+
+
+def _backend(backend: str, mask: BlockSparse, q: torch.Tensor, head_dim: int, variant, paged: bool = False) -> str:
+    """The kernel a block-sparse call runs on (``resolve_backend`` with the mask's own variant and ``variant``)."""
+    from .prefill_sm90 import resolve_backend
+
+    mv = mask_variant(check_mask(mask), device=q.device)
+    full = mv if variant is None else combine(mv, variant, name=f"{mv.name}_{variant.name}")
+    return resolve_backend(backend, head_dim=head_dim, dtype=q.dtype, variant=full, paged=paged,
+                           device=q.device if q.is_cuda else None)
 
 
 def plan_block_sparse(mask: BlockSparse, *, num_qo_heads: int, num_kv_heads: int, head_dim: int,
                       dtype: torch.dtype = torch.bfloat16, device="cuda", variant: Variant | None = None,
                       causal: bool = False, num_sms=None, shape: tuple[int, int] | None = None,
-                      page_size: int = 16, page_table=None):
+                      page_size: int = 16, page_table=None, backend: str = "mma"):
     """The plan and the variant that :func:`block_sparse_attention` runs (keep them, with a
     :class:`~infernb.ops.PrefillRunner`, to run the same mask many times): the prefill kernel's plan of one sequence
     whose key segments are ``mask``'s listed blocks, and ``mask_variant(mask)`` (and-ed with ``variant``) for the
     elements of its partial blocks (``shape``: the (q tokens, kv tokens) the mask must have). Returns ``(plan,
-    variant)``. ``page_size``, ``page_table``: a paged cache's (the sequence's table), for keys read through it."""
+    variant)``. ``page_size``, ``page_table``: a paged cache's (the sequence's table), for keys read through it.
+    ``backend``: the kernel the plan is for (``"mma"`` or ``"sm90"``, :func:`~infernb.ops.prefill.plan_batch`)."""
     M, N = check_mask(mask, *(shape or (None, None))).shape
     if causal and M > N:
         raise InputError(f"causal needs q tokens <= kv tokens, got {M} > {N}")
@@ -151,7 +168,7 @@ def plan_block_sparse(mask: BlockSparse, *, num_qo_heads: int, num_kv_heads: int
     # (a variant's own mask makes the mask's full blocks partial: then its mask_mod runs on every visible logit)
     plan = plan_batch([M], [N], num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, dtype=dtype,
                       causal=causal, variant=full, num_sms=num_sms, block_masks=[mask], page_size=page_size,
-                      page_table=page_table,
+                      page_table=page_table, backend=backend,
                       full_blocks=variant is None or variant.mask_mod is None)
     return plan, full
 

@@ -321,7 +321,8 @@ class PrefillRunner:
 
     def __init__(self, plan: Plan, cache=None, page_table=None, *, variant: Variant | None = None,
                  rope: RoPE | None = None, sm_scale: float | None = None, device=None,
-                 config: PrefillTraits | None = None, rope_path: str = "auto", backend: str = "auto"):
+                 config: PrefillTraits | None = None, rope_path: str = "auto", backend: str = "auto",
+                 extra_options: tuple[str, ...] = ()):
         variant = check_variant(variant, plan)
         if rope_path not in ("auto", "tile", "pass"):
             raise InputError(f"rope_path: expected 'auto', 'tile' or 'pass', got {rope_path!r}")
@@ -364,16 +365,27 @@ class PrefillRunner:
         cuda = self.device.type == "cuda"
         self.backend = resolve_backend("mma" if backend == "auto" else backend, head_dim=plan.head_dim,
                                        dtype=self.dtype, variant=variant, rope=rope, paged=self.paged,
-                                       device=self.device if cuda else None, plan=plan)
+                                       device=self.device if cuda else None, plan=plan, rope_path=rope_path)
         if not cuda:
             return                                       # the emulator runs it (see __call__)
         if self.backend == "sm90":
+            # RoPE on the Hopper kernel: the rotation pass into ragged buffers, then the kernel on ragged K/V
+            if rope is not None:
+                self.rope_path = "pass"
+                kv_start = self._init_rope_pass(plan, page_table)
             self._upload(plan, kv_start, variant)
             dev = self.device
+            passing = self.rope_path == "pass"
             self._sm90 = Sm90Launch(plan, self.dtype, dev, self.items, self.cta_ptr, self.runs, self.sm_scale,
                                     config=config, variant=variant, params=self.params, run_full=self.run_full,
-                                    kv=self.kv, page_indices=page_table.indices if self.paged else None)
+                                    kv="ragged" if passing else self.kv,
+                                    page_indices=page_table.indices if self.paged and not passing else None,
+                                    rope_pass=rope if passing else None, extra_options=extra_options)
+            if passing:
+                self._pass = self._sm90.kernel.launcher("rope_pass", shared_mem=0, device_index=dev.index)
             return
+        if extra_options:
+            raise InputError("extra_options: the Hopper kernel's build options (diagnostics); backend='sm90'")
         if rope is not None:
             self.rope_path = rope_path if rope_path != "auto" else \
                 "pass" if rope_tiles_per_request(plan) >= 2 else "tile"
@@ -440,6 +452,12 @@ class PrefillRunner:
         if self.backend == "sm90":
             if not self.paged and src[0].shape[0] == 0:   # no key at all (a TMA descriptor needs a non-empty tensor)
                 return out.zero_(), lse.fill_(float("-inf"))
+            if self.rope_path == "pass":                  # rotated (and, paged, gathered) into ragged buffers
+                if self._num_kv == 0:
+                    return out.zero_(), lse.fill_(float("-inf"))
+                q, kr, vr = self._rotate(q, *((src[0], src[0]) if self.paged else src))
+                self._sm90(q, kr, vr, out, lse)
+                return out, lse
             self._sm90(q, *(src if not self.paged else (src[0], None)), out, lse)
             return out, lse
         part_o, part_lse = self._part if self._part is not None else (out, lse)   # unsplit plans never write them
@@ -671,7 +689,7 @@ def prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qo_indptr, kv_ind
     if backend == "auto" and tile_q not in (None, SM90_TRAITS.tile_q):
         backend = "mma"                              # (the Hopper kernel has one tile)
     be = resolve_backend(backend, head_dim=k.shape[2], dtype=q.dtype, variant=variant, rope=rope,
-                         device=q.device if q.is_cuda else None)
+                         rope_path=rope_path, device=q.device if q.is_cuda else None)
     p = plan_batch(np.diff(qo), np.diff(kv), num_qo_heads=q.shape[1], num_kv_heads=k.shape[1], head_dim=k.shape[2],
                    dtype=q.dtype, causal=causal, window_left=window_left, variant=variant, rope=rope, tile_q=tile_q,
                    num_sms=num_sms, block_sparse=block_sparse, backend=be)
@@ -707,7 +725,7 @@ def append(q: torch.Tensor, cache, seq_ids: Sequence[int], qo_lens: Sequence[int
     if backend == "auto" and tile_q not in (None, SM90_TRAITS.tile_q):
         backend = "mma"                              # (the Hopper kernel has one tile)
     be = resolve_backend(backend, head_dim=cache.head_dim, dtype=q.dtype, variant=variant, rope=rope, paged=True,
-                         device=q.device if q.is_cuda else None)
+                         rope_path=rope_path, device=q.device if q.is_cuda else None)
     kv_lens = np.asarray(cache.lengths(seq_ids), np.int64)
     if (qo_lens > kv_lens).any():
         i = int(np.argmax(qo_lens > kv_lens))

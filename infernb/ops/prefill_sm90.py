@@ -3,13 +3,14 @@
 
 It runs the prefill plan format unchanged (:func:`infernb.ops.prefill.plan_records`: items, CTA lists, key runs)
 with its own traits (:data:`SM90_TRAITS`: 128-row tiles, one CTA per SM, no split units). What it covers today:
-head dim 128, bf16 / f16, ragged or paged K/V, causal or not, sliding windows, custom ``sm_scale``, softmax variants
-(score_mod / mask_mod hooks, block structures); fused RoPE, sigmoid variants and other head dims run on the mma.sync
+head dims 64, 128 and 256, bf16 / f16, ragged or paged K/V, causal or not, sliding windows, custom ``sm_scale``,
+softmax variants (score_mod / mask_mod hooks, block structures), RoPE as the rotation pass before the kernel (q and
+the keys rotated once per call into ragged buffers, paged values gathered: ``rope_path="pass"``; rotating each K
+stage in the kernel, ``"tile"``, is the mma.sync kernel's); sigmoid variants and other head dims run on the mma.sync
 kernel (:func:`unsupported` says why a call does not qualify).
 The front doors (:func:`~infernb.prefill`, :func:`~infernb.append`) take ``backend="auto"`` (default: this kernel on
-an sm_90 GPU when it covers the call with ragged K/V, the mma.sync kernel otherwise), ``"sm90"`` or ``"mma"``; paged
-caches run on it when asked (``backend="sm90"``: its producer warpgroup copies the pages with cp.async; not yet run
-on a GPU, so ``"auto"`` does not pick it for them);
+an sm_90 GPU when it covers the call, ragged or paged, the mma.sync kernel otherwise), ``"sm90"`` or ``"mma"`` (on
+paged caches its producer warpgroup copies the pages with cp.async);
 :class:`~infernb.ops.prefill.PrefillRunner` runs the backend its plan was made for (``"mma"`` unless told).
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 
 from ..errors import InputError
 from ..jit import KernelSpec
-from ._common import CUDA_TYPES, DTYPE_NAMES, DTYPES, KV_MODES, NONE, hook_flags, page_shift
+from ._common import CUDA_TYPES, DTYPE_NAMES, DTYPES, KV_MODES, NONE, hook_flags, page_shift, rope_mode
 
 #: backends of the prefill front doors: ``"mma"`` (mma.sync, sm_80+), ``"sm90"`` (wgmma + TMA, sm_90 only) and
 #: ``"auto"`` (what :func:`resolve_backend` picks).
@@ -47,19 +48,34 @@ class Sm90Traits:
     def smem_bytes(self) -> int:
         """``prefill_sm90_cfg_t::SMEM_BYTES`` (each compiled unit checks they agree)."""
         d = self.head_dim
-        return self.tile_q * d * 2 + self.stages * 2 * self.block_n * d * 2 + 2 * self.stages * 8 + self.tile_q * 8
+        return (self.tile_q * d * 2 + self.stages * 2 * self.block_n * d * 2 + 2 * self.stages * 8 + self.tile_q * 8
+                + 2 * self.block_n * 4)
 
 
 SM90_TRAITS = Sm90Traits()
+#: each head dim's traits: 128-key blocks and 3 stages at 128; 4 stages at 64 (a stage is half the bytes);
+#: 64-key blocks and 2 stages at 256 (O takes 128 registers a thread; K + V of a stage 64 KiB)
+SM90_HEAD_DIM_TRAITS = {64: Sm90Traits(head_dim=64, stages=4), 128: SM90_TRAITS,
+                        256: Sm90Traits(head_dim=256, block_n=64, stages=2)}
 #: head dims the Hopper kernel has
-SM90_HEAD_DIMS = (128,)
+SM90_HEAD_DIMS = tuple(SM90_HEAD_DIM_TRAITS)
+
+
+def sm90_traits(head_dim: int) -> Sm90Traits:
+    """The default traits of a head dim (:data:`SM90_HEAD_DIM_TRAITS`)."""
+    tr = SM90_HEAD_DIM_TRAITS.get(head_dim)
+    if tr is None:
+        raise InputError(f"the Hopper prefill kernel has head dims {SM90_HEAD_DIMS}, got {head_dim}")
+    return tr
 
 
 def sm90_spec(dtype: torch.dtype, head_dim: int = 128, causal: bool = False,
-              tr: Sm90Traits = SM90_TRAITS, variant=None, kv: str = "ragged") -> KernelSpec:
-    """The sm_90a specialization for (dtype, head dim, causal, traits, variant: a softmax
+              tr: Sm90Traits | None = None, variant=None, kv: str = "ragged", rope_pass=None) -> KernelSpec:
+    """The sm_90a specialization for (dtype, head dim, causal, traits (default :func:`sm90_traits`), variant: a softmax
     :class:`~infernb.variants.Variant`, its hooks traced into the unit, None for plain attention; KV source
-    ``"ragged"`` (TMA) / ``"NHD"`` / ``"HND"`` (cp.async by the producer warpgroup))."""
+    ``"ragged"`` (TMA) / ``"NHD"`` / ``"HND"`` (cp.async by the producer warpgroup)); ``rope_pass``: a
+    :class:`~infernb.reference.RoPE` whose rotation pass (``rope_pass_kernel``, rope.cuh) the unit also holds: the
+    Hopper kernel runs RoPE as that pass before it (q and the keys rotated once per call into ragged buffers))."""
     if kv not in KV_MODES:
         raise InputError(f"kv: expected one of {list(KV_MODES)}, got {kv!r}")
     variant = NONE if variant is None else variant
@@ -67,11 +83,13 @@ def sm90_spec(dtype: torch.dtype, head_dim: int = 128, causal: bool = False,
         raise InputError(f"the Hopper prefill kernel runs softmax variants; {variant.name} is sigmoid attention")
     if dtype not in DTYPES:
         raise InputError(f"the Hopper prefill kernel runs bf16 / f16, got {dtype}")
-    if head_dim not in SM90_HEAD_DIMS:
-        raise InputError(f"the Hopper prefill kernel has head dims {SM90_HEAD_DIMS}, got {head_dim}")
+    base = sm90_traits(head_dim)
+    tr = base if tr is None else tr
+    if tr.head_dim != head_dim:
+        raise InputError(f"traits for head dim {tr.head_dim} given for head dim {head_dim}")
     ct = CUDA_TYPES[dtype]
     args = f"{ct}, {head_dim}, {tr.stages}"
-    tuned = tr != SM90_TRAITS
+    tuned = tr != base
     score, mask = hook_flags(variant)
     b = lambda x: "true" if x else "false"  # noqa: E731
     g = variant.generated
@@ -80,11 +98,18 @@ def sm90_spec(dtype: torch.dtype, head_dim: int = 128, causal: bool = False,
              f"infernb::prefill_sm90_cfg_t<{args}>::BLOCK_N == {tr.block_n}, "
              '"infernb.ops.prefill_sm90.Sm90Traits disagrees with prefill_sm90_cfg_t");')
     from .prefill import _struct_checks
+    kernels = (("prefill", f"infernb::prefill_sm90_kernel<{args}, {b(causal)}, {tr.sched}, "
+                           f"{variant.cuda_name}, {b(score)}, {b(mask)}, {KV_MODES[kv]}>"),)
+    pm = rope_mode(rope_pass) if rope_pass is not None else 0
+    if pm:
+        if kv != "ragged":
+            raise InputError("rope_pass: the pass writes ragged buffers, so the kernel reads ragged K/V")
+        kernels += (("rope_pass", f"infernb::rope_pass_kernel<{ct}, {pm}, {head_dim}>"),)
     return KernelSpec(family="prefill_sm90",
                       name=(f"prefill_sm90_{DTYPE_NAMES[dtype]}_hd{head_dim}_{kv.lower()}{'_causal' if causal else ''}"
-                            f"_{variant.name}_{variant.code_hash}{f'_s{tr.stages}x{tr.sched}' if tuned else ''}"),
-                      kernels=(("prefill", f"infernb::prefill_sm90_kernel<{args}, {b(causal)}, {tr.sched}, "
-                                           f"{variant.cuda_name}, {b(score)}, {b(mask)}, {KV_MODES[kv]}>"),),
+                            f"_{variant.name}_{variant.code_hash}{f'_s{tr.stages}x{tr.sched}' if tuned else ''}"
+                            f"{f'_ropepass{pm}' if pm else ''}"),
+                      kernels=kernels,
                       preamble=g.code + "\n" + check + "\n" + _struct_checks(),
                       preamble_origin=tuple(sorted(g.origins.items())), archs=("sm_90a",))
 
@@ -92,7 +117,7 @@ def sm90_spec(dtype: torch.dtype, head_dim: int = 128, causal: bool = False,
 _SCHED_FITS: dict = {}
 
 
-def variant_traits(variant, tr: Sm90Traits = SM90_TRAITS, *, dtype: torch.dtype = torch.bfloat16,
+def variant_traits(variant, tr: Sm90Traits | None = None, *, dtype: torch.dtype = torch.bfloat16,
                    head_dim: int = 128, causal: bool = True) -> Sm90Traits:
     """The traits a variant runs with: the overlapped schedule (``sched`` 3) when its specialization compiles
     without spills there, else pingpong only (``sched`` 2: no overlap inside a warpgroup, so a block's logits and
@@ -100,7 +125,9 @@ def variant_traits(variant, tr: Sm90Traits = SM90_TRAITS, *, dtype: torch.dtype 
     compiling the overlapped specialization (NVRTC, no GPU needed; the JIT cache keeps it), once per variant
     code, dtype and mask: hooks that read captured tensors, call math functions or do 64-bit index arithmetic
     usually take pingpong; soft-caps keep the overlap (benchmarks/NOTES.md)."""
-    if variant is None or tr != SM90_TRAITS or not any(hook_flags(variant)):
+    base = sm90_traits(head_dim)
+    tr = base if tr is None else tr
+    if variant is None or tr != base or not any(hook_flags(variant)):
         return tr
     key = (variant.name, variant.code_hash, dtype, head_dim, causal)
     fits = _SCHED_FITS.get(key)
@@ -112,19 +139,21 @@ def variant_traits(variant, tr: Sm90Traits = SM90_TRAITS, *, dtype: torch.dtype 
 
 
 def specializations() -> list[KernelSpec]:
-    """What CI compiles: every dtype, causal or not (ragged); both paged layouts (bf16); every example variant the
-    kernel runs (bf16, causal, ragged)."""
+    """What CI compiles: every head dim and dtype, causal or not (ragged); both paged layouts (bf16); the units with
+    the RoPE pass (both layouts); every example variant the kernel runs (bf16, causal, ragged)."""
     from ..variants import examples
 
     out = [sm90_spec(dt, d, c) for dt in DTYPES for d in SM90_HEAD_DIMS for c in (False, True)]
     out += [sm90_spec(torch.bfloat16, d, c, kv=kv) for d in SM90_HEAD_DIMS for c in (False, True)
             for kv in ("NHD", "HND")]
+    from ..reference import RoPE
+    out += [sm90_spec(torch.bfloat16, 128, True, rope_pass=RoPE(interleave=i)) for i in (False, True)]
     return out + [sm90_spec(torch.bfloat16, 128, True, variant_traits(v), variant=v) for v in examples()
                   if unsupported(head_dim=128, dtype=torch.bfloat16, variant=v) is None]
 
 
 def unsupported(*, head_dim: int, dtype: torch.dtype, variant=None, rope=None, paged: bool = False,
-                device: torch.device | None = None, plan=None) -> str | None:
+                device: torch.device | None = None, plan=None, rope_path: str = "auto") -> str | None:
     """Why the Hopper kernel cannot run this (a sentence), or None when it can."""
     if device is not None:
         if device.type != "cuda":
@@ -141,8 +170,9 @@ def unsupported(*, head_dim: int, dtype: torch.dtype, variant=None, rope=None, p
     if variant is not None and variant.generated.key_gathers and variant.generated.lib_calls:
         return (f"variant {variant.name!r} gathers a captured tensor per key and calls a math function (e.g. a T5 "
                 "bias): its hooks spill at the Hopper kernel's 128-key blocks; the mma.sync kernel runs it")
-    if rope is not None:
-        return "fused RoPE runs on the mma.sync kernel"
+    if rope is not None and rope_path == "tile":
+        return ("it rotates q and the keys by the RoPE pass before the kernel (rope_path='pass' or 'auto'), not in "
+                "each K stage (rope_path='tile': the mma.sync kernel)")
     if plan is not None:
         if plan.tile_q != SM90_TRAITS.tile_q:
             return f"its plans have {SM90_TRAITS.tile_q}-row tiles (this one {plan.tile_q}): plan with backend='sm90'"
@@ -154,7 +184,7 @@ def unsupported(*, head_dim: int, dtype: torch.dtype, variant=None, rope=None, p
 def resolve_backend(backend: str, **kw) -> str:
     """``"mma"`` or ``"sm90"`` for a requested backend (:data:`BACKENDS`): ``"sm90"`` raises ``InputError`` with the
     reason when the Hopper kernel cannot run the arguments (:func:`unsupported`'s keywords), ``"auto"`` takes it
-    when it can (an sm_90 ``device`` given, ragged K/V, and the rest supported) and the mma.sync kernel otherwise."""
+    when it can (an sm_90 ``device`` given and the rest supported) and the mma.sync kernel otherwise."""
     if backend not in BACKENDS:
         raise InputError(f"backend: expected one of {BACKENDS}, got {backend!r}")
     if backend == "sm90":
@@ -162,9 +192,7 @@ def resolve_backend(backend: str, **kw) -> str:
         if why:
             raise InputError(f"backend='sm90': the Hopper prefill kernel cannot run this: {why}")
         return "sm90"
-    # (auto leaves paged caches to the mma.sync kernel until the Hopper kernel's paged producer has run its GPU
-    # tests: written 2026-11-30, tests/ops/test_prefill_sm90.py::test_gpu_paged_*; backend="sm90" runs it)
-    if backend == "auto" and kw.get("device") is not None and not kw.get("paged") and unsupported(**kw) is None:
+    if backend == "auto" and kw.get("device") is not None and unsupported(**kw) is None:
         return "sm90"
     return "mma"
 
@@ -174,7 +202,7 @@ class Sm90Launch:
 
     def __init__(self, plan, dtype: torch.dtype, device: torch.device, items, cta_ptr, runs, sm_scale: float,
                  config: Sm90Traits | None = None, variant=None, params=None, run_full=None, kv: str = "ragged",
-                 page_indices=None):
+                 page_indices=None, rope_pass=None, extra_options: tuple[str, ...] = ()):
         from ..device import device_info
         from ..jit import build
 
@@ -184,8 +212,8 @@ class Sm90Launch:
         self.plan, self.device = plan, device
         self.tr = config or variant_traits(variant, dtype=dtype, head_dim=plan.head_dim, causal=plan.causal)
         self.kv, self.page_indices = kv, page_indices
-        self.kernel = build(sm90_spec(dtype, plan.head_dim, plan.causal, self.tr, variant, kv),
-                            device_info(device.index).arch)
+        self.kernel = build(sm90_spec(dtype, plan.head_dim, plan.causal, self.tr, variant, kv, rope_pass),
+                            device_info(device.index).arch, extra_options=tuple(extra_options))
         self.items, self.cta_ptr, self.runs, self.params, self.run_full = items, cta_ptr, runs, params, run_full
         u64, i32 = np.uint64, np.int32
         self._tail = [u64(items.data_ptr()).tobytes(), u64(cta_ptr.data_ptr()).tobytes(),

@@ -1,6 +1,7 @@
 """Block-sparse attention (ib.block_sparse_attention): a BlockSparse mask run by the prefill kernel. CPU: the mask's
 variant masks exactly the mask's elements, the front door equals the float64 reference (emulator), bad masks are
-named. GPU: the kernel against the reference over block shapes, sizes, head counts and densities."""
+named. GPU: the kernel against the reference over block shapes, sizes, head counts and densities, on both
+backends (the mma.sync kernel, and the Hopper kernel on an sm_90 GPU)."""
 from __future__ import annotations
 
 import itertools
@@ -15,6 +16,11 @@ from infernb.ops.block_sparse import check_mask, mask_variant
 
 from .test_prefill import DEV, check, gpu, records_attention
 
+_hopper = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9,
+                             reason="needs an sm_90 (Hopper) GPU")
+#: the GPU tests run on both kernels: "sm90" on a Hopper GPU only
+BACKENDS = pytest.mark.parametrize("backend", ["mma", pytest.param("sm90", marks=_hopper)])
+
 
 def random_mask(gen, M, N, R, C, density, inner=True):
     """Blocks listed with probability ``density``; inside half of them (``inner``) a random element mask."""
@@ -27,7 +33,7 @@ def random_mask(gen, M, N, R, C, density, inner=True):
 
 
 def run(gen, M, N, hq, hkv, d, R, C, density, *, causal=False, inner=True, variant=None, dtype=torch.bfloat16,
-        device=DEV, paged=None, page_size=16):
+        device=DEV, paged=None, page_size=16, backend="auto"):
     """``paged``: None (ragged k, v) or a cache layout ("NHD" / "HND"): the keys then sit in a paged cache of
     ``page_size``, behind another sequence (the table's pages are not the pool's first ones)."""
     dense, bs = random_mask(gen, M, N, R, C, density, inner)
@@ -35,14 +41,15 @@ def run(gen, M, N, hq, hkv, d, R, C, density, *, causal=False, inner=True, varia
     k = torch.randn(N, hkv, d, generator=gen).to(dtype).to(device)
     v = torch.randn(N, hkv, d, generator=gen).to(dtype).to(device)
     if paged is None:
-        out, lse = ib.block_sparse_attention(q, k, v, bs, causal=causal, variant=variant, return_lse=True)
+        out, lse = ib.block_sparse_attention(q, k, v, bs, causal=causal, variant=variant, return_lse=True,
+                                             backend=backend)
     else:
         cache = ib.PagedKVCache(-(-N // page_size) + 8, page_size, hkv, d, dtype=dtype, device=device, layout=paged)
         other, sid = cache.add_sequences(2)
         cache.append([other], k[:3 * page_size // 2], v[:3 * page_size // 2], [3 * page_size // 2])
         cache.append([sid], k, v, [N])
         out, lse = ib.block_sparse_attention(q, mask=bs, cache=cache, seq_id=sid, causal=causal, variant=variant,
-                                             return_lse=True)
+                                             return_lse=True, backend=backend)
     off = N - M
     dd = dense.to(device)
     kw = {} if variant is None else variant.reference_kwargs()
@@ -89,14 +96,14 @@ def variable_case(gen, row_sizes, col_sizes, density, block=None):
     return dense, ib.BlockSparse.from_variable_blocks(bm, row_sizes, col_sizes, block)
 
 
-def run_variable(gen, row_sizes, col_sizes, density, hq, hkv, d, *, device=DEV, block=None):
+def run_variable(gen, row_sizes, col_sizes, density, hq, hkv, d, *, device=DEV, block=None, backend="auto"):
     dense, bs = variable_case(gen, row_sizes, col_sizes, density, block)
     assert torch.equal(bs.to_dense(), dense)                  # the uniform grid represents the blocks exactly
     M, N = dense.shape
     q = torch.randn(M, hq, d, generator=gen).to(torch.bfloat16).to(device)
     k = torch.randn(N, hkv, d, generator=gen).to(torch.bfloat16).to(device)
     v = torch.randn(N, hkv, d, generator=gen).to(torch.bfloat16).to(device)
-    out, lse = ib.block_sparse_attention(q, k, v, bs, return_lse=True)
+    out, lse = ib.block_sparse_attention(q, k, v, bs, return_lse=True, backend=backend)
     dd = dense.to(device)
     ref_o, ref_s = reference.attention(q, k, v, [0, M], [0, N], mask_mod=lambda b, h, qi, ki: dd[qi - (N - M), ki])
     check(out, lse, ref_o, ref_s, torch.bfloat16)
@@ -188,39 +195,51 @@ GRID = [(R, C, M, N) for (R, C), (M, N) in itertools.product(
 
 
 @gpu
+@BACKENDS
 @pytest.mark.parametrize("R,C,M,N", GRID, ids=[f"R{R}-C{C}-M{M}-N{N}" for R, C, M, N in GRID])
-def test_gpu_block_shapes_and_sizes(gen, R, C, M, N):
+def test_gpu_block_shapes_and_sizes(gen, R, C, M, N, backend):
     density = float(np.random.default_rng(R * 131 + C * 7 + M + N).uniform(0.05, 0.9))
-    run(gen, M, N, 16, 4, 128, R, C, density, inner=(R * C) % 2 == 0)
+    run(gen, M, N, 16, 4, 128, R, C, density, inner=(R * C) % 2 == 0, backend=backend)
 
 
 @gpu
+@BACKENDS
 @pytest.mark.parametrize("heads", [(1, 1), (4, 4), (16, 4), (16, 1)])
 @pytest.mark.parametrize("d", [64, 128, 256])
-def test_gpu_heads_and_head_dims(gen, heads, d):
-    run(gen, 200, 333, heads[0], heads[1], d, 16, 32, 0.4)
+def test_gpu_heads_and_head_dims(gen, heads, d, backend):
+    run(gen, 200, 333, heads[0], heads[1], d, 16, 32, 0.4, backend=backend)
 
 
 @gpu
-def test_gpu_variable_block_sizes(gen):
-    run_variable(gen, [5, 17, 40, 2, 300, 96], [30, 7, 64, 13, 9, 500, 77], 0.5, 16, 4, 128)
-    run_variable(gen, [128] * 8 + [256] * 4, [64] * 16 + [512] * 2, 0.4, 8, 2, 128)
-    run_variable(gen, [64, 192, 32, 160], [96, 32, 416], 0.7, 8, 8, 64, block=(32, 32))
+@BACKENDS
+def test_gpu_variable_block_sizes(gen, backend):
+    run_variable(gen, [5, 17, 40, 2, 300, 96], [30, 7, 64, 13, 9, 500, 77], 0.5, 16, 4, 128, backend=backend)
+    run_variable(gen, [128] * 8 + [256] * 4, [64] * 16 + [512] * 2, 0.4, 8, 2, 128, backend=backend)
+    run_variable(gen, [64, 192, 32, 160], [96, 32, 416], 0.7, 8, 8, 64, block=(32, 32), backend=backend)
+
+
+def _softcap(backend):
+    """Soft-cap 10: the accurate tanhf on the mma.sync kernel; the approximate one on the Hopper kernel, which refuses
+    the accurate one next to a mask's per-key table reads (they spill: test_prefill_sm90 checks the refusal)."""
+    return ib.variants.softcap(10.0, approx=backend == "sm90")
 
 
 PAGED = [("NHD", 16, 16, 64), ("HND", 16, 16, 64), ("NHD", 1, 64, 64), ("HND", 5, 4, 4), ("NHD", 64, 5, 7)]
 
 
 @gpu
+@BACKENDS
 @pytest.mark.parametrize("layout,page,R,C", PAGED, ids=[f"{lt}-p{p}-R{R}-C{C}" for lt, p, R, C in PAGED])
-def test_gpu_paged_cache(gen, layout, page, R, C):
-    run(gen, 300, 700, 16, 4, 128, R, C, 0.4, causal=True, paged=layout, page_size=page)
-    run(gen, 128, 128, 8, 8, 64, R, C, 0.6, paged=layout, page_size=page, variant=ib.variants.softcap(10.0))
+def test_gpu_paged_cache(gen, layout, page, R, C, backend):
+    run(gen, 300, 700, 16, 4, 128, R, C, 0.4, causal=True, paged=layout, page_size=page, backend=backend)
+    run(gen, 128, 128, 8, 8, 64, R, C, 0.6, paged=layout, page_size=page, variant=_softcap(backend), backend=backend)
 
 
 @gpu
+@BACKENDS
 @pytest.mark.parametrize("causal", [False, True])
-def test_gpu_long_sequence_and_variants(gen, causal):
-    run(gen, 8192, 8192, 8, 2, 128, 64, 64, 0.05, causal=causal)
-    run(gen, 512, 1024, 8, 2, 128, 64, 64, 0.3, causal=causal, variant=ib.variants.softcap(10.0))
-    run(gen, 512, 1024, 8, 2, 128, 16, 64, 0.5, causal=causal, variant=ib.variants.sliding_window(100))
+def test_gpu_long_sequence_and_variants(gen, causal, backend):
+    run(gen, 8192, 8192, 8, 2, 128, 64, 64, 0.05, causal=causal, backend=backend)
+    run(gen, 512, 1024, 8, 2, 128, 64, 64, 0.3, causal=causal, variant=_softcap(backend), backend=backend)
+    run(gen, 512, 1024, 8, 2, 128, 16, 64, 0.5, causal=causal, variant=ib.variants.sliding_window(100),
+        backend=backend)

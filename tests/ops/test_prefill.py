@@ -91,11 +91,11 @@ def run_ragged(gen, qo_lens, kv_lens, hq, hkv, d, *, dtype=torch.bfloat16, causa
 
 
 def run_paged(gen, qo_lens, kv_lens, hq, hkv, d, page_size, layout, *, dtype=torch.bfloat16, causal=True,
-              rope=None, variant=None, num_sms=None, rope_path="auto"):
+              rope=None, variant=None, num_sms=None, rope_path="auto", backend="auto"):
     cache, ids, _ = make_cache(gen, kv_lens, hq, hkv, d, page_size, layout=layout, dtype=dtype, device=DEV)
     q = torch.randn(sum(qo_lens), hq, d, generator=gen).to(dtype).to(DEV)
     out, lse = ib.append(q, cache, ids, qo_lens, causal=causal, rope=rope, variant=variant, return_lse=True,
-                         num_sms=num_sms, rope_path=rope_path)
+                         num_sms=num_sms, rope_path=rope_path, backend=backend)
     t = cache.page_table(ids)
     kw = {} if variant is None else variant.reference_kwargs()
     ref_o, ref_s = reference.paged_attention(q, cache.pool, t.indptr, t.indices, t.last_page_len,

@@ -19,7 +19,7 @@ from infernb.ops.prefill import PrefillRunner, plan_batch
 from infernb.ops.prefill_sm90 import SM90_TRAITS, resolve_backend, sm90_spec, specializations, unsupported
 
 from .decode_cases import make_cache
-from .test_prefill import KV, QO, check, ragged
+from .test_prefill import KV, QO, check, ragged, reference_rounded_rope, run_paged
 
 gpu = pytest.mark.gpu
 hopper = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9,
@@ -35,8 +35,10 @@ def test_compiles_fast_without_spills(spec):
     # loaded 2 cores), bounded here at twice that
     plain = "_none_" in spec.name
     assert k.report.compile_seconds <= (3.0 if plain else 6.0), k.report
-    (r,) = k.report.kernels
-    assert not r.spills and r.stack_frame == 0, r
+    # (units with the RoPE pass hold its kernel too)
+    assert [r.name for r in k.report.kernels] == (["prefill", "rope_pass"] if "_ropepass" in spec.name else ["prefill"])
+    for r in k.report.kernels:
+        assert not r.spills and r.stack_frame == 0, r
     assert spec.targets("sm_90a") and not spec.targets("sm_80")
 
 
@@ -53,6 +55,22 @@ def test_sass_runs_both_gemms_on_hgmma():
     assert ops.count("UTMALDG") == 4                                     # K and V, two 64-column slabs each
     assert "LDL" not in ops and "STL" not in ops and ops.count("USETMAXREG") == 2
     # the wgmmas of each GEMM are issued back to back (one scoreboard wait per group), not serialized by the compiler
+    assert len(re.findall(r"HGMMA[^;]*gsb0", text)) == 4
+
+
+@pytest.mark.skipif(toolchain.nvdisasm_path() is None, reason="nvdisasm (pip install nvidia-cuda-nvdisasm)")
+@pytest.mark.parametrize("head_dim", [64, 256])
+def test_sass_other_head_dims(head_dim):
+    # head dim 64: S on n128 wgmmas (4 k-steps over d), P V on n64 (8 k-steps over 128 keys), one 64-column slab of
+    # K and V by TMA; head dim 256: 64-key blocks, S on n64 (16 k-steps), P V as two n128 halves of O (4 k-steps each)
+    text = toolchain.sass(build(sm90_spec(torch.bfloat16, head_dim, True), "sm_90a").cubin)
+    shapes = re.findall(r"HGMMA\.(64x\d+x16)\.F32\.BF16[^;]*;", text)
+    # each GEMM appears twice (the overlapped schedule's first block / last block and its loop)
+    want = {64: {"64x128x16": 2 * 4, "64x64x16": 2 * 8}, 256: {"64x64x16": 2 * 16, "64x128x16": 2 * 4 * 2}}[head_dim]
+    assert {sh: shapes.count(sh) for sh in set(shapes)} == want
+    ops = re.findall(r"/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", text)
+    assert ops.count("UTMALDG") == 2 * head_dim // 64                   # K and V, a box per 64-column slab
+    assert "LDL" not in ops and "STL" not in ops and ops.count("USETMAXREG") == 2
     assert len(re.findall(r"HGMMA[^;]*gsb0", text)) == 4
 
 
@@ -86,10 +104,10 @@ def test_register_handover_fits_the_launch_allocation():
 def test_backend_choice_and_refusals():
     kw = dict(head_dim=128, dtype=torch.bfloat16)
     assert unsupported(**kw) is None
-    assert "head dims" in unsupported(head_dim=64, dtype=torch.bfloat16)
+    assert "head dims" in unsupported(head_dim=96, dtype=torch.bfloat16)
+    assert unsupported(head_dim=64, dtype=torch.bfloat16) is None and unsupported(head_dim=256, dtype=torch.float16) is None
     assert unsupported(**kw, variant=ib.variants.softcap(30.0)) is None
     assert "sigmoid" in unsupported(**kw, variant=ib.variants.sigmoid_attention())
-    assert "RoPE" in unsupported(**kw, rope=ib.RoPE())
     assert unsupported(**kw, paged=True) is None
     assert "CUDA" in unsupported(**kw, device=torch.device("cpu"))
     assert resolve_backend("auto", **kw) == "mma" and resolve_backend("mma", **kw) == "mma"
@@ -98,7 +116,17 @@ def test_backend_choice_and_refusals():
     with pytest.raises(InputError, match="backend"):
         resolve_backend("cuda", **kw)
     with pytest.raises(InputError, match="sm90.*head dims"):
-        resolve_backend("sm90", head_dim=256, dtype=torch.bfloat16)
+        resolve_backend("sm90", head_dim=96, dtype=torch.bfloat16)
+    # block-sparse: a mask's table reads with an accurate tanhf spill on the Hopper kernel: refused there, auto falls
+    # back; RoPE rotates by the pass there, not in the tile
+    g = torch.Generator().manual_seed(0)
+    bs = ib.BlockSparse.from_dense(torch.rand(64, 64, generator=g) < 0.5, (16, 16))
+    q, k, v = (torch.randn(64, 2, 128, generator=g).to(torch.bfloat16) for _ in range(3))
+    with pytest.raises(InputError, match="sm90.*mma.sync kernel runs it"):
+        ib.block_sparse_attention(q, k, v, bs, variant=ib.variants.softcap(10.0), backend="sm90")
+    assert ib.block_sparse_attention(q, k, v, bs, variant=ib.variants.softcap(10.0, approx=True),
+                                     backend="sm90").shape == q.shape
+    assert unsupported(**kw, rope=ib.RoPE()) is None and "tile" in unsupported(**kw, rope=ib.RoPE(), rope_path="tile")
     # a plan made for the mma.sync kernel is refused by the Hopper runner, with the fix in the message
     p = plan_batch([300], [300], num_qo_heads=8, num_kv_heads=2, head_dim=128, dtype=torch.bfloat16, tile_q=64)
     with pytest.raises(InputError, match="backend='sm90'"):
@@ -124,15 +152,15 @@ def test_sm90_plans_and_cpu_path():
 
 # ---------------------------------------------------------------------------------------------- GPU
 def run_sm90(gen, qo_lens, kv_lens, hq, hkv, *, dtype=torch.bfloat16, causal=False, window_left=-1, num_sms=None,
-             sm_scale=None, q_scale=1.0, q=None, k=None, config=None, variant=None, block_sparse=None):
+             sm_scale=None, q_scale=1.0, q=None, k=None, config=None, variant=None, block_sparse=None, head_dim=128):
     """Plan for the Hopper kernel, poison, run, compare with the float64 reference (rows that see no key: 0, -inf).
     ``q_scale`` widens the logits; ``block_sparse``: plan with the variant's block structure (default: when it has a
     mask_mod, as the front doors do)."""
-    qq, kk, v, qo_ptr, kv_ptr = ragged(gen, qo_lens, kv_lens, hq, hkv, 128, dtype)
+    qq, kk, v, qo_ptr, kv_ptr = ragged(gen, qo_lens, kv_lens, hq, hkv, head_dim, dtype)
     q = (qq.float() * q_scale).to(dtype) if q is None else q
     k = kk if k is None else k
-    p = plan_batch(qo_lens, kv_lens, num_qo_heads=hq, num_kv_heads=hkv, head_dim=128, dtype=dtype, causal=causal,
-                   window_left=window_left, num_sms=num_sms, backend="sm90", variant=variant,
+    p = plan_batch(qo_lens, kv_lens, num_qo_heads=hq, num_kv_heads=hkv, head_dim=head_dim, dtype=dtype,
+                   causal=causal, window_left=window_left, num_sms=num_sms, backend="sm90", variant=variant,
                    block_sparse=block_sparse)
     runner = PrefillRunner(p, device=q.device, backend="sm90", sm_scale=sm_scale, config=config, variant=variant)
     assert runner.backend == "sm90"
@@ -249,13 +277,13 @@ def test_gpu_other_schedules(gen, stages, sched):
 
 
 def run_paged_sm90(gen, qo_lens, kv_lens, hq, hkv, page_size, layout, *, dtype=torch.bfloat16, causal=True,
-                   variant=None):
+                   variant=None, head_dim=128):
     """ib.append on the Hopper kernel (its producer copying the pages with cp.async) against the float64 reference
     on the paged cache; the output poisoned first."""
-    cache, ids, _ = make_cache(gen, kv_lens, hq, hkv, 128, page_size, layout=layout, dtype=dtype, device=DEV)
-    q = torch.randn(sum(qo_lens), hq, 128, generator=gen).to(dtype).to(DEV)
+    cache, ids, _ = make_cache(gen, kv_lens, hq, hkv, head_dim, page_size, layout=layout, dtype=dtype, device=DEV)
+    q = torch.randn(sum(qo_lens), hq, head_dim, generator=gen).to(dtype).to(DEV)
     t = cache.page_table(ids)
-    p = plan_batch(qo_lens, kv_lens, num_qo_heads=hq, num_kv_heads=hkv, head_dim=128, dtype=dtype,
+    p = plan_batch(qo_lens, kv_lens, num_qo_heads=hq, num_kv_heads=hkv, head_dim=head_dim, dtype=dtype,
                    page_size=page_size, causal=causal, variant=variant, backend="sm90")
     r = PrefillRunner(p, cache, t, variant=variant, backend="sm90")
     assert r.backend == "sm90"
@@ -312,3 +340,89 @@ def test_gpu_front_door_and_runner_reuse(gen):
     o1, _ = r(q, k, v)
     o2, _ = r(q, k.clone(), v.clone())                 # new tensors: new TMA descriptors, same result
     assert torch.equal(o1, o2) and torch.equal(o1, a)
+
+
+HEAD_DIM_CASES = ["grid", "few_ctas", "window_edges", "fp16_scale", "paged", "variants"]
+
+
+@gpu
+@hopper
+@pytest.mark.parametrize("head_dim", [64, 256])
+@pytest.mark.parametrize("case", HEAD_DIM_CASES)
+def test_gpu_other_head_dims(gen, head_dim, case):
+    # head dims 64 (4 stages) and 256 (64-key blocks, O as two n128 halves): the cases that exercise what differs
+    # from 128 -- block counts and run ends, the stages' phases across items, masks at the block's edges, the paged
+    # producer's row geometry (CH chunks a row), the hooks
+    d = dict(head_dim=head_dim)
+    if case == "grid":
+        for b, g, c in [(12, 4, True), (17, 8, False), (1, 1, True)]:
+            rng = np.random.default_rng(b * 100 + g + c)
+            kv = rng.choice(KV, b).tolist()
+            qo = [int(min(x, y)) if c else int(y) for x, y in zip(kv, rng.choice(QO, b))]
+            run_sm90(gen, qo, kv, 2 * g, 2, causal=c, **d)
+    elif case == "few_ctas":
+        run_sm90(gen, [2048], [2048], 16, 4, causal=True, num_sms=3, **d)
+        run_sm90(gen, [577, 127], [4096, 4096], 32, 8, causal=True, **d)
+    elif case == "window_edges":
+        run_sm90(gen, [577, 127, 1], [2048, 512, 54], 16, 4, causal=True, window_left=100, **d)
+        run_sm90(gen, [0, 17, 0, 1], [54, 0, 0, 1], 16, 4, **d)
+        run_sm90(gen, [5, 3], [0, 0], 8, 2, **d)
+    elif case == "fp16_scale":
+        run_sm90(gen, [200, 33], [200, 500], 8, 2, causal=True, sm_scale=0.3, dtype=torch.float16, **d)
+    elif case == "paged":
+        run_paged_sm90(gen, [300, 17, 64], [1000, 17, 200], 16, 4, 16, "NHD", **d)
+        run_paged_sm90(gen, [300, 17, 64], [1000, 17, 200], 16, 4, 5, "HND", dtype=torch.float16, **d)
+    else:
+        run_sm90(gen, [577, 300], [2100, 300], 8, 2, causal=True, variant=ib.variants.softcap(5.0), q_scale=3.0, **d)
+        run_sm90(gen, [577, 300], [2100, 300], 8, 2, causal=True,
+                 variant=ib.variants.alibi(ib.variants.alibi_slopes(8).to(DEV)), **d)
+        run_sm90(gen, [577, 300], [2100, 300], 8, 2, causal=True,
+                 variant=ib.variants.document(torch.arange(3, device=DEV).repeat_interleave(700)), **d)
+
+
+ROPES = [ib.RoPE(theta=1e4), ib.RoPE(theta=5e5, interleave=True), ib.RoPE(theta=1e4, rotary_dim=64, scale=2.0)]
+
+
+@gpu
+@hopper
+@pytest.mark.parametrize("rope", ROPES, ids=["llama", "gptj", "partial_scaled"])
+def test_gpu_rope_by_the_pass(gen, rope):
+    # RoPE on the Hopper kernel: q and the keys rotated once per call by the pass (paged: values gathered too), then
+    # the kernel on the ragged buffers; against the float64 reference of the rounded rotated operands (and the
+    # unrounded one, looser: exact_o)
+    qo, kv = [577, 127, 1], [2048, 512, 54]
+    q, k, v, qo_ptr, kv_ptr = ragged(gen, qo, kv, 16, 4, 128)
+    out = torch.full_like(q, float("nan"))
+    lse = torch.full(q.shape[:2], float("nan"), dtype=torch.float32, device=q.device)
+    p = plan_batch(qo, kv, num_qo_heads=16, num_kv_heads=4, head_dim=128, dtype=q.dtype, causal=True, rope=rope,
+                   backend="sm90")
+    r = PrefillRunner(p, rope=rope, backend="sm90")
+    assert r.backend == "sm90" and r.rope_path == "pass"
+    r(q, k, v, out=out, lse=lse)
+    ref_o, _ = reference.attention(q, k, v, qo_ptr, kv_ptr, causal=True, rope=rope)
+    rnd_o, rnd_s = reference_rounded_rope(q, k, v, qo, kv, rope, causal=True)
+    check(out, lse, rnd_o, rnd_s, torch.bfloat16, exact_o=ref_o)
+    assert torch.equal(ib.prefill(q, k, v, qo_ptr, kv_ptr, causal=True, rope=rope, backend="sm90"), out)
+    for layout, page in (("NHD", 16), ("HND", 5)):
+        run_paged(gen, [300, 17, 64], [1000, 17, 200], 16, 4, 128, page, layout, rope=rope, backend="sm90")
+    run_paged(gen, [64, 5], [300, 5], 8, 2, 64, 16, "NHD", rope=rope if rope.rotary_dim is None else None,
+              backend="sm90")
+
+
+@gpu
+@hopper
+def test_gpu_trace_records_the_warpgroups(gen):
+    # the trace build (ib.profile.sm90_trace) records, per traced CTA, each block the producer issued and each block
+    # the consumers computed: the same blocks, in time order
+    q, k, v, _, _ = ragged(gen, [1000], [1000], 16, 4, 128)
+    p = plan_batch([1000], [1000], num_qo_heads=16, num_kv_heads=4, head_dim=128, dtype=torch.bfloat16, causal=True,
+                   backend="sm90")
+    ph = ib.profile.sm90_trace_phases(ib.profile.sm90_trace(p, q, k, v, ctas=2))
+    assert len(ph) == 2
+    for c in ph:
+        issued = c["roles"]["producer"]["issuing the block's loads"]
+        for role in ("consumer 0", "consumer 1"):
+            soft = c["roles"][role]["softmax"]
+            assert len(soft) == len(issued) > 0
+            assert all(a <= b for a, b in soft) and all(x[0] <= y[0] for x, y in zip(soft, soft[1:]))
+            assert len(c["roles"][role]["epilogue"]) == c["items"]

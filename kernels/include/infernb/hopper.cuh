@@ -3,8 +3,8 @@
 //   - mbarrier:  init, arrive, arrive with an expected transaction count, wait on a phase's parity
 //   - TMA:       2-D tile loads (cp.async.bulk.tensor) described by a host-built CUtensorMap (tensor_map_t, passed
 //                as a __grid_constant__ kernel parameter), completing on an mbarrier
-//   - wgmma:     shared-memory matrix descriptors of 128-byte-swizzled K-major tiles, m64n256k16 bf16 -> fp32,
-//                fence / commit / wait
+//   - wgmma:     shared-memory matrix descriptors of 128-byte-swizzled K-major / MN-major tiles, m64n{64,128,256}k16
+//                bf16 / f16 -> fp32 (A from shared memory or registers), fence / commit / wait
 //   - setmaxnreg: registers moved from a producer warpgroup to the consumers
 // Everything here is sm_90a-only: a unit that includes it compiles for other archs only if it never calls these
 // (hopper_available() says which).
@@ -216,6 +216,69 @@ INFERNB_WGMMA_M64N128K16("f16", half)
 #undef INFERNB_WGMMA_M64N128K16
 #undef INFERNB_WGMMA_D64
 #undef INFERNB_WGMMA_D64_REGS
+
+// the n64 forms (BLOCK_N = 64 logits, or head dim 64 in P V): d (+)= A B^T / d += A B, 64 x 64 x 16, the same
+// operands and layouts as the m64n128k16 ones with 8 n-tiles of accumulators instead of 16.
+template <typename T>
+__device__ __forceinline__ void wgmma_m64n64k16_ss(float (&d)[32], unsigned long long desc_a, unsigned long long desc_b,
+                                                   bool accumulate);
+template <typename T>
+__device__ __forceinline__ void wgmma_m64n64k16_rs(float (&d)[32], const unsigned (&a)[4], unsigned long long desc_b);
+#define INFERNB_WGMMA_D32_REGS "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
+#define INFERNB_WGMMA_D32                                                                                              \
+        "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),                \
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),          \
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),        \
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+#define INFERNB_WGMMA_M64N64K16(TY, CTY)                                                                               \
+  template <>                                                                                                          \
+  __device__ __forceinline__ void wgmma_m64n64k16_ss<CTY>(float (&d)[32], unsigned long long desc_a,                   \
+                                                          unsigned long long desc_b, bool accumulate) {                \
+    asm volatile(                                                                                                      \
+        "{\n"                                                                                                          \
+        "  .reg .pred p;\n"                                                                                            \
+        "  setp.ne.b32 p, %34, 0;\n"                                                                                   \
+        "  wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " "                                                  \
+        INFERNB_WGMMA_D32_REGS ", "                                                                                    \
+        "%32, %33, p, 1, 1, 0, 0;\n"                                                                                   \
+        "}\n"                                                                                                          \
+        : INFERNB_WGMMA_D32                                                                                            \
+        : "l"(desc_a), "l"(desc_b), "r"(int(accumulate)));                                                             \
+  }                                                                                                                    \
+  template <>                                                                                                          \
+  __device__ __forceinline__ void wgmma_m64n64k16_rs<CTY>(float (&d)[32], const unsigned (&a)[4],                      \
+                                                          unsigned long long desc_b) {                                 \
+    asm volatile(                                                                                                      \
+        "{\n"                                                                                                          \
+        "  .reg .pred p;\n"                                                                                            \
+        "  setp.ne.b32 p, %37, 0;\n"                                                                                   \
+        "  wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " "                                                  \
+        INFERNB_WGMMA_D32_REGS ", "                                                                                    \
+        "{%32, %33, %34, %35}, %36, p, 1, 1, 1;\n"                                                                     \
+        "}\n"                                                                                                          \
+        : INFERNB_WGMMA_D32                                                                                            \
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));                                            \
+  }
+INFERNB_WGMMA_M64N64K16("bf16", __nv_bfloat16)
+INFERNB_WGMMA_M64N64K16("f16", half)
+#undef INFERNB_WGMMA_M64N64K16
+#undef INFERNB_WGMMA_D32
+#undef INFERNB_WGMMA_D32_REGS
+
+// m64nNk16 for N = 64 or 128 (the kernels' block sizes): the forms above chosen at compile time
+template <typename T, int N>
+__device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], unsigned long long desc_a, unsigned long long desc_b,
+                                         bool accumulate) {
+  static_assert(N == 64 || N == 128, "wgmma_ss: N is 64 or 128");
+  if constexpr (N == 64) wgmma_m64n64k16_ss<T>(d, desc_a, desc_b, accumulate);
+  else wgmma_m64n128k16_ss<T>(d, desc_a, desc_b, accumulate);
+}
+template <typename T, int N>
+__device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const unsigned (&a)[4], unsigned long long desc_b) {
+  static_assert(N == 64 || N == 128, "wgmma_rs: N is 64 or 128");
+  if constexpr (N == 64) wgmma_m64n64k16_rs<T>(d, a, desc_b);
+  else wgmma_m64n128k16_rs<T>(d, a, desc_b);
+}
 
 // ------------------------------------------------------------------------------------------------ registers
 // Move this warpgroup's register budget (per thread) down / up; the kernel launches with the budget its launch
