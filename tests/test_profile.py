@@ -228,3 +228,49 @@ def test_flashinfer_paged_decode_and_block_sparse_wrappers_are_planned_with_the_
     qb, kb = torch.randn(96, 4, 16).bfloat16(), torch.randn(96, 2, 16).bfloat16()
     assert flashinfer_block_sparse(fi, qb, kb, kb, mask)() == (qb, kb, kb)
     assert seen[-1][2] == [mask.indptr.tolist(), mask.indices.tolist(), 96, 96, 32, 32, 4, 2, 16]
+
+
+def test_sm90_trace_phases_and_warpgroup_timeline_from_raw_rows():
+    """sm90_trace_phases reads the Hopper kernel's trace rows (header: global timer, clock64, SM and items; clock
+    stamps per role, block and slot) into per-warpgroup segments in microseconds from the CTA's start; CTAs that did
+    not run are dropped; warpgroup_timeline draws three rows per CTA."""
+    from infernb.profile.trace import SM90_TR_BLOCKS, SM90_TR_CTA, SM90_TR_HEADER, SM90_TR_SLOTS
+
+    raw = np.zeros((3, SM90_TR_CTA), np.uint64)
+    clk0, mhz = 10_000, 2000.0                       # 2 clocks per ns
+    raw[0, 0], raw[0, 1], raw[0, 2] = 5_000, clk0, 9 | (2 << 32)
+    raw[0, 4], raw[0, 5] = 5_000 + 10_000, clk0 + 20_000          # 10 us later
+    st = raw[0, SM90_TR_HEADER:].reshape(3, SM90_TR_BLOCKS, SM90_TR_SLOTS)
+    us = lambda x: clk0 + int(x * mhz)  # noqa: E731
+    st[0, 0, :3] = [us(0.0), us(0.0), us(0.1)]                    # producer: block 0 free at once, issued at 0.1
+    st[0, 1, :3] = [us(0.2), us(1.0), us(1.1)]                    # block 1 waits 0.8 us for a free stage
+    for c in (1, 2):                                              # consumers: two blocks, the second the item's last
+        st[c, 0, :6] = [us(0.1), us(0.5), us(0.6), us(1.0), us(1.5), us(2.6)]
+        st[c, 1, :8] = [us(1.5), us(1.6), us(1.7), us(2.0), us(2.5), us(3.0), us(3.0), us(3.5)]
+    ph = ib.profile.sm90_trace_phases(raw)
+    assert len(ph) == 1 and ph[0]["sm"] == 9 and ph[0]["items"] == 2
+    assert ph[0]["clock_mhz"] == pytest.approx(2000) and ph[0]["span_us"] == pytest.approx(10.0)
+    prod = ph[0]["roles"]["producer"]
+    assert prod["waiting for a free stage"] == [[0.0, 0.0], [0.2, 1.0]] and prod["copies in flight (paged)"] == []
+    c0 = ph[0]["roles"]["consumer 0"]
+    assert c0["waiting for K/V"] == [[0.1, 0.5], [1.5, 1.6]] and c0["softmax"] == [[1.0, 1.5], [2.0, 2.5]]
+    # block 0's P V is waited for after block 1's softmax (overlap); block 1's, the item's last, after its own
+    assert c0["waiting for P V"] == [[2.5, 2.6], [2.5, 3.0]] and c0["epilogue"] == [[3.0, 3.5]]
+    s = ib.profile.sm90_trace_summary(ph)
+    # shares of the recorded time: from the CTA's start to its last recorded stamp (3.5 us), softmax 0.5 + 0.5 us
+    assert s["consumer 1"]["softmax"] == pytest.approx(1.0 / 3.5, abs=1e-4)
+    fig = ib.viz.warpgroup_timeline(ph)
+    assert {t.y[0] for t in fig.data} == {"CTA 0 (SM 9) producer", "CTA 0 (SM 9) consumer 0", "CTA 0 (SM 9) consumer 1"}
+    with pytest.raises(ValueError, match="no CTA"):
+        ib.profile.sm90_trace_phases(np.zeros((2, SM90_TR_CTA), np.uint64))
+
+
+@pytest.mark.parametrize("kv", ["ragged", "NHD"])
+def test_sm90_trace_build_compiles(kv):
+    """The Hopper kernel's trace build compiles (CPU, NVRTC) and holds the trace buffer; the plain build has none."""
+    from infernb.jit import build
+    from infernb.ops.prefill_sm90 import sm90_spec
+
+    k = build(sm90_spec(torch.bfloat16, 128, True, kv=kv), "sm_90a", extra_options=("-DINFERNB_SM90_TRACE=2",))
+    assert b"infernb_sm90_trace\0" in k.cubin                       # unmangled: the host finds it by name
+    assert b"infernb_sm90_trace" not in build(sm90_spec(torch.bfloat16, 128, True, kv=kv), "sm_90a").cubin

@@ -6,10 +6,12 @@ from .prefill import (flashinfer_ragged, flex_call, flex_path, gemm_ceiling_tflo
                       timing_fields, visible_pairs)
 from .summary import compare_table, short_lens, speed_table
 from .timing import Timing, cuda_graph_time, cuda_time, cuda_time_interleaved, device_name
-from .trace import decode_trace, trace_phases, trace_summary
+from .trace import (decode_trace, sm90_trace, sm90_trace_phases, sm90_trace_summary, sm90_trace_window,
+                    trace_phases, trace_summary)
 
 __all__ = ["case_name", "committed_compare", "committed_results", "compare", "compare_sweep", "compare_table",
            "copy_ceiling_tbps", "cuda_graph_time", "cuda_time", "cuda_time_interleaved", "decode_trace",
            "device_name", "flashinfer_ragged", "flex_call", "flex_path", "gemm_ceiling_tflops", "OPS",
-           "optional_flashinfer", "profile_decode", "profile_prefill", "random_decode_batch", "result_label", "sdpa_paths",
-           "short_lens", "speed_table", "Timing", "timing_fields", "trace_phases", "trace_summary", "visible_pairs"]
+           "optional_flashinfer", "profile_decode", "profile_prefill", "random_decode_batch", "result_label",
+           "sdpa_paths", "short_lens", "sm90_trace", "sm90_trace_phases", "sm90_trace_summary", "sm90_trace_window",
+           "speed_table", "Timing", "timing_fields", "trace_phases", "trace_summary", "visible_pairs"]

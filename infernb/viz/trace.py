@@ -1,4 +1,5 @@
-"""The decode kernel's timeline, one row per CTA (phases from :func:`infernb.profile.trace_phases`)."""
+"""The decode kernel's timeline, one row per CTA (phases from :func:`infernb.profile.trace_phases`), and the Hopper
+prefill kernel's, three rows (warpgroups) per CTA (:func:`infernb.profile.sm90_trace_phases`)."""
 from __future__ import annotations
 
 import numpy as np
@@ -37,4 +38,43 @@ def cta_timeline(ph: dict, *, title: str = "Decode: each CTA's timeline", subtit
     fig.update_layout(**base_layout(title + (f"<br><sup>{subtitle}</sup>" if subtitle else "")), barmode="overlay",
                       bargap=0, height=480, xaxis_title="us from the first CTA's start",
                       yaxis_title="CTA (ordered by SM)" if by_sm else "CTA", legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+SM90_COLORS = {"waiting for a free stage": "#d1d5db", "issuing the block's loads": "#2563eb",
+               "copies in flight (paged)": "#93c5fd", "waiting for K/V": "#d1d5db", "waiting for its turn": "#fde68a",
+               "S = Q K^T in flight": "#1d4ed8", "softmax": "#f59e0b", "waiting for P V": "#10b981",
+               "epilogue": "#dc2626"}
+
+
+def warpgroup_timeline(ctas: list[dict], *, title: str = "Hopper prefill: each warpgroup's timeline",
+                       subtitle: str = "", window_us: tuple[float, float] | None = None):
+    """The Hopper prefill kernel's warpgroups over time, three rows per CTA (producer, consumer 0, consumer 1), each
+    block's phases as bars (:data:`SM90_COLORS`): the producer waiting for a free stage and issuing loads; each
+    consumer waiting for K/V, for its pingpong turn, for S = Q K^T, running the softmax, waiting for P V, and the
+    items' epilogues. ``ctas``: :func:`infernb.profile.sm90_trace_phases` of a trace or the ``ctas`` of a committed
+    ``trace_sm90_*.json``; ``window_us``: the time range shown (default: all)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    labels, seen = [], set()
+    for ci, c in enumerate(ctas):
+        for ri, (role, segs) in enumerate(c["roles"].items()):
+            y = f"CTA {c['cta']} (SM {c['sm']}) {role}"
+            labels.append(y)
+            for label, xs in segs.items():
+                if not xs:
+                    continue
+                a = np.asarray(xs, float)
+                fig.add_trace(go.Bar(name=label, legendgroup=label, showlegend=label not in seen, orientation="h",
+                                     y=[y] * len(a), base=a[:, 0], x=a[:, 1] - a[:, 0],
+                                     marker_color=SM90_COLORS.get(label, "#6b7280"), marker_line_width=0,
+                                     hovertemplate="%{base:.2f} us + %{x:.3f} us<extra>" + label + "</extra>"))
+                seen.add(label)
+    fig.update_layout(**base_layout(title + (f"<br><sup>{subtitle}</sup>" if subtitle else "")), barmode="overlay",
+                      bargap=0.25, height=160 + 60 * len(labels), xaxis_title="us from the CTA's start",
+                      legend=dict(orientation="h", y=-0.25))
+    fig.update_yaxes(categoryorder="array", categoryarray=labels[::-1])
+    if window_us is not None:
+        fig.update_xaxes(range=list(window_us))
     return fig
