@@ -6,7 +6,8 @@ flash and FlexAttention, in one run.
 bf16, head_dim 128, 32 query / 8 KV heads, ragged K/V: one causal request of 8192 (plain, and soft-cap 30, a
 relative-position bias and ALiBi on both kernels and FlexAttention) and of 16384 tokens, the skewed batch 1 x 16384
 + 63 x 512, 16 x 512 short requests, a full (non-causal) 4096, a sliding window of 1024 on 8192; the paged append
-of 16 x 512 new tokens onto 8192 cached (page 16) against FlashInfer's paged fa3 / fa2. Every path checked against
+of 16 x 512 new tokens onto 8192 cached (page 16) against FlashInfer's paged fa3 / fa2; RoPE (the rotation pass,
+then the kernel) on the 8192 request; head dims 64 and 256 on one causal 8192 (``head_dim_cases``). Every path checked against
 the float64 reference on a row sample first, timed in interleaved rounds with the L2 flushed
 (``infernb.profile.prefill_cases``). Targets (issue 16): >= 1.1x FlashInfer fa3 and >= 1.0x cuDNN on the one-request
 cases. Writes ``hopper_prefill_<device>_<date>.json``.
@@ -41,7 +42,11 @@ def main(argv=None) -> int:
     alibi = ib.variants.alibi(ib.variants.alibi_slopes(32).to("cuda"))
     variants = [("softcap30", ib.variants.softcap(30.0)), ("softcap30_approx", ib.variants.softcap(30.0, approx=True)),
                 ("relpos", relpos), ("alibi", alibi)]
-    cases = [dict(name="causal_8192", qo=[8192], kv=[8192], sm90=True, sm90_configs=alts, variants=variants),
+    if os.environ.get("BENCH_VARIANTS") is not None:               # a subset (device time: FlexAttention compiles each)
+        variants = [x for x in variants if x[0] in os.environ["BENCH_VARIANTS"].split(",")]
+    fa2 = os.environ.get("BENCH_FA2", "1") == "1"                  # 0: FlashInfer's fa3 only (each is a JIT build)
+    cases = [dict(name="causal_8192", qo=[8192], kv=[8192], sm90=True, sm90_configs=alts, variants=variants,
+                  rope_cmp=True),
              dict(name="causal_16384", qo=[16384], kv=[16384], sm90=True, sm90_configs=alts),
              dict(kind="paged", name="append_16x512_on_8192", qo=[512] * 16, kv=[8192 + 512] * 16, sm90=True),
              dict(name="skewed_1x16384_63x512", qo=[16384] + [512] * 63, kv=[16384] + [512] * 63, sm90=True),
@@ -50,8 +55,19 @@ def main(argv=None) -> int:
              dict(name="window_1024_on_8192", qo=[8192], kv=[8192], window=1024, sm90=True)]
     only = os.environ.get("BENCH_CASES")
     cases = [c for c in cases if only is None or c["name"] in only.split(",")]
-    result = prefill_cases(cases, runs=args.runs, flashinfer=args.flashinfer, flex=bool(args.flex))
-    path = write_result(args.out, f"hopper_prefill_{result['device']}_{result['date']}", result)
+    result = prefill_cases(cases, runs=args.runs, flashinfer=args.flashinfer, flex=bool(args.flex), fa2=fa2) \
+        if cases else None
+    # head dims 64 and 256: one causal request of 8192 beside FlashInfer fa3 / fa2, cuDNN and the mma.sync kernel
+    # (BENCH_HEAD_DIMS="" skips them)
+    tag = os.environ.get("BENCH_TAG", "")                          # a partial run's file suffix (e.g. "subset")
+    for d in [int(x) for x in os.environ.get("BENCH_HEAD_DIMS", "64,256").split(",") if x]:
+        r = prefill_cases([dict(name=f"causal_8192_hd{d}", qo=[8192], kv=[8192], sm90=True)], runs=args.runs,
+                          flashinfer=args.flashinfer, flex=False, head_dim=d, fa2=fa2)
+        if result is None:
+            result = dict(r, cases=[])
+        result.setdefault("head_dim_cases", {})[str(d)] = r["cases"]
+    path = write_result(args.out, f"hopper_prefill_{result['device']}_{result['date']}{'_' + tag if tag else ''}",
+                        result)
     print(f"wrote {path}")
     return 0
 

@@ -17,7 +17,7 @@ from .summary import short_lens
 from .timing import cuda_time_interleaved, device_name
 
 def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, flex: bool = True,
-                  heads: tuple[int, int] = (32, 8), head_dim: int = 128, seed: int = 0) -> dict:
+                  heads: tuple[int, int] = (32, 8), head_dim: int = 128, seed: int = 0, fa2: bool = True) -> dict:
     """Run the benchmark ``cases`` (bf16; ``heads`` query / KV heads, default 32 / 8; ``head_dim``). Each case is
     ``dict(kind="ragged" | "paged", name=..., qo=[...], kv=[...], **options)``; ragged options: ``causal``,
     ``window``, ``variants`` (``[(label, Variant)]``), ``masks`` (``[(label, Variant)]`` with a mask_mod: planned with
@@ -27,7 +27,8 @@ def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, fle
     ``configs`` (``[PrefillTraits]``), ``sm90`` (the Hopper kernel, ``backend="sm90"``, and FlashInfer's fa3 backend
     beside fa2), ``sm90_configs`` (``[Sm90Traits]``: its other stages / schedules); paged: ``page``; ``kind="block_sparse"``: ``n``, ``block``, ``blocks_per_row`` (a
     block-aligned sliding window, against FlashInfer's BlockSparseAttentionWrapper and FlexAttention). ``flashinfer``: 0 none, 1 plain fa2, 2 also its variant
-    paths. Returns the benchmark JSON: ``{device, date, torch, flashinfer, heads, head_dim, dtype, gemm_tflops,
+    paths; ``fa2=False`` leaves FlashInfer's fa2 out of the ``sm90`` cases (fa3 only: each FlashInfer kernel is a JIT
+    build of about a minute on a bare machine). Returns the benchmark JSON: ``{device, date, torch, flashinfer, heads, head_dim, dtype, gemm_tflops,
     cases: [rows]}``, rows with ``<path>_ms``, ``<path>_tflops``, errors and ``<path>_over_infernb``."""
     import infernb as ib
     from ..ops.prefill import PrefillRunner, plan_batch
@@ -120,12 +121,15 @@ def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, fle
         if rope_cmp:
             add("infernb_rope", p, rope=ib.RoPE(theta=1e4))                      # auto: the rotation pass here
             add("infernb_rope_tile", p, rope=ib.RoPE(theta=1e4), rope_path="tile")
+            if sm90:                                # the Hopper kernel after the rotation pass
+                add("infernb_sm90_rope", p90, rope=ib.RoPE(theta=1e4), backend="sm90")
         if fi is not None:
             def fi_ragged(label, **kw):
                 fns[label] = flashinfer_ragged(fi, q, k, v, qo, kv, causal=causal, workspace=workspace(label), **kw)
                 return fns[label]()
-            out = fi_ragged("flashinfer_fa2", window_left=window)
-            errs["flashinfer_fa2"] = check("flashinfer_fa2", out, ref_rows(), rows)
+            if fa2 or not sm90:
+                out = fi_ragged("flashinfer_fa2", window_left=window)
+                errs["flashinfer_fa2"] = check("flashinfer_fa2", out, ref_rows(), rows)
             if sm90:
                 out = fi_ragged("flashinfer_fa3", window_left=window, backend="fa3")
                 errs["flashinfer_fa3"] = check("flashinfer_fa3", out, ref_rows(), rows)
@@ -200,7 +204,7 @@ def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, fle
             errs["infernb_sm90"] = check("infernb_sm90", r90(q)[0], ref, torch.arange(qo[0]))
             fns["infernb_sm90"] = lambda: r90(q)
         if fi is not None:
-            for be in ("fa2", "fa3") if sm90 else ("fa2",):
+            for be in (("fa2", "fa3") if fa2 else ("fa3",)) if sm90 else ("fa2",):
                 label = f"flashinfer_{be}"
                 fns[label] = flashinfer_paged(fi, q, cache.pool, table, qo, causal=True, workspace=workspace(label),
                                               backend=be)
