@@ -182,35 +182,39 @@ __device__ __forceinline__ void wgmma_m64n128k16_rs(float (&d)[64], const unsign
         "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),        \
         "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),        \
         "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-#define INFERNB_WGMMA_M64N128K16(TY, CTY)                                                                              \
+// both forms of an m64nNk16 wgmma for one element type (TY its PTX name, CTY its C type): R = N / 2 accumulators
+// (REGS their placeholders, OPS their operand list), I0 .. I5 the placeholders after them (R .. R + 5)
+#define INFERNB_WGMMA_FORMS(N, R, REGS, OPS, I0, I1, I2, I3, I4, I5, TY, CTY)                                          \
   template <>                                                                                                          \
-  __device__ __forceinline__ void wgmma_m64n128k16_ss<CTY>(float (&d)[64], unsigned long long desc_a,                  \
-                                                           unsigned long long desc_b, bool accumulate) {               \
+  __device__ __forceinline__ void wgmma_m64n##N##k16_ss<CTY>(float (&d)[R], unsigned long long desc_a,                 \
+                                                             unsigned long long desc_b, bool accumulate) {             \
     asm volatile(                                                                                                      \
         "{\n"                                                                                                          \
         "  .reg .pred p;\n"                                                                                            \
-        "  setp.ne.b32 p, %66, 0;\n"                                                                                   \
-        "  wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " "                                                 \
-        INFERNB_WGMMA_D64_REGS ", "                                                                                    \
-        "%64, %65, p, 1, 1, 0, 0;\n"                                                                                   \
+        "  setp.ne.b32 p, %" #I2 ", 0;\n"                                                                              \
+        "  wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." TY "." TY " "                                              \
+        REGS ", "                                                                                                      \
+        "%" #I0 ", %" #I1 ", p, 1, 1, 0, 0;\n"                                                                         \
         "}\n"                                                                                                          \
-        : INFERNB_WGMMA_D64                                                                                            \
+        : OPS                                                                                                          \
         : "l"(desc_a), "l"(desc_b), "r"(int(accumulate)));                                                             \
   }                                                                                                                    \
   template <>                                                                                                          \
-  __device__ __forceinline__ void wgmma_m64n128k16_rs<CTY>(float (&d)[64], const unsigned (&a)[4],                     \
-                                                           unsigned long long desc_b) {                                \
+  __device__ __forceinline__ void wgmma_m64n##N##k16_rs<CTY>(float (&d)[R], const unsigned (&a)[4],                    \
+                                                             unsigned long long desc_b) {                              \
     asm volatile(                                                                                                      \
         "{\n"                                                                                                          \
         "  .reg .pred p;\n"                                                                                            \
-        "  setp.ne.b32 p, %69, 0;\n"                                                                                   \
-        "  wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " "                                                 \
-        INFERNB_WGMMA_D64_REGS ", "                                                                                    \
-        "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n"                                                                     \
+        "  setp.ne.b32 p, %" #I5 ", 0;\n"                                                                              \
+        "  wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." TY "." TY " "                                              \
+        REGS ", "                                                                                                      \
+        "{%" #I0 ", %" #I1 ", %" #I2 ", %" #I3 "}, %" #I4 ", p, 1, 1, 1;\n"                                            \
         "}\n"                                                                                                          \
-        : INFERNB_WGMMA_D64                                                                                            \
+        : OPS                                                                                                          \
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));                                            \
   }
+#define INFERNB_WGMMA_M64N128K16(TY, CTY) \
+  INFERNB_WGMMA_FORMS(128, 64, INFERNB_WGMMA_D64_REGS, INFERNB_WGMMA_D64, 64, 65, 66, 67, 68, 69, TY, CTY)
 INFERNB_WGMMA_M64N128K16("bf16", __nv_bfloat16)
 INFERNB_WGMMA_M64N128K16("f16", half)
 #undef INFERNB_WGMMA_M64N128K16
@@ -230,38 +234,12 @@ __device__ __forceinline__ void wgmma_m64n64k16_rs(float (&d)[32], const unsigne
         "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),          \
         "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),        \
         "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-#define INFERNB_WGMMA_M64N64K16(TY, CTY)                                                                               \
-  template <>                                                                                                          \
-  __device__ __forceinline__ void wgmma_m64n64k16_ss<CTY>(float (&d)[32], unsigned long long desc_a,                   \
-                                                          unsigned long long desc_b, bool accumulate) {                \
-    asm volatile(                                                                                                      \
-        "{\n"                                                                                                          \
-        "  .reg .pred p;\n"                                                                                            \
-        "  setp.ne.b32 p, %34, 0;\n"                                                                                   \
-        "  wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " "                                                  \
-        INFERNB_WGMMA_D32_REGS ", "                                                                                    \
-        "%32, %33, p, 1, 1, 0, 0;\n"                                                                                   \
-        "}\n"                                                                                                          \
-        : INFERNB_WGMMA_D32                                                                                            \
-        : "l"(desc_a), "l"(desc_b), "r"(int(accumulate)));                                                             \
-  }                                                                                                                    \
-  template <>                                                                                                          \
-  __device__ __forceinline__ void wgmma_m64n64k16_rs<CTY>(float (&d)[32], const unsigned (&a)[4],                      \
-                                                          unsigned long long desc_b) {                                 \
-    asm volatile(                                                                                                      \
-        "{\n"                                                                                                          \
-        "  .reg .pred p;\n"                                                                                            \
-        "  setp.ne.b32 p, %37, 0;\n"                                                                                   \
-        "  wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " "                                                  \
-        INFERNB_WGMMA_D32_REGS ", "                                                                                    \
-        "{%32, %33, %34, %35}, %36, p, 1, 1, 1;\n"                                                                     \
-        "}\n"                                                                                                          \
-        : INFERNB_WGMMA_D32                                                                                            \
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));                                            \
-  }
+#define INFERNB_WGMMA_M64N64K16(TY, CTY) \
+  INFERNB_WGMMA_FORMS(64, 32, INFERNB_WGMMA_D32_REGS, INFERNB_WGMMA_D32, 32, 33, 34, 35, 36, 37, TY, CTY)
 INFERNB_WGMMA_M64N64K16("bf16", __nv_bfloat16)
 INFERNB_WGMMA_M64N64K16("f16", half)
 #undef INFERNB_WGMMA_M64N64K16
+#undef INFERNB_WGMMA_FORMS
 #undef INFERNB_WGMMA_D32
 #undef INFERNB_WGMMA_D32_REGS
 
