@@ -122,3 +122,29 @@ def sequence_pages(cache, seq_id: int, *, title: str | None = None):
     fig.update_layout(**base_layout(title or f"Sequence {seq_id}: {snap.seq_lens[seq_id]} tokens in {n} pages "
                                     f"({sum(shared)} shared)"), height=300, showlegend=False)
     return fig
+
+
+def prefix_levels(tree, *, labels=None, title: str = "Shared prefixes: which keys each level gives each sequence"):
+    """A :class:`~infernb.layout.prefix.PrefixTree` as bars, one row per sequence (batch row) along its key
+    positions: each shared level it reads in that level's colour (the same level, read once by cascade attention,
+    in the same colour on every row that shares it), its own keys in grey. ``labels``: the rows' names (default
+    their sequence index in the batch)."""
+    import plotly.graph_objects as go
+
+    names = [str(b) if labels is None else str(labels[b]) for b in range(tree.batch_size)]
+    palette = ["#1d4ed8", "#f59e0b", "#10b981", "#dc2626", "#8b5cf6", "#0891b2", "#b45309", "#db2777"]
+    fig = go.Figure()
+    for i, lv in enumerate(tree.levels):
+        fig.add_trace(go.Bar(name=f"level {i} (depth {lv.depth}, {len(lv.rows)} sequences, {lv.tokens} keys)",
+                             orientation="h", y=[names[b] for b in lv.rows], base=[lv.start] * len(lv.rows),
+                             x=[lv.tokens] * len(lv.rows), marker_color=palette[i % len(palette)],
+                             marker_line_width=0,
+                             hovertemplate=f"level {i}: keys %{{base}} - %{{x}} more<extra></extra>"))
+    own0 = [tree.unique_first_page[b] * tree.page_size for b in range(tree.batch_size)]
+    fig.add_trace(go.Bar(name="own keys (decode)", orientation="h", y=names, base=own0,
+                         x=[tree.kv_lens[b] - own0[b] for b in range(tree.batch_size)], marker_color="#9ca3af",
+                         marker_line_width=0, hovertemplate="own keys from %{base}: %{x}<extra></extra>"))
+    fig.update_layout(**base_layout(title), barmode="overlay", bargap=0.3, height=180 + 28 * tree.batch_size,
+                      xaxis_title="key position", yaxis_title="sequence", legend=dict(orientation="h", y=-0.25))
+    fig.update_yaxes(autorange="reversed")
+    return fig
