@@ -69,6 +69,31 @@ def flashinfer_decode(flashinfer, q, pool, table, *, use_tensor_cores: bool,
     return lambda: w.run(q, pool)
 
 
+def flashinfer_cascade(flashinfer, q, pool, tree, table, *, workspace: torch.Tensor | None = None):
+    """FlashInfer's ``MultiLevelCascadeAttentionWrapper`` of a decode batch ``q [batch, num_qo_heads, d]`` over the
+    shared-prefix tree ``tree`` (:func:`infernb.layout.prefix.prefix_tree` of ``table``): one FlashInfer level per
+    depth of the tree (that depth's levels are its requests, each with the query rows that share it; every row must
+    be under one of them, rows in order) and the rows' own pages last, planned once; returns the call."""
+    import numpy as np
+
+    dev, ps, n = q.device, table.page_size, tree.batch_size
+    i32 = lambda x: torch.tensor(np.asarray(x, np.int64), dtype=torch.int32, device=dev)  # noqa: E731
+    levels = [[lv for lv in tree.levels if lv.depth == k] for k in range(1 + max(lv.depth for lv in tree.levels))]
+    reqs = [[(len(lv.rows), list(lv.pages), ps) for lv in lvs] for lvs in levels]
+    for lvs in levels:
+        if [b for lv in lvs for b in lv.rows] != list(range(n)):
+            raise ValueError("flashinfer_cascade: each depth's levels must hold every row, in order")
+    own = [table.pages_of(b)[tree.unique_first_page[b]:] for b in range(n)]
+    reqs.append([(1, p, tree.unique_tokens(b) - (len(p) - 1) * ps) for b, p in enumerate(own)])
+    arrays = [[i32(np.r_[0, np.cumsum([r[0] for r in lvl])]) for lvl in reqs],
+              [i32(np.r_[0, np.cumsum([len(r[1]) for r in lvl])]) for lvl in reqs],
+              [i32([x for r in lvl for x in r[1]]) for lvl in reqs],
+              [i32([r[2] for r in lvl]) for lvl in reqs]]
+    w = flashinfer.MultiLevelCascadeAttentionWrapper(len(reqs), _workspace(q, workspace), "NHD")
+    w.plan(*arrays, q.shape[1], pool.shape[3], q.shape[2], ps, q_data_type=q.dtype)
+    return lambda: w.run(q, pool)
+
+
 def flashinfer_block_sparse(flashinfer, q, k, v, mask, *, workspace: torch.Tensor | None = None):
     """FlashInfer's BlockSparseAttentionWrapper of one request under the BlockSparse ``mask`` (its listed blocks,
     taken as full: give it a mask of full blocks), planned once; returns the call."""

@@ -1,0 +1,117 @@
+"""Cascade attention (infernb.ops.cascade, issue 15): each shared level of a fork tree computed once, each sequence's
+own keys as decode / append, merged by LSE -- equal to plain attention over each whole sequence (float64
+reference). CPU: the emulator; GPU: the kernels, both prefill backends."""
+import numpy as np
+import pytest
+import torch
+
+import infernb as ib
+from infernb import InputError, reference
+from infernb.ops.cascade import cascade_attention, cascade_tree
+
+from .test_prefill import DEV, check, gpu
+
+_hopper = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9,
+                             reason="needs an sm_90 (Hopper) GPU")
+
+
+def fork_tree(gen, prefix, branches, tails, *, hkv=2, d=64, page_size=16, layout="NHD", device="cpu",
+              dtype=torch.bfloat16):
+    """A root of `prefix` tokens forked `branches[0]` times (+tails[0] tokens each), the first child forked
+    `branches[1]` times (+tails[1]), and so on; returns (cache, the leaves and inner sequences' ids)."""
+    r = lambda n: torch.randn(n, hkv, d, generator=gen).to(dtype).to(device)  # noqa: E731
+    total = prefix + sum(b * t for b, t in zip(branches, tails))
+    c = ib.PagedKVCache(4 * (total // page_size + sum(branches) + 8), page_size, hkv, d, dtype=dtype, device=device,
+                        layout=layout)
+    (root,) = c.add_sequences(1)
+    c.append([root], r(prefix), r(prefix), [prefix])
+    ids, parent = [root], root
+    for b, t in zip(branches, tails):
+        kids = [c.fork(parent) for _ in range(b)]
+        for s in kids:
+            c.append([s], r(t), r(t), [t])
+        ids += kids
+        parent = kids[0]
+    return c, ids
+
+
+def run(gen, c, ids, qo_lens, hq, *, backend="auto"):
+    qo = [1] * len(ids) if qo_lens is None else qo_lens
+    q = torch.randn(sum(qo), hq, c.head_dim, generator=gen).to(c.dtype).to(c.pool.device)
+    out, lse = cascade_attention(q, c, ids, qo_lens, return_lse=True, backend=backend)
+    t = c.page_table(ids)
+    ref_o, ref_s = reference.paged_attention(q, c.pool, t.indptr, t.indices, t.last_page_len,
+                                             np.r_[0, np.cumsum(qo)].tolist(), layout=c.layout, causal=True)
+    check(out, lse, ref_o, ref_s, c.dtype)
+    return cascade_tree(c, ids, qo_lens)
+
+
+@pytest.mark.parametrize("qo", ["decode", "append"])
+def test_cpu_cascade_equals_plain_attention(gen, qo):
+    c, ids = fork_tree(gen, 100, [3, 2], [40, 37])
+    qo_lens = None if qo == "decode" else [1, 3, 2, 5, 17, 1]
+    t = run(gen, c, ids, qo_lens, 8)
+    assert len(t.levels) == 2 and t.stats()["read_ratio"] > 2
+
+
+def test_cpu_cascade_layouts_pages_and_no_sharing(gen):
+    c, ids = fork_tree(gen, 37, [4], [5], page_size=5, layout="HND")
+    run(gen, c, ids, [2, 1, 3, 1, 5], 4)
+    # page size 1: the root's last token is its own query's position, so it shares 19 pages; its forks share the
+    # 20th among themselves (a second level)
+    c, ids = fork_tree(gen, 20, [2], [3], page_size=1)
+    t = run(gen, c, ids, None, 2)
+    assert [(lv.rows, lv.first_page, len(lv.pages)) for lv in t.levels] == [((0, 1, 2), 0, 19), ((1, 2), 19, 1)]
+    # nothing shared (a prefix shorter than a page): the cascade is plain decode
+    c, ids = fork_tree(gen, 10, [3], [4])
+    t = run(gen, c, ids, None, 4)
+    assert t.levels == ()
+
+
+def test_cpu_runner_reuse_and_a_changed_cache(gen):
+    c, ids = fork_tree(gen, 64, [3], [8])
+    q = torch.randn(4, 4, 64, generator=gen).bfloat16()
+    r = ib.ops.CascadeRunner(c, ids)
+    o1, s1 = r(q)
+    o2, s2 = r(q)
+    assert torch.equal(o1, o2) and torch.equal(s1, s2)
+    assert torch.equal(o1, cascade_attention(q, c, ids))
+    # a fork leaves the bound sequences as they were; an append to one of them is refused
+    c.fork(ids[1])
+    assert torch.equal(r(q)[0], o1)
+    kv = torch.randn(1, 2, 64, generator=gen).bfloat16()
+    c.append([ids[2]], kv, kv, [1])
+    with pytest.raises(InputError, match="changed length"):
+        r(q)
+
+
+def test_cpu_cascade_refusals(gen):
+    c, ids = fork_tree(gen, 64, [2], [8])
+    q = torch.randn(3, 4, 64, generator=gen).bfloat16()
+    with pytest.raises(InputError, match="qo_lens"):
+        cascade_attention(torch.randn(3, 4, 64).bfloat16(), c, ids, [1, 1, 100])
+    with pytest.raises(InputError, match="tree"):
+        cascade_attention(q, c, ids, tree=cascade_tree(c, ids[:2]))
+    with pytest.raises(InputError, match="heads"):
+        cascade_attention(torch.randn(3, 3, 64).bfloat16(), c, ids)
+
+
+# ---------------------------------------------------------------------------------------------- GPU
+@gpu
+@pytest.mark.parametrize("backend", ["mma", pytest.param("sm90", marks=_hopper)])
+@pytest.mark.parametrize("case", ["decode_64x_4096", "append_tree", "deep_tree_hnd", "page1"])
+def test_gpu_cascade_equals_plain_attention(gen, backend, case):
+    if case == "decode_64x_4096":
+        c, ids = fork_tree(gen, 4096, [63], [100], hkv=8, d=128, device=DEV)
+        t = run(gen, c, ids, None, 32, backend=backend)
+        assert len(t.levels) == 1 and len(t.levels[0].rows) == 64
+    elif case == "append_tree":
+        c, ids = fork_tree(gen, 3000, [5, 3], [700, 300], hkv=8, d=128, device=DEV)
+        run(gen, c, ids, [1, 64, 3, 17, 1, 2, 128, 5, 1], 32, backend=backend)
+    elif case == "deep_tree_hnd":
+        c, ids = fork_tree(gen, 1000, [3, 3, 3], [200, 150, 100], hkv=2, d=128, layout="HND", device=DEV,
+                           dtype=torch.float16)
+        run(gen, c, ids, None, 16, backend=backend)
+    else:
+        c, ids = fork_tree(gen, 300, [7], [20], hkv=4, d=64, page_size=1, device=DEV)
+        run(gen, c, ids, [1, 2, 3, 4, 5, 6, 7, 8], 16, backend=backend)
