@@ -34,7 +34,8 @@ class Sm90Traits:
     """The Hopper kernel's facts for the planner and the runner: ``tile_q`` rows per item (two consumer warpgroups
     of 64), ``block_n`` keys per stage, ``stages`` K/V buffers, one CTA per SM (its shared memory), ``fixed_cost``
     an item's own cost in key tokens (Q load, pipeline fill, epilogue), ``sched`` the consumers' schedule (bits:
-    1 overlap inside a warpgroup, 2 pingpong between the two; ``SM90_OVERLAP`` / ``SM90_PINGPONG`` in the header)."""
+    1 overlap inside a warpgroup, 2 pingpong between the two; ``SM90_OVERLAP`` / ``SM90_PINGPONG`` in the header)
+    and, bit 4 (:data:`PAGED_ASYNC`), the paged producer's asynchronous arrivals."""
 
     head_dim: int = 128
     tile_q: int = 128
@@ -53,6 +54,8 @@ class Sm90Traits:
 
 
 SM90_TRAITS = Sm90Traits()
+#: ``sched`` bit: the paged producer's copies arrive on the stage's barrier as they land (``SM90_PAGED_ASYNC``)
+PAGED_ASYNC = 4
 #: each head dim's traits: 128-key blocks and 3 stages at 128; 4 stages at 64 (a stage is half the bytes);
 #: 64-key blocks and 2 stages at 256 (O takes 128 registers a thread; K + V of a stage 64 KiB)
 SM90_HEAD_DIM_TRAITS = {64: Sm90Traits(head_dim=64, stages=4), 128: SM90_TRAITS,
@@ -148,6 +151,9 @@ def specializations() -> list[KernelSpec]:
             for kv in ("NHD", "HND")]
     from ..reference import RoPE
     out += [sm90_spec(torch.bfloat16, 128, True, rope_pass=RoPE(interleave=i)) for i in (False, True)]
+    # the paged producer's asynchronous arrivals (sched bit SM90_PAGED_ASYNC = 4: the benchmark's alternative)
+    out += [sm90_spec(torch.bfloat16, 128, True, dataclasses.replace(SM90_TRAITS, sched=3 | PAGED_ASYNC), kv=kv)
+            for kv in ("NHD", "HND")]
     return out + [sm90_spec(torch.bfloat16, 128, True, variant_traits(v), variant=v) for v in examples()
                   if unsupported(head_dim=128, dtype=torch.bfloat16, variant=v) is None]
 

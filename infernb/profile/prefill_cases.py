@@ -25,7 +25,8 @@ def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, fle
     each; FlexAttention with the same mask_mod on one request), ``rope_cmp`` (RoPE by the pass and in the tile), ``naive`` (the
     same kernel on a naive plan), ``tile_cmp`` (the other query tile), ``plan_variants`` (``[(label, plan kwargs)]``),
     ``configs`` (``[PrefillTraits]``), ``sm90`` (the Hopper kernel, ``backend="sm90"``, and FlashInfer's fa3 backend
-    beside fa2), ``sm90_configs`` (``[Sm90Traits]``: its other stages / schedules); paged: ``page``; ``kind="block_sparse"``: ``n``, ``block``, ``blocks_per_row`` (a
+    beside fa2), ``sm90_configs`` (``[Sm90Traits]``: its other stages / schedules); paged: ``page``, ``sm90``,
+    ``sm90_configs``; ``kind="block_sparse"``: ``n``, ``block``, ``blocks_per_row`` (a
     block-aligned sliding window, against FlashInfer's BlockSparseAttentionWrapper and FlexAttention). ``flashinfer``: 0 none, 1 plain fa2, 2 also its variant
     paths; ``fa2=False`` leaves FlashInfer's fa2 out of the ``sm90`` cases (fa3 only: each FlashInfer kernel is a JIT
     build of about a minute on a bare machine). Returns the benchmark JSON: ``{device, date, torch, flashinfer, heads, head_dim, dtype, gemm_tflops,
@@ -181,7 +182,7 @@ def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, fle
         return {f"{pre}{m}{post}": 4 * HQ * D * n for m, n in mask_pairs.items()
                 for pre, post in (("infernb_", ""), ("infernb_", "_dense"), ("flex_", ""))}
 
-    def paged_case(name, qo, kv, page=16, sm90=False):
+    def paged_case(name, qo, kv, page=16, sm90=False, sm90_configs=()):
         cache = ib.PagedKVCache(sum(-(-n // page) for n in kv) + 8, page, HKV, D, dtype=dt_, device=dev)
         ids = cache.add_sequences(len(kv))
         cache.append(ids, rnd(sum(kv), HKV, D), rnd(sum(kv), HKV, D), kv)
@@ -203,6 +204,11 @@ def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, fle
             r90 = PrefillRunner(p90, cache, table, backend="sm90")
             errs["infernb_sm90"] = check("infernb_sm90", r90(q)[0], ref, torch.arange(qo[0]))
             fns["infernb_sm90"] = lambda: r90(q)
+            for cfg in sm90_configs:                # its other configurations (e.g. the asynchronous arrivals)
+                label = f"infernb_sm90_s{cfg.stages}x{cfg.sched}"
+                rc = PrefillRunner(p90, cache, table, backend="sm90", config=cfg)
+                errs[label] = check(label, rc(q)[0], ref, torch.arange(qo[0]))
+                fns[label] = (lambda r_: lambda: r_(q))(rc)
         if fi is not None:
             for be in (("fa2", "fa3") if fa2 else ("fa3",)) if sm90 else ("fa2",):
                 label = f"flashinfer_{be}"

@@ -76,6 +76,10 @@ __device__ __forceinline__ void sm90_stamp_header(int at, int items) {
 constexpr int SM90_OVERLAP = 1;    // inside a warpgroup: S_j = Q K_j^T and O += P_(j-1) V_(j-1) in flight together,
                                    // S_j's softmax while P V runs, O rescaled after it
 constexpr int SM90_PINGPONG = 2;   // between the two: each issues its GEMMs after the other has issued its own
+constexpr int SM90_PAGED_ASYNC = 4;  // paged producer: each thread's copies of a block arrive on its full barrier as
+                                     // they land (cp.async.mbarrier.arrive.noinc), the thread going on to the next
+                                     // block at once; the consumers fence the stage to the async proxy after their
+                                     // wait. Without it, a thread waits for its copies before it arrives.
 
 namespace detail {
 // a load the compiler cannot merge with an earlier one of the same address (asm volatile): a value read again
@@ -210,7 +214,7 @@ prefill_sm90_kernel(const __grid_constant__ sm90::tensor_map_t k_map, const __gr
         detail::sm90_blocks_t<BN> bi;
         for (bi.begin(runs, it.run_begin, it.run_end); !bi.done(); bi.next(runs), ++n) {
           const int s = n % ST;
-          if (pending >= 0) {
+          if (!(SCHED & SM90_PAGED_ASYNC) && pending >= 0) {
             mma::cp_async_wait<0>();
             sm90::fence_proxy_async();
             sm90::mbar_arrive(full + pending);
@@ -242,17 +246,20 @@ prefill_sm90_kernel(const __grid_constant__ sm90::tensor_map_t k_map, const __gr
             mma::cp_async16(dst, pool + off, valid);
             mma::cp_async16(dst + cfg::KV_BYTES, pool + off + page_size * num_kv_heads * D, valid);
           }
-          mma::cp_async_commit();
+          if (SCHED & SM90_PAGED_ASYNC) sm90::cp_async_mbar_arrive_noinc(full + s);
+          else mma::cp_async_commit();
           INFERNB_SM90_TR(if (t == 0) detail::sm90_stamp(0, n, 2);)
           pending = s;
         }
       }
-      if (pending >= 0) {
+      if (!(SCHED & SM90_PAGED_ASYNC) && pending >= 0) {
         mma::cp_async_wait<0>();
         sm90::fence_proxy_async();
         sm90::mbar_arrive(full + pending);
         INFERNB_SM90_TR(if (t == 0) detail::sm90_stamp(0, n - 1, 3);)
       }
+      // (with SM90_PAGED_ASYNC the last copies arrive by themselves; the thread waits for them before it exits)
+      if (SCHED & SM90_PAGED_ASYNC) mma::cp_async_wait_all();
       return;
     }
     if (t != 0) return;
@@ -430,6 +437,12 @@ prefill_sm90_kernel(const __grid_constant__ sm90::tensor_map_t k_map, const __gr
     auto turn_wait = [&]() { if (SCHED & SM90_PINGPONG) sm90::named_barrier_sync(3 + c, 256); };
     auto turn_pass = [&]() { if (SCHED & SM90_PINGPONG) sm90::named_barrier_arrive(3 + (c ^ 1), 256); };
     auto release = [&](int s) { if (lane == 0) sm90::mbar_arrive(empty + s); };   // this warp is done with it
+    // the stage's K and V landed; the paged producer's asynchronous arrivals' copies are made visible to the async
+    // proxy (wgmma) here, by each consumer thread after it has observed the barrier
+    auto wait_full = [&](int s) {
+      sm90::mbar_wait(full + s, (n / ST) & 1);
+      if (KV_MODE != 0 && (SCHED & SM90_PAGED_ASYNC)) sm90::fence_proxy_async();
+    };
 
     detail::sm90_blocks_t<BN> bi;
     bi.begin(runs, items[i].run_begin, items[i].run_end);
@@ -438,7 +451,7 @@ prefill_sm90_kernel(const __grid_constant__ sm90::tensor_map_t k_map, const __gr
     INFERNB_SM90_TR(const int tr_role = 1 + c; const bool tr_me = t == 0;)
     auto block_s = [&](int s, int j) {
       INFERNB_SM90_TR(if (tr_me) detail::sm90_stamp(tr_role, n, 0);)
-      sm90::mbar_wait(full + s, (n / ST) & 1);
+      wait_full(s);
       INFERNB_SM90_TR(if (tr_me) detail::sm90_stamp(tr_role, n, 1);)
       turn_wait();
       INFERNB_SM90_TR(if (tr_me) detail::sm90_stamp(tr_role, n, 2);)
@@ -484,7 +497,7 @@ prefill_sm90_kernel(const __grid_constant__ sm90::tensor_map_t k_map, const __gr
       for (bi.next(runs); !bi.done(); bi.next(runs), ++n, ++j) {
         const int s = n % ST;
         INFERNB_SM90_TR(if (tr_me) detail::sm90_stamp(tr_role, n, 0);)
-        sm90::mbar_wait(full + s, (n / ST) & 1);
+        wait_full(s);
         INFERNB_SM90_TR(if (tr_me) detail::sm90_stamp(tr_role, n, 1);)
         turn_wait();
         INFERNB_SM90_TR(if (tr_me) detail::sm90_stamp(tr_role, n, 2);)
