@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     args = parse_args(argv, runs=20, flashinfer=1, flex=1)
     import dataclasses
 
-    from infernb.ops.prefill_sm90 import PAGED_ASYNC, SM90_TRAITS
+    from infernb.ops.prefill_sm90 import PAGED_ASYNC, SM90_TRAITS, sm90_traits
     from infernb.profile.prefill_cases import prefill_cases
 
     # the schedules compared with the default (overlap inside a warpgroup + pingpong, 3 stages): none and each alone,
@@ -62,7 +62,10 @@ def main(argv=None) -> int:
     # (BENCH_HEAD_DIMS="" skips them)
     tag = os.environ.get("BENCH_TAG", "")                          # a partial run's file suffix (e.g. "subset")
     for d in [int(x) for x in os.environ.get("BENCH_HEAD_DIMS", "64,256").split(",") if x]:
-        r = prefill_cases([dict(name=f"causal_8192_hd{d}", qo=[8192], kv=[8192], sm90=True)], runs=args.runs,
+        # (head dim 256: also 80-key blocks, FA3's tile there)
+        alt = [dataclasses.replace(sm90_traits(256), block_n=80)] if d == 256 else []
+        r = prefill_cases([dict(name=f"causal_8192_hd{d}", qo=[8192], kv=[8192], sm90=True, sm90_configs=alt)],
+                          runs=args.runs,
                           flashinfer=args.flashinfer, flex=False, head_dim=d, fa2=fa2)
         if result is None:
             result = dict(r, cases=[])

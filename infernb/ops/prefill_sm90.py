@@ -91,7 +91,7 @@ def sm90_spec(dtype: torch.dtype, head_dim: int = 128, causal: bool = False,
     if tr.head_dim != head_dim:
         raise InputError(f"traits for head dim {tr.head_dim} given for head dim {head_dim}")
     ct = CUDA_TYPES[dtype]
-    args = f"{ct}, {head_dim}, {tr.stages}"
+    args = f"{ct}, {head_dim}, {tr.stages}, {tr.block_n}"
     tuned = tr != base
     score, mask = hook_flags(variant)
     b = lambda x: "true" if x else "false"  # noqa: E731
@@ -110,7 +110,8 @@ def sm90_spec(dtype: torch.dtype, head_dim: int = 128, causal: bool = False,
         kernels += (("rope_pass", f"infernb::rope_pass_kernel<{ct}, {pm}, {head_dim}>"),)
     return KernelSpec(family="prefill_sm90",
                       name=(f"prefill_sm90_{DTYPE_NAMES[dtype]}_hd{head_dim}_{kv.lower()}{'_causal' if causal else ''}"
-                            f"_{variant.name}_{variant.code_hash}{f'_s{tr.stages}x{tr.sched}' if tuned else ''}"
+                            f"_{variant.name}_{variant.code_hash}"
+                            f"{f'_s{tr.stages}x{tr.sched}' + (f'n{tr.block_n}' if tr.block_n != base.block_n else '') if tuned else ''}"
                             f"{f'_ropepass{pm}' if pm else ''}"),
                       kernels=kernels,
                       preamble=g.code + "\n" + check + "\n" + _struct_checks(),
@@ -151,6 +152,8 @@ def specializations() -> list[KernelSpec]:
             for kv in ("NHD", "HND")]
     from ..reference import RoPE
     out += [sm90_spec(torch.bfloat16, 128, True, rope_pass=RoPE(interleave=i)) for i in (False, True)]
+    # head dim 256 with 80-key blocks (the benchmark's alternative tile there)
+    out += [sm90_spec(torch.bfloat16, 256, True, dataclasses.replace(SM90_HEAD_DIM_TRAITS[256], block_n=80))]
     # the paged producer's asynchronous arrivals (sched bit SM90_PAGED_ASYNC = 4: the benchmark's alternative)
     out += [sm90_spec(torch.bfloat16, 128, True, dataclasses.replace(SM90_TRAITS, sched=3 | PAGED_ASYNC), kv=kv)
             for kv in ("NHD", "HND")]

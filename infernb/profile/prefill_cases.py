@@ -33,6 +33,7 @@ def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, fle
     cases: [rows]}``, rows with ``<path>_ms``, ``<path>_tflops``, errors and ``<path>_over_infernb``."""
     import infernb as ib
     from ..ops.prefill import PrefillRunner, plan_batch
+    from ..ops.prefill_sm90 import sm90_traits
     from .. import reference
 
     HQ, HKV = heads
@@ -96,7 +97,8 @@ def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, fle
             p90 = plan_batch(qo, kv, dtype=dt_, backend="sm90", **shape)
             add("infernb_sm90", p90, backend="sm90")
             for cfg in sm90_configs:
-                add(f"infernb_sm90_s{cfg.stages}x{cfg.sched}", p90, backend="sm90", config=cfg)
+                tag = f"n{cfg.block_n}" if cfg.block_n != sm90_traits(D).block_n else ""
+                add(f"infernb_sm90_s{cfg.stages}x{cfg.sched}{tag}", p90, backend="sm90", config=cfg)
         if tile_cmp:                                # the other query tile, same kernel family, same rounds
             add(f"infernb_tile{192 - p.tile_q}", plan_batch(qo, kv, dtype=dt_, tile_q=192 - p.tile_q, **shape))
         for cfg in configs:                          # kernel configurations, planned for their CTAs per SM

@@ -76,6 +76,22 @@ def test_sass_other_head_dims(head_dim):
 
 
 @pytest.mark.skipif(toolchain.nvdisasm_path() is None, reason="nvdisasm (pip install nvidia-cuda-nvdisasm)")
+def test_sass_head_dim_256_with_80_key_blocks():
+    # the alternative tile at head dim 256 (FA3's): 80-key blocks, 2 stages (225.6 KiB of shared memory): S on n80
+    # wgmmas (16 k-steps), P V as two n128 halves over 5 k-steps of 16 keys
+    from infernb.ops.prefill_sm90 import sm90_traits
+
+    cfg = dataclasses.replace(sm90_traits(256), block_n=80)
+    assert cfg.smem_bytes <= 227 * 1024
+    for kv in ("ragged", "NHD"):
+        k = build(sm90_spec(torch.bfloat16, 256, True, cfg, kv=kv), "sm_90a")
+        (r,) = k.report.kernels
+        assert not r.spills and r.stack_frame == 0, r
+        shapes = re.findall(r"HGMMA\.(64x\d+x16)\.F32\.BF16[^;]*;", toolchain.sass(k.cubin))
+        assert {sh: shapes.count(sh) for sh in set(shapes)} == {"64x80x16": 2 * 16, "64x128x16": 2 * 5 * 2}
+
+
+@pytest.mark.skipif(toolchain.nvdisasm_path() is None, reason="nvdisasm (pip install nvidia-cuda-nvdisasm)")
 @pytest.mark.parametrize("kv", ["NHD", "HND"])
 def test_sass_paged_producer_copies_with_cp_async(kv):
     # paged K/V: no TMA box, the producer's 128 threads copy 16-byte chunks (LDGSTS, two a row: K and V), wait for
@@ -459,3 +475,15 @@ def test_gpu_paged_async_arrivals(gen, page, layout):
     for d in (64, 256):
         run_paged_sm90(gen, [300, 17], [1000, 17], 16, 4, page, layout, head_dim=d,
                        config=dataclasses.replace(sm90_traits(d), sched=3 | PAGED_ASYNC))
+
+
+@gpu
+@hopper
+def test_gpu_head_dim_256_with_80_key_blocks(gen):
+    from infernb.ops.prefill_sm90 import sm90_traits
+
+    cfg = dataclasses.replace(sm90_traits(256), block_n=80)
+    run_sm90(gen, [577, 127, 1], [2048, 512, 54], 16, 4, causal=True, config=cfg, head_dim=256)
+    run_sm90(gen, [2048], [2048], 16, 4, causal=True, num_sms=3, config=cfg, head_dim=256)
+    run_sm90(gen, [0, 17, 300], [54, 0, 700], 8, 2, window_left=200, config=cfg, dtype=torch.float16, head_dim=256)
+    run_paged_sm90(gen, [300, 17, 64], [1000, 17, 200], 16, 4, 5, "HND", head_dim=256, config=cfg)

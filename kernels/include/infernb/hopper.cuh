@@ -244,16 +244,39 @@ __device__ __forceinline__ void wgmma_m64n64k16_rs(float (&d)[32], const unsigne
 INFERNB_WGMMA_M64N64K16("bf16", __nv_bfloat16)
 INFERNB_WGMMA_M64N64K16("f16", half)
 #undef INFERNB_WGMMA_M64N64K16
+
+// the n80 form of S = Q K^T (80-key blocks at head dim 256): 40 accumulators, K-major operands in shared memory
+template <typename T>
+__device__ __forceinline__ void wgmma_m64n80k16_ss(float (&d)[40], unsigned long long desc_a, unsigned long long desc_b,
+                                                   bool accumulate);
+template <typename T>
+__device__ __forceinline__ void wgmma_m64n80k16_rs(float (&d)[40], const unsigned (&a)[4], unsigned long long desc_b);
+#define INFERNB_WGMMA_D40_REGS "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39}"
+#define INFERNB_WGMMA_D40                                                                                              \
+        "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),                \
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),          \
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),        \
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),        \
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39])
+#define INFERNB_WGMMA_M64N80K16(TY, CTY) \
+  INFERNB_WGMMA_FORMS(80, 40, INFERNB_WGMMA_D40_REGS, INFERNB_WGMMA_D40, 40, 41, 42, 43, 44, 45, TY, CTY)
+INFERNB_WGMMA_M64N80K16("bf16", __nv_bfloat16)
+INFERNB_WGMMA_M64N80K16("f16", half)
+#undef INFERNB_WGMMA_M64N80K16
+#undef INFERNB_WGMMA_D40
+#undef INFERNB_WGMMA_D40_REGS
 #undef INFERNB_WGMMA_FORMS
 #undef INFERNB_WGMMA_D32
 #undef INFERNB_WGMMA_D32_REGS
 
-// m64nNk16 for N = 64 or 128 (the kernels' block sizes): the forms above chosen at compile time
+// m64nNk16 for N = 64, 80 (shared-memory A only) or 128 (the kernels' block sizes): the forms above chosen at
+// compile time
 template <typename T, int N>
 __device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], unsigned long long desc_a, unsigned long long desc_b,
                                          bool accumulate) {
-  static_assert(N == 64 || N == 128, "wgmma_ss: N is 64 or 128");
+  static_assert(N == 64 || N == 80 || N == 128, "wgmma_ss: N is 64, 80 or 128");
   if constexpr (N == 64) wgmma_m64n64k16_ss<T>(d, desc_a, desc_b, accumulate);
+  else if constexpr (N == 80) wgmma_m64n80k16_ss<T>(d, desc_a, desc_b, accumulate);
   else wgmma_m64n128k16_ss<T>(d, desc_a, desc_b, accumulate);
 }
 template <typename T, int N>

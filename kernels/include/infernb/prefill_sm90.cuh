@@ -122,12 +122,13 @@ struct sm90_blocks_t {
 };
 }  // namespace detail
 
-template <typename T, int HEAD_DIM, int STAGES>
+template <typename T, int HEAD_DIM, int STAGES, int BLOCK_N_>
 struct prefill_sm90_cfg_t {
   static_assert(HEAD_DIM == 64 || HEAD_DIM == 128 || HEAD_DIM == 256, "head dims 64, 128, 256");
-  // BLOCK_N keys a stage: 128, or 64 at head dim 256 (its O accumulators take 128 registers a thread, its K and V
-  // stages 64 KiB each at 64 keys)
-  static constexpr int THREADS = 384, TILE_Q = 128, BLOCK_N = HEAD_DIM == 256 ? 64 : 128;
+  // BLOCK_N keys a stage (Sm90Traits.block_n): 128, or 64 at head dim 256 (its O accumulators take 128 registers a
+  // thread, its K and V stages 32 KiB each at 64 keys); 80 there is the alternative with 2 stages
+  static_assert(BLOCK_N_ == 64 || BLOCK_N_ == 80 || BLOCK_N_ == 128, "BLOCK_N: 64, 80 or 128 keys");
+  static constexpr int THREADS = 384, TILE_Q = 128, BLOCK_N = BLOCK_N_;
   static constexpr int PV_N = HEAD_DIM < 128 ? HEAD_DIM : 128;      // O columns of one P V wgmma (n64 or n128)
   static constexpr int SLAB = 64;                                   // head-dim columns of one 128-byte swizzled slab
   static constexpr int SLABS = HEAD_DIM / SLAB;
@@ -154,7 +155,7 @@ struct prefill_sm90_cfg_t {
 // KV_MODE: 0 ragged (k_map / v_map, TMA), 1 a paged pool [pages, 2, page_size, num_kv_heads, D] (NHD), 2 one
 // [pages, 2, num_kv_heads, page_size, D] (HND): the producer warpgroup's 128 threads copy each block's key rows from
 // their pages with cp.async (pages are too small for TMA boxes), kv_indices the page table's indices.
-template <typename T, int HEAD_DIM, int STAGES, bool CAUSAL, int SCHED, typename VARIANT, bool SCORE_MOD,
+template <typename T, int HEAD_DIM, int STAGES, int BLOCK_N, bool CAUSAL, int SCHED, typename VARIANT, bool SCORE_MOD,
           bool MASK_MOD, int KV_MODE>
 __global__ void __launch_bounds__(384, 1)
 prefill_sm90_kernel(const __grid_constant__ sm90::tensor_map_t k_map, const __grid_constant__ sm90::tensor_map_t v_map,
@@ -165,7 +166,7 @@ prefill_sm90_kernel(const __grid_constant__ sm90::tensor_map_t k_map, const __gr
                     const T* __restrict__ pool, const int* __restrict__ kv_indices, int num_kv_heads, int page_size,
                     int page_shift) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  using cfg = prefill_sm90_cfg_t<T, HEAD_DIM, STAGES>;
+  using cfg = prefill_sm90_cfg_t<T, HEAD_DIM, STAGES, BLOCK_N>;
   constexpr int D = HEAD_DIM, BN = cfg::BLOCK_N, ST = STAGES;
   constexpr int NT = BN / 8, DT = D / 8;                            // n-tiles of a block's logits, of O
   if (cta_ptr[blockIdx.x] >= cta_ptr[blockIdx.x + 1]) return;
