@@ -164,31 +164,43 @@ __device__ __forceinline__ void named_barrier_arrive(int id, int count) {
   asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(count) : "memory");
 }
 
-// d (+)= A B^T, 64 x 128 x 16, one warpgroup, A and B K-major in shared memory (descriptors); d's layout as
-// m64n256k16's (thread t: rows 16 w + l / 4 (+ 8), columns 8 j + 2 (l % 4) (+ 1), d[4 j + 0, 1] and d[4 j + 2, 3]),
-// i.e. a warp's 16 rows as 16 mma.m16n8 accumulator tiles. T: __nv_bfloat16 or half.
-template <typename T>
-__device__ __forceinline__ void wgmma_m64n128k16_ss(float (&d)[64], unsigned long long desc_a, unsigned long long desc_b,
-                                                    bool accumulate);
-// d += A B, 64 x 128 x 16: A from registers (a warp's 16 x 16 slice as an mma.m16n8k16 A fragment: the rows' P),
-// B MN-major in shared memory (desc_sw128 with the slab stride as lbo: V with its head dim contiguous).
-template <typename T>
-__device__ __forceinline__ void wgmma_m64n128k16_rs(float (&d)[64], const unsigned (&a)[4], unsigned long long desc_b);
-// the two specializations of each (the type's PTX name TY, its C type CTY)
-// the 64 fp32 accumulators of an m64n128 wgmma: the asm operand list and its placeholders %0 .. %63
-#define INFERNB_WGMMA_D64_REGS                                                                                         \
-  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
+// The wgmma forms the kernels use, m64nNk16 for N = 64, 80, 128, each with A from shared memory (_ss: d (+)= A B^T, A
+// and B K-major, descriptors) and from registers (_rs: d += A B, A a warp's 16 x 16 slice as an mma.m16n8k16 A
+// fragment -- the rows' P --, B MN-major: desc_sw128 with the slab stride as lbo, V with its head dim contiguous).
+// d holds N / 2 fp32 a thread in m64n256k16's layout (thread t: rows 16 w + l / 4 (+ 8), columns 8 j + 2 (l % 4)
+// (+ 1), d[4 j + 0, 1] and d[4 j + 2, 3]): a warp's 16 rows as N / 8 mma.m16n8 accumulator tiles. T:
+// __nv_bfloat16 or half.
+#define INFERNB_WGMMA_DECLARE(N, R)                                                                                    \
+  template <typename T>                                                                                                \
+  __device__ __forceinline__ void wgmma_m64n##N##k16_ss(float (&d)[R], unsigned long long desc_a,                      \
+                                                        unsigned long long desc_b, bool accumulate);                   \
+  template <typename T>                                                                                                \
+  __device__ __forceinline__ void wgmma_m64n##N##k16_rs(float (&d)[R], const unsigned (&a)[4], unsigned long long desc_b);
+INFERNB_WGMMA_DECLARE(64, 32)
+INFERNB_WGMMA_DECLARE(80, 40)
+INFERNB_WGMMA_DECLARE(128, 64)
+#undef INFERNB_WGMMA_DECLARE
+// the accumulators' asm operand lists (each the previous one and more) and their placeholders %0 .. %(R - 1)
+#define INFERNB_WGMMA_D32                                                                                              \
+  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),                      \
+  "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),                \
+  "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),              \
+  "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+#define INFERNB_WGMMA_D40                                                                                              \
+  INFERNB_WGMMA_D32,                                                                                                   \
+  "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39])
 #define INFERNB_WGMMA_D64                                                                                              \
-        "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),                \
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),          \
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),        \
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),        \
-        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),        \
-        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),        \
-        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),        \
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+  INFERNB_WGMMA_D40,                                                                                                   \
+  "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),              \
+  "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),              \
+  "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+#define INFERNB_WGMMA_R32 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                     \
+  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+#define INFERNB_WGMMA_R40 INFERNB_WGMMA_R32 ", %32, %33, %34, %35, %36, %37, %38, %39"
+#define INFERNB_WGMMA_R64 INFERNB_WGMMA_R40 ", %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, "           \
+  "%52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
 // both forms of an m64nNk16 wgmma for one element type (TY its PTX name, CTY its C type): R = N / 2 accumulators
-// (REGS their placeholders, OPS their operand list), I0 .. I5 the placeholders after them (R .. R + 5)
+// (REGS their placeholders in braces, OPS their operand list), I0 .. I5 the placeholders after them (R .. R + 5)
 #define INFERNB_WGMMA_FORMS(N, R, REGS, OPS, I0, I1, I2, I3, I4, I5, TY, CTY)                                          \
   template <>                                                                                                          \
   __device__ __forceinline__ void wgmma_m64n##N##k16_ss<CTY>(float (&d)[R], unsigned long long desc_a,                 \
@@ -218,59 +230,26 @@ __device__ __forceinline__ void wgmma_m64n128k16_rs(float (&d)[64], const unsign
         : OPS                                                                                                          \
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));                                            \
   }
-#define INFERNB_WGMMA_M64N128K16(TY, CTY) \
-  INFERNB_WGMMA_FORMS(128, 64, INFERNB_WGMMA_D64_REGS, INFERNB_WGMMA_D64, 64, 65, 66, 67, 68, 69, TY, CTY)
-INFERNB_WGMMA_M64N128K16("bf16", __nv_bfloat16)
-INFERNB_WGMMA_M64N128K16("f16", half)
-#undef INFERNB_WGMMA_M64N128K16
-#undef INFERNB_WGMMA_D64
-#undef INFERNB_WGMMA_D64_REGS
-
-// the n64 forms (BLOCK_N = 64 logits, or head dim 64 in P V): d (+)= A B^T / d += A B, 64 x 64 x 16, the same
-// operands and layouts as the m64n128k16 ones with 8 n-tiles of accumulators instead of 16.
-template <typename T>
-__device__ __forceinline__ void wgmma_m64n64k16_ss(float (&d)[32], unsigned long long desc_a, unsigned long long desc_b,
-                                                   bool accumulate);
-template <typename T>
-__device__ __forceinline__ void wgmma_m64n64k16_rs(float (&d)[32], const unsigned (&a)[4], unsigned long long desc_b);
-#define INFERNB_WGMMA_D32_REGS "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
-#define INFERNB_WGMMA_D32                                                                                              \
-        "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),                \
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),          \
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),        \
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-#define INFERNB_WGMMA_M64N64K16(TY, CTY) \
-  INFERNB_WGMMA_FORMS(64, 32, INFERNB_WGMMA_D32_REGS, INFERNB_WGMMA_D32, 32, 33, 34, 35, 36, 37, TY, CTY)
-INFERNB_WGMMA_M64N64K16("bf16", __nv_bfloat16)
-INFERNB_WGMMA_M64N64K16("f16", half)
-#undef INFERNB_WGMMA_M64N64K16
-
-// the n80 form of S = Q K^T (80-key blocks at head dim 256): 40 accumulators, K-major operands in shared memory
-template <typename T>
-__device__ __forceinline__ void wgmma_m64n80k16_ss(float (&d)[40], unsigned long long desc_a, unsigned long long desc_b,
-                                                   bool accumulate);
-template <typename T>
-__device__ __forceinline__ void wgmma_m64n80k16_rs(float (&d)[40], const unsigned (&a)[4], unsigned long long desc_b);
-#define INFERNB_WGMMA_D40_REGS "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39}"
-#define INFERNB_WGMMA_D40                                                                                              \
-        "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),                \
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),          \
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),        \
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),        \
-        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39])
-#define INFERNB_WGMMA_M64N80K16(TY, CTY) \
-  INFERNB_WGMMA_FORMS(80, 40, INFERNB_WGMMA_D40_REGS, INFERNB_WGMMA_D40, 40, 41, 42, 43, 44, 45, TY, CTY)
-INFERNB_WGMMA_M64N80K16("bf16", __nv_bfloat16)
-INFERNB_WGMMA_M64N80K16("f16", half)
-#undef INFERNB_WGMMA_M64N80K16
-#undef INFERNB_WGMMA_D40
-#undef INFERNB_WGMMA_D40_REGS
+#define INFERNB_WGMMA_BRACED(R) "{" INFERNB_WGMMA_R##R "}"
+// both element types of one N: R accumulators, I0 .. I5 the placeholders after them
+#define INFERNB_WGMMA_TYPES(N, R, I0, I1, I2, I3, I4, I5)                                                              \
+  INFERNB_WGMMA_FORMS(N, R, INFERNB_WGMMA_BRACED(R), INFERNB_WGMMA_D##R, I0, I1, I2, I3, I4, I5, "bf16",              \
+                      __nv_bfloat16)                                                                                   \
+  INFERNB_WGMMA_FORMS(N, R, INFERNB_WGMMA_BRACED(R), INFERNB_WGMMA_D##R, I0, I1, I2, I3, I4, I5, "f16", half)
+INFERNB_WGMMA_TYPES(64, 32, 32, 33, 34, 35, 36, 37)
+INFERNB_WGMMA_TYPES(80, 40, 40, 41, 42, 43, 44, 45)
+INFERNB_WGMMA_TYPES(128, 64, 64, 65, 66, 67, 68, 69)
+#undef INFERNB_WGMMA_TYPES
+#undef INFERNB_WGMMA_BRACED
 #undef INFERNB_WGMMA_FORMS
 #undef INFERNB_WGMMA_D32
-#undef INFERNB_WGMMA_D32_REGS
+#undef INFERNB_WGMMA_D40
+#undef INFERNB_WGMMA_D64
+#undef INFERNB_WGMMA_R32
+#undef INFERNB_WGMMA_R40
+#undef INFERNB_WGMMA_R64
 
-// m64nNk16 for N = 64, 80 (shared-memory A only) or 128 (the kernels' block sizes): the forms above chosen at
-// compile time
+// m64nNk16 for N = 64, 80 (S = Q K^T only) or 128 (the kernels' block sizes): the forms above chosen at compile time
 template <typename T, int N>
 __device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], unsigned long long desc_a, unsigned long long desc_b,
                                          bool accumulate) {
