@@ -28,6 +28,7 @@ from ..errors import InputError
 from ..layout.page_table import PageTable
 from ..layout.prefix import PrefixTree, prefix_tree
 from ._common import DTYPES
+from .paged_decode import MAX_GROUP
 
 
 def cascade_tree(cache, seq_ids: Sequence[int], qo_lens: Sequence[int] | None = None, *,
@@ -110,7 +111,7 @@ class CascadeRunner:
             lp = plan_batch(self._level_q, [lv.tokens for lv in self.tree.levels], causal=False,
                             page_table=self._level_table, backend=self.backend, **shape)
             level = PrefillRunner(lp, c, self._level_table, sm_scale=self._sm_scale, backend=self.backend)
-        if (self.qo == 1).all():
+        if (self.qo == 1).all() and hq // c.num_kv_heads <= MAX_GROUP:   # (larger groups: the prefill kernel)
             dp = plan_decode(self._own_len, num_qo_heads=hq, num_kv_heads=c.num_kv_heads, head_dim=c.head_dim,
                              page_size=self._ps, dtype=dtype)
             own = DecodeRunner(dp, c, self._own_table, sm_scale=self._sm_scale)

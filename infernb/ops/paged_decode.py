@@ -341,6 +341,11 @@ def decode(q: torch.Tensor, cache, seq_ids: Sequence[int], *, variant: Variant |
         num_sms: multiprocessors to plan for (default: the GPU's; the plan has the kernel's CTAs per SM on each).
     Returns:
         ``out [len(seq_ids), num_qo_heads, head_dim]`` q.dtype (and ``lse``).
+
+    GQA groups above the decode kernel's ``MAX_GROUP`` (16; e.g. MQA, 32 to 128 query heads on one KV head) run on
+    the tensor-core prefill kernel as an append of one token per sequence (:func:`~infernb.ops.prefill.append`,
+    its mma.sync backend: a sequence's group is the rows of one query tile, its keys split over CTAs), which reads
+    each KV block once per tile as the decode kernel does.
     """
     seq_ids = list(seq_ids)
     table = cache.page_table(seq_ids)                 # raises on freed / unknown ids
@@ -351,6 +356,11 @@ def decode(q: torch.Tensor, cache, seq_ids: Sequence[int], *, variant: Variant |
         raise InputError(f"q has {q.shape[1]} heads, not a multiple of the cache's {cache.num_kv_heads} KV heads")
     if q.dtype not in DTYPES:
         raise InputError(f"q: expected float16 or bfloat16, got {q.dtype}")
+    if q.shape[1] // cache.num_kv_heads > MAX_GROUP:
+        from .prefill import append
+
+        return append(q, cache, seq_ids, [1] * len(seq_ids), causal=True, variant=variant, rope=rope,
+                      sm_scale=sm_scale, return_lse=return_lse, num_sms=num_sms, backend="mma")
     variant = NONE if variant is None else variant
     p = plan_decode(cache.lengths(seq_ids), num_qo_heads=q.shape[1], num_kv_heads=cache.num_kv_heads,
                     head_dim=cache.head_dim, page_size=cache.page_size, dtype=q.dtype, variant=variant, num_sms=num_sms)

@@ -68,6 +68,13 @@ def test_cpu_cascade_layouts_pages_and_no_sharing(gen):
     assert t.levels == ()
 
 
+def test_cpu_cascade_mqa(gen):
+    # 32 query heads on one KV head: the levels' tiles hold 32 rows a sequence; the own keys run on the prefill
+    # kernel too (the decode kernel holds groups of 16)
+    c, ids = fork_tree(gen, 80, [3], [20], hkv=1, d=64)
+    run(gen, c, ids, None, 32)
+
+
 def test_cpu_runner_reuse_and_a_changed_cache(gen):
     c, ids = fork_tree(gen, 64, [3], [8])
     q = torch.randn(4, 4, 64, generator=gen).bfloat16()

@@ -57,6 +57,25 @@ def test_cpu_decode_variants_and_rope(gen, variant):
                 window_left=-1 if variant is None else variant.window_left)
 
 
+def check_decode_call(q, cache, ids, **kw):
+    """ib.decode (the front door) against the float64 reference, output and LSE."""
+    out, lse = ib.decode(q, cache, ids, return_lse=True, **kw)
+    ref_o, ref_s = reference_decode(q, cache, ids, **kw)
+    assert_close(out.float().cpu(), ref_o.cpu(), q.dtype, name="out", rowwise=True)
+    assert_close(lse.cpu(), ref_s.cpu(), q.dtype, name="lse")
+
+
+def test_cpu_mqa_groups_above_16_run_on_the_prefill_kernel(gen):
+    # 32 query heads on one KV head: the decode kernel holds 16, so ib.decode runs an append of one token per
+    # sequence on the tensor-core prefill kernel (here its emulator); the decode runner itself still refuses
+    cache, ids, q = make_cache(gen, [5, 70, 200], 32, 1, 64, 16)
+    check_decode_call(q, cache, ids)
+    check_decode_call(q, cache, ids, rope=ib.RoPE(theta=500.0))
+    p = ib.plan([1] * 3, cache.lengths(ids), num_qo_heads=32, num_kv_heads=1, head_dim=64, page_size=16)
+    with pytest.raises(InputError, match="GQA group 32 > 16"):
+        DecodeRunner(p, cache, cache.page_table(ids))(q, cache)
+
+
 def test_cpu_runner_takes_a_bare_pool_or_another_cache_at_call_time(gen):
     """A runner called with a pool tensor (not a PagedKVCache) of the planned shape attends over that pool; a cache
     of the other layout is refused (a bare tensor's ``.layout`` is torch's, never compared with NHD/HND)."""
@@ -231,6 +250,16 @@ def test_decode_groups_and_odd_pages(gen, heads, page):
     cache, ids, q = make_cache(gen, [0, 1, 40, 999, 3000], *heads, 128, page, device="cuda")
     p = run_checked(q, cache, ids, rope=ib.RoPE(), num_sms=12)
     assert len(p.merge_unit) > 0
+
+
+@gpu
+@pytest.mark.parametrize("heads", [(32, 1), (64, 1), (128, 1), (64, 2)], ids=["mqa32", "mqa64", "mqa128", "g32x2"])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_decode_mqa_groups(gen, heads, head_dim):
+    # groups above 16 run on the tensor-core prefill kernel (ib.decode routes them); long and short sequences, RoPE
+    cache, ids, q = make_cache(gen, [8192, 1, 300, 4097], heads[0], heads[1], head_dim, 16, device="cuda")
+    check_decode_call(q, cache, ids)
+    check_decode_call(q, cache, ids, rope=ib.RoPE())
 
 
 @gpu
