@@ -57,8 +57,12 @@ class PrefixTree:
     def batch_size(self) -> int:
         return len(self.kv_lens)
 
+    def unique_start(self, b: int) -> int:
+        """Key position where row b's own part starts."""
+        return self.unique_first_page[b] * self.page_size
+
     def unique_tokens(self, b: int) -> int:
-        return self.kv_lens[b] - self.unique_first_page[b] * self.page_size
+        return self.kv_lens[b] - self.unique_start(b)
 
     def stats(self) -> dict:
         """Key tokens read by plain attention (every row reads all its keys) and by cascade attention (each shared
@@ -113,11 +117,16 @@ def prefix_tree(table: PageTable, *, min_pages: int = 1, groups=None, max_pages=
                 by.setdefault(int(pages[b][depth_page]), []).append(b)
         return by
 
-    def grow(rows: list[int], first: int, parent: int | None, depth: int) -> None:
-        """rows share the page at `first`: extend the run while they all share the next page, then recurse."""
-        end = first + 1
+    def run_end(rows: list[int], first: int) -> int:
+        """The end of the run of pages from `first` that every one of rows holds (full) at the same positions."""
+        end = first
         while all(end < full[b] for b in rows) and len({int(pages[b][end]) for b in rows}) == 1:
             end += 1
+        return end
+
+    def grow(rows: list[int], first: int, parent: int | None, depth: int) -> None:
+        """rows share the page at `first`: extend the run while they all share the next page, then recurse."""
+        end = run_end(rows, first)
         if end - first >= min_pages:
             levels.append(PrefixLevel(tuple(rows), tuple(int(x) for x in pages[rows[0]][first:end]), first, ps, parent,
                                       depth))
@@ -148,9 +157,7 @@ def prefix_tree(table: PageTable, *, min_pages: int = 1, groups=None, max_pages=
             seen |= set(g)
             if len(g) < 2:
                 continue
-            end = 0
-            while all(end < full[b] for b in g) and len({int(pages[b][end]) for b in g}) == 1:
-                end += 1
+            end = run_end(g, 0)
             if end >= min_pages:
                 levels.append(PrefixLevel(tuple(g), tuple(int(x) for x in pages[g[0]][:end]), 0, ps, None, 0))
                 for b in g:

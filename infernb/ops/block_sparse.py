@@ -14,6 +14,7 @@ from ..errors import InputError
 from ..layout import BlockSparse
 from ..variants import Variant, combine
 from .prefill import DTYPES, check_q_for_cache, plan_batch, run_prefill  # noqa: F401  (DTYPES: the prefill kernel's operand types)
+from .prefill_sm90 import resolve_backend
 
 
 def _bucket(n: int) -> int:
@@ -112,11 +113,12 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor | None = None, v: to
         table = cache.page_table([seq_id])               # raises on freed / unknown ids
         n = int(cache.lengths([seq_id])[0])
         check_q_for_cache(q, cache)
-        be = _backend(backend, mask, q, cache.head_dim, variant, paged=True)
-        plan, full = plan_block_sparse(mask, num_qo_heads=q.shape[1], num_kv_heads=cache.num_kv_heads,
-                                       head_dim=cache.head_dim, dtype=q.dtype, device=q.device, variant=variant,
-                                       causal=causal, num_sms=num_sms, shape=(q.shape[0], n),
-                                       page_size=cache.page_size, page_table=table, backend=be)
+        full = _mask_and(mask, variant, q.device)
+        be = resolve_backend(backend, head_dim=cache.head_dim, dtype=q.dtype, variant=full, paged=True,
+                             device=q.device if q.is_cuda else None)
+        plan = _plan(mask, full, variant, num_qo_heads=q.shape[1], num_kv_heads=cache.num_kv_heads,
+                     head_dim=cache.head_dim, dtype=q.dtype, causal=causal, num_sms=num_sms, shape=(q.shape[0], n),
+                     page_size=cache.page_size, page_table=table, backend=be)
         out, lse = run_prefill(plan, q.contiguous(), cache=cache, page_table=table, variant=full, sm_scale=sm_scale,
                                backend=be)
         return (out, lse) if return_lse else out
@@ -131,23 +133,35 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor | None = None, v: to
                          "multiple of the KV heads")
     if q.dtype not in DTYPES or len({q.dtype, k.dtype, v.dtype}) != 1 or len({q.device, k.device, v.device}) != 1:
         raise InputError("q, k, v: one fp16 / bf16 dtype on one device")
-    be = _backend(backend, mask, q, q.shape[2], variant)
-    plan, full = plan_block_sparse(mask, num_qo_heads=q.shape[1], num_kv_heads=k.shape[1], head_dim=q.shape[2],
-                                   dtype=q.dtype, device=q.device, variant=variant, causal=causal, num_sms=num_sms,
-                                   shape=(q.shape[0], k.shape[0]), backend=be)
+    full = _mask_and(mask, variant, q.device)
+    be = resolve_backend(backend, head_dim=q.shape[2], dtype=q.dtype, variant=full,
+                         device=q.device if q.is_cuda else None)
+    plan = _plan(mask, full, variant, num_qo_heads=q.shape[1], num_kv_heads=k.shape[1], head_dim=q.shape[2],
+                 dtype=q.dtype, causal=causal, num_sms=num_sms, shape=(q.shape[0], k.shape[0]), backend=be)
     out, lse = run_prefill(plan, q.contiguous(), k.contiguous(), v.contiguous(), variant=full, sm_scale=sm_scale,
                            backend=be)
     return (out, lse) if return_lse else out
 
 
-def _backend(backend: str, mask: BlockSparse, q: torch.Tensor, head_dim: int, variant, paged: bool = False) -> str:
-    """The kernel a block-sparse call runs on (``resolve_backend`` with the mask's own variant and ``variant``)."""
-    from .prefill_sm90 import resolve_backend
+def _mask_and(mask: BlockSparse, variant: Variant | None, device) -> Variant:
+    """``mask_variant(mask)`` and-ed with ``variant``: what the kernel runs (and what decides its backend)."""
+    mv = mask_variant(check_mask(mask), device=device)
+    return mv if variant is None else combine(mv, variant, name=f"{mv.name}_{variant.name}")
 
-    mv = mask_variant(check_mask(mask), device=q.device)
-    full = mv if variant is None else combine(mv, variant, name=f"{mv.name}_{variant.name}")
-    return resolve_backend(backend, head_dim=head_dim, dtype=q.dtype, variant=full, paged=paged,
-                           device=q.device if q.is_cuda else None)
+
+def _plan(mask: BlockSparse, full: Variant, variant: Variant | None, *, num_qo_heads: int, num_kv_heads: int,
+          head_dim: int, dtype: torch.dtype, causal: bool, num_sms, shape, page_size: int = 16, page_table=None,
+          backend: str = "mma"):
+    """The prefill plan of one sequence whose key segments are ``mask``'s listed blocks (``full``: the variant it
+    runs, from :func:`_mask_and`)."""
+    M, N = check_mask(mask, *(shape or (None, None))).shape
+    if causal and M > N:
+        raise InputError(f"causal needs q tokens <= kv tokens, got {M} > {N}")
+    # (a variant's own mask makes the mask's full blocks partial: then its mask_mod runs on every visible logit)
+    return plan_batch([M], [N], num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, dtype=dtype,
+                      causal=causal, variant=full, num_sms=num_sms, block_masks=[mask], page_size=page_size,
+                      page_table=page_table, backend=backend,
+                      full_blocks=variant is None or variant.mask_mod is None)
 
 
 def plan_block_sparse(mask: BlockSparse, *, num_qo_heads: int, num_kv_heads: int, head_dim: int,
@@ -160,17 +174,11 @@ def plan_block_sparse(mask: BlockSparse, *, num_qo_heads: int, num_kv_heads: int
     elements of its partial blocks (``shape``: the (q tokens, kv tokens) the mask must have). Returns ``(plan,
     variant)``. ``page_size``, ``page_table``: a paged cache's (the sequence's table), for keys read through it.
     ``backend``: the kernel the plan is for (``"mma"`` or ``"sm90"``, :func:`~infernb.ops.prefill.plan_batch`)."""
-    M, N = check_mask(mask, *(shape or (None, None))).shape
-    if causal and M > N:
-        raise InputError(f"causal needs q tokens <= kv tokens, got {M} > {N}")
-    mv = mask_variant(mask, device=device)
-    full = mv if variant is None else combine(mv, variant, name=f"{mv.name}_{variant.name}")
-    # (a variant's own mask makes the mask's full blocks partial: then its mask_mod runs on every visible logit)
-    plan = plan_batch([M], [N], num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, dtype=dtype,
-                      causal=causal, variant=full, num_sms=num_sms, block_masks=[mask], page_size=page_size,
-                      page_table=page_table, backend=backend,
-                      full_blocks=variant is None or variant.mask_mod is None)
-    return plan, full
+    check_mask(mask, *(shape or (None, None)))             # (the mask's errors before its variant is built)
+    full = _mask_and(mask, variant, device)
+    return _plan(mask, full, variant, num_qo_heads=num_qo_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
+                 dtype=dtype, causal=causal, num_sms=num_sms, shape=shape, page_size=page_size, page_table=page_table,
+                 backend=backend), full
 
 
 __all__ = ["block_sparse_attention", "block_window", "check_mask", "mask_variant", "plan_block_sparse"]

@@ -28,7 +28,10 @@ from ..errors import InputError
 from ..layout.page_table import PageTable
 from ..layout.prefix import PrefixTree, prefix_tree
 from ._common import DTYPES
-from .paged_decode import MAX_GROUP
+from .merge import merge_states
+from .paged_decode import MAX_GROUP, DecodeRunner, plan_decode
+from .prefill import PrefillRunner, plan_batch
+from .prefill_sm90 import resolve_backend
 
 
 def cascade_tree(cache, seq_ids: Sequence[int], qo_lens: Sequence[int] | None = None, *,
@@ -62,10 +65,6 @@ class CascadeRunner:
     def __init__(self, cache, seq_ids: Sequence[int], qo_lens: Sequence[int] | None = None, *,
                  sm_scale: float | None = None, min_pages: int = 1, backend: str = "auto",
                  tree: PrefixTree | None = None):
-        from .paged_decode import DecodeRunner, plan_decode
-        from .prefill import PrefillRunner, plan_batch
-        from .prefill_sm90 import resolve_backend
-
         self.cache, self.seq_ids = cache, list(seq_ids)
         n = len(self.seq_ids)
         self.qo = np.ones(n, np.int64) if qo_lens is None else np.asarray(list(qo_lens), np.int64)
@@ -98,11 +97,9 @@ class CascadeRunner:
         self._own_len = own_len
         self._runners = None
         self._plan_for = None
-        self._build = (PrefillRunner, plan_batch, DecodeRunner, plan_decode)
 
     def _bind(self, hq: int, dtype: torch.dtype) -> None:
         """The runners for q's head count (made on the first call)."""
-        PrefillRunner, plan_batch, DecodeRunner, plan_decode = self._build
         c = self.cache
         shape = dict(num_qo_heads=hq, num_kv_heads=c.num_kv_heads, head_dim=c.head_dim, dtype=dtype,
                      page_size=self._ps)
@@ -126,8 +123,6 @@ class CascadeRunner:
 
     def __call__(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``q [sum(qo_lens), num_qo_heads, head_dim]`` -> ``(out like q, lse [sum(qo_lens), num_qo_heads] fp32)``."""
-        from .merge import merge_states
-
         c = self.cache
         if not isinstance(q, torch.Tensor) or q.dim() != 3 or q.shape[0] != self.num_q:
             raise InputError(f"q: expected [sum(qo_lens) = {self.num_q}, num_qo_heads, head_dim], got "

@@ -450,11 +450,9 @@ class PrefillRunner:
         if p.num_items == 0:
             return out.zero_(), lse.fill_(float("-inf"))
         if self.backend == "sm90":
-            if not self.paged and src[0].shape[0] == 0:   # no key at all (a TMA descriptor needs a non-empty tensor)
+            if self._num_kv == 0:                         # no key at all (a TMA descriptor needs a non-empty tensor)
                 return out.zero_(), lse.fill_(float("-inf"))
             if self.rope_path == "pass":                  # rotated (and, paged, gathered) into ragged buffers
-                if self._num_kv == 0:
-                    return out.zero_(), lse.fill_(float("-inf"))
                 q, kr, vr = self._rotate(q, *((src[0], src[0]) if self.paged else src))
                 self._sm90(q, kr, vr, out, lse)
                 return out, lse

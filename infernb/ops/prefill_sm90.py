@@ -72,6 +72,15 @@ def sm90_traits(head_dim: int) -> Sm90Traits:
     return tr
 
 
+def config_tag(tr: Sm90Traits) -> str:
+    """How traits other than their head dim's defaults are named (kernel units, benchmark paths): ``s<stages>x<sched>``
+    and ``n<block_n>`` when the block differs; ``""`` for the defaults."""
+    base = sm90_traits(tr.head_dim)
+    if tr == base:
+        return ""
+    return f"s{tr.stages}x{tr.sched}" + (f"n{tr.block_n}" if tr.block_n != base.block_n else "")
+
+
 def sm90_spec(dtype: torch.dtype, head_dim: int = 128, causal: bool = False,
               tr: Sm90Traits | None = None, variant=None, kv: str = "ragged", rope_pass=None) -> KernelSpec:
     """The sm_90a specialization for (dtype, head dim, causal, traits (default :func:`sm90_traits`), variant: a softmax
@@ -92,7 +101,7 @@ def sm90_spec(dtype: torch.dtype, head_dim: int = 128, causal: bool = False,
         raise InputError(f"traits for head dim {tr.head_dim} given for head dim {head_dim}")
     ct = CUDA_TYPES[dtype]
     args = f"{ct}, {head_dim}, {tr.stages}, {tr.block_n}"
-    tuned = tr != base
+    tag = config_tag(tr)
     score, mask = hook_flags(variant)
     b = lambda x: "true" if x else "false"  # noqa: E731
     g = variant.generated
@@ -110,8 +119,7 @@ def sm90_spec(dtype: torch.dtype, head_dim: int = 128, causal: bool = False,
         kernels += (("rope_pass", f"infernb::rope_pass_kernel<{ct}, {pm}, {head_dim}>"),)
     return KernelSpec(family="prefill_sm90",
                       name=(f"prefill_sm90_{DTYPE_NAMES[dtype]}_hd{head_dim}_{kv.lower()}{'_causal' if causal else ''}"
-                            f"_{variant.name}_{variant.code_hash}"
-                            f"{f'_s{tr.stages}x{tr.sched}' + (f'n{tr.block_n}' if tr.block_n != base.block_n else '') if tuned else ''}"
+                            f"_{variant.name}_{variant.code_hash}{'_' + tag if tag else ''}"
                             f"{f'_ropepass{pm}' if pm else ''}"),
                       kernels=kernels,
                       preamble=g.code + "\n" + check + "\n" + _struct_checks(),

@@ -33,7 +33,7 @@ def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, fle
     cases: [rows]}``, rows with ``<path>_ms``, ``<path>_tflops``, errors and ``<path>_over_infernb``."""
     import infernb as ib
     from ..ops.prefill import PrefillRunner, plan_batch
-    from ..ops.prefill_sm90 import sm90_traits
+    from ..ops.prefill_sm90 import config_tag
     from .. import reference
 
     HQ, HKV = heads
@@ -97,8 +97,7 @@ def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, fle
             p90 = plan_batch(qo, kv, dtype=dt_, backend="sm90", **shape)
             add("infernb_sm90", p90, backend="sm90")
             for cfg in sm90_configs:
-                tag = f"n{cfg.block_n}" if cfg.block_n != sm90_traits(D).block_n else ""
-                add(f"infernb_sm90_s{cfg.stages}x{cfg.sched}{tag}", p90, backend="sm90", config=cfg)
+                add(f"infernb_sm90_{config_tag(cfg)}", p90, backend="sm90", config=cfg)
         if tile_cmp:                                # the other query tile, same kernel family, same rounds
             add(f"infernb_tile{192 - p.tile_q}", plan_batch(qo, kv, dtype=dt_, tile_q=192 - p.tile_q, **shape))
         for cfg in configs:                          # kernel configurations, planned for their CTAs per SM
@@ -207,7 +206,7 @@ def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, fle
             errs["infernb_sm90"] = check("infernb_sm90", r90(q)[0], ref, torch.arange(qo[0]))
             fns["infernb_sm90"] = lambda: r90(q)
             for cfg in sm90_configs:                # its other configurations (e.g. the asynchronous arrivals)
-                label = f"infernb_sm90_s{cfg.stages}x{cfg.sched}"
+                label = f"infernb_sm90_{config_tag(cfg)}"
                 rc = PrefillRunner(p90, cache, table, backend="sm90", config=cfg)
                 errs[label] = check(label, rc(q)[0], ref, torch.arange(qo[0]))
                 fns[label] = (lambda r_: lambda: r_(q))(rc)

@@ -78,7 +78,8 @@ def decode_trace(plan, cache, page_table, q: torch.Tensor, *, repeats: int = 3, 
 SM90_TR_BLOCKS, SM90_TR_SLOTS, SM90_TR_HEADER = 256, 8, 8
 SM90_TR_CTA = SM90_TR_HEADER + 3 * SM90_TR_BLOCKS * SM90_TR_SLOTS
 SM90_ROLES = ("producer", "consumer 0", "consumer 1")
-#: the segments drawn per role: (name, from slot, to slot) of the same block; "pv_wait" is special (see below)
+#: the segments drawn per role: (name, from slot, to slot) of the same block (the consumers' "waiting for P V" spans
+#: two blocks: sm90_trace_phases)
 SM90_SEGMENTS = {
     "producer": (("waiting for a free stage", 0, 1), ("issuing the block's loads", 1, 2),
                  ("copies in flight (paged)", 2, 3)),

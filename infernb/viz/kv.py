@@ -132,17 +132,16 @@ def prefix_levels(tree, *, labels=None, title: str = "Shared prefixes: which key
     import plotly.graph_objects as go
 
     names = [str(b) if labels is None else str(labels[b]) for b in range(tree.batch_size)]
-    palette = ["#1d4ed8", "#f59e0b", "#10b981", "#dc2626", "#8b5cf6", "#0891b2", "#b45309", "#db2777"]
     fig = go.Figure()
     for i, lv in enumerate(tree.levels):
         fig.add_trace(go.Bar(name=f"level {i} (depth {lv.depth}, {len(lv.rows)} sequences, {lv.tokens} keys)",
                              orientation="h", y=[names[b] for b in lv.rows], base=[lv.start] * len(lv.rows),
-                             x=[lv.tokens] * len(lv.rows), marker_color=palette[i % len(palette)],
+                             x=[lv.tokens] * len(lv.rows), marker_color=seq_color(i),
                              marker_line_width=0,
                              hovertemplate=f"level {i}: keys %{{base}} - %{{x}} more<extra></extra>"))
-    own0 = [tree.unique_first_page[b] * tree.page_size for b in range(tree.batch_size)]
-    fig.add_trace(go.Bar(name="own keys (decode)", orientation="h", y=names, base=own0,
-                         x=[tree.kv_lens[b] - own0[b] for b in range(tree.batch_size)], marker_color="#9ca3af",
+    rows = range(tree.batch_size)
+    fig.add_trace(go.Bar(name="own keys (decode)", orientation="h", y=names, base=[tree.unique_start(b) for b in rows],
+                         x=[tree.unique_tokens(b) for b in rows], marker_color="#9ca3af",
                          marker_line_width=0, hovertemplate="own keys from %{base}: %{x}<extra></extra>"))
     fig.update_layout(**base_layout(title), barmode="overlay", bargap=0.3, height=180 + 28 * tree.batch_size,
                       xaxis_title="key position", yaxis_title="sequence", legend=dict(orientation="h", y=-0.25))

@@ -58,8 +58,8 @@ def warpgroup_timeline(ctas: list[dict], *, title: str = "Hopper prefill: each w
 
     fig = go.Figure()
     labels, seen = [], set()
-    for ci, c in enumerate(ctas):
-        for ri, (role, segs) in enumerate(c["roles"].items()):
+    for c in ctas:
+        for role, segs in c["roles"].items():
             y = f"CTA {c['cta']} (SM {c['sm']}) {role}"
             labels.append(y)
             for label, xs in segs.items():
