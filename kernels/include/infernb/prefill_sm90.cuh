@@ -14,14 +14,14 @@
 //     their Q rows (cp.async, rows past the tile zero-filled) into the 128-byte-swizzled layout wgmma reads; per
 //     block: S = Q K^T (HEAD_DIM / 16 wgmma m64nBLOCK_Nk16, both operands K-major in shared memory) -> logits: scale,
 //     causal / window / run-end masks on the blocks that need them -> online softmax -> P rounded to T in registers
-//     (the accumulator layout is the A-fragment layout) -> O += P V (BLOCK_N / 16 k-steps of m64nPV_Nk16 wgmmas with
-//     A from registers, V MN-major in shared memory) -> the stage handed back. The epilogue normalizes O and writes it and the
-//     natural-log LSE straight from registers.
+//     (the accumulator layout is the A-fragment layout) -> O += P V (BLOCK_N / 16 k-steps of m64nPV_Nk16 wgmmas
+//     with A from registers, V MN-major in shared memory) -> the stage handed back. The epilogue normalizes O and
+//     writes it and the natural-log LSE straight from registers.
 //
 // Plans must not split a unit (no partial states here: the planner is asked for none). Head dims 64, 128, 256 (one,
 // two, four 64-column swizzled slabs per tile; 64-key blocks at 256), bf16 or f16, ragged K/V (TMA) or paged (the
-// producer's cp.async), softmax variants (score_mod / mask_mod hooks, block structures), no RoPE:
-// infernb.ops.prefill_sm90 says which runs qualify.
+// producer's cp.async), softmax variants (score_mod / mask_mod hooks, block structures), no RoPE (the op rotates q
+// and K by a pass before it): infernb.ops.prefill_sm90 says which runs qualify.
 #pragma once
 #include <infernb/common.cuh>
 #include <infernb/hopper.cuh>
@@ -203,10 +203,12 @@ prefill_sm90_kernel(const __grid_constant__ sm90::tensor_map_t k_map, const __gr
     sm90::setmaxnreg_dec<cfg::PRODUCER_REGS>();
     if (KV_MODE != 0) {
       // paged: every thread copies 16-byte chunk t % CH of rows t / CH + (128 / CH) j of each block (K and V; CH
-      // chunks a row), zero past
-      // the run; a block is signalled (full[s]) once this thread's copies of it have landed and are made visible to
-      // the async proxy (wgmma reads shared memory through it), before the thread waits for the next free stage.
-      // (24 registers: the geometry is recomputed from the thread index and the kernel's parameters per row.)
+      // chunks a row), zero past the run; a block is signalled (full[s]) once this thread's copies of it have landed
+      // and are made visible to the async proxy (wgmma reads shared memory through it), before the thread waits for
+      // the next free stage (SM90_PAGED_ASYNC: as they land, the thread going on). The same job as kv_iter.cuh's
+      // iterator for the mma.sync kernel, in this kernel's form: 128-byte-swizzled 64-column slabs (the layout TMA
+      // and wgmma use), page ids staged synchronously, and 24 registers (the geometry recomputed from the thread
+      // index and the kernel's parameters per row).
       int n = 0, pending = -1;
       // (the CTA's end re-read per item: kept live, it is the register 24 do not have)
       for (int i = cta_items().x; i < detail::ld_uncached(cta_ptr + detail::ctaid_here() + 1); ++i) {
@@ -438,24 +440,25 @@ prefill_sm90_kernel(const __grid_constant__ sm90::tensor_map_t k_map, const __gr
     auto turn_wait = [&]() { if (SCHED & SM90_PINGPONG) sm90::named_barrier_sync(3 + c, 256); };
     auto turn_pass = [&]() { if (SCHED & SM90_PINGPONG) sm90::named_barrier_arrive(3 + (c ^ 1), 256); };
     auto release = [&](int s) { if (lane == 0) sm90::mbar_arrive(empty + s); };   // this warp is done with it
-    // the stage's K and V landed; the paged producer's asynchronous arrivals' copies are made visible to the async
-    // proxy (wgmma) here, by each consumer thread after it has observed the barrier
-    auto wait_full = [&](int s) {
-      sm90::mbar_wait(full + s, (n / ST) & 1);
-      if (KV_MODE != 0 && (SCHED & SM90_PAGED_ASYNC)) sm90::fence_proxy_async();
-    };
 
     detail::sm90_blocks_t<BN> bi;
     bi.begin(runs, items[i].run_begin, items[i].run_end);
-    // block j of the item in stage s alone: S = Q K^T issued and waited for (the next item's Q copied once the
-    // item's last S is done), its logits, the softmax (o rescaled in place), P packed
     INFERNB_SM90_TR(const int tr_role = 1 + c; const bool tr_me = t == 0;)
-    auto block_s = [&](int s, int j) {
+    // block n's stage full (K and V landed; the paged producer's asynchronous arrivals' copies made visible to the
+    // async proxy, wgmma's, by each consumer thread after it has observed the barrier) and this warpgroup's turn to
+    // issue its S (the trace's slots 0, 1, 2)
+    auto acquire = [&](int s) {
       INFERNB_SM90_TR(if (tr_me) detail::sm90_stamp(tr_role, n, 0);)
-      wait_full(s);
+      sm90::mbar_wait(full + s, (n / ST) & 1);
+      if (KV_MODE != 0 && (SCHED & SM90_PAGED_ASYNC)) sm90::fence_proxy_async();
       INFERNB_SM90_TR(if (tr_me) detail::sm90_stamp(tr_role, n, 1);)
       turn_wait();
       INFERNB_SM90_TR(if (tr_me) detail::sm90_stamp(tr_role, n, 2);)
+    };
+    // block j of the item in stage s alone: S = Q K^T issued and waited for (the next item's Q copied once the
+    // item's last S is done), its logits, the softmax (o rescaled in place), P packed
+    auto block_s = [&](int s, int j) {
+      acquire(s);
       sm90::wgmma_fence();
       issue_s(s);
       sm90::wgmma_commit();
@@ -497,11 +500,7 @@ prefill_sm90_kernel(const __grid_constant__ sm90::tensor_map_t k_map, const __gr
       int j = 1;
       for (bi.next(runs); !bi.done(); bi.next(runs), ++n, ++j) {
         const int s = n % ST;
-        INFERNB_SM90_TR(if (tr_me) detail::sm90_stamp(tr_role, n, 0);)
-        wait_full(s);
-        INFERNB_SM90_TR(if (tr_me) detail::sm90_stamp(tr_role, n, 1);)
-        turn_wait();
-        INFERNB_SM90_TR(if (tr_me) detail::sm90_stamp(tr_role, n, 2);)
+        acquire(s);
         sm90::wgmma_fence();
         issue_s(s);
         sm90::wgmma_commit();
