@@ -45,7 +45,7 @@ def shared_batch(prefix: int, batch: int, own: int, seed: int = 0, device: str =
     return cache, ids, q
 
 
-def run_case(name, prefix, batch, own, *, runs, fi, copy_tbps, gemm_tflops):
+def run_case(name, prefix, batch, own, *, runs, fi, copy_tbps, gemm_tflops, parts=True):
     import torch
 
     from infernb import reference
@@ -71,24 +71,60 @@ def run_case(name, prefix, batch, own, *, runs, fi, copy_tbps, gemm_tflops):
         errs[f"infernb_decode_row{b}"] = rel_error(ref_o[b:b + 1].float().cpu(), o1.float().cpu())
         assert errs[f"infernb_decode_row{b}"] < 2e-2, errs
     fns = {"infernb_decode": lambda: plain(q, cache), "infernb_cascade": lambda: casc(q)}
+    casc(q)
+    level, own_call = casc._runners                 # the cascade's parts, timed alone (where its time goes)
+    if parts and level is not None:
+        # alternatives: the levels on 64-row tiles; the own keys on a side stream beside the levels
+        alt64 = CascadeRunner(cache, ids, level_tile_q=64)
+        alt_ov = CascadeRunner(cache, ids, overlap=True)
+        fns["infernb_cascade_tile64"] = lambda: alt64(q)
+        fns["infernb_cascade_overlap"] = lambda: alt_ov(q)
+        lq = q if casc._level_rows is None else q[casc._level_rows]
+        fns["cascade_part_levels"] = lambda: level(lq, cache=cache)
+        fns["cascade_part_own"] = lambda: own_call(q)
     if fi is not None:
         for tc in (True, False):
             fns[f"flashinfer_{'tc' if tc else 'cc'}"] = flashinfer_decode(fi, q, cache.pool, table, use_tensor_cores=tc)
         fns["flashinfer_cascade"] = flashinfer_cascade(fi, q, cache.pool, casc.tree, table)
     for label, fn in fns.items():
+        if label.startswith("cascade_part_"):
+            continue
         out = fn()
         out = out[0] if isinstance(out, tuple) else out
         errs[label] = rel_error(out.float().cpu(), ref_o.float().cpu())
         assert errs[label] < 2e-2, (label, errs[label])
     times = cuda_time_interleaved(fns, warmup=5, runs=runs)
+    # without the host: each infernb path captured in a CUDA graph and replayed; and the host's time per call
+    # (back-to-back calls, no flush: where it exceeds the GPU time, the host sets the pace)
+    extra = {}
+    if parts:
+        import time
+
+        from infernb.profile import cuda_graph_time
+        for k in [k for k in fns if k.startswith(("infernb", "cascade_part", "flashinfer_cascade"))]:
+            try:
+                extra[f"{k}_graph_ms"] = cuda_graph_time(fns[k], runs=runs).median_ms
+            except Exception as e:  # noqa: BLE001
+                extra[f"{k}_graph_error"] = f"{type(e).__name__}: {e}"
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(50):
+                fns[k]()
+            extra[f"{k}_host_us"] = (time.perf_counter() - t0) / 50 * 1e6
+            torch.cuda.synchronize()
     st = casc.tree.stats()
     kv_bytes = 2 * st["cascade_tokens"] * HKV * D * 2          # K and V, bf16, the shared prefix read once
     prefix_flops = 4 * HQ * D * sum(lv.tokens * len(lv.rows) for lv in casc.tree.levels)
     bound_read_ms = kv_bytes / (copy_tbps * 1e12) * 1e3
     bound_flop_ms = prefix_flops / (gemm_tflops * 1e12) * 1e3
+    import infernb as ib
+
+    choice = ib.cascade_choice(cache, ids, num_qo_heads=HQ)
     row = dict(case=name, prefix=prefix, batch=batch, own=own, levels=st["levels"], read_ratio=st["read_ratio"],
+               auto_choice="cascade" if choice.use else "plain", auto_reason=choice.reason,
                kv_bytes_unique=kv_bytes, prefix_flops=prefix_flops, bound_read_ms=bound_read_ms,
                bound_flops_ms=bound_flop_ms, bound_ms=max(bound_read_ms, bound_flop_ms), errors=errs)
+    row.update(extra)
     for k, t in times.items():
         row[f"{k}_ms"] = t.median_ms
         row[f"{k}_p10_ms"], row[f"{k}_p90_ms"] = t.p10_ms, t.p90_ms
@@ -99,6 +135,11 @@ def run_case(name, prefix, batch, own, *, runs, fi, copy_tbps, gemm_tflops):
         row["cascade_vs_flashinfer_best"] = best_fi / row["infernb_cascade_ms"]
         row["cascade_vs_flashinfer_cascade"] = row["flashinfer_cascade_ms"] / row["infernb_cascade_ms"]
     row["cascade_vs_plain_decode"] = row["infernb_decode_ms"] / row["infernb_cascade_ms"]
+    # what ib.decode runs (cascade="auto"), and the faster of infernb's two paths (did the choice pick it?)
+    row["infernb_auto_ms"] = row["infernb_cascade_ms"] if choice.use else row["infernb_decode_ms"]
+    row["auto_picked_faster"] = row["infernb_auto_ms"] == min(row["infernb_cascade_ms"], row["infernb_decode_ms"])
+    if best_fi is not None:
+        row["auto_vs_flashinfer_best"] = best_fi / row["infernb_auto_ms"]
     row["cascade_over_bound"] = row["infernb_cascade_ms"] / row["bound_ms"]
     print(name, {k: round(v, 4) for k, v in row.items() if k.endswith("_ms") and "p10" not in k and "p90" not in k},
           f"cascade x{row['cascade_vs_plain_decode']:.2f} plain", flush=True)
@@ -117,7 +158,15 @@ def main(argv=None) -> int:
     cases = [(n, *c) for n, c in CASES.items()]
     if args.sweep:
         cases += [(f"sweep_{b}x({p}+{o})", p, b, o) for p, b, o in SWEEP]
-    rows = [run_case(n, p, b, o, runs=args.runs, fi=fi, copy_tbps=copy, gemm_tflops=gemm) for n, p, b, o in cases]
+    rows = []
+    for n, p, b, o in cases:
+        try:
+            rows.append(run_case(n, p, b, o, runs=args.runs, fi=fi, copy_tbps=copy, gemm_tflops=gemm,
+                                 parts=not n.startswith("sweep")))
+        except Exception as e:  # noqa: BLE001 -- one failing case is recorded, the others still run
+            import traceback
+            traceback.print_exc()
+            rows.append(dict(case=n, prefix=p, batch=b, own=o, error=f"{type(e).__name__}: {e}"))
     from infernb.jit.spec import kernels_digest
 
     result = dict(benchmark="cascade", device=device_name(), date=dt.date.today().isoformat(),
@@ -126,7 +175,7 @@ def main(argv=None) -> int:
                   gemm_tflops=gemm, cases=rows)
     path = write_result(args.out, f"cascade_{result['device']}_{result['date']}", result)
     print(f"wrote {path}")
-    return 0
+    return int(any("error" in r for r in rows))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     args = parse_args(argv, runs=20, flashinfer=1, flex=1)
     import dataclasses
 
-    from infernb.ops.prefill_sm90 import PAGED_ASYNC, SM90_TRAITS, sm90_traits
+    from infernb.ops.prefill_sm90 import SM90_TRAITS, sm90_traits
     from infernb.profile.prefill_cases import prefill_cases
 
     # the schedules compared with the default (overlap inside a warpgroup + pingpong, 3 stages): none and each alone,
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
                   rope_cmp=True),
              dict(name="causal_16384", qo=[16384], kv=[16384], sm90=True, sm90_configs=alts),
              dict(kind="paged", name="append_16x512_on_8192", qo=[512] * 16, kv=[8192 + 512] * 16, sm90=True,
-                  sm90_configs=[dataclasses.replace(SM90_TRAITS, sched=3 | PAGED_ASYNC)]),
+                  sm90_configs=[dataclasses.replace(SM90_TRAITS, sched=3)]),      # (the synchronous arrivals)
              dict(name="skewed_1x16384_63x512", qo=[16384] + [512] * 63, kv=[16384] + [512] * 63, sm90=True),
              dict(name="documents_16x512_ragged", qo=[512] * 16, kv=[512] * 16, sm90=True),
              dict(name="full_4096", qo=[4096], kv=[4096], causal=False, sm90=True),

@@ -119,10 +119,15 @@ def prefix_tree(table: PageTable, *, min_pages: int = 1, groups=None, max_pages=
 
     def run_end(rows: list[int], first: int) -> int:
         """The end of the run of pages from `first` that every one of rows holds (full) at the same positions."""
-        end = first
-        while all(end < full[b] for b in rows) and len({int(pages[b][end]) for b in rows}) == 1:
-            end += 1
-        return end
+        lim = min(full[b] for b in rows)
+        if lim <= first:
+            return first
+        same = np.ones(lim - first, bool)                # (vectorized: tables of thousands of pages per row)
+        ref = pages[rows[0]][first:lim]
+        for b in rows[1:]:
+            same &= pages[b][first:lim] == ref
+        differ = np.flatnonzero(~same)
+        return first + int(differ[0]) if len(differ) else lim
 
     def grow(rows: list[int], first: int, parent: int | None, depth: int) -> None:
         """rows share the page at `first`: extend the run while they all share the next page, then recurse."""

@@ -9,16 +9,17 @@
    (the level lies wholly before each of its sequences' new tokens: :func:`prefix_tree`'s ``max_pages``);
 2. each sequence's own keys (its pages after its deepest shared level) as decode (one query a sequence) or append
    (bottom-right causal);
-3. the partial results merged by their LSE (:func:`~infernb.ops.merge.merge_states`): exactly softmax attention over
-   the whole sequence.
+3. the partial results merged by their LSE in one launch (:func:`~infernb.ops.merge.merge_gather`: each query row's
+   own state with the level rows it reads): exactly softmax attention over the whole sequence.
 
-The result equals plain decode / append of the same cache (tests: against the float64 reference). This is the
-composition the single-launch cascade kernel of issue 15 will be measured against: three launches, one level after
-the other. It runs plain softmax attention (no variant, no RoPE: a level's keys sit at other positions in the
-launch than in the sequence).
+The result equals plain decode / append of the same cache (tests: against the float64 reference): three launches
+(four when the levels' query rows must be gathered), one after the other. RoPE rotates every query and key at its
+position in its sequence (:class:`~infernb.ops.PrefillRunner`'s ``rope_positions``); variants whose hooks read
+neither the request nor the positions run too (:func:`cascade_unsupported`).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import numpy as np
@@ -27,11 +28,27 @@ import torch
 from ..errors import InputError
 from ..layout.page_table import PageTable
 from ..layout.prefix import PrefixTree, prefix_tree
+from ..reference import RoPE
+from ..variants import Variant
 from ._common import DTYPES
-from .merge import merge_states
+from .merge import merge_gather
 from .paged_decode import MAX_GROUP, DecodeRunner, plan_decode
 from .prefill import PrefillRunner, plan_batch
 from .prefill_sm90 import resolve_backend
+
+
+def cascade_unsupported(variant: Variant | None) -> str | None:
+    """Why cascade attention cannot run ``variant`` (``None``: it can). It merges by LSE (softmax variants only) and
+    computes a shared level once for every query row that reads it, as one request whose keys start at 0: hooks that
+    read the request ``b`` or the positions ``q_idx`` / ``kv_idx`` would see the launch's, not the sequences'."""
+    if variant is None:
+        return None
+    if not variant.softmax:
+        return "it is not softmax attention (the levels' partial results merge by their LSE)"
+    if variant.positional:
+        return ("its hooks read the request or the positions (b, q_idx, kv_idx), which a shared level's launch does "
+                "not keep (plain decode / append runs it)")
+    return None
 
 
 def cascade_tree(cache, seq_ids: Sequence[int], qo_lens: Sequence[int] | None = None, *,
@@ -50,21 +67,77 @@ def cascade_tree(cache, seq_ids: Sequence[int], qo_lens: Sequence[int] | None = 
     return prefix_tree(table, min_pages=min_pages, max_pages=((kv - qo) // cache.page_size).tolist())
 
 
+#: The estimate :func:`cascade_choice` compares (H200-calibrated, ``benchmarks/results/cascade_*.json``): plain
+#: decode streams every sequence's keys (``plain_tb_s``: shared pages read by many CTAs at once partly hit L2);
+#: cascade reads the shared levels once and each sequence's own keys, does the levels' FLOPs on tensor cores and
+#: pays ``cascade_fixed_us`` for its extra launches (levels, merge). ``margin``: cascade only when estimated at
+#: least this much faster.
+CASCADE_MODEL = dict(plain_fixed_us=8.0, plain_tb_s=9.0, cascade_fixed_us=20.0, cascade_tb_s=3.5,
+                     level_tflops=300.0, margin=0.85)
+
+
+@dataclasses.dataclass(frozen=True)
+class CascadeChoice:
+    """What :func:`cascade_choice` decided: ``use`` cascade or plain decode / append, ``reason`` in words, the
+    estimates (microseconds) it compared and the prefix ``tree`` it found (``None`` if it did not look)."""
+
+    use: bool
+    reason: str
+    plain_us: float = float("nan")
+    cascade_us: float = float("nan")
+    tree: PrefixTree | None = None
+
+
+def cascade_choice(cache, seq_ids: Sequence[int], qo_lens: Sequence[int] | None = None, *, num_qo_heads: int,
+                   variant: Variant | None = None, min_pages: int = 1) -> CascadeChoice:
+    """Whether cascade attention pays for these sequences (what ``ib.decode(..., cascade="auto")`` asks): it looks
+    for shared pages in their page table and compares the estimates of :data:`CASCADE_MODEL`."""
+    why = cascade_unsupported(variant)
+    if why:
+        return CascadeChoice(False, f"plain: the variant cannot run on a cascade ({why})")
+    if len(list(seq_ids)) < 2:
+        return CascadeChoice(False, "plain: one sequence shares nothing")
+    tree = cascade_tree(cache, seq_ids, qo_lens, min_pages=min_pages)
+    if not tree.levels:
+        return CascadeChoice(False, "plain: the sequences share no full page", tree=tree)
+    m = CASCADE_MODEL
+    st = tree.stats()
+    tok_bytes = 2 * cache.num_kv_heads * cache.head_dim * cache.pool.element_size()     # K and V of one token
+    plain = m["plain_fixed_us"] + st["plain_tokens"] * tok_bytes / (m["plain_tb_s"] * 1e6)
+    flops = 4 * num_qo_heads * cache.head_dim * sum(lv.tokens * len(lv.rows) for lv in tree.levels)
+    casc = (m["cascade_fixed_us"] + st["cascade_tokens"] * tok_bytes / (m["cascade_tb_s"] * 1e6)
+            + flops / (m["level_tflops"] * 1e6))
+    use = casc <= m["margin"] * plain
+    what = (f"{st['levels']} shared level(s) cut the keys read {st['read_ratio']:.1f}x; estimated cascade "
+            f"{casc:.0f} us vs plain {plain:.0f} us")
+    return CascadeChoice(use, ("cascade: " if use else "plain: ") + what, plain, casc, tree)
+
+
 class CascadeRunner:
     """Cascade attention bound to sequences of a cache (plan once, call per layer): the prefix tree, the levels'
     prefill plan and the own keys' decode / append plan are made here; a call gathers each level's query rows, runs
     the levels (one launch), the own keys (one launch) and the merge.
 
     Args:
-        cache, seq_ids, qo_lens, sm_scale, min_pages, backend, tree: as in :func:`cascade_attention`.
+        cache, seq_ids, qo_lens, variant, rope, sm_scale, min_pages, backend, tree: as in
+            :func:`cascade_attention`.
+        level_tile_q: the levels' query tile (mma backend: 64 or 128; default the prefill kernel's rule).
+        overlap: run the own keys' launch on a side stream, beside the levels' (GPU; the merge waits for both).
 
     A call after the bound sequences changed length (an append) or were freed raises ``InputError``: make a new
     runner for the new step.
     """
 
     def __init__(self, cache, seq_ids: Sequence[int], qo_lens: Sequence[int] | None = None, *,
-                 sm_scale: float | None = None, min_pages: int = 1, backend: str = "auto",
-                 tree: PrefixTree | None = None):
+                 variant: Variant | None = None, rope: RoPE | None = None, sm_scale: float | None = None,
+                 min_pages: int = 1, backend: str = "auto", tree: PrefixTree | None = None,
+                 level_tile_q: int | None = None, overlap: bool = False):
+        why = cascade_unsupported(variant)
+        self._level_tile_q, self.overlap = level_tile_q, bool(overlap)
+        self._side = None
+        if why:
+            raise InputError(f"cascade attention cannot run variant {variant.name!r}: {why}")
+        self.variant, self.rope = variant, rope
         self.cache, self.seq_ids = cache, list(seq_ids)
         n = len(self.seq_ids)
         self.qo = np.ones(n, np.int64) if qo_lens is None else np.asarray(list(qo_lens), np.int64)
@@ -85,12 +158,24 @@ class CascadeRunner:
             rows = [np.concatenate([np.arange(qo_ptr[b], qo_ptr[b + 1]) for b in lv.rows]) for lv in self.tree.levels]
             self._level_table = PageTable.from_lists([list(lv.pages) for lv in self.tree.levels],
                                                      [lv.tokens for lv in self.tree.levels], ps, device=dev)
-            self._level_rows = torch.from_numpy(np.concatenate(rows)).to(dev)
-            # where each level's output rows go: (depth, query row) of the stacked states
-            self._level_dst = torch.from_numpy(np.concatenate(
-                [np.stack([np.full(len(r), 1 + lv.depth), r], 1) for lv, r in zip(self.tree.levels, rows)])).to(dev)
+            level_rows = np.concatenate(rows)
+            # q's rows in level order (none gathered when that is q itself: one level over every query row)
+            self._level_rows = (None if np.array_equal(level_rows, np.arange(self.num_q)) else
+                                torch.from_numpy(level_rows).to(dev))
             self._level_q = [len(r) for r in rows]
             self.depth = 1 + max(lv.depth for lv in self.tree.levels)
+            # the merge's index: query row n's state of depth L is row merge_index[n, L] of the levels' output
+            index = np.full((self.num_q, self.depth), -1, np.int32)
+            start = np.r_[0, np.cumsum(self._level_q)]
+            for i, (lv, r) in enumerate(zip(self.tree.levels, rows)):
+                index[r, lv.depth] = np.arange(start[i], start[i + 1])
+            self._merge_index = torch.from_numpy(index).to(dev)
+        # RoPE: each query row at its position in its sequence, a level's keys at the level's start, a row's own
+        # keys at its unique part's start (the launches see other requests and positions than the sequences)
+        kv = np.asarray(self.kv_lens, np.int64)
+        self._q_pos = np.repeat(kv - self.qo, self.qo) + np.arange(self.num_q) - np.repeat(qo_ptr[:-1], self.qo)
+        if self.tree.levels:
+            self._level_rope = (self._q_pos[level_rows], np.array([lv.start for lv in self.tree.levels], np.int64))
         own = [table.pages_of(b)[self.tree.unique_first_page[b]:] for b in range(n)]
         own_len = [self.tree.unique_tokens(b) for b in range(n)]
         self._own_table = PageTable.from_lists(own, own_len, ps, device=dev)
@@ -104,19 +189,26 @@ class CascadeRunner:
         shape = dict(num_qo_heads=hq, num_kv_heads=c.num_kv_heads, head_dim=c.head_dim, dtype=dtype,
                      page_size=self._ps)
         level = None
+        var, rope = self.variant, self.rope
         if self.tree.levels:
             lp = plan_batch(self._level_q, [lv.tokens for lv in self.tree.levels], causal=False,
-                            page_table=self._level_table, backend=self.backend, **shape)
-            level = PrefillRunner(lp, c, self._level_table, sm_scale=self._sm_scale, backend=self.backend)
-        if (self.qo == 1).all() and hq // c.num_kv_heads <= MAX_GROUP:   # (larger groups: the prefill kernel)
+                            page_table=self._level_table, backend=self.backend, variant=var, rope=rope,
+                            tile_q=self._level_tile_q, **shape)
+            level = PrefillRunner(lp, c, self._level_table, variant=var, rope=rope, sm_scale=self._sm_scale,
+                                  backend=self.backend, rope_positions=self._level_rope if rope else None)
+        # own keys: the decode kernel (one query a sequence, groups up to MAX_GROUP, RoPE at the sequence's own
+        # positions only) or the prefill kernel (appends, larger groups, RoPE at the unique part's positions)
+        if (self.qo == 1).all() and hq // c.num_kv_heads <= MAX_GROUP and rope is None:
             dp = plan_decode(self._own_len, num_qo_heads=hq, num_kv_heads=c.num_kv_heads, head_dim=c.head_dim,
-                             page_size=self._ps, dtype=dtype)
-            own = DecodeRunner(dp, c, self._own_table, sm_scale=self._sm_scale)
+                             page_size=self._ps, dtype=dtype, variant=var)
+            own = DecodeRunner(dp, c, self._own_table, variant=var, sm_scale=self._sm_scale)
             own_call = lambda q: own(q, c)  # noqa: E731
         else:
             up = plan_batch(self.qo.tolist(), self._own_len, causal=True, page_table=self._own_table,
-                            backend=self.backend, **shape)
-            own = PrefillRunner(up, c, self._own_table, sm_scale=self._sm_scale, backend=self.backend)
+                            backend=self.backend, variant=var, rope=rope, **shape)
+            starts = np.array([self.tree.unique_start(b) for b in range(len(self.seq_ids))], np.int64)
+            own = PrefillRunner(up, c, self._own_table, variant=var, rope=rope, sm_scale=self._sm_scale,
+                                backend=self.backend, rope_positions=(self._q_pos, starts) if rope else None)
             own_call = lambda q: own(q, cache=c)  # noqa: E731
         self._runners = (level, own_call)
         self._plan_for = (hq, dtype)
@@ -139,22 +231,29 @@ class CascadeRunner:
             self._bind(q.shape[1], q.dtype)
         level, own_call = self._runners
         q = q.contiguous()
-        uo, us = own_call(q)
         if level is None:
-            return uo, us
-        lo, ls = level(q[self._level_rows], cache=c)
-        hq, d = q.shape[1], q.shape[2]
-        sv = torch.zeros((1 + self.depth, self.num_q, hq, d), dtype=q.dtype, device=q.device)
-        ss = torch.full((1 + self.depth, self.num_q, hq), float("-inf"), dtype=torch.float32, device=q.device)
-        sv[0], ss[0] = uo, us
-        sv[self._level_dst[:, 0], self._level_dst[:, 1]] = lo
-        ss[self._level_dst[:, 0], self._level_dst[:, 1]] = ls
-        return merge_states(sv.transpose(0, 1).contiguous(), ss.transpose(0, 1).contiguous())
+            return own_call(q)
+        if self.overlap and q.device.type == "cuda":
+            main = torch.cuda.current_stream(q.device)
+            if self._side is None:
+                self._side = torch.cuda.Stream(q.device)
+            self._side.wait_stream(main)                  # q is ready
+            with torch.cuda.stream(self._side):
+                uo, us = own_call(q)
+            lo, ls = level(q if self._level_rows is None else q[self._level_rows], cache=c)
+            main.wait_stream(self._side)
+            uo.record_stream(main)
+            us.record_stream(main)
+        else:
+            uo, us = own_call(q)
+            lo, ls = level(q if self._level_rows is None else q[self._level_rows], cache=c)
+        return merge_gather(uo, us, lo, ls, self._merge_index, check_index=False)
 
 
 def cascade_attention(q: torch.Tensor, cache, seq_ids: Sequence[int], qo_lens: Sequence[int] | None = None, *,
-                      sm_scale: float | None = None, return_lse: bool = False, tree: PrefixTree | None = None,
-                      min_pages: int = 1, backend: str = "auto"):
+                      variant: Variant | None = None, rope: RoPE | None = None, sm_scale: float | None = None,
+                      return_lse: bool = False, tree: PrefixTree | None = None, min_pages: int = 1,
+                      backend: str = "auto"):
     """Decode or append attention of sequences that share prefix pages, each shared level computed once (one call:
     a :class:`CascadeRunner` made and run).
 
@@ -163,6 +262,11 @@ def cascade_attention(q: torch.Tensor, cache, seq_ids: Sequence[int], qo_lens: S
             ``seq_ids`` order (decode: ``[len(seq_ids), ...]``).
         cache: the :class:`~infernb.layout.PagedKVCache` (the new tokens' K/V appended already).
         seq_ids: live sequences; qo_lens: new tokens of each (default one: decode); causal within each sequence.
+        variant: a softmax :class:`~infernb.variants.Variant` whose hooks read neither the request nor the positions
+            (soft-cap, a per-head score_mod; :func:`cascade_unsupported` says why another cannot run: a level's
+            keys and queries sit at other requests and positions in its launch than in their sequences).
+        rope: :class:`~infernb.reference.RoPE`: q and the (un-rotated) cached keys rotated at their positions in
+            their sequences (the rotation pass, rounded once from fp32), as plain decode / append does.
         sm_scale: logit scale (default ``1 / sqrt(head_dim)``); return_lse: also return the natural-log LSE.
         tree: the :class:`~infernb.layout.prefix.PrefixTree` to use (default :func:`cascade_tree`);
             min_pages: the shortest run of shared pages made a level.
@@ -174,9 +278,10 @@ def cascade_attention(q: torch.Tensor, cache, seq_ids: Sequence[int], qo_lens: S
     """
     if qo_lens is not None and len(list(qo_lens)) != len(list(seq_ids)):
         raise InputError(f"qo_lens has {len(list(qo_lens))} entries, seq_ids {len(list(seq_ids))}")
-    out, lse = CascadeRunner(cache, seq_ids, qo_lens, sm_scale=sm_scale, min_pages=min_pages, backend=backend,
-                             tree=tree)(q)
+    out, lse = CascadeRunner(cache, seq_ids, qo_lens, variant=variant, rope=rope, sm_scale=sm_scale,
+                             min_pages=min_pages, backend=backend, tree=tree)(q)
     return (out, lse) if return_lse else out
 
 
-__all__ = ["CascadeRunner", "cascade_attention", "cascade_tree"]
+__all__ = ["CASCADE_MODEL", "CascadeChoice", "CascadeRunner", "cascade_attention", "cascade_choice", "cascade_tree",
+           "cascade_unsupported"]

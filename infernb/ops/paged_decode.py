@@ -327,7 +327,8 @@ def plan_decode(kv_lens, *, num_qo_heads: int, num_kv_heads: int, head_dim: int,
 
 
 def decode(q: torch.Tensor, cache, seq_ids: Sequence[int], *, variant: Variant | None = None,
-           rope: RoPE | None = None, sm_scale: float | None = None, return_lse: bool = False, num_sms=None):
+           rope: RoPE | None = None, sm_scale: float | None = None, return_lse: bool = False, num_sms=None,
+           cascade: bool | str = "auto"):
     """Decode attention in one call: plan the batch and run it (notebooks; serving code keeps the runner).
 
     Args:
@@ -339,6 +340,11 @@ def decode(q: torch.Tensor, cache, seq_ids: Sequence[int], *, variant: Variant |
             plans only the pages inside the window.
         return_lse: also return the LSE ``[len(seq_ids), num_qo_heads]`` float32 (natural log).
         num_sms: multiprocessors to plan for (default: the GPU's; the plan has the kernel's CTAs per SM on each).
+        cascade: ``"auto"`` (default): when the sequences share prefix pages (``PagedKVCache.fork``) and
+            :func:`~infernb.ops.cascade.cascade_choice` estimates that it pays, run cascade attention (each shared
+            level once for all its sequences: :func:`~infernb.ops.cascade.cascade_attention`); ``True``: always
+            (``InputError`` if the variant cannot run on it); ``False``: plain decode. ``cascade_choice(cache,
+            seq_ids, num_qo_heads=...)`` says which ``"auto"`` takes and why.
     Returns:
         ``out [len(seq_ids), num_qo_heads, head_dim]`` q.dtype (and ``lse``).
 
@@ -356,6 +362,17 @@ def decode(q: torch.Tensor, cache, seq_ids: Sequence[int], *, variant: Variant |
         raise InputError(f"q has {q.shape[1]} heads, not a multiple of the cache's {cache.num_kv_heads} KV heads")
     if q.dtype not in DTYPES:
         raise InputError(f"q: expected float16 or bfloat16, got {q.dtype}")
+    if cascade not in (True, False, "auto"):
+        raise InputError(f"cascade: expected True, False or 'auto', got {cascade!r}")
+    if cascade is not False:
+        from .cascade import CascadeRunner, cascade_choice
+
+        choice = cascade_choice(cache, seq_ids, num_qo_heads=q.shape[1], variant=variant) if cascade == "auto" \
+            else None
+        if cascade is True or choice.use:
+            out, lse = CascadeRunner(cache, seq_ids, variant=variant, rope=rope, sm_scale=sm_scale,
+                                     tree=choice.tree if choice is not None else None)(q)
+            return (out, lse) if return_lse else out
     if q.shape[1] // cache.num_kv_heads > MAX_GROUP:
         from .prefill import append
 

@@ -313,6 +313,10 @@ class PrefillRunner:
             (q too; paged keys and values are gathered into ragged ones) before a kernel that rotates nothing, or
             ``"auto"``: the pass when the request's keys are read by 2 or more query tiles on average (a prompt,
             an append of many tokens), the tile otherwise. Both round the rotated operands once, from fp32.
+        rope_positions: ``(q_pos [sum(qo_lens)], k_start [batch])`` integer arrays: RoPE rotates query row ``i`` at
+            ``q_pos[i]`` and request ``b``'s key ``j`` at ``k_start[b] + j`` instead of the append convention (a
+            cascade's shared levels: their keys and queries sit elsewhere in their sequences than in the launch).
+            Needs ``rope``; runs the rotation pass (``rope_path`` ``"pass"`` or ``"auto"``).
         backend: ``"mma"`` (the mma.sync kernel, sm_80+) or ``"sm90"`` (the Hopper kernel, wgmma + TMA:
             :mod:`infernb.ops.prefill_sm90`; its plans come from ``plan_batch(..., backend="sm90")``; raises
             ``InputError`` saying why when it cannot run this); ``"auto"`` (default) is ``"mma"`` here: a plan is
@@ -322,10 +326,14 @@ class PrefillRunner:
     def __init__(self, plan: Plan, cache=None, page_table=None, *, variant: Variant | None = None,
                  rope: RoPE | None = None, sm_scale: float | None = None, device=None,
                  config: PrefillTraits | None = None, rope_path: str = "auto", backend: str = "auto",
-                 extra_options: tuple[str, ...] = ()):
+                 extra_options: tuple[str, ...] = (), rope_positions=None):
         variant = check_variant(variant, plan)
         if rope_path not in ("auto", "tile", "pass"):
             raise InputError(f"rope_path: expected 'auto', 'tile' or 'pass', got {rope_path!r}")
+        if rope_positions is not None:
+            rope_positions = self._check_rope_positions(rope_positions, plan, rope, rope_path)
+            rope_path = "pass"
+        self._rope_positions = rope_positions
         # the plan's block masks must be the variant's own (Plan.mask_source): the kernel masks their partial blocks
         # with its mask_mod and skips it on their full runs (Plan.seg_full, 0 without block masks)
         if plan.block_masked and not plan.masks_are(variant):
@@ -445,7 +453,8 @@ class PrefillRunner:
         if q.device.type != "cuda":
             kw = dict(kv_cache=src[0], page_table=self.page_table, layout=self.layout) if self.paged else {}
             o, s = emulate(p, q, *(() if self.paged else src), sm_scale=self.sm_scale, rope=self.rope,
-                           compute_dtype=torch.float32, **kw, **self.variant.reference_kwargs())
+                           rope_positions=self._rope_positions, compute_dtype=torch.float32, **kw,
+                           **self.variant.reference_kwargs())
             return out.copy_(o), lse.copy_(s)
         if p.num_items == 0:
             return out.zero_(), lse.fill_(float("-inf"))
@@ -469,6 +478,27 @@ class PrefillRunner:
                   ptr(self.merge_count.data_ptr()), *self._scalars, ptr(self.run_full.data_ptr())))
         return out, lse
 
+    @staticmethod
+    def _check_rope_positions(rope_positions, plan: Plan, rope, rope_path: str):
+        """``rope_positions`` as int64 arrays, checked (see the class docstring)."""
+        if rope is None:
+            raise InputError("rope_positions: given without rope (they say where RoPE rotates q and the keys)")
+        if rope_path == "tile":
+            raise InputError("rope_positions: the rotation pass applies them (rope_path 'pass' or 'auto'), not the "
+                             "kernel's K stages (rope_path='tile')")
+        try:
+            pq, ks = (np.asarray(x) for x in rope_positions)
+        except (TypeError, ValueError) as e:
+            raise InputError(f"rope_positions: expected (q_pos, k_start), got {type(rope_positions).__name__}") from e
+        nq, nb = int(plan.qo_lens.sum()), len(plan.qo_lens)
+        if pq.shape != (nq,) or ks.shape != (nb,) or pq.dtype.kind not in "iu" or ks.dtype.kind not in "iu":
+            raise InputError(f"rope_positions: expected integer arrays q_pos [{nq}] and k_start [{nb}], got "
+                             f"{pq.dtype} {list(pq.shape)} and {ks.dtype} {list(ks.shape)}")
+        if (pq < 0).any() or (ks < 0).any() or (len(ks) and (ks + plan.kv_lens).max() >= 2**31) or \
+                (len(pq) and pq.max() >= 2**31):
+            raise InputError("rope_positions: positions must lie in 0 .. 2^31 - 1")
+        return pq.astype(np.int64), ks.astype(np.int64)
+
     def _upload(self, plan: Plan, kv_start: np.ndarray, variant: Variant) -> None:
         """The plan's records (items, CTA lists, runs, the runs' full flags) and the variant's packed parameters on
         the device: what either kernel reads."""
@@ -486,8 +516,12 @@ class PrefillRunner:
         dev = self.device
         kv = plan.kv_lens.astype(np.int64)
         _, pos_q, _, pos_k = token_positions(plan.qo_lens, kv)
-        self._pos_q = torch.from_numpy(pos_q.astype(np.int32)).to(dev)
-        self._pos_k = torch.from_numpy(pos_k.astype(np.int32)).to(dev)
+        rot_q, rot_k = pos_q, pos_k                                   # where RoPE rotates them
+        if self._rope_positions is not None:
+            rot_q = self._rope_positions[0]
+            rot_k = pos_k + np.repeat(self._rope_positions[1], kv)
+        self._pos_q = torch.from_numpy(rot_q.astype(np.int32)).to(dev)
+        self._pos_k = torch.from_numpy(rot_k.astype(np.int32)).to(dev)
         self._rows = None
         if self.paged:
             # element offsets from the pool's strides: [pages, 2, page_size, heads, d] (NHD) or

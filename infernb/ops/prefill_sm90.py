@@ -35,7 +35,8 @@ class Sm90Traits:
     of 64), ``block_n`` keys per stage, ``stages`` K/V buffers, one CTA per SM (its shared memory), ``fixed_cost``
     an item's own cost in key tokens (Q load, pipeline fill, epilogue), ``sched`` the consumers' schedule (bits:
     1 overlap inside a warpgroup, 2 pingpong between the two; ``SM90_OVERLAP`` / ``SM90_PINGPONG`` in the header)
-    and, bit 4 (:data:`PAGED_ASYNC`), the paged producer's asynchronous arrivals."""
+    and, bit 4 (:data:`PAGED_ASYNC`), the paged producer's asynchronous arrivals (the paged default:
+    :func:`default_traits`)."""
 
     head_dim: int = 128
     tile_q: int = 128
@@ -72,10 +73,19 @@ def sm90_traits(head_dim: int) -> Sm90Traits:
     return tr
 
 
-def config_tag(tr: Sm90Traits) -> str:
-    """How traits other than their head dim's defaults are named (kernel units, benchmark paths): ``s<stages>x<sched>``
-    and ``n<block_n>`` when the block differs; ``""`` for the defaults."""
-    base = sm90_traits(tr.head_dim)
+def default_traits(head_dim: int, kv: str = "ragged") -> Sm90Traits:
+    """The traits a KV source runs with by default: the head dim's (:func:`sm90_traits`); paged caches add
+    :data:`PAGED_ASYNC` (the producer's copies arrive on the stage's barrier as they land: +6% on the paged append
+    of 16 x 512 onto 8192, H200, ``benchmarks/results/hopper_prefill_NVIDIA_H200_2026-11-30_async_n80.json``)."""
+    tr = sm90_traits(head_dim)
+    return tr if kv == "ragged" else dataclasses.replace(tr, sched=tr.sched | PAGED_ASYNC)
+
+
+def config_tag(tr: Sm90Traits, kv: str = "ragged") -> str:
+    """How traits other than their head dim's defaults for the KV source (:func:`default_traits`) are named (kernel
+    units, benchmark paths): ``s<stages>x<sched>`` and ``n<block_n>`` when the block differs; ``""`` for the
+    defaults."""
+    base = default_traits(tr.head_dim, kv)
     if tr == base:
         return ""
     return f"s{tr.stages}x{tr.sched}" + (f"n{tr.block_n}" if tr.block_n != base.block_n else "")
@@ -95,13 +105,13 @@ def sm90_spec(dtype: torch.dtype, head_dim: int = 128, causal: bool = False,
         raise InputError(f"the Hopper prefill kernel runs softmax variants; {variant.name} is sigmoid attention")
     if dtype not in DTYPES:
         raise InputError(f"the Hopper prefill kernel runs bf16 / f16, got {dtype}")
-    base = sm90_traits(head_dim)
+    base = default_traits(head_dim, kv)
     tr = base if tr is None else tr
     if tr.head_dim != head_dim:
         raise InputError(f"traits for head dim {tr.head_dim} given for head dim {head_dim}")
     ct = CUDA_TYPES[dtype]
     args = f"{ct}, {head_dim}, {tr.stages}, {tr.block_n}"
-    tag = config_tag(tr)
+    tag = config_tag(tr, kv)
     score, mask = hook_flags(variant)
     b = lambda x: "true" if x else "false"  # noqa: E731
     g = variant.generated
@@ -162,8 +172,8 @@ def specializations() -> list[KernelSpec]:
     out += [sm90_spec(torch.bfloat16, 128, True, rope_pass=RoPE(interleave=i)) for i in (False, True)]
     # head dim 256 with 80-key blocks (the benchmark's alternative tile there)
     out += [sm90_spec(torch.bfloat16, 256, True, dataclasses.replace(SM90_HEAD_DIM_TRAITS[256], block_n=80))]
-    # the paged producer's asynchronous arrivals (sched bit SM90_PAGED_ASYNC = 4: the benchmark's alternative)
-    out += [sm90_spec(torch.bfloat16, 128, True, dataclasses.replace(SM90_TRAITS, sched=3 | PAGED_ASYNC), kv=kv)
+    # the paged producer's synchronous arrivals (no sched bit SM90_PAGED_ASYNC = 4: the benchmark's alternative)
+    out += [sm90_spec(torch.bfloat16, 128, True, dataclasses.replace(SM90_TRAITS, sched=3), kv=kv)
             for kv in ("NHD", "HND")]
     return out + [sm90_spec(torch.bfloat16, 128, True, variant_traits(v), variant=v) for v in examples()
                   if unsupported(head_dim=128, dtype=torch.bfloat16, variant=v) is None]
@@ -228,6 +238,8 @@ class Sm90Launch:
             raise InputError(f"the Hopper prefill kernel cannot run this plan: {why}")
         self.plan, self.device = plan, device
         self.tr = config or variant_traits(variant, dtype=dtype, head_dim=plan.head_dim, causal=plan.causal)
+        if config is None and kv != "ragged":           # paged: the asynchronous arrivals (default_traits)
+            self.tr = dataclasses.replace(self.tr, sched=self.tr.sched | PAGED_ASYNC)
         self.kv, self.page_indices = kv, page_indices
         self.kernel = build(sm90_spec(dtype, plan.head_dim, plan.causal, self.tr, variant, kv, rope_pass),
                             device_info(device.index).arch, extra_options=tuple(extra_options))

@@ -19,7 +19,7 @@ def emulate(plan: Plan, q: torch.Tensor, k: torch.Tensor | None = None, v: torch
             kv_cache=None, page_table=None, layout: str = "NHD", sm_scale: float | None = None,
             logits_soft_cap: float = 0.0, alibi_slopes: torch.Tensor | None = None, custom_masks=None,
             score_mod=None, mask_mod=None, softmax: bool = True, rope: RoPE | None = None,
-            compute_dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+            rope_positions=None, compute_dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``plan`` on concrete tensors.
 
     Args:
@@ -31,6 +31,9 @@ def emulate(plan: Plan, q: torch.Tensor, k: torch.Tensor | None = None, v: torch
             :func:`infernb.reference.attention` (``softmax=False``, sigmoid attention, needs an unsplit plan: its
             parts add up instead of merging by LSE).
         custom_masks: optional per-request ``[qo_len, kv_len]`` bool masks (e.g. ``BlockSparse.to_dense()``).
+        rope_positions: ``(q_pos [sum(qo_lens)], k_start [batch])``: RoPE rotates query row ``i`` at ``q_pos[i]`` and
+            request ``b``'s key ``j`` at ``k_start[b] + j`` (default: the append convention, ``kv_len - qo_len + i``
+            and ``j``); masks and variants still see the request's own positions.
     Returns:
         ``(out [sum(qo_lens), num_qo_heads, head_dim], lse [sum(qo_lens), num_qo_heads])`` in ``compute_dtype``.
     """
@@ -79,8 +82,13 @@ def emulate(plan: Plan, q: torch.Tensor, k: torch.Tensor | None = None, v: torch
             kb = k[kv_ptr[b]:kv_ptr[b + 1]].to(compute_dtype)
             if rope is not None:
                 L, S = int(plan.qo_lens[b]), int(plan.kv_lens[b])
-                qb = apply_rope(qb, torch.arange(S - L, S, device=dev), rope, compute_dtype=compute_dtype)
-                kb = apply_rope(kb, torch.arange(S, device=dev), rope, compute_dtype=compute_dtype)
+                if rope_positions is None:
+                    pq, pk = torch.arange(S - L, S, device=dev), torch.arange(S, device=dev)
+                else:
+                    pq = torch.as_tensor(np.asarray(rope_positions[0])[qo_ptr[b]:qo_ptr[b + 1]], device=dev)
+                    pk = int(np.asarray(rope_positions[1])[b]) + torch.arange(S, device=dev)
+                qb = apply_rope(qb, pq, rope, compute_dtype=compute_dtype)
+                kb = apply_rope(kb, pk, rope, compute_dtype=compute_dtype)
             roped[b] = (qb, kb)
         return roped[b]
 

@@ -206,7 +206,7 @@ def prefill_cases(cases: list[dict], *, runs: int = 30, flashinfer: int = 1, fle
             errs["infernb_sm90"] = check("infernb_sm90", r90(q)[0], ref, torch.arange(qo[0]))
             fns["infernb_sm90"] = lambda: r90(q)
             for cfg in sm90_configs:                # its other configurations (e.g. the asynchronous arrivals)
-                label = f"infernb_sm90_{config_tag(cfg)}"
+                label = f"infernb_sm90_{config_tag(cfg, cache.layout)}"
                 rc = PrefillRunner(p90, cache, table, backend="sm90", config=cfg)
                 errs[label] = check(label, rc(q)[0], ref, torch.arange(qo[0]))
                 fns[label] = (lambda r_: lambda: r_(q))(rc)

@@ -41,6 +41,7 @@ class Generated:
     key_gathers: bool = False     # a captured tensor is read at an index that depends on kv_idx (a read per logit)
     lib_calls: int = 0            # accurate math-library calls emitted (tanhf, expf, powf, fmod, sigmoid's expf, ...:
                                   # ~20 instructions each)
+    indices: frozenset = frozenset({"b", "h", "q_idx", "kv_idx"})   # index arguments the hooks read (raw CUDA: all)
 
     @property
     def params_size(self) -> int:
@@ -62,6 +63,7 @@ class _Emitter:
         self.approx: dict[str, float] = {}
         self.key_gathers = False
         self.lib_calls = 0
+        self.indices: set[str] = set()
         self._on_key: dict[int, bool] = {}
 
     def expr(self, x: Sym) -> str:
@@ -72,6 +74,8 @@ class _Emitter:
             s = _literal(a[0], x.kind)
         elif op == "arg":
             s = a[0]
+            if s != "score":
+                self.indices.add(s)
         elif op == "param":
             self.params[a[0]] = x.kind
             s = f"p.{a[0]}"
@@ -223,6 +227,7 @@ def generate(cname: str, score_mod, mask_mod, params: dict, runtime: set, softma
         start = len(em.lines)
         if cuda is not None:
             em.lines.append((cuda.strip(), "raw CUDA supplied by the variant"))
+            em.indices |= {"b", "h", "q_idx", "kv_idx"}                 # (not traced: assume it reads them all)
         elif fn is None:
             em.lines.append(("return score;" if kind == "score" else "return true;", None))
         else:
@@ -268,7 +273,7 @@ def generate(cname: str, score_mod, mask_mod, params: dict, runtime: set, softma
     fn_block("float score_mod(const params_t& p, float score, int b, int h, int q_idx, int kv_idx)", body["score"])
     fn_block("bool mask_mod(const params_t& p, int b, int h, int q_idx, int kv_idx)", body["mask"])
     lines.append("};")
-    g = Generated("", fields, captures, origins, dict(em.approx), em.key_gathers, em.lib_calls)
+    g = Generated("", fields, captures, origins, dict(em.approx), em.key_gathers, em.lib_calls, frozenset(em.indices))
     lines.append(f"static_assert(sizeof({cname}::params_t) == {g.params_size}, "
                  f"\"params_t layout differs from infernb's packing\");")
     # annotate generated lines with their Python origin for readers

@@ -203,6 +203,13 @@ class Variant:
                         self.cuda_score_mod, self.cuda_mask_mod)
 
     @property
+    def positional(self) -> bool:
+        """Whether the hooks read the request or a position (``b``, ``q_idx``, ``kv_idx``; raw CUDA hooks count as
+        reading all): such a variant needs each logit's true request and positions, so it cannot run where keys
+        are computed away from their sequence (a cascade's shared levels). ``h`` alone is not positional."""
+        return bool(self.generated.indices & {"b", "q_idx", "kv_idx"})
+
+    @property
     def cuda_name(self) -> str:
         return "variant_" + c_identifier(self.name)
 

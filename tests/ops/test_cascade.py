@@ -9,7 +9,7 @@ import infernb as ib
 from infernb import InputError, reference
 from infernb.ops.cascade import cascade_attention, cascade_tree
 
-from .test_prefill import DEV, check, gpu
+from .test_prefill import DEV, check, gpu, reference_rounded_rope
 
 _hopper = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9,
                              reason="needs an sm_90 (Hopper) GPU")
@@ -35,14 +35,23 @@ def fork_tree(gen, prefix, branches, tails, *, hkv=2, d=64, page_size=16, layout
     return c, ids
 
 
-def run(gen, c, ids, qo_lens, hq, *, backend="auto"):
+def run(gen, c, ids, qo_lens, hq, *, backend="auto", variant=None, rope=None):
+    """Cascade attention of the sequences' newest tokens against the float64 reference of plain attention over each
+    whole sequence (with RoPE: the rotation rounded once to the operand dtype, and the unrounded one)."""
     qo = [1] * len(ids) if qo_lens is None else qo_lens
     q = torch.randn(sum(qo), hq, c.head_dim, generator=gen).to(c.dtype).to(c.pool.device)
-    out, lse = cascade_attention(q, c, ids, qo_lens, return_lse=True, backend=backend)
+    out, lse = cascade_attention(q, c, ids, qo_lens, return_lse=True, backend=backend, variant=variant, rope=rope)
     t = c.page_table(ids)
-    ref_o, ref_s = reference.paged_attention(q, c.pool, t.indptr, t.indices, t.last_page_len,
-                                             np.r_[0, np.cumsum(qo)].tolist(), layout=c.layout, causal=True)
-    check(out, lse, ref_o, ref_s, c.dtype)
+    kw = {} if variant is None else variant.reference_kwargs()
+    qo_ptr = np.r_[0, np.cumsum(qo)].tolist()
+    ref_o, ref_s = reference.paged_attention(q, c.pool, t.indptr, t.indices, t.last_page_len, qo_ptr,
+                                             layout=c.layout, causal=True, rope=rope, **kw)
+    if rope is None:
+        check(out, lse, ref_o, ref_s, c.dtype)
+    else:
+        k, v, _ = reference.gather_paged_kv(c.pool, t.indptr, t.indices, t.last_page_len, layout=c.layout)
+        rnd_o, rnd_s = reference_rounded_rope(q, k, v, qo, c.lengths(ids), rope, causal=True, **kw)
+        check(out, lse, rnd_o, rnd_s, c.dtype, exact_o=ref_o)
     return cascade_tree(c, ids, qo_lens)
 
 
@@ -103,6 +112,57 @@ def test_cpu_cascade_refusals(gen):
         cascade_attention(torch.randn(3, 3, 64).bfloat16(), c, ids)
 
 
+@pytest.mark.parametrize("qo", ["decode", "append"])
+def test_cpu_cascade_rope_and_softcap(gen, qo):
+    c, ids = fork_tree(gen, 100, [3, 2], [40, 37])
+    qo_lens = None if qo == "decode" else [1, 3, 2, 5, 17, 1]
+    run(gen, c, ids, qo_lens, 8, rope=ib.RoPE(theta=100.0))
+    run(gen, c, ids, qo_lens, 8, variant=ib.variants.softcap(5.0))
+
+
+def test_cascade_refuses_positional_and_sigmoid_variants(gen):
+    from infernb.ops.cascade import cascade_unsupported
+
+    c, ids = fork_tree(gen, 100, [3], [40])
+    q = torch.randn(4, 8, 64, generator=gen).bfloat16()
+    assert cascade_unsupported(None) is None and cascade_unsupported(ib.variants.softcap(30.0)) is None
+    for v, why in ((ib.variants.alibi(8), "positions"), (ib.variants.sliding_window(64), "positions"),
+                   (ib.variants.sigmoid_attention(), "softmax")):
+        assert why in cascade_unsupported(v)
+        with pytest.raises(InputError, match=f"cannot run variant .*{why}"):
+            cascade_attention(q, c, ids, variant=v)
+
+
+def test_cpu_decode_cascade_auto_true_false(gen):
+    c, ids = fork_tree(gen, 300, [5], [37])
+    q = torch.randn(len(ids), 8, 64, generator=gen).bfloat16()
+    t = c.page_table(ids)
+    ref_o, ref_s = reference.paged_attention(q, c.pool, t.indptr, t.indices, t.last_page_len, causal=True)
+    for mode in ("auto", True, False):
+        out, lse = ib.decode(q, c, ids, cascade=mode, return_lse=True)
+        check(out, lse, ref_o, ref_s, c.dtype)
+    with pytest.raises(InputError, match="cascade: expected"):
+        ib.decode(q, c, ids, cascade="yes")
+    with pytest.raises(InputError, match="cannot run variant"):
+        ib.decode(q, c, ids, cascade=True, variant=ib.variants.alibi(8))
+    ib.decode(q, c, ids, variant=ib.variants.alibi(8))          # auto: plain decode runs it
+
+
+def test_cascade_choice_says_which_and_why(gen):
+    # a long shared prefix read by many sequences pays; a short one by few does not; no sharing, no cascade
+    big, ids = fork_tree(gen, 32768, [63], [512], hkv=8, d=128)
+    ch = ib.cascade_choice(big, ids, num_qo_heads=32)
+    assert ch.use and ch.reason.startswith("cascade:") and ch.cascade_us < ch.plain_us and len(ch.tree.levels) == 2
+    small, ids = fork_tree(gen, 64, [1], [16])
+    ch = ib.cascade_choice(small, ids, num_qo_heads=8)
+    assert not ch.use and ch.reason.startswith("plain:") and ch.cascade_us > ch.plain_us
+    c = ib.PagedKVCache(64, 16, 2, 64)
+    ids = c.add_sequences(3)
+    c.append(ids, torch.randn(60, 2, 64), torch.randn(60, 2, 64), [20, 20, 20])
+    assert "share no full page" in ib.cascade_choice(c, ids, num_qo_heads=8).reason
+    assert "softmax" in ib.cascade_choice(big, [0, 1], num_qo_heads=32, variant=ib.variants.sigmoid_attention()).reason
+
+
 # ---------------------------------------------------------------------------------------------- GPU
 @gpu
 @pytest.mark.parametrize("backend", ["mma", pytest.param("sm90", marks=_hopper)])
@@ -124,3 +184,25 @@ def test_gpu_cascade_equals_plain_attention(gen, backend, case):
     else:
         c, ids = fork_tree(gen, 300, [7], [20], hkv=4, d=64, page_size=1, device=DEV)
         run(gen, c, ids, [1, 2, 3, 4, 5, 6, 7, 8], 16, backend=backend)
+
+
+@gpu
+@pytest.mark.parametrize("backend", ["mma", pytest.param("sm90", marks=_hopper)])
+@pytest.mark.parametrize("qo", ["decode", "append"])
+def test_gpu_cascade_rope_and_softcap(gen, backend, qo):
+    c, ids = fork_tree(gen, 2000, [6, 3], [300, 130], hkv=8, d=128, device=DEV)
+    qo_lens = None if qo == "decode" else [1, 7, 64, 3, 1, 2, 100, 5, 1, 9]
+    run(gen, c, ids, qo_lens, 32, backend=backend, rope=ib.RoPE(theta=10000.0))
+    run(gen, c, ids, qo_lens, 32, backend=backend, variant=ib.variants.softcap(30.0))
+
+
+@gpu
+def test_gpu_decode_cascade_auto_equals_plain(gen):
+    c, ids = fork_tree(gen, 8192, [15], [256], hkv=8, d=128, device=DEV)
+    assert ib.cascade_choice(c, ids, num_qo_heads=32).use
+    q = torch.randn(len(ids), 32, 128, generator=gen).bfloat16().to(DEV)
+    t = c.page_table(ids)
+    ref_o, ref_s = reference.paged_attention(q, c.pool, t.indptr, t.indices, t.last_page_len, causal=True)
+    for mode in ("auto", False):
+        out, lse = ib.decode(q, c, ids, cascade=mode, return_lse=True)
+        check(out, lse, ref_o, ref_s, c.dtype)

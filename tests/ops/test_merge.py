@@ -67,6 +67,51 @@ def test_input_errors(gen):
         infernb.merge_state(va, sa, v[:, 1].contiguous(), s[:, 1].contiguous(), out=(va, torch.empty_like(sa)))
 
 
+def gather_case(gen, n, m, depth, h, d, dtype, device):
+    """Own states of n rows, m other states, an index whose rows pick 0 .. depth of them (-1: none); and the
+    expected merge, each row's states stacked explicitly (a loop, not merge_gather's own vectorized gather)."""
+    v0, s0 = (x[:, 0] for x in states(gen, n, 1, h, d, dtype, "cpu", empty_rows=False))
+    v1, s1 = (x[:, 0] for x in states(gen, m, 1, h, d, dtype, "cpu", empty_rows=False))
+    s0[1] = -math.inf                                    # a row whose own part is empty
+    s1[0, 0] = -math.inf
+    idx = torch.randint(-1, m, (n, depth), generator=gen, dtype=torch.int32)
+    if n > 2:
+        idx[2] = -1                                      # a row with nothing gathered
+    exp_v, exp_s = [], []
+    for r in range(n):
+        js = [int(j) for j in idx[r] if j >= 0]
+        vv = torch.stack([v0[r]] + [v1[j] for j in js])[None]
+        ss = torch.stack([s0[r]] + [s1[j] for j in js])[None]
+        rv, rs = reference.merge_states(vv, ss)
+        exp_v.append(rv[0])
+        exp_s.append(rs[0])
+    dev = lambda t: t.to(device)  # noqa: E731
+    return (dev(v0), dev(s0), dev(v1), dev(s1), dev(idx)), torch.stack(exp_v), torch.stack(exp_s)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("depth", [0, 1, 3])
+def test_cpu_merge_gather(gen, dtype, depth):
+    args, ev, es = gather_case(gen, 9, 5, depth, 2, 64, dtype, "cpu")
+    ov, os_ = infernb.ops.merge_gather(*args)
+    assert_close(ov, ev.to(dtype), dtype, name="v", rowwise=True)
+    assert_close(os_, es, torch.float32, name="lse", rowwise=True)
+    if depth == 0:                                           # row 1: its own part empty, nothing gathered
+        assert torch.isneginf(os_[1]).all() and (ov[1] == 0).all()
+
+
+def test_merge_gather_input_errors(gen):
+    (v0, s0, v1, s1, idx), _, _ = gather_case(gen, 4, 3, 2, 2, 64, torch.bfloat16, "cpu")
+    with pytest.raises(InputError, match="index: expected rows of v1"):
+        infernb.ops.merge_gather(v0, s0, v1, s1, idx + 5)
+    with pytest.raises(InputError, match="index: expected dtype"):
+        infernb.ops.merge_gather(v0, s0, v1, s1, idx.long())
+    with pytest.raises(InputError, match="v1: expected shape"):
+        infernb.ops.merge_gather(v0, s0, v1[:, :1].contiguous(), s1, idx)
+    with pytest.raises(InputError, match="index: expected shape"):
+        infernb.ops.merge_gather(v0, s0, v1, s1, idx[:2])
+
+
 # ---------------------------------------------------------------- GPU: the compiled kernels
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -178,3 +223,18 @@ def test_gpu_empty_and_unsupported(gen):
     v, s = states(gen, 3, 2, 4, 96, torch.bfloat16, "cuda", empty_rows=False)
     with pytest.raises(InputError, match="head_dim 96 is not supported"):
         infernb.merge_states(v, s)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("depth", [0, 1, 4])
+def test_gpu_merge_gather(gen, dtype, head_dim, depth):
+    args, ev, es = gather_case(gen, 37, 23, depth, 3, head_dim, dtype, "cuda")     # 111 rows: partial last CTA
+    out = (poison_(torch.empty(37, 3, head_dim, dtype=dtype, device="cuda")),
+           poison_(torch.empty(37, 3, device="cuda")))
+    ov, os_ = infernb.ops.merge_gather(*args, out=out)
+    torch.cuda.synchronize()
+    assert ov.data_ptr() == out[0].data_ptr()
+    assert_close(ov.cpu(), ev.to(dtype), dtype, name="v", rowwise=True)
+    assert_close(os_.cpu(), es, torch.float32, name="lse", rowwise=True)

@@ -456,25 +456,31 @@ def test_sass_paged_async_arrivals():
     ops = re.findall(r"/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", text)
     assert ops.count("ARRIVES.LDGSTSBAR.64.ARVCNT") == 1 and ops.count("DEPBAR.LE") == 2   # (the other: Q's copies)
     assert ops.count("FENCE.VIEW.ASYNC.S") >= 4 and "LDL" not in ops and "STL" not in ops
-    plain = toolchain.sass(build(sm90_spec(torch.bfloat16, 128, True, kv="NHD"), "sm_90a").cubin)
-    assert "ARRIVES" not in plain
+    # the paged default (default_traits); the synchronous alternative (sched 3) has no asynchronous arrival
+    assert sm90_spec(torch.bfloat16, 128, True, kv="NHD").name == sm90_spec(torch.bfloat16, 128, True, cfg,
+                                                                              kv="NHD").name
+    sync = toolchain.sass(build(sm90_spec(torch.bfloat16, 128, True, dataclasses.replace(SM90_TRAITS, sched=3),
+                                          kv="NHD"), "sm_90a").cubin)
+    assert "ARRIVES" not in sync
 
 
 @gpu
 @hopper
 @pytest.mark.parametrize("page,layout", [(1, "NHD"), (16, "HND"), (5, "NHD"), (64, "HND")])
-def test_gpu_paged_async_arrivals(gen, page, layout):
-    from infernb.ops.prefill_sm90 import PAGED_ASYNC, sm90_traits
+def test_gpu_paged_sync_arrivals(gen, page, layout):
+    # the paged default arrives asynchronously (default_traits, the paged grid above); the synchronous alternative
+    # (each producer thread waits for its copies, then arrives) stays correct
+    from infernb.ops.prefill_sm90 import sm90_traits
 
     rng = np.random.default_rng(page)
     kv = rng.choice(KV, 12).tolist()
     qo = [int(min(x, y)) for x, y in zip(kv, rng.choice(QO, 12))]
-    cfg = dataclasses.replace(SM90_TRAITS, sched=3 | PAGED_ASYNC)
+    cfg = dataclasses.replace(SM90_TRAITS, sched=3)
     run_paged_sm90(gen, qo, kv, 16, 4, page, layout, config=cfg)
     run_paged_sm90(gen, [577, 127], [4096, 4096], 32, 8, page, layout, config=cfg, causal=False)
     for d in (64, 256):
         run_paged_sm90(gen, [300, 17], [1000, 17], 16, 4, page, layout, head_dim=d,
-                       config=dataclasses.replace(sm90_traits(d), sched=3 | PAGED_ASYNC))
+                       config=dataclasses.replace(sm90_traits(d), sched=3))
 
 
 @gpu

@@ -98,6 +98,58 @@ merge_states_kernel(const T* __restrict__ v, const float* __restrict__ s, T* __r
   merge_write<T, VEC>(acc, m, denom, invalid_lse(m) || denom != denom, v_out + row * HEAD_DIM, s_out + row, lane);
 }
 
+// Gathered form (cascade attention: a request's own keys and its shared prefix levels). Row (n, h) merges state 0,
+// (v0[n, h], s0[n, h]), with the states (v1[j, h], s1[j, h]) for j = idx[n, 0..depth-1] that are >= 0 (-1: none).
+// v0, v_out: [seq_len, num_heads, HEAD_DIM] T; s0, s_out: [seq_len, num_heads] fp32; v1: [rows1, num_heads, HEAD_DIM]
+// T; s1: [rows1, num_heads] fp32; idx: [seq_len, depth] int32. Same conventions as merge_states (-inf, NaN, +inf).
+template <typename T, int HEAD_DIM, int NUM_THREADS>
+__global__ void __launch_bounds__(NUM_THREADS)
+merge_gather_kernel(const T* __restrict__ v0, const float* __restrict__ s0, const T* __restrict__ v1,
+                    const float* __restrict__ s1, const int* __restrict__ idx, T* __restrict__ v_out,
+                    float* __restrict__ s_out, int seq_len, int depth, int num_heads) {
+  using cfg = merge_cfg_t<T, HEAD_DIM, NUM_THREADS>;
+  constexpr int VEC = cfg::VEC;
+  const int lane = threadIdx.x % cfg::THREADS_PER_ROW;
+  const long long row = (long long)blockIdx.x * cfg::ROWS_PER_CTA + threadIdx.x / cfg::THREADS_PER_ROW;
+  if (row >= (long long)seq_len * num_heads) return;
+  const long long n = row / num_heads, h = row % num_heads;
+  const int* ix = idx + n * depth;
+  // state 0 first (fmaxf ignores NaN: m is NaN only if every state is; see merge_states_kernel)
+  float m = s0[row];
+  bool bad = invalid_lse(m);
+  for (int k = 0; k < depth; ++k) {
+    const int j = ix[k];
+    if (j >= 0) {
+      const float sj = s1[(long long)j * num_heads + h];
+      bad |= invalid_lse(sj);
+      m = fmaxf(m, sj);
+    }
+  }
+  float acc[VEC], denom = 0.f;
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) acc[i] = 0.f;
+  if (m != -INFERNB_INF && !bad) {
+    vec_t<T, VEC> x;
+    x.load_stream(v0 + row * HEAD_DIM + lane * VEC);
+    float w = __expf(s0[row] - m);
+    denom = w;
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) acc[i] = w * to_float(x.elt[i]);
+    for (int k = 0; k < depth; ++k) {
+      const int j = ix[k];
+      if (j < 0) continue;
+      const long long r1 = (long long)j * num_heads + h;
+      x.load_stream(v1 + r1 * HEAD_DIM + lane * VEC);
+      w = __expf(s1[r1] - m);
+      denom += w;
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) acc[i] += w * to_float(x.elt[i]);
+    }
+  }
+  merge_write<T, VEC>(acc, m, denom, bad || invalid_lse(m) || denom != denom, v_out + row * HEAD_DIM, s_out + row,
+                      lane);
+}
+
 // Two-way form, separate tensors. v_a, v_b, v_out: [num_rows, HEAD_DIM] T; s_a, s_b, s_out: [num_rows] fp32
 // (num_rows = seq_len * num_heads, contiguous).
 template <typename T, int HEAD_DIM, int NUM_THREADS>
