@@ -23,6 +23,9 @@ from _common import parse_args, write_result  # noqa: E402
 HQ, HKV, D, PAGE = 32, 8, 128, 16
 CASES = {"64x(32768+512)": (32768, 64, 512), "16x(8192+256)": (8192, 16, 256)}
 SWEEP = [(p, b, 256) for p in (1024, 4096, 16384, 65536) for b in (8, 32, 128)]
+#: the cascade runner's alternatives timed on the two main cases: (level_tile_q, overlap, level_min_keys)
+ALTERNATIVES = [(64, False, 0), (64, True, 0), (128, True, 0), (64, True, 1024), (64, True, 2048), (64, True, 4096),
+                (64, False, 2048), (128, True, 2048)]
 
 
 def shared_batch(prefix: int, batch: int, own: int, seed: int = 0, device: str = "cuda"):
@@ -73,12 +76,17 @@ def run_case(name, prefix, batch, own, *, runs, fi, copy_tbps, gemm_tflops, part
     fns = {"infernb_decode": lambda: plain(q, cache), "infernb_cascade": lambda: casc(q)}
     casc(q)
     level, own_call = casc._runners                 # the cascade's parts, timed alone (where its time goes)
+    if not parts and level is not None:              # the sweep: the default and one alternative (env SWEEP_ALT)
+        import os
+        tq, ov, mk = (int(x) for x in os.environ.get("SWEEP_ALT", "64,1,2048").split(","))
+        alt = CascadeRunner(cache, ids, level_tile_q=tq, overlap=bool(ov), level_min_keys=mk)
+        fns[f"infernb_cascade_t{tq}{'_ov' if ov else ''}_k{mk}"] = lambda: alt(q)
     if parts and level is not None:
-        # alternatives: the levels on 64-row tiles; the own keys on a side stream beside the levels
-        alt64 = CascadeRunner(cache, ids, level_tile_q=64)
-        alt_ov = CascadeRunner(cache, ids, overlap=True)
-        fns["infernb_cascade_tile64"] = lambda: alt64(q)
-        fns["infernb_cascade_overlap"] = lambda: alt_ov(q)
+        # alternatives: the levels on 64-row tiles (t64), the own keys on a side stream beside the levels (ov), the
+        # levels' units cut into pieces of at least K keys (kK: fewer CTAs, fewer partial states to merge)
+        for tq, ov, mk in ALTERNATIVES:
+            alt = CascadeRunner(cache, ids, level_tile_q=tq, overlap=ov, level_min_keys=mk)
+            fns[f"infernb_cascade_t{tq or 'd'}{'_ov' if ov else ''}_k{mk}"] = (lambda r_: lambda: r_(q))(alt)
         lq = q if casc._level_rows is None else q[casc._level_rows]
         fns["cascade_part_levels"] = lambda: level(lq, cache=cache)
         fns["cascade_part_own"] = lambda: own_call(q)

@@ -123,6 +123,9 @@ class CascadeRunner:
             :func:`cascade_attention`.
         level_tile_q: the levels' query tile (mma backend: 64 or 128; default the prefill kernel's rule).
         overlap: run the own keys' launch on a side stream, beside the levels' (GPU; the merge waits for both).
+        level_min_keys: cut the levels' (query tile, KV head) units into pieces of at least this many keys: the levels
+            then take fewer CTAs (fewer partial states; with ``overlap`` the own keys run on the SMs left); 0: the
+            planner's cut over every SM.
 
     A call after the bound sequences changed length (an append) or were freed raises ``InputError``: make a new
     runner for the new step.
@@ -131,9 +134,9 @@ class CascadeRunner:
     def __init__(self, cache, seq_ids: Sequence[int], qo_lens: Sequence[int] | None = None, *,
                  variant: Variant | None = None, rope: RoPE | None = None, sm_scale: float | None = None,
                  min_pages: int = 1, backend: str = "auto", tree: PrefixTree | None = None,
-                 level_tile_q: int | None = None, overlap: bool = False):
+                 level_tile_q: int | None = None, overlap: bool = False, level_min_keys: int = 0):
         why = cascade_unsupported(variant)
-        self._level_tile_q, self.overlap = level_tile_q, bool(overlap)
+        self._level_tile_q, self.overlap, self._level_min_keys = level_tile_q, bool(overlap), int(level_min_keys)
         self._side = None
         if why:
             raise InputError(f"cascade attention cannot run variant {variant.name!r}: {why}")
@@ -191,9 +194,17 @@ class CascadeRunner:
         level = None
         var, rope = self.variant, self.rope
         if self.tree.levels:
-            lp = plan_batch(self._level_q, [lv.tokens for lv in self.tree.levels], causal=False,
-                            page_table=self._level_table, backend=self.backend, variant=var, rope=rope,
-                            tile_q=self._level_tile_q, **shape)
+            lk = dict(causal=False, page_table=self._level_table, backend=self.backend, variant=var, rope=rope,
+                      tile_q=self._level_tile_q, **shape)
+            lp = plan_batch(self._level_q, [lv.tokens for lv in self.tree.levels], **lk)
+            if self._level_min_keys > 0 and lp.num_ctas:
+                from ..device import device_info
+
+                all_sms = device_info(self.device.index if self.device.type == "cuda" else None).sm_count
+                want = int(np.ceil(float(np.sum(lp.tile_kv_len)) * c.num_kv_heads / self._level_min_keys))
+                if want < lp.num_ctas:                     # (num_ctas: all_sms x the kernel's CTAs per SM)
+                    sms = max(1, int(np.ceil(want * all_sms / lp.num_ctas)))
+                    lp = plan_batch(self._level_q, [lv.tokens for lv in self.tree.levels], num_sms=sms, **lk)
             level = PrefillRunner(lp, c, self._level_table, variant=var, rope=rope, sm_scale=self._sm_scale,
                                   backend=self.backend, rope_positions=self._level_rope if rope else None)
         # own keys: the decode kernel (one query a sequence, groups up to MAX_GROUP, RoPE at the sequence's own
