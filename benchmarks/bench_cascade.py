@@ -24,8 +24,7 @@ HQ, HKV, D, PAGE = 32, 8, 128, 16
 CASES = {"64x(32768+512)": (32768, 64, 512), "16x(8192+256)": (8192, 16, 256)}
 SWEEP = [(p, b, 256) for p in (1024, 4096, 16384, 65536) for b in (8, 32, 128)]
 #: the cascade runner's alternatives timed on the two main cases: (level_tile_q, overlap, level_min_keys)
-ALTERNATIVES = [(64, False, 0), (64, True, 0), (128, True, 0), (64, True, 1024), (64, True, 2048), (64, True, 4096),
-                (64, False, 2048), (128, True, 2048)]
+ALTERNATIVES = [(128, False, 0), (64, True, 0), (64, True, 2048), (64, False, 1024)]
 
 
 def shared_batch(prefix: int, batch: int, own: int, seed: int = 0, device: str = "cuda"):

@@ -72,8 +72,8 @@ def cascade_tree(cache, seq_ids: Sequence[int], qo_lens: Sequence[int] | None = 
 #: cascade reads the shared levels once and each sequence's own keys, does the levels' FLOPs on tensor cores and
 #: pays ``cascade_fixed_us`` for its extra launches (levels, merge). ``margin``: cascade only when estimated at
 #: least this much faster.
-CASCADE_MODEL = dict(plain_fixed_us=8.0, plain_tb_s=9.0, cascade_fixed_us=20.0, cascade_tb_s=3.5,
-                     level_tflops=300.0, margin=0.85)
+CASCADE_MODEL = dict(plain_fixed_us=8.0, plain_tb_s=9.0, cascade_fixed_us=45.0, cascade_tb_s=3.5,
+                     level_tflops=300.0, margin=0.97)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,11 +121,13 @@ class CascadeRunner:
     Args:
         cache, seq_ids, qo_lens, variant, rope, sm_scale, min_pages, backend, tree: as in
             :func:`cascade_attention`.
-        level_tile_q: the levels' query tile (mma backend: 64 or 128; default the prefill kernel's rule).
+        level_tile_q: the levels' query tile (mma backend: 64 or 128); default 64 while a level has at most 256 query
+            rows a KV head (more, smaller tiles: each unit's split has fewer partial states to merge; H200: 0.2112 vs
+            0.2381 ms on 64 x (32768 + 512)), the prefill kernel's rule above that (the K/V reads per tile count).
         overlap: run the own keys' launch on a side stream, beside the levels' (GPU; the merge waits for both).
         level_min_keys: cut the levels' (query tile, KV head) units into pieces of at least this many keys: the levels
             then take fewer CTAs (fewer partial states; with ``overlap`` the own keys run on the SMs left); 0: the
-            planner's cut over every SM.
+            planner's cut over every SM. Defaults measured: ``benchmarks/results/cascade_*_alternatives.json``.
 
     A call after the bound sequences changed length (an append) or were freed raises ``InputError``: make a new
     runner for the new step.
@@ -134,7 +136,7 @@ class CascadeRunner:
     def __init__(self, cache, seq_ids: Sequence[int], qo_lens: Sequence[int] | None = None, *,
                  variant: Variant | None = None, rope: RoPE | None = None, sm_scale: float | None = None,
                  min_pages: int = 1, backend: str = "auto", tree: PrefixTree | None = None,
-                 level_tile_q: int | None = None, overlap: bool = False, level_min_keys: int = 0):
+                 level_tile_q: int | None = None, overlap: bool = True, level_min_keys: int = 1024):
         why = cascade_unsupported(variant)
         self._level_tile_q, self.overlap, self._level_min_keys = level_tile_q, bool(overlap), int(level_min_keys)
         self._side = None
@@ -194,8 +196,11 @@ class CascadeRunner:
         level = None
         var, rope = self.variant, self.rope
         if self.tree.levels:
+            tq = self._level_tile_q
+            if tq is None and self.backend == "mma" and max(self._level_q) * (hq // c.num_kv_heads) <= 256:
+                tq = 64
             lk = dict(causal=False, page_table=self._level_table, backend=self.backend, variant=var, rope=rope,
-                      tile_q=self._level_tile_q, **shape)
+                      tile_q=tq, **shape)
             lp = plan_batch(self._level_q, [lv.tokens for lv in self.tree.levels], **lk)
             if self._level_min_keys > 0 and lp.num_ctas:
                 from ..device import device_info
