@@ -117,3 +117,22 @@ def time_bars(rows: list[dict], paths: list[tuple[str, str]] | None = None, *, t
     fig.update_layout(**base_layout(title + (f"<br><sup>{subtitle}</sup>" if subtitle else "")), barmode="group",
                       yaxis_title="ms (median, lower is faster)", height=430, legend=dict(orientation="h", y=-0.25))
     return fig
+
+
+def speedup_bars(rows: list[dict], ratios: list[tuple[str, str]], *, title: str = "Speedup", subtitle: str = ""):
+    """Grouped bars of ratios the benchmark recorded per case (``rows`` in the benchmarks' JSON schema; ``ratios``:
+    ``[(key, label)]``, e.g. ``("cascade_vs_plain_decode", "vs infernb plain decode")``), a line at 1x (level):
+    the shared-prefix speedup picture."""
+    import plotly.graph_objects as go
+
+    cases = [r["case"] for r in rows]
+    fig = go.Figure()
+    for key, label in ratios:
+        fig.add_trace(go.Bar(name=label, x=cases, y=[r.get(key) for r in rows],
+                             text=[f"{r[key]:.2f}x" if key in r else "" for r in rows], textposition="outside",
+                             hovertemplate="%{x}: %{y:.2f}x<extra>" + label + "</extra>"))
+    fig.add_hline(y=1.0, line_dash="dot", line_color="#6b7280", annotation_text="level", annotation_position="top left")
+    fig.update_layout(**base_layout(title + (f"<br><sup>{subtitle}</sup>" if subtitle else "")), barmode="group",
+                      yaxis_title="speedup (x, higher is faster)", yaxis_type="log", height=460,
+                      legend=dict(orientation="h", y=-0.3))
+    return fig
