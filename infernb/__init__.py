@@ -27,7 +27,7 @@ __all__ = [
     "CompileError", "DeviceError", "DeviceInfo", "InfernbError", "InputError", "device_info", "errors",
     "has_gpu", "jit", "ops", "reference", "testing", "merge_state", "merge_states", "plan", "Plan", "emulate", "run",
     "decode", "DecodeRunner", "prefill", "append", "PrefillRunner", "RoPE", "block_sparse_attention",
-    "cascade_attention", "cascade_choice", "__version__",
+    "cascade_attention", "cascade_choice", "decode_runner", "__version__",
 ]
 
 
@@ -38,6 +38,6 @@ def __getattr__(name: str):
     if name in ("jit", "ops", "viz", "widgets", "profile"):
         return importlib.import_module(f".{name}", __name__)
     if name in ("merge_state", "merge_states", "run", "decode", "DecodeRunner", "prefill", "append", "PrefillRunner",
-                "block_sparse_attention", "cascade_attention", "cascade_choice"):
+                "block_sparse_attention", "cascade_attention", "cascade_choice", "decode_runner"):
         return getattr(importlib.import_module(".ops", __name__), name)
     raise AttributeError(f"module 'infernb' has no attribute {name!r}")

@@ -5,7 +5,7 @@ from ..jit import KernelSpec
 from ..layout import append_kernel
 from . import gemm, merge, paged_decode, prefill as prefill_ops, prefill_sm90
 from .block_sparse import block_sparse_attention
-from .cascade import CascadeRunner, cascade_attention, cascade_choice, cascade_tree
+from .cascade import CascadeRunner, DecodeStep, cascade_attention, cascade_choice, cascade_tree, decode_runner
 from .paged_decode import DecodeRunner, decode
 from .merge import merge_gather, merge_state, merge_states
 from .prefill import PrefillRunner, append, prefill
@@ -21,5 +21,5 @@ def kernel_specializations() -> list[KernelSpec]:
             *prefill_sm90.specializations()]
 
 
-__all__ = ["DecodeRunner", "PrefillRunner", "append", "block_sparse_attention", "CascadeRunner", "cascade_attention", "cascade_choice", "cascade_tree", "decode", "kernel_specializations", "merge_gather", "merge_state", "merge_states",
+__all__ = ["DecodeRunner", "PrefillRunner", "append", "block_sparse_attention", "CascadeRunner", "cascade_attention", "cascade_choice", "cascade_tree", "DecodeStep", "decode_runner", "decode", "kernel_specializations", "merge_gather", "merge_state", "merge_states",
            "prefill", "run"]

@@ -32,7 +32,7 @@ from ..reference import RoPE
 from ..variants import Variant
 from ._common import DTYPES
 from .merge import merge_gather
-from .paged_decode import MAX_GROUP, DecodeRunner, plan_decode
+from .paged_decode import MAX_GROUP, DecodeRunner, plain_decode_runner, plan_decode
 from .prefill import PrefillRunner, plan_batch
 from .prefill_sm90 import resolve_backend
 
@@ -227,7 +227,20 @@ class CascadeRunner:
                                 backend=self.backend, rope_positions=(self._q_pos, starts) if rope else None)
             own_call = lambda q: own(q, cache=c)  # noqa: E731
         self._runners = (level, own_call)
+        self._plans = {"levels": level.plan if level is not None else None, "own": own.plan}
         self._plan_for = (hq, dtype)
+
+    def plans(self, num_qo_heads: int, dtype: torch.dtype | None = None) -> dict:
+        """The two plans a call with ``num_qo_heads`` query heads runs (made now if no call made them yet):
+        ``{"levels": the shared levels' prefill plan (None without shared levels), "own": each sequence's own keys'
+        decode / append plan}``, e.g. for :func:`infernb.viz.plan_gantt`."""
+        dtype = self.cache.dtype if dtype is None else dtype
+        if self._plan_for != (num_qo_heads, dtype):
+            if num_qo_heads % self.cache.num_kv_heads:
+                raise InputError(f"num_qo_heads: {num_qo_heads} is not a multiple of the cache's "
+                                 f"{self.cache.num_kv_heads} KV heads")
+            self._bind(num_qo_heads, dtype)
+        return dict(self._plans)
 
     def __call__(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``q [sum(qo_lens), num_qo_heads, head_dim]`` -> ``(out like q, lse [sum(qo_lens), num_qo_heads] fp32)``."""
@@ -266,6 +279,67 @@ class CascadeRunner:
         return merge_gather(uo, us, lo, ls, self._merge_index, check_index=False)
 
 
+class DecodeStep:
+    """One decode step of some sequences, bound once and called per layer (:func:`decode_runner`): ``step(q)`` ->
+    ``(out, lse)``. ``choice`` (:class:`CascadeChoice`) says whether it runs cascade attention or plain decode and
+    why; ``runner`` is the :class:`CascadeRunner`, :class:`~infernb.ops.DecodeRunner` or (GQA groups above 16)
+    :class:`~infernb.ops.PrefillRunner` it calls."""
+
+    def __init__(self, runner, choice: CascadeChoice, call):
+        self.runner, self.choice, self._call = runner, choice, call
+
+    def __call__(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``q [len(seq_ids), num_qo_heads, head_dim]`` -> ``(out like q, lse [len(seq_ids), num_qo_heads] fp32)``."""
+        return self._call(q)
+
+    def __repr__(self) -> str:
+        return f"DecodeStep({type(self.runner).__name__}: {self.choice.reason})"
+
+
+def decode_runner(cache, seq_ids: Sequence[int], *, num_qo_heads: int, dtype: torch.dtype | None = None,
+                  variant: Variant | None = None, rope: RoPE | None = None, sm_scale: float | None = None,
+                  cascade: bool | str = "auto", num_sms=None) -> DecodeStep:
+    """The runner of one decode step of ``seq_ids`` (one new token each, appended already), made once and called per
+    layer: cascade attention when the sequences share prefix pages and :func:`cascade_choice` estimates that it pays
+    (``cascade="auto"``), or always (``True``), or plain decode (``False``) -- what :func:`infernb.decode` runs, without
+    re-planning per call. A call after the sequences changed (an append, a free) raises ``InputError``: make the
+    next step's runner.
+
+    Args:
+        cache, seq_ids: the :class:`~infernb.layout.PagedKVCache` and live sequences, in q's row order.
+        num_qo_heads: q's heads; dtype: q's dtype (default the cache's).
+        variant, rope, sm_scale, num_sms: as in :func:`infernb.decode` (``num_sms``: plain decode's plan).
+    Returns:
+        a :class:`DecodeStep` (``step(q) -> (out, lse)``, ``step.choice``).
+    """
+    seq_ids = list(seq_ids)
+    dtype = cache.dtype if dtype is None else dtype
+    if cascade not in (True, False, "auto"):
+        raise InputError(f"cascade: expected True, False or 'auto', got {cascade!r}")
+    if num_qo_heads % cache.num_kv_heads:
+        raise InputError(f"num_qo_heads: {num_qo_heads} is not a multiple of the cache's {cache.num_kv_heads} KV heads")
+    if cascade == "auto":
+        choice = cascade_choice(cache, seq_ids, num_qo_heads=num_qo_heads, variant=variant)
+    elif cascade:
+        choice = CascadeChoice(True, "cascade: asked for (cascade=True)")
+    else:
+        choice = CascadeChoice(False, "plain: asked for (cascade=False)")
+    if choice.use:
+        r = CascadeRunner(cache, seq_ids, variant=variant, rope=rope, sm_scale=sm_scale, tree=choice.tree)
+        return DecodeStep(r, choice, r)
+    runner, call = plain_decode_runner(cache, seq_ids, num_qo_heads=num_qo_heads, dtype=dtype, variant=variant,
+                                       rope=rope, sm_scale=sm_scale, num_sms=num_sms)
+    kv = cache.lengths(seq_ids)
+
+    def plain(q):
+        if cache.lengths(seq_ids) != kv:
+            raise InputError("the bound sequences changed length since this decode step's runner was made (an "
+                             "append): make a new one (decode_runner) for this step")
+        return call(q)
+
+    return DecodeStep(runner, choice, plain)
+
+
 def cascade_attention(q: torch.Tensor, cache, seq_ids: Sequence[int], qo_lens: Sequence[int] | None = None, *,
                       variant: Variant | None = None, rope: RoPE | None = None, sm_scale: float | None = None,
                       return_lse: bool = False, tree: PrefixTree | None = None, min_pages: int = 1,
@@ -299,5 +373,5 @@ def cascade_attention(q: torch.Tensor, cache, seq_ids: Sequence[int], qo_lens: S
     return (out, lse) if return_lse else out
 
 
-__all__ = ["CASCADE_MODEL", "CascadeChoice", "CascadeRunner", "cascade_attention", "cascade_choice", "cascade_tree",
-           "cascade_unsupported"]
+__all__ = ["CASCADE_MODEL", "CascadeChoice", "CascadeRunner", "DecodeStep", "cascade_attention", "cascade_choice",
+           "cascade_tree", "cascade_unsupported", "decode_runner"]

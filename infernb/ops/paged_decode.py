@@ -326,6 +326,28 @@ def plan_decode(kv_lens, *, num_qo_heads: int, num_kv_heads: int, head_dim: int,
                      dtype=DTYPE_NAMES[dtype], num_sms=num_sms, merge_gain=0.05 if variant.softmax else math.inf)
 
 
+def plain_decode_runner(cache, seq_ids: Sequence[int], *, num_qo_heads: int, dtype: torch.dtype,
+                             variant: Variant | None = None, rope: RoPE | None = None, sm_scale: float | None = None,
+                             num_sms=None):
+    """Plain decode of ``seq_ids`` bound once: ``(runner, call)`` with ``call(q) -> (out, lse)``: the decode kernel
+    (:class:`DecodeRunner`), or for GQA groups above ``MAX_GROUP`` an append of one token a sequence on the
+    mma.sync prefill kernel (:class:`~infernb.ops.PrefillRunner`)."""
+    table = cache.page_table(seq_ids)
+    kv = cache.lengths(seq_ids)
+    if num_qo_heads // cache.num_kv_heads > MAX_GROUP:
+        from .prefill import PrefillRunner, plan_batch
+
+        p = plan_batch([1] * len(kv), kv, num_qo_heads=num_qo_heads, num_kv_heads=cache.num_kv_heads,
+                       head_dim=cache.head_dim, dtype=dtype, page_size=cache.page_size, causal=True,
+                       variant=variant, rope=rope, num_sms=num_sms, backend="mma")
+        r = PrefillRunner(p, cache, table, variant=variant, rope=rope, sm_scale=sm_scale, backend="mma")
+        return r, lambda q: r(q, cache=cache)
+    p = plan_decode(kv, num_qo_heads=num_qo_heads, num_kv_heads=cache.num_kv_heads, head_dim=cache.head_dim,
+                    page_size=cache.page_size, dtype=dtype, variant=variant, num_sms=num_sms)
+    r = DecodeRunner(p, cache, table, variant=variant, rope=rope, sm_scale=sm_scale)
+    return r, lambda q: r(q, cache)
+
+
 def decode(q: torch.Tensor, cache, seq_ids: Sequence[int], *, variant: Variant | None = None,
            rope: RoPE | None = None, sm_scale: float | None = None, return_lse: bool = False, num_sms=None,
            cascade: bool | str = "auto"):
@@ -354,7 +376,7 @@ def decode(q: torch.Tensor, cache, seq_ids: Sequence[int], *, variant: Variant |
     each KV block once per tile as the decode kernel does.
     """
     seq_ids = list(seq_ids)
-    table = cache.page_table(seq_ids)                 # raises on freed / unknown ids
+    cache.page_table(seq_ids)                         # raises on freed / unknown ids
     if not isinstance(q, torch.Tensor) or q.dim() != 3 or q.shape[0] != len(seq_ids):
         raise InputError(f"q: expected [len(seq_ids) = {len(seq_ids)}, num_qo_heads, head_dim], got "
                          f"{list(q.shape) if isinstance(q, torch.Tensor) else type(q).__name__}")
@@ -362,28 +384,12 @@ def decode(q: torch.Tensor, cache, seq_ids: Sequence[int], *, variant: Variant |
         raise InputError(f"q has {q.shape[1]} heads, not a multiple of the cache's {cache.num_kv_heads} KV heads")
     if q.dtype not in DTYPES:
         raise InputError(f"q: expected float16 or bfloat16, got {q.dtype}")
-    if cascade not in (True, False, "auto"):
-        raise InputError(f"cascade: expected True, False or 'auto', got {cascade!r}")
-    if cascade is not False:
-        from .cascade import CascadeRunner, cascade_choice
+    from .cascade import decode_runner
 
-        choice = cascade_choice(cache, seq_ids, num_qo_heads=q.shape[1], variant=variant) if cascade == "auto" \
-            else None
-        if cascade is True or choice.use:
-            out, lse = CascadeRunner(cache, seq_ids, variant=variant, rope=rope, sm_scale=sm_scale,
-                                     tree=choice.tree if choice is not None else None)(q)
-            return (out, lse) if return_lse else out
-    if q.shape[1] // cache.num_kv_heads > MAX_GROUP:
-        from .prefill import append
-
-        return append(q, cache, seq_ids, [1] * len(seq_ids), causal=True, variant=variant, rope=rope,
-                      sm_scale=sm_scale, return_lse=return_lse, num_sms=num_sms, backend="mma")
-    variant = NONE if variant is None else variant
-    p = plan_decode(cache.lengths(seq_ids), num_qo_heads=q.shape[1], num_kv_heads=cache.num_kv_heads,
-                    head_dim=cache.head_dim, page_size=cache.page_size, dtype=q.dtype, variant=variant, num_sms=num_sms)
-    out, lse = run_decode(p, q, cache, table, variant=variant, rope=rope, sm_scale=sm_scale)
+    out, lse = decode_runner(cache, seq_ids, num_qo_heads=q.shape[1], dtype=q.dtype, variant=variant, rope=rope,
+                             sm_scale=sm_scale, cascade=cascade, num_sms=num_sms)(q)
     return (out, lse) if return_lse else out
 
 
-__all__ = ["DecodeRunner", "cta_records", "decode", "decode_spec", "plan_arrays", "plan_decode", "run_decode", "smem_bytes",
+__all__ = ["DecodeRunner", "plain_decode_runner", "cta_records", "decode", "decode_spec", "plan_arrays", "plan_decode", "run_decode", "smem_bytes",
            "specializations"]

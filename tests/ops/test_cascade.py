@@ -163,6 +163,31 @@ def test_cascade_choice_says_which_and_why(gen):
     assert "softmax" in ib.cascade_choice(big, [0, 1], num_qo_heads=32, variant=ib.variants.sigmoid_attention()).reason
 
 
+def test_cpu_decode_runner_binds_the_choice_once(gen):
+    c, ids = fork_tree(gen, 300, [5], [37])
+    q = torch.randn(len(ids), 8, 64, generator=gen).bfloat16()
+    t = c.page_table(ids)
+    ref_o, ref_s = reference.paged_attention(q, c.pool, t.indptr, t.indices, t.last_page_len, causal=True)
+    for mode, kind in ((True, "CascadeRunner"), (False, "DecodeRunner")):
+        step = ib.decode_runner(c, ids, num_qo_heads=8, cascade=mode)
+        assert type(step.runner).__name__ == kind and kind in repr(step)
+        check(*step(q), ref_o, ref_s, c.dtype)
+        plans = step.runner.plans(8) if mode else None
+        if plans:
+            assert plans["levels"].batch_size == len(step.runner.tree.levels) >= 1
+            assert plans["own"].batch_size == len(ids)
+    # MQA (a group of 32 > the decode kernel's 16) takes the prefill kernel's append
+    step = ib.decode_runner(c, ids, num_qo_heads=64, cascade=False)
+    assert type(step.runner).__name__ == "PrefillRunner"
+    # a changed sequence: the bound step refuses
+    c.append([ids[0]], torch.randn(1, 2, 64).bfloat16(), torch.randn(1, 2, 64).bfloat16())
+    for mode in (True, False):
+        with pytest.raises(InputError, match="changed length"):
+            step = ib.decode_runner(c, ids, num_qo_heads=8, cascade=mode)
+            c.append([ids[1]], torch.randn(1, 2, 64).bfloat16(), torch.randn(1, 2, 64).bfloat16())
+            step(q)
+
+
 # ---------------------------------------------------------------------------------------------- GPU
 @gpu
 @pytest.mark.parametrize("backend", ["mma", pytest.param("sm90", marks=_hopper)])
