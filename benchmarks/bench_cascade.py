@@ -23,8 +23,10 @@ from _common import parse_args, write_result  # noqa: E402
 HQ, HKV, D, PAGE = 32, 8, 128, 16
 CASES = {"64x(32768+512)": (32768, 64, 512), "16x(8192+256)": (8192, 16, 256)}
 SWEEP = [(p, b, 256) for p in (1024, 4096, 16384, 65536) for b in (8, 32, 128)]
-#: the cascade runner's alternatives timed on the two main cases: (level_tile_q, overlap, level_min_keys)
-ALTERNATIVES = [(128, False, 0), (64, True, 0), (64, True, 2048), (64, False, 1024)]
+#: the cascade runner's alternatives timed on the two main cases: (level_tile_q, overlap, level_min_keys, the levels'
+#: build options)
+ALTERNATIVES = [(128, False, 0, ()), (64, True, 0, ()), (64, True, 2048, ()), (64, False, 1024, ()),
+                (64, True, 1024, ("-DINFERNB_PREFILL_MERGE_BATCHED",))]
 
 
 def shared_batch(prefix: int, batch: int, own: int, seed: int = 0, device: str = "cuda"):
@@ -83,11 +85,16 @@ def run_case(name, prefix, batch, own, *, runs, fi, copy_tbps, gemm_tflops, part
     if parts and level is not None:
         # alternatives: the levels on 64-row tiles (t64), the own keys on a side stream beside the levels (ov), the
         # levels' units cut into pieces of at least K keys (kK: fewer CTAs, fewer partial states to merge)
-        for tq, ov, mk in ALTERNATIVES:
-            alt = CascadeRunner(cache, ids, level_tile_q=tq, overlap=ov, level_min_keys=mk)
-            fns[f"infernb_cascade_t{tq or 'd'}{'_ov' if ov else ''}_k{mk}"] = (lambda r_: lambda: r_(q))(alt)
+        for tq, ov, mk, opts in ALTERNATIVES:
+            alt = CascadeRunner(cache, ids, level_tile_q=tq, overlap=ov, level_min_keys=mk, level_options=opts)
+            tag = "_mb" if opts else ""                    # (the batched split merge)
+            fns[f"infernb_cascade_t{tq or 'd'}{'_ov' if ov else ''}_k{mk}{tag}"] = (lambda r_: lambda: r_(q))(alt)
         lq = q if casc._level_rows is None else q[casc._level_rows]
         fns["cascade_part_levels"] = lambda: level(lq, cache=cache)
+        mb = CascadeRunner(cache, ids, level_options=("-DINFERNB_PREFILL_MERGE_BATCHED",))
+        mb(q)
+        level_mb = mb._runners[0]                      # the same levels with the batched split merge
+        fns["cascade_part_levels_mb"] = lambda: level_mb(lq, cache=cache)
         fns["cascade_part_own"] = lambda: own_call(q)
     if fi is not None:
         for tc in (True, False):

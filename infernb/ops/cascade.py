@@ -45,9 +45,9 @@ def cascade_unsupported(variant: Variant | None) -> str | None:
         return None
     if not variant.softmax:
         return "it is not softmax attention (the levels' partial results merge by their LSE)"
-    if variant.positional:
-        return ("its hooks read the request or the positions (b, q_idx, kv_idx), which a shared level's launch does "
-                "not keep (plain decode / append runs it)")
+    if variant.positional or variant.window_left >= 0:
+        return ("its hooks read the request or the positions (b, q_idx, kv_idx) or it promises a window, and a shared "
+                "level's launch does not keep the sequences' positions (plain decode / append runs it)")
     return None
 
 
@@ -89,13 +89,16 @@ class CascadeChoice:
 
 
 def cascade_choice(cache, seq_ids: Sequence[int], qo_lens: Sequence[int] | None = None, *, num_qo_heads: int,
-                   variant: Variant | None = None, min_pages: int = 1) -> CascadeChoice:
+                   variant: Variant | None = None, rope: RoPE | None = None, min_pages: int = 1) -> CascadeChoice:
     """Whether cascade attention pays for these sequences (what ``ib.decode(..., cascade="auto")`` asks): it looks
-    for shared pages in their page table and compares the estimates of :data:`CASCADE_MODEL`."""
+    for shared pages in their page table and compares the estimates of :data:`CASCADE_MODEL` (calibrated on decode
+    steps without RoPE; with ``rope`` the cascade's rotation pass reads, writes and reads again the keys and values
+    it gathers, counted as 3x its reads -- an estimate, not yet measured)."""
+    seq_ids = list(seq_ids)
     why = cascade_unsupported(variant)
     if why:
         return CascadeChoice(False, f"plain: the variant cannot run on a cascade ({why})")
-    if len(list(seq_ids)) < 2:
+    if len(seq_ids) < 2:
         return CascadeChoice(False, "plain: one sequence shares nothing")
     tree = cascade_tree(cache, seq_ids, qo_lens, min_pages=min_pages)
     if not tree.levels:
@@ -104,9 +107,10 @@ def cascade_choice(cache, seq_ids: Sequence[int], qo_lens: Sequence[int] | None 
     st = tree.stats()
     tok_bytes = 2 * cache.num_kv_heads * cache.head_dim * cache.pool.element_size()     # K and V of one token
     plain = m["plain_fixed_us"] + st["plain_tokens"] * tok_bytes / (m["plain_tb_s"] * 1e6)
-    flops = 4 * num_qo_heads * cache.head_dim * sum(lv.tokens * len(lv.rows) for lv in tree.levels)
-    casc = (m["cascade_fixed_us"] + st["cascade_tokens"] * tok_bytes / (m["cascade_tb_s"] * 1e6)
-            + flops / (m["level_tflops"] * 1e6))
+    qo = np.ones(len(seq_ids), np.int64) if qo_lens is None else np.asarray(list(qo_lens), np.int64)
+    flops = 4 * num_qo_heads * cache.head_dim * sum(lv.tokens * int(qo[list(lv.rows)].sum()) for lv in tree.levels)
+    reads = st["cascade_tokens"] * tok_bytes * (3 if rope is not None else 1)
+    casc = m["cascade_fixed_us"] + reads / (m["cascade_tb_s"] * 1e6) + flops / (m["level_tflops"] * 1e6)
     use = casc <= m["margin"] * plain
     what = (f"{st['levels']} shared level(s) cut the keys read {st['read_ratio']:.1f}x; estimated cascade "
             f"{casc:.0f} us vs plain {plain:.0f} us")
@@ -128,6 +132,8 @@ class CascadeRunner:
         level_min_keys: cut the levels' (query tile, KV head) units into pieces of at least this many keys: the levels
             then take fewer CTAs (fewer partial states; with ``overlap`` the own keys run on the SMs left); 0: the
             planner's cut over every SM. Defaults measured: ``benchmarks/results/cascade_*_alternatives.json``.
+        num_sms: multiprocessors both plans fill (default: the GPU's).
+        level_options: extra NVRTC options of the levels' kernel (experiments, e.g. ``-DINFERNB_PREFILL_MERGE_BATCHED``).
 
     A call after the bound sequences changed length (an append) or were freed raises ``InputError``: make a new
     runner for the new step.
@@ -136,9 +142,11 @@ class CascadeRunner:
     def __init__(self, cache, seq_ids: Sequence[int], qo_lens: Sequence[int] | None = None, *,
                  variant: Variant | None = None, rope: RoPE | None = None, sm_scale: float | None = None,
                  min_pages: int = 1, backend: str = "auto", tree: PrefixTree | None = None,
-                 level_tile_q: int | None = None, overlap: bool = True, level_min_keys: int = 1024):
+                 level_tile_q: int | None = None, overlap: bool = True, level_min_keys: int = 1024,
+                 num_sms=None, level_options: tuple[str, ...] = ()):
         why = cascade_unsupported(variant)
         self._level_tile_q, self.overlap, self._level_min_keys = level_tile_q, bool(overlap), int(level_min_keys)
+        self._num_sms, self._level_options = num_sms, tuple(level_options)
         self._side = None
         if why:
             raise InputError(f"cascade attention cannot run variant {variant.name!r}: {why}")
@@ -193,6 +201,7 @@ class CascadeRunner:
         c = self.cache
         shape = dict(num_qo_heads=hq, num_kv_heads=c.num_kv_heads, head_dim=c.head_dim, dtype=dtype,
                      page_size=self._ps)
+        n_sms = self._num_sms
         level = None
         var, rope = self.variant, self.rope
         if self.tree.levels:
@@ -201,27 +210,28 @@ class CascadeRunner:
                 tq = 64
             lk = dict(causal=False, page_table=self._level_table, backend=self.backend, variant=var, rope=rope,
                       tile_q=tq, **shape)
-            lp = plan_batch(self._level_q, [lv.tokens for lv in self.tree.levels], **lk)
+            lp = plan_batch(self._level_q, [lv.tokens for lv in self.tree.levels], num_sms=n_sms, **lk)
             if self._level_min_keys > 0 and lp.num_ctas:
                 from ..device import device_info
 
-                all_sms = device_info(self.device.index if self.device.type == "cuda" else None).sm_count
+                all_sms = n_sms or device_info(self.device.index if self.device.type == "cuda" else None).sm_count
                 want = int(np.ceil(float(np.sum(lp.tile_kv_len)) * c.num_kv_heads / self._level_min_keys))
                 if want < lp.num_ctas:                     # (num_ctas: all_sms x the kernel's CTAs per SM)
                     sms = max(1, int(np.ceil(want * all_sms / lp.num_ctas)))
                     lp = plan_batch(self._level_q, [lv.tokens for lv in self.tree.levels], num_sms=sms, **lk)
             level = PrefillRunner(lp, c, self._level_table, variant=var, rope=rope, sm_scale=self._sm_scale,
-                                  backend=self.backend, rope_positions=self._level_rope if rope else None)
+                                  backend=self.backend, rope_positions=self._level_rope if rope else None,
+                                  extra_options=self._level_options)
         # own keys: the decode kernel (one query a sequence, groups up to MAX_GROUP, RoPE at the sequence's own
         # positions only) or the prefill kernel (appends, larger groups, RoPE at the unique part's positions)
         if (self.qo == 1).all() and hq // c.num_kv_heads <= MAX_GROUP and rope is None:
             dp = plan_decode(self._own_len, num_qo_heads=hq, num_kv_heads=c.num_kv_heads, head_dim=c.head_dim,
-                             page_size=self._ps, dtype=dtype, variant=var)
+                             page_size=self._ps, dtype=dtype, variant=var, num_sms=n_sms)
             own = DecodeRunner(dp, c, self._own_table, variant=var, sm_scale=self._sm_scale)
             own_call = lambda q: own(q, c)  # noqa: E731
         else:
             up = plan_batch(self.qo.tolist(), self._own_len, causal=True, page_table=self._own_table,
-                            backend=self.backend, variant=var, rope=rope, **shape)
+                            backend=self.backend, variant=var, rope=rope, num_sms=n_sms, **shape)
             starts = np.array([self.tree.unique_start(b) for b in range(len(self.seq_ids))], np.int64)
             own = PrefillRunner(up, c, self._own_table, variant=var, rope=rope, sm_scale=self._sm_scale,
                                 backend=self.backend, rope_positions=(self._q_pos, starts) if rope else None)
@@ -285,11 +295,14 @@ class DecodeStep:
     why; ``runner`` is the :class:`CascadeRunner`, :class:`~infernb.ops.DecodeRunner` or (GQA groups above 16)
     :class:`~infernb.ops.PrefillRunner` it calls."""
 
-    def __init__(self, runner, choice: CascadeChoice, call):
-        self.runner, self.choice, self._call = runner, choice, call
+    def __init__(self, runner, choice: CascadeChoice, call, num_qo_heads: int):
+        self.runner, self.choice, self._call, self.num_qo_heads = runner, choice, call, num_qo_heads
 
     def __call__(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``q [len(seq_ids), num_qo_heads, head_dim]`` -> ``(out like q, lse [len(seq_ids), num_qo_heads] fp32)``."""
+        if isinstance(q, torch.Tensor) and q.dim() == 3 and q.shape[1] != self.num_qo_heads:
+            raise InputError(f"q has {q.shape[1]} heads; this decode step was made for num_qo_heads="
+                             f"{self.num_qo_heads}")
         return self._call(q)
 
     def __repr__(self) -> str:
@@ -319,14 +332,15 @@ def decode_runner(cache, seq_ids: Sequence[int], *, num_qo_heads: int, dtype: to
     if num_qo_heads % cache.num_kv_heads:
         raise InputError(f"num_qo_heads: {num_qo_heads} is not a multiple of the cache's {cache.num_kv_heads} KV heads")
     if cascade == "auto":
-        choice = cascade_choice(cache, seq_ids, num_qo_heads=num_qo_heads, variant=variant)
+        choice = cascade_choice(cache, seq_ids, num_qo_heads=num_qo_heads, variant=variant, rope=rope)
     elif cascade:
         choice = CascadeChoice(True, "cascade: asked for (cascade=True)")
     else:
         choice = CascadeChoice(False, "plain: asked for (cascade=False)")
     if choice.use:
-        r = CascadeRunner(cache, seq_ids, variant=variant, rope=rope, sm_scale=sm_scale, tree=choice.tree)
-        return DecodeStep(r, choice, r)
+        r = CascadeRunner(cache, seq_ids, variant=variant, rope=rope, sm_scale=sm_scale, tree=choice.tree,
+                          num_sms=num_sms)
+        return DecodeStep(r, choice, r, num_qo_heads)
     runner, call = plain_decode_runner(cache, seq_ids, num_qo_heads=num_qo_heads, dtype=dtype, variant=variant,
                                        rope=rope, sm_scale=sm_scale, num_sms=num_sms)
     kv = cache.lengths(seq_ids)
@@ -334,10 +348,10 @@ def decode_runner(cache, seq_ids: Sequence[int], *, num_qo_heads: int, dtype: to
     def plain(q):
         if cache.lengths(seq_ids) != kv:
             raise InputError("the bound sequences changed length since this decode step's runner was made (an "
-                             "append): make a new one (decode_runner) for this step")
+                             "append): make a new one (ib.decode_runner) for this step")
         return call(q)
 
-    return DecodeStep(runner, choice, plain)
+    return DecodeStep(runner, choice, plain, num_qo_heads)
 
 
 def cascade_attention(q: torch.Tensor, cache, seq_ids: Sequence[int], qo_lens: Sequence[int] | None = None, *,

@@ -149,6 +149,8 @@ def merge_gather(v0: torch.Tensor, s0: torch.Tensor, v1: torch.Tensor, s1: torch
     if check_index and index.numel() and (int(index.max()) >= m or int(index.min()) < -1):
         raise InputError(f"index: expected rows of v1 (0 .. {m - 1}) or -1")
     if dev.type != "cuda":
+        if m == 0:                                       # nothing to gather (every index is -1)
+            depth, index = 0, index[:, :0]
         ix = index.long()
         vv = torch.cat([v0[:, None], v1[ix.clamp(min=0)]], 1) if depth else v0[:, None]
         ss = torch.cat([s0[:, None], torch.where((ix >= 0)[..., None], s1[ix.clamp(min=0)],

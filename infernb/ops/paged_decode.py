@@ -341,7 +341,7 @@ def plain_decode_runner(cache, seq_ids: Sequence[int], *, num_qo_heads: int, dty
                        head_dim=cache.head_dim, dtype=dtype, page_size=cache.page_size, causal=True,
                        variant=variant, rope=rope, num_sms=num_sms, backend="mma")
         r = PrefillRunner(p, cache, table, variant=variant, rope=rope, sm_scale=sm_scale, backend="mma")
-        return r, lambda q: r(q, cache=cache)
+        return r, lambda q: r(q.contiguous(), cache=cache)
     p = plan_decode(kv, num_qo_heads=num_qo_heads, num_kv_heads=cache.num_kv_heads, head_dim=cache.head_dim,
                     page_size=cache.page_size, dtype=dtype, variant=variant, num_sms=num_sms)
     r = DecodeRunner(p, cache, table, variant=variant, rope=rope, sm_scale=sm_scale)

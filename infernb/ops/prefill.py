@@ -313,6 +313,8 @@ class PrefillRunner:
             (q too; paged keys and values are gathered into ragged ones) before a kernel that rotates nothing, or
             ``"auto"``: the pass when the request's keys are read by 2 or more query tiles on average (a prompt,
             an append of many tokens), the tile otherwise. Both round the rotated operands once, from fp32.
+        extra_options: extra NVRTC options for either kernel's build (experiments and diagnostics: ``-D...``, e.g.
+            ``-DINFERNB_PREFILL_MERGE_BATCHED`` on the mma.sync kernel, ``-DINFERNB_SM90_TRACE=<ctas>`` on the Hopper one).
         rope_positions: ``(q_pos [sum(qo_lens)], k_start [batch])`` integer arrays: RoPE rotates query row ``i`` at
             ``q_pos[i]`` and request ``b``'s key ``j`` at ``k_start[b] + j`` instead of the append convention (a
             cascade's shared levels: their keys and queries sit elsewhere in their sequences than in the launch).
@@ -392,8 +394,6 @@ class PrefillRunner:
             if passing:
                 self._pass = self._sm90.kernel.launcher("rope_pass", shared_mem=0, device_index=dev.index)
             return
-        if extra_options:
-            raise InputError("extra_options: the Hopper kernel's build options (diagnostics); backend='sm90'")
         if rope is not None:
             self.rope_path = rope_path if rope_path != "auto" else \
                 "pass" if rope_tiles_per_request(plan) >= 2 else "tile"
@@ -410,7 +410,8 @@ class PrefillRunner:
         passing = self.rope_path == "pass"
         self.kernel = build(prefill_spec(self.dtype, plan.head_dim, plan.tile_q, "ragged" if passing else self.kv,
                                          plan.causal, variant, None if passing else rope, config=config,
-                                         rope_pass=rope if passing else None), device_info(self.device.index).arch)
+                                         rope_pass=rope if passing else None), device_info(self.device.index).arch,
+                            extra_options=tuple(extra_options))
         self._upload(plan, kv_start, variant)
         dev = self.device
         self.merge_count = torch.zeros(max(len(plan.merge_unit), 1), dtype=torch.int32, device=dev)

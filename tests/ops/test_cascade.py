@@ -9,6 +9,8 @@ import infernb as ib
 from infernb import InputError, reference
 from infernb.ops.cascade import cascade_attention, cascade_tree
 
+from infernb.testing import assert_close
+
 from .test_prefill import DEV, check, gpu, reference_rounded_rope
 
 _hopper = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9,
@@ -16,13 +18,13 @@ _hopper = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_dev
 
 
 def fork_tree(gen, prefix, branches, tails, *, hkv=2, d=64, page_size=16, layout="NHD", device="cpu",
-              dtype=torch.bfloat16):
+              dtype=torch.bfloat16, slack=4):
     """A root of `prefix` tokens forked `branches[0]` times (+tails[0] tokens each), the first child forked
     `branches[1]` times (+tails[1]), and so on; returns (cache, the leaves and inner sequences' ids)."""
     r = lambda n: torch.randn(n, hkv, d, generator=gen).to(dtype).to(device)  # noqa: E731
     total = prefix + sum(b * t for b, t in zip(branches, tails))
-    c = ib.PagedKVCache(4 * (total // page_size + sum(branches) + 8), page_size, hkv, d, dtype=dtype, device=device,
-                        layout=layout)
+    c = ib.PagedKVCache(slack * (total // page_size + sum(branches) + 8), page_size, hkv, d, dtype=dtype,
+                        device=device, layout=layout)
     (root,) = c.add_sequences(1)
     c.append([root], r(prefix), r(prefix), [prefix])
     ids, parent = [root], root
@@ -150,7 +152,7 @@ def test_cpu_decode_cascade_auto_true_false(gen):
 
 def test_cascade_choice_says_which_and_why(gen):
     # a long shared prefix read by many sequences pays; a short one by few does not; no sharing, no cascade
-    big, ids = fork_tree(gen, 32768, [63], [512], hkv=8, d=128)
+    big, ids = fork_tree(gen, 32768, [63], [512], hkv=8, d=128, slack=1)
     ch = ib.cascade_choice(big, ids, num_qo_heads=32)
     assert ch.use and ch.reason.startswith("cascade:") and ch.cascade_us < ch.plain_us and len(ch.tree.levels) == 2
     small, ids = fork_tree(gen, 64, [1], [16])
@@ -186,6 +188,83 @@ def test_cpu_decode_runner_binds_the_choice_once(gen):
             step = ib.decode_runner(c, ids, num_qo_heads=8, cascade=mode)
             c.append([ids[1]], torch.randn(1, 2, 64).bfloat16(), torch.randn(1, 2, 64).bfloat16())
             step(q)
+
+
+def test_cpu_decode_auto_takes_the_cascade_when_the_estimate_says_so(gen, monkeypatch):
+    from infernb.ops import cascade as casc
+
+    c, ids = fork_tree(gen, 300, [5, 2], [37, 20])
+    c2 = ib.PagedKVCache(64, 16, 2, 64)
+    lone = c2.add_sequences(2)
+    c2.append(lone, torch.randn(40, 2, 64).bfloat16(), torch.randn(40, 2, 64).bfloat16(), [20, 20])
+    q = torch.randn(len(ids), 8, 64, generator=gen).bfloat16()
+    t = c.page_table(ids)
+    ref_o, ref_s = reference.paged_attention(q, c.pool, t.indptr, t.indices, t.last_page_len, causal=True)
+    monkeypatch.setitem(casc.CASCADE_MODEL, "margin", 1e9)          # every estimate "pays"
+    step = ib.decode_runner(c, iter(ids), num_qo_heads=8)           # (any iterable of ids)
+    assert type(step.runner).__name__ == "CascadeRunner" and step.choice.use
+    check(*step(q), ref_o, ref_s, c.dtype)
+    check(*ib.decode(q, c, ids, return_lse=True), ref_o, ref_s, c.dtype)
+    assert ib.cascade_choice(c, iter(ids), num_qo_heads=8).use        # a generator of ids is read once, whole
+    # nothing shared, a positional variant, a window promise: plain decode whatever the estimate
+    assert type(ib.decode_runner(c2, lone, num_qo_heads=8).runner).__name__ == "DecodeRunner"
+    for v in (ib.variants.alibi(8), ib.Variant("win", window_left=16)):
+        assert type(ib.decode_runner(c, ids, num_qo_heads=8, variant=v).runner).__name__ == "DecodeRunner"
+    with pytest.raises(InputError, match="made for num_qo_heads=8"):
+        step(torch.randn(len(ids), 16, 64).bfloat16())
+
+
+def test_cpu_decode_runner_rope_num_sms_and_plans(gen):
+    c, ids = fork_tree(gen, 300, [5, 2], [37, 20])
+    q = torch.randn(len(ids), 8, 64, generator=gen).bfloat16()
+    rope = ib.RoPE(theta=500.0)
+    for mode in (True, False):
+        step = ib.decode_runner(c, ids, num_qo_heads=8, rope=rope, cascade=mode, num_sms=3)
+        o, s = step(q)
+        o2, s2 = ib.decode(q, c, ids, rope=rope, cascade=not mode, return_lse=True)
+        assert_close(o.float(), o2.float(), torch.bfloat16)
+    r = ib.decode_runner(c, ids, num_qo_heads=8, cascade=True, num_sms=3).runner
+    plans = r.plans(8)
+    assert plans["own"].num_ctas <= 3 * 4 and plans["levels"].num_ctas <= 3 * 4     # (a few CTAs per SM)
+    assert plans["levels"].tile_q == 64                                             # <= 256 rows a KV head
+    wide = ib.ops.CascadeRunner(c, ids, level_tile_q=128, level_min_keys=0).plans(8)["levels"]
+    assert wide.tile_q == 128 and wide.num_ctas >= plans["levels"].num_ctas
+    # MQA: the plain path runs the prefill kernel's append (a non-contiguous q is fine)
+    qm = torch.randn(64, len(ids), 64, generator=gen).bfloat16().transpose(0, 1)
+    om = ib.decode(qm, c, ids, cascade=False)
+    t = c.page_table(ids)
+    ref, _ = reference.paged_attention(qm, c.pool, t.indptr, t.indices, t.last_page_len, causal=True)
+    assert_close(om.float(), ref.float(), torch.bfloat16, rowwise=True)
+
+
+def test_variant_positional_reads_the_traced_indices():
+    assert not ib.Variant("head_scale", score_mod=lambda s, b, h, q, k: s * (1.0 + 0.1 * h)).positional
+    assert ib.Variant("q_bias", score_mod=lambda s, b, h, q, k: s + 0.001 * q).positional
+    assert ib.Variant("doc", mask_mod=lambda b, h, q, k: b == 0).positional
+    assert ib.Variant("raw", cuda_score_mod="return score;", score_mod=lambda s, b, h, q, k: s).positional
+
+
+def test_rope_positions_are_checked():
+    from infernb.ops.prefill import PrefillRunner, plan_batch
+
+    p = plan_batch([2, 3], [10, 20], num_qo_heads=4, num_kv_heads=2, head_dim=64, dtype=torch.bfloat16)
+    ok = (np.array([8, 9, 17, 18, 19]), np.array([100, 0]))
+    PrefillRunner(p, rope=ib.RoPE(), device="cpu", rope_positions=ok)
+    for bad, what in ((ok, "without rope"), ((ok[0][:2], ok[1]), "q_pos"), ((ok[0], -ok[1] - 1), "0 .. 2"),
+                      ((ok[0].astype(float), ok[1]), "integer")):
+        with pytest.raises(InputError, match=f"rope_positions.*{what}" if what != "without rope" else what):
+            PrefillRunner(p, rope=None if what == "without rope" else ib.RoPE(), device="cpu", rope_positions=bad)
+    with pytest.raises(InputError, match="rope_path='tile'"):
+        PrefillRunner(p, rope=ib.RoPE(), device="cpu", rope_positions=ok, rope_path="tile")
+
+
+def test_hopper_paged_default_is_the_asynchronous_arrivals():
+    from infernb.ops.prefill_sm90 import PAGED_ASYNC, config_tag, default_traits, sm90_traits
+
+    for d in (64, 128, 256):
+        assert config_tag(default_traits(d, "NHD"), "NHD") == "" == config_tag(sm90_traits(d))
+        assert default_traits(d, "HND").sched & PAGED_ASYNC and not default_traits(d).sched & PAGED_ASYNC
+        assert config_tag(sm90_traits(d), "NHD") == f"s{sm90_traits(d).stages}x3"
 
 
 # ---------------------------------------------------------------------------------------------- GPU

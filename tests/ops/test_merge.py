@@ -100,6 +100,15 @@ def test_cpu_merge_gather(gen, dtype, depth):
         assert torch.isneginf(os_[1]).all() and (ov[1] == 0).all()
 
 
+def test_cpu_merge_gather_with_nothing_to_gather(gen):
+    (v0, s0, _, _, _), _, _ = gather_case(gen, 4, 3, 2, 2, 64, torch.bfloat16, "cpu")
+    empty_v, empty_s = v0[:0], s0[:0]
+    ov, os_ = infernb.ops.merge_gather(v0, s0, empty_v, empty_s, torch.full((4, 2), -1, dtype=torch.int32))
+    fin = torch.isfinite(s0)                              # (row 1's own part is empty: 0 and -inf)
+    assert torch.equal(ov[fin], v0[fin]) and (ov[~fin] == 0).all() and torch.equal(os_[fin], s0[fin])
+    assert torch.isneginf(os_[~fin]).all()
+
+
 def test_merge_gather_input_errors(gen):
     (v0, s0, v1, s1, idx), _, _ = gather_case(gen, 4, 3, 2, 2, 64, torch.bfloat16, "cpu")
     with pytest.raises(InputError, match="index: expected rows of v1"):

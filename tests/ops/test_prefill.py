@@ -12,6 +12,7 @@ from infernb import InputError, reference
 from infernb.reference import apply_rope
 from infernb.ops.prefill import (PREFILL_ITEM, PrefillRunner, TRAITS, default_tile_q, plan_batch, plan_records,
                                  prefill_spec)
+from infernb.jit import build
 from infernb.testing import assert_close
 
 from .decode_cases import make_cache
@@ -357,6 +358,39 @@ def test_gpu_running_max_moves_exactly(gen, shape, tile_q):
     o, s = PrefillRunner(p, device=q.device)(q, k, v, out=out, lse=lse)
     ref_o, ref_s = reference.attention(q, k, v, qo_ptr, kv_ptr, causal=True)
     check(o, s, ref_o, ref_s, torch.bfloat16)
+
+
+@pytest.mark.parametrize("d,tile", [(64, 64), (64, 128), (128, 64), (128, 128), (256, 64)])
+def test_batched_split_merge_builds_without_spills(d, tile):
+    # -DINFERNB_PREFILL_MERGE_BATCHED (the split merge with 4 rows x 4 states in flight per thread): every tile
+    # compiles without spills for both architectures
+    for kv in ("ragged", "NHD"):
+        for arch in ("sm_90a", "sm_80"):
+            k = build(prefill_spec(torch.bfloat16, d, tile, kv, True), arch,
+                      extra_options=("-DINFERNB_PREFILL_MERGE_BATCHED",))
+            (r,) = k.report.kernels
+            assert not r.spills and r.stack_frame == 0, (d, tile, kv, arch, r)
+
+
+@gpu
+@pytest.mark.parametrize("num_sms", [3, 40, 132])
+@pytest.mark.parametrize("merge", ["serial", "batched"])
+def test_gpu_split_units_merge_in_the_launch_both_merges(gen, num_sms, merge):
+    # the batched merge (a build option until its benchmark decides): many slots, units of rows not a multiple of 16,
+    # head dims 64 / 128 / 256, run twice (the merge counters must be left at zero)
+    opts = ("-DINFERNB_PREFILL_MERGE_BATCHED",) if merge == "batched" else ()
+    for qo, kv, d in (([64, 37], [4096, 512], 128), ([130, 3], [8192, 100], 64), ([70], [3000], 256)):
+        q, k, v, qo_ptr, kv_ptr = ragged(gen, qo, kv, 16, 4, d, torch.bfloat16)
+        p = ib.plan(qo, kv, num_qo_heads=16, num_kv_heads=4, head_dim=d, causal=True, num_sms=num_sms,
+                    merge_gain=0.0, ctas_per_sm=2, tile_q=default_tile_q(float(np.mean(qo)) * 4, d), dtype="bf16")
+        r = PrefillRunner(p, device=q.device, extra_options=opts)
+        for _ in range(2):
+            out = torch.full_like(q, float("nan"))
+            lse = torch.full(q.shape[:2], float("nan"), dtype=torch.float32, device=q.device)
+            o, s = r(q, k, v, out=out, lse=lse)
+            ref_o, ref_s = reference.attention(q, k, v, qo_ptr, kv_ptr, causal=True)
+            check(o, s, ref_o, ref_s, torch.bfloat16)
+        assert len(p.merge_unit) > 0 or num_sms == 3
 
 
 @gpu

@@ -234,6 +234,90 @@ __device__ __forceinline__ void merge_slots_rows(const float* part_o, const floa
   }
 }
 
+// merge_slots_rows for a tall unit (the prefill kernel's 64- / 128-row tiles): the same merge, same arguments.
+// It is one CTA's serial tail after its unit's last piece, so what counts is the loads in flight: each thread takes
+// RB rows at once (rows r, r + RPP, ..., one float4 of each), finds their max LSE first (pass 1: the LSEs alone), then
+// sums NB states of each row per batch with known weights (pass 2): RB x NB independent 16-byte loads in flight
+// instead of one row's 8 (~60 us of tail on the cascade's 64- / 128-row units of 17-33 pieces; benchmarks/NOTES.md).
+// (The decode kernel keeps merge_slots_rows: its units are GROUP rows, and these arrays would spill there.)
+template <typename T, int HEAD_DIM, int ROW_STRIDE, int NUM_THREADS, typename ROW_OF>
+__device__ __forceinline__ void merge_slots_rows_batched(const float* part_o, const float* part_lse, int s0, int s1, int rows,
+                                                 T* out, float* lse, ROW_OF row_of, int tid) {
+  constexpr int TPR = HEAD_DIM / 4, RPP = NUM_THREADS / TPR;    // threads per row (one float4 each), rows per pass
+  constexpr int RB = ROW_STRIDE >= 4 * RPP ? 4 : (ROW_STRIDE + RPP - 1) / RPP;   // rows a thread holds at once
+  constexpr int NB = 4;                                         // states a row loads per batch
+  const int lane = tid % TPR;
+  for (int r0 = tid / TPR; r0 < rows; r0 += RPP * RB) {
+    // pass 1: each row's max LSE; a NaN or +inf LSE makes the row invalid (NaN), as in merge_states
+    float m[RB];
+    bool bad[RB];
+#pragma unroll
+    for (int j = 0; j < RB; ++j) {
+      m[j] = -INFERNB_INF;
+      bad[j] = false;
+    }
+#pragma unroll 4
+    for (int k = s0; k < s1; ++k) {
+#pragma unroll
+      for (int j = 0; j < RB; ++j) {
+        const int r = r0 + j * RPP;
+        if (r < rows) {
+          const float sv = __ldcg(part_lse + (long long)k * ROW_STRIDE + r);
+          bad[j] |= invalid_lse(sv);
+          m[j] = fmaxf(m[j], sv);
+        }
+      }
+    }
+    // pass 2: the weighted sum, RB x NB loads in flight per batch
+    float acc[RB][4], denom[RB];
+#pragma unroll
+    for (int j = 0; j < RB; ++j) {
+      denom[j] = 0.f;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[j][e] = 0.f;
+    }
+    for (int k = s0; k < s1; k += NB) {
+      float4 x[RB][NB];
+      float sv[RB][NB];
+#pragma unroll
+      for (int j = 0; j < RB; ++j) {
+        const int r = r0 + j * RPP;
+#pragma unroll
+        for (int i = 0; i < NB; ++i) {
+          if (r < rows && k + i < s1) {
+            sv[j][i] = __ldcg(part_lse + (long long)(k + i) * ROW_STRIDE + r);
+            x[j][i] = __ldcg(reinterpret_cast<const float4*>(part_o + ((long long)(k + i) * ROW_STRIDE + r) * HEAD_DIM +
+                                                             lane * 4));
+          } else {
+            sv[j][i] = -INFERNB_INF;
+            x[j][i] = make_float4(0.f, 0.f, 0.f, 0.f);
+          }
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < RB; ++j) {
+        if (m[j] == -INFERNB_INF) continue;                    // every state empty: the row stays 0 / -inf
+#pragma unroll
+        for (int i = 0; i < NB; ++i) {
+          const float w = __expf(sv[j][i] - m[j]);
+          denom[j] += w;
+          acc[j][0] += w * x[j][i].x; acc[j][1] += w * x[j][i].y; acc[j][2] += w * x[j][i].z; acc[j][3] += w * x[j][i].w;
+        }
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < RB; ++j) {
+      const int r = r0 + j * RPP;
+      if (r < rows) {
+        const float mj = bad[j] ? __int_as_float(0x7fffffff) : m[j];
+        const long long orow = row_of(r);
+        merge_write<T, 4>(acc[j], mj, denom[j], invalid_lse(mj) || denom[j] != denom[j], out + orow * HEAD_DIM,
+                          lse + orow, lane);
+      }
+    }
+  }
+}
+
 // The decode form: GROUP rows (one token's query heads of a KV head) into out / lse rows out_row + r.
 // part_o: [slots, GROUP, HEAD_DIM] fp32, part_lse: [slots, GROUP].
 template <typename T, int HEAD_DIM, int GROUP, int NUM_THREADS>

@@ -26,6 +26,14 @@
 #include <infernb/epilogue.cuh>
 #include <infernb/kv_iter.cuh>
 #include <infernb/merge_states.cuh>
+
+// The split merge of a tall unit: -DINFERNB_PREFILL_MERGE_BATCHED builds merge_slots_rows_batched (4 rows x 4 states in
+// flight per thread; not yet GPU-run, benchmarks/NOTES.md), the default merge_slots_rows (one row's 8 states).
+#ifdef INFERNB_PREFILL_MERGE_BATCHED
+#define INFERNB_PREFILL_MERGE merge_slots_rows_batched
+#else
+#define INFERNB_PREFILL_MERGE merge_slots_rows
+#endif
 #include <infernb/mma.cuh>
 #include <infernb/rope.cuh>
 #include <infernb/softmax_state.cuh>
@@ -467,7 +475,7 @@ prefill_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __rest
       if (s_last) {
         __threadfence();
         const int q_start = e.q_start, row0 = e.row0, kv_head = e.kv_head;
-        merge_slots_rows<T, D, cfg::TILE_Q, NT>(
+        INFERNB_PREFILL_MERGE<T, D, cfg::TILE_Q, NT>(
             part_o + (long long)e.slot_begin * cfg::TILE_Q * D, part_lse + (long long)e.slot_begin * cfg::TILE_Q, 0,
             e.slot_end - e.slot_begin, e.rows, out, lse,
             [=](int r) { return detail::packed_row_index(q_start, row0 + r, group, kv_head, num_qo_heads); }, tid);
