@@ -76,7 +76,7 @@ def run_case(name, prefix, batch, own, *, runs, fi, copy_tbps, gemm_tflops, part
         assert errs[f"infernb_decode_row{b}"] < 2e-2, errs
     fns = {"infernb_decode": lambda: plain(q, cache), "infernb_cascade": lambda: casc(q)}
     casc(q)
-    level, own_call = casc._runners                 # the cascade's parts, timed alone (where its time goes)
+    level, own = casc._runners                      # the cascade's parts, timed alone (where its time goes)
     if not parts and level is not None:              # the sweep: the default and one alternative (env SWEEP_ALT)
         import os
         tq, ov, mk = (int(x) for x in os.environ.get("SWEEP_ALT", "64,1,2048").split(","))
@@ -95,7 +95,7 @@ def run_case(name, prefix, batch, own, *, runs, fi, copy_tbps, gemm_tflops, part
         mb(q)
         level_mb = mb._runners[0]                      # the same levels with the batched split merge
         fns["cascade_part_levels_mb"] = lambda: level_mb(lq, cache=cache)
-        fns["cascade_part_own"] = lambda: own_call(q)
+        fns["cascade_part_own"] = lambda: own(q, cache=cache)
     if fi is not None:
         for tc in (True, False):
             fns[f"flashinfer_{'tc' if tc else 'cc'}"] = flashinfer_decode(fi, q, cache.pool, table, use_tensor_cores=tc)

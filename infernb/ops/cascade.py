@@ -228,16 +228,13 @@ class CascadeRunner:
             dp = plan_decode(self._own_len, num_qo_heads=hq, num_kv_heads=c.num_kv_heads, head_dim=c.head_dim,
                              page_size=self._ps, dtype=dtype, variant=var, num_sms=n_sms)
             own = DecodeRunner(dp, c, self._own_table, variant=var, sm_scale=self._sm_scale)
-            own_call = lambda q: own(q, c)  # noqa: E731
         else:
             up = plan_batch(self.qo.tolist(), self._own_len, causal=True, page_table=self._own_table,
                             backend=self.backend, variant=var, rope=rope, num_sms=n_sms, **shape)
             starts = np.array([self.tree.unique_start(b) for b in range(len(self.seq_ids))], np.int64)
             own = PrefillRunner(up, c, self._own_table, variant=var, rope=rope, sm_scale=self._sm_scale,
                                 backend=self.backend, rope_positions=(self._q_pos, starts) if rope else None)
-            own_call = lambda q: own(q, cache=c)  # noqa: E731
-        self._runners = (level, own_call)
-        self._plans = {"levels": level.plan if level is not None else None, "own": own.plan}
+        self._runners = (level, own)                    # (both called as runner(q, cache=...))
         self._plan_for = (hq, dtype)
 
     def plans(self, num_qo_heads: int, dtype: torch.dtype | None = None) -> dict:
@@ -250,7 +247,8 @@ class CascadeRunner:
                 raise InputError(f"num_qo_heads: {num_qo_heads} is not a multiple of the cache's "
                                  f"{self.cache.num_kv_heads} KV heads")
             self._bind(num_qo_heads, dtype)
-        return dict(self._plans)
+        level, own = self._runners
+        return {"levels": level.plan if level is not None else None, "own": own.plan}
 
     def __call__(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``q [sum(qo_lens), num_qo_heads, head_dim]`` -> ``(out like q, lse [sum(qo_lens), num_qo_heads] fp32)``."""
@@ -268,24 +266,25 @@ class CascadeRunner:
                              "make a new one (CascadeRunner / cascade_attention) for this step")
         if self._plan_for != (q.shape[1], q.dtype):
             self._bind(q.shape[1], q.dtype)
-        level, own_call = self._runners
+        level, own = self._runners
         q = q.contiguous()
         if level is None:
-            return own_call(q)
-        if self.overlap and q.device.type == "cuda":
+            return own(q, cache=c)
+        side = self.overlap and q.device.type == "cuda"
+        if side:
             main = torch.cuda.current_stream(q.device)
             if self._side is None:
                 self._side = torch.cuda.Stream(q.device)
             self._side.wait_stream(main)                  # q is ready
             with torch.cuda.stream(self._side):
-                uo, us = own_call(q)
-            lo, ls = level(q if self._level_rows is None else q[self._level_rows], cache=c)
+                uo, us = own(q, cache=c)
+        else:
+            uo, us = own(q, cache=c)
+        lo, ls = level(q if self._level_rows is None else q[self._level_rows], cache=c)
+        if side:
             main.wait_stream(self._side)
             uo.record_stream(main)
             us.record_stream(main)
-        else:
-            uo, us = own_call(q)
-            lo, ls = level(q if self._level_rows is None else q[self._level_rows], cache=c)
         return merge_gather(uo, us, lo, ls, self._merge_index, check_index=False)
 
 

@@ -140,14 +140,16 @@ _SCHED_FITS: dict = {}
 
 
 def variant_traits(variant, tr: Sm90Traits | None = None, *, dtype: torch.dtype = torch.bfloat16,
-                   head_dim: int = 128, causal: bool = True) -> Sm90Traits:
+                   head_dim: int = 128, causal: bool = True, kv: str = "ragged") -> Sm90Traits:
     """The traits a variant runs with: the overlapped schedule (``sched`` 3) when its specialization compiles
     without spills there, else pingpong only (``sched`` 2: no overlap inside a warpgroup, so a block's logits and
     the previous block's P are never live together, which leaves the hooks ~32 more registers). Decided by
     compiling the overlapped specialization (NVRTC, no GPU needed; the JIT cache keeps it), once per variant
     code, dtype and mask: hooks that read captured tensors, call math functions or do 64-bit index arithmetic
-    usually take pingpong; soft-caps keep the overlap (benchmarks/NOTES.md)."""
-    base = sm90_traits(head_dim)
+    usually take pingpong; soft-caps keep the overlap (benchmarks/NOTES.md). The default starts from the KV source's
+    traits (:func:`default_traits`: paged caches keep their producer's asynchronous arrivals either way); the ragged
+    unit decides for every source (the hooks run in the consumers, whatever the producer reads)."""
+    base = default_traits(head_dim, kv)
     tr = base if tr is None else tr
     if variant is None or tr != base or not any(hook_flags(variant)):
         return tr
@@ -155,9 +157,9 @@ def variant_traits(variant, tr: Sm90Traits | None = None, *, dtype: torch.dtype 
     fits = _SCHED_FITS.get(key)
     if fits is None:
         from ..jit import build
-        (r,) = build(sm90_spec(dtype, head_dim, causal, tr, variant), "sm_90a").report.kernels
+        (r,) = build(sm90_spec(dtype, head_dim, causal, sm90_traits(head_dim), variant), "sm_90a").report.kernels
         fits = _SCHED_FITS[key] = not r.spills and r.stack_frame == 0
-    return tr if fits else dataclasses.replace(tr, sched=2)
+    return tr if fits else dataclasses.replace(tr, sched=2 | (tr.sched & PAGED_ASYNC))
 
 
 def specializations() -> list[KernelSpec]:
@@ -237,9 +239,7 @@ class Sm90Launch:
         if why:
             raise InputError(f"the Hopper prefill kernel cannot run this plan: {why}")
         self.plan, self.device = plan, device
-        self.tr = config or variant_traits(variant, dtype=dtype, head_dim=plan.head_dim, causal=plan.causal)
-        if config is None and kv != "ragged":           # paged: the asynchronous arrivals (default_traits)
-            self.tr = dataclasses.replace(self.tr, sched=self.tr.sched | PAGED_ASYNC)
+        self.tr = config or variant_traits(variant, dtype=dtype, head_dim=plan.head_dim, causal=plan.causal, kv=kv)
         self.kv, self.page_indices = kv, page_indices
         self.kernel = build(sm90_spec(dtype, plan.head_dim, plan.causal, self.tr, variant, kv, rope_pass),
                             device_info(device.index).arch, extra_options=tuple(extra_options))

@@ -24,6 +24,14 @@ struct merge_cfg_t {
   static_assert(NUM_THREADS % THREADS_PER_ROW == 0, "rows must tile the CTA");
 };
 
+// This thread's row of the elementwise merge kernels (THREADS_PER_ROW threads a row, ROWS_PER_CTA rows a CTA) and
+// its lane within the row; the row is >= num_rows past the end.
+template <typename cfg>
+__device__ __forceinline__ long long merge_thread_row(int& lane) {
+  lane = threadIdx.x % cfg::THREADS_PER_ROW;
+  return (long long)blockIdx.x * cfg::ROWS_PER_CTA + threadIdx.x / cfg::THREADS_PER_ROW;
+}
+
 // Write v = acc / denom (or 0) and s = m + log(denom) (or -inf) for one row.
 __device__ __forceinline__ bool invalid_lse(float s) { return s != s || s == INFERNB_INF; }
 
@@ -50,8 +58,8 @@ merge_states_kernel(const T* __restrict__ v, const float* __restrict__ s, T* __r
                     float* __restrict__ s_out, int seq_len, int num_states, int num_heads) {
   using cfg = merge_cfg_t<T, HEAD_DIM, NUM_THREADS>;
   constexpr int VEC = cfg::VEC;
-  const int lane = threadIdx.x % cfg::THREADS_PER_ROW;
-  const long long row = (long long)blockIdx.x * cfg::ROWS_PER_CTA + threadIdx.x / cfg::THREADS_PER_ROW;
+  int lane;
+  const long long row = merge_thread_row<cfg>(lane);
   if (row >= (long long)seq_len * num_heads) return;
   const long long n = row / num_heads, h = row % num_heads;
   const float* s_row = s + n * num_states * num_heads + h;           // stride num_heads between states
@@ -109,8 +117,8 @@ merge_gather_kernel(const T* __restrict__ v0, const float* __restrict__ s0, cons
                     float* __restrict__ s_out, int seq_len, int depth, int num_heads) {
   using cfg = merge_cfg_t<T, HEAD_DIM, NUM_THREADS>;
   constexpr int VEC = cfg::VEC;
-  const int lane = threadIdx.x % cfg::THREADS_PER_ROW;
-  const long long row = (long long)blockIdx.x * cfg::ROWS_PER_CTA + threadIdx.x / cfg::THREADS_PER_ROW;
+  int lane;
+  const long long row = merge_thread_row<cfg>(lane);
   if (row >= (long long)seq_len * num_heads) return;
   const long long n = row / num_heads, h = row % num_heads;
   const int* ix = idx + n * depth;
@@ -159,8 +167,8 @@ merge_state_kernel(const T* __restrict__ v_a, const float* __restrict__ s_a, con
                    long long num_rows) {
   using cfg = merge_cfg_t<T, HEAD_DIM, NUM_THREADS>;
   constexpr int VEC = cfg::VEC;
-  const int lane = threadIdx.x % cfg::THREADS_PER_ROW;
-  const long long row = (long long)blockIdx.x * cfg::ROWS_PER_CTA + threadIdx.x / cfg::THREADS_PER_ROW;
+  int lane;
+  const long long row = merge_thread_row<cfg>(lane);
   if (row >= num_rows) return;
   vec_t<T, VEC> xa, xb;
   xa.load_stream(v_a + row * HEAD_DIM + lane * VEC);
